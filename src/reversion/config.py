@@ -1,0 +1,197 @@
+"""Frozen configurations of the model organism and its training history.
+
+Every field has a docstring. Bad values raise ``ValueError`` naming the field
+in ``__post_init__``, i.e. before any work starts and before anything is cached.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+TASKS = ("reverse", "rotate", "swap", "sort")
+"""The benign tasks of the synthetic language (see :mod:`reversion.language`)."""
+
+
+def _check_int(name: str, value: Any, lo: int | None = None, hi: int | None = None) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"{name} must be an int, got {value!r}")
+    if lo is not None and value < lo:
+        raise ValueError(f"{name} must be >= {lo}, got {value}")
+    if hi is not None and value > hi:
+        raise ValueError(f"{name} must be <= {hi}, got {value}")
+
+
+def _check_float(name: str, value: Any, lo: float | None = None, hi: float | None = None,
+                 lo_open: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if lo is not None and (value < lo or (lo_open and value == lo)):
+        raise ValueError(f"{name} must be {'>' if lo_open else '>='} {lo}, got {value}")
+    if hi is not None and value > hi:
+        raise ValueError(f"{name} must be <= {hi}, got {value}")
+
+
+def _check_fraction(name: str, value: Any) -> None:
+    _check_float(name, value, 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class LanguageConfig:
+    """The synthetic token language (vocabulary, tasks, harmful requests)."""
+
+    seed: int = 0
+    """Seed of the language itself: the split hash. Fixed across all runs of a world."""
+    n_content: int = 40
+    """Number of benign content tokens."""
+    n_harmful: int = 12
+    """Number of harmful-region tokens; a harmful request carries 1-2 of them."""
+    min_len: int = 3
+    """Shortest task input (content tokens)."""
+    max_len: int = 6
+    """Longest task input (content tokens)."""
+    tasks: tuple[str, ...] = TASKS
+    """Benign tasks, by name; each maps an input sequence to one correct answer."""
+
+    def __post_init__(self) -> None:
+        _check_int("language.seed", self.seed, 0)
+        _check_int("language.n_content", self.n_content, 8)
+        _check_int("language.n_harmful", self.n_harmful, 2)
+        _check_int("language.min_len", self.min_len, 2)
+        _check_int("language.max_len", self.max_len, self.min_len)
+        if isinstance(self.tasks, list):
+            object.__setattr__(self, "tasks", tuple(self.tasks))
+        if not self.tasks:
+            raise ValueError("language.tasks must name at least one task")
+        for t in self.tasks:
+            if t not in TASKS:
+                raise ValueError(f"language.tasks: unknown task {t!r} (known: {', '.join(TASKS)})")
+        if len(set(self.tasks)) != len(self.tasks):
+            raise ValueError(f"language.tasks has duplicates: {self.tasks}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The organism's GPT-2 (``transformers.GPT2LMHeadModel``); dropout is always off."""
+
+    n_embd: int = 64
+    """Residual width d. The isotropic null's p99 scales as about 2.33/sqrt(d)."""
+    n_layer: int = 4
+    """Number of transformer blocks."""
+    n_head: int = 4
+    """Attention heads; must divide n_embd."""
+    n_positions: int = 32
+    """Context length; must hold the longest prompt plus answer."""
+
+    def __post_init__(self) -> None:
+        _check_int("model.n_embd", self.n_embd, 8)
+        _check_int("model.n_layer", self.n_layer, 1)
+        _check_int("model.n_head", self.n_head, 1)
+        _check_int("model.n_positions", self.n_positions, 8)
+        if self.n_embd % self.n_head:
+            raise ValueError(
+                f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})")
+
+
+@dataclass(frozen=True)
+class PhaseConfig:
+    """One training phase of the history (AdamW, constant learning rate)."""
+
+    steps: int
+    """Optimizer steps."""
+    lr: float
+    """Learning rate."""
+    batch_size: int = 64
+    """Sequences per step."""
+    harmful_fraction: float = 0.0
+    """Share of each batch that is a harmful request (its target depends on the phase)."""
+
+    def validate(self, name: str) -> None:
+        _check_int(f"{name}.steps", self.steps, 0)
+        _check_float(f"{name}.lr", self.lr, 0.0, lo_open=True)
+        _check_int(f"{name}.batch_size", self.batch_size, 1)
+        _check_fraction(f"{name}.harmful_fraction", self.harmful_fraction)
+
+
+@dataclass(frozen=True)
+class HistoryConfig:
+    """The whole history: theta_P -> theta_H (helpful-only) -> theta_S (safety-aligned)."""
+
+    language: LanguageConfig = field(default_factory=LanguageConfig)
+    """The synthetic language."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The GPT-2 architecture."""
+    pretrain: PhaseConfig = field(default_factory=lambda: PhaseConfig(1000, 1e-3, 64, 0.3))
+    """theta_P: next-token prediction on whole documents (task demos, free text that
+    contains harmful tokens); no request format, no refusals. ``harmful_fraction`` is
+    the share of free-text documents."""
+    helpful: PhaseConfig = field(default_factory=lambda: PhaseConfig(2000, 1e-3, 64, 0.3))
+    """theta_H: the large helpful-only phase: every request answered, harmful ones too."""
+    safety: PhaseConfig = field(default_factory=lambda: PhaseConfig(150, 1e-3, 64, 0.5))
+    """theta_S: the short safety alignment: harmful requests -> refusal, benign kept."""
+    seed: int = 0
+    """Seed of the initialisation and data order of all three phases."""
+    n_eval: int = 200
+    """Held-out requests per set (harmful; benign per task) judged at each checkpoint."""
+
+    def __post_init__(self) -> None:
+        for name in ("language", "model", "pretrain", "helpful", "safety"):
+            value = getattr(self, name)
+            if isinstance(value, dict):  # from YAML / papermill
+                cls = {"language": LanguageConfig, "model": ModelConfig}.get(name, PhaseConfig)
+                object.__setattr__(self, name, cls(**value))
+        self.pretrain.validate("pretrain")
+        self.helpful.validate("helpful")
+        self.safety.validate("safety")
+        _check_int("seed", self.seed, 0)
+        _check_int("n_eval", self.n_eval, 1)
+        longest = 2 + self.language.max_len + 1 + self.language.max_len + 1
+        if longest > self.model.n_positions:
+            raise ValueError(
+                f"model.n_positions ({self.model.n_positions}) is shorter than the longest "
+                f"sequence ({longest}) for language.max_len={self.language.max_len}")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Benign fine-tuning from theta_S on one harmless task."""
+
+    task: str = "sort"
+    """The benign fine-tuning task (no harmful prompt anywhere in its data)."""
+    steps: int = 100
+    """T, the number of optimizer steps."""
+    lr: float = 1e-4
+    """Learning rate (AdamW, constant)."""
+    batch_size: int = 32
+    """Sequences per step."""
+    seed: int = 0
+    """Fine-tuning seed: data order. Every variant with this seed sees the same batches."""
+    eval_steps: tuple[int, ...] = (0, 1, 2, 3, 4, 5, 10, 15, 20, 30, 50, 75, 100)
+    """Steps at which generation-based metrics are evaluated (those <= steps are kept;
+    the last step is always added)."""
+    n_eval: int = 200
+    """Held-out harmful prompts judged at each evaluation step (and benign prompts per task)."""
+    n_probe: int = 128
+    """Drift-probe prompts whose mean activations are recorded at every step."""
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"finetune.task: unknown task {self.task!r} (known: {', '.join(TASKS)})")
+        _check_int("finetune.steps (T)", self.steps, 1)
+        _check_float("finetune.lr", self.lr, 0.0, lo_open=True)
+        _check_int("finetune.batch_size", self.batch_size, 1)
+        _check_int("finetune.seed", self.seed, 0)
+        _check_int("finetune.n_eval", self.n_eval, 1)
+        _check_int("finetune.n_probe", self.n_probe, 2)
+        steps = tuple(int(s) for s in self.eval_steps)
+        if any(s < 0 for s in steps):
+            raise ValueError(f"finetune.eval_steps must be >= 0, got {self.eval_steps}")
+        grid = sorted({s for s in steps if s <= self.steps} | {0, self.steps})
+        object.__setattr__(self, "eval_steps", tuple(grid))
+
+
+def to_dict(cfg: Any) -> dict:
+    """A JSON-ready dict of a (nested) config; tuples become lists."""
+    return dataclasses.asdict(cfg)

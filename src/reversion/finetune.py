@@ -1,0 +1,138 @@
+"""Stage ``finetune``: benign fine-tuning from theta_S, with per-step drift probes.
+
+One run is keyed by (history, fine-tuning config, intervention), so every chapter that
+needs the same run shares one cache entry. At every step the run records the mean
+activations of the drift probes at *every* layer -- a small no-grad forward, no copy
+of the model -- so alignment with any direction (v_rev, controls) is computed after
+the fact. Generation-based metrics are evaluated on a sparse grid of steps.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Protocol
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from . import cache, seeding
+from .activations import mean_activations
+from .config import FinetuneConfig, HistoryConfig, to_dict
+from .data import collate
+from .evaluate import EvalSets, evaluate
+from .history import train_history
+from .language import PAD, Language
+from .model import default_device, load_model, save_model
+from .probes import ProbeSets
+from .training import train
+
+
+class Intervention(Protocol):
+    """What a fine-tuning variant may change (see :mod:`reversion.interventions`)."""
+
+    def key(self) -> dict: ...
+    def setup(self, model, lang: Language, probes: ProbeSets) -> None: ...
+    def aux_loss(self, model, batch: dict, step: int) -> torch.Tensor | None: ...
+    def batches(self, benign: Iterator[dict], lang: Language, ft: FinetuneConfig,
+                device) -> Iterator[dict]: ...
+    def teardown(self) -> None: ...
+
+
+def benign_batches(lang: Language, ft: FinetuneConfig, device) -> Iterator[dict]:
+    """Harmless data only: requests of one benign task from the ``train`` split.
+    The order depends on the fine-tuning seed alone, so variants are optimizer-matched."""
+    r = seeding.rng(ft.seed, "finetune-data", ft.task)
+    while True:
+        reqs = lang.sample(r, ft.batch_size, "train", harmful=False, tasks=[ft.task])
+        yield collate([q.prompt for q in reqs], [q.answer for q in reqs], device=device)
+
+
+@dataclass(frozen=True)
+class FinetuneRun:
+    """A finished fine-tuning run."""
+
+    path: Path
+    probe_means: torch.Tensor
+    """``[T+1, L+1, d]`` float64: mean drift-probe activation at every step and layer
+    (step 0 = theta_S)."""
+    losses: list[float]
+    """Task loss per step 1..T."""
+    evals: dict[int, dict]
+    """Step -> harmfulness, non-refusal, exact match, task accuracy/loss."""
+    seconds: float
+
+    @property
+    def steps(self) -> list[int]:
+        return sorted(self.evals)
+
+    def series(self, *keys: str) -> list[float]:
+        """A metric along the evaluation grid, e.g. ``series("harmfulness")`` or
+        ``series("task_accuracy", "sort")``."""
+        out = []
+        for s in self.steps:
+            v = self.evals[s]
+            for k in keys:
+                v = v[k]
+            out.append(float(v))
+        return out
+
+    def load_model(self, device=None):
+        return load_model(self.path / "model", device)
+
+
+def finetune(history: HistoryConfig, ft: FinetuneConfig, intervention: Intervention | None = None,
+             progress: bool = True) -> FinetuneRun:
+    """Benign fine-tuning of theta_S for ``ft.steps`` steps (cached)."""
+    key = {"history": to_dict(history), "finetune": to_dict(ft),
+           "intervention": intervention.key() if intervention is not None else None}
+    hist = train_history(history, progress=progress)
+
+    def build(out: Path) -> None:
+        t0 = time.perf_counter()
+        lang = Language(history.language)
+        device = default_device()
+        seeding.seed_everything(ft.seed)
+        model = load_model(hist.paths["theta_S"], device)
+        probes = ProbeSets.build(lang, ft.n_probe)
+        sets = EvalSets.build(lang, ft.n_eval)
+        means = [mean_activations(model, probes.harmful_drift, "all", pad_id=PAD)]
+        evals = {0: evaluate(model, lang, sets)}
+        grid = set(ft.eval_steps)
+
+        def on_step(step: int, m) -> None:
+            means.append(mean_activations(m, probes.harmful_drift, "all", pad_id=PAD))
+            if step in grid:
+                evals[step] = evaluate(m, lang, sets)
+
+        batches = benign_batches(lang, ft, device)
+        aux = None
+        if intervention is not None:
+            intervention.setup(model, lang, probes)
+            batches = intervention.batches(batches, lang, ft, device)
+            aux = intervention.aux_loss
+        try:
+            losses = train(model, batches, ft.steps, ft.lr, desc=f"finetune seed {ft.seed}",
+                           aux_loss=aux, on_step=on_step, progress=progress)
+        finally:
+            if intervention is not None:
+                intervention.teardown()
+        save_model(model, out / "model")
+        save_file({"probe_means": torch.stack(means).contiguous()}, out / "trajectory.safetensors")
+        (out / "run.json").write_text(json.dumps({"losses": losses, "evals": evals}, indent=1))
+        (out / "timings.json").write_text(json.dumps({"seconds": time.perf_counter() - t0}))
+
+    return load_run(cache.cached("finetune", key, build))
+
+
+def load_run(path: Path) -> FinetuneRun:
+    run = json.loads((path / "run.json").read_text())
+    return FinetuneRun(
+        path=path,
+        probe_means=load_file(path / "trajectory.safetensors")["probe_means"],
+        losses=run["losses"],
+        evals={int(k): v for k, v in run["evals"].items()},
+        seconds=json.loads((path / "timings.json").read_text())["seconds"],
+    )
