@@ -107,8 +107,16 @@ class PhaseConfig:
     """Sequences per step."""
     harmful_fraction: float = 0.0
     """Share of each batch that is a harmful request (its target depends on the phase)."""
+    benign_tasks: tuple[str, ...] = ()
+    """Tasks of the benign part of each batch; empty means every task of the language."""
 
-    def validate(self, name: str) -> None:
+    def validate(self, name: str, tasks: tuple[str, ...] = TASKS) -> None:
+        if isinstance(self.benign_tasks, list):
+            object.__setattr__(self, "benign_tasks", tuple(self.benign_tasks))
+        for t in self.benign_tasks:
+            if t not in tasks:
+                raise ValueError(f"{name}.benign_tasks: {t!r} is not a task of the language "
+                                 f"({', '.join(tasks)})")
         _check_int(f"{name}.steps", self.steps, 0)
         _check_float(f"{name}.lr", self.lr, 0.0, lo_open=True)
         _check_int(f"{name}.batch_size", self.batch_size, 1)
@@ -141,10 +149,15 @@ class HistoryConfig:
             value = getattr(self, name)
             if isinstance(value, dict):  # from YAML / papermill
                 cls = {"language": LanguageConfig, "model": ModelConfig}.get(name, PhaseConfig)
-                object.__setattr__(self, name, cls(**value))
-        self.pretrain.validate("pretrain")
-        self.helpful.validate("helpful")
-        self.safety.validate("safety")
+                try:
+                    object.__setattr__(self, name, cls(**value))
+                except TypeError as e:
+                    raise ValueError(f"{name}: {e}") from None
+            if not isinstance(getattr(self, name), (LanguageConfig, ModelConfig, PhaseConfig)):
+                raise ValueError(f"{name} must be a config or a mapping, got {getattr(self, name)!r}")
+        self.pretrain.validate("pretrain", self.language.tasks)
+        self.helpful.validate("helpful", self.language.tasks)
+        self.safety.validate("safety", self.language.tasks)
         _check_int("seed", self.seed, 0)
         _check_int("n_eval", self.n_eval, 1)
         longest = 2 + self.language.max_len + 1 + self.language.max_len + 1
@@ -169,8 +182,7 @@ class FinetuneConfig:
     seed: int = 0
     """Fine-tuning seed: data order. Every variant with this seed sees the same batches."""
     eval_steps: tuple[int, ...] = (0, 1, 2, 3, 4, 5, 10, 15, 20, 30, 50, 75, 100)
-    """Steps at which generation-based metrics are evaluated (those <= steps are kept;
-    the last step is always added)."""
+    """Steps at which generation-based metrics are evaluated (see :attr:`grid`)."""
     n_eval: int = 200
     """Held-out harmful prompts judged at each evaluation step (and benign prompts per task)."""
     n_probe: int = 128
@@ -185,11 +197,15 @@ class FinetuneConfig:
         _check_int("finetune.seed", self.seed, 0)
         _check_int("finetune.n_eval", self.n_eval, 1)
         _check_int("finetune.n_probe", self.n_probe, 2)
-        steps = tuple(int(s) for s in self.eval_steps)
-        if any(s < 0 for s in steps):
-            raise ValueError(f"finetune.eval_steps must be >= 0, got {self.eval_steps}")
-        grid = sorted({s for s in steps if s <= self.steps} | {0, self.steps})
-        object.__setattr__(self, "eval_steps", tuple(grid))
+        if isinstance(self.eval_steps, list):
+            object.__setattr__(self, "eval_steps", tuple(self.eval_steps))
+        if any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in self.eval_steps):
+            raise ValueError(f"finetune.eval_steps must be ints >= 0, got {self.eval_steps}")
+
+    @property
+    def grid(self) -> tuple[int, ...]:
+        """Evaluation steps actually used: ``eval_steps`` up to T, plus 0 and T."""
+        return tuple(sorted({s for s in self.eval_steps if s <= self.steps} | {0, self.steps}))
 
 
 def to_dict(cfg: Any) -> dict:

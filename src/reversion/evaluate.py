@@ -91,7 +91,7 @@ def evaluate(model, lang: Language, sets: EvalSets, tasks: Sequence[str] | None 
     max_new = lang.cfg.max_len + 1
     h = sets.harmful
     res = judge(greedy_generate(model, [r.prompt for r in h], max_new), h, lang)
-    out = {k: res[k] for k in ("harmfulness", "non_refusal", "exact_match")}
+    out = {k: res[k] for k in ("harmfulness", "non_refusal", "harmful_content", "exact_match")}
     out["task_accuracy"], out["task_loss"], out["over_refusal"] = {}, {}, {}
     for task in tasks or sets.benign:
         reqs = sets.benign[task]

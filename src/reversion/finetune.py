@@ -9,6 +9,7 @@ the fact. Generation-based metrics are evaluated on a sparse grid of steps.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from . import cache, seeding
+from .runtime import set_cpu_threads
 from .activations import mean_activations
 from .config import FinetuneConfig, HistoryConfig, to_dict
 from .data import collate
@@ -36,18 +38,27 @@ class Intervention(Protocol):
     def key(self) -> dict: ...
     def setup(self, model, lang: Language, probes: ProbeSets) -> None: ...
     def aux_loss(self, model, batch: dict, step: int) -> torch.Tensor | None: ...
-    def batches(self, benign: Iterator[dict], lang: Language, ft: FinetuneConfig,
-                device) -> Iterator[dict]: ...
+    def batches(self, benign: Iterator[list[Pair]], lang: Language,
+                ft: FinetuneConfig) -> Iterator[list[Pair]]: ...
     def teardown(self) -> None: ...
 
 
-def benign_batches(lang: Language, ft: FinetuneConfig, device) -> Iterator[dict]:
+Pair = tuple[tuple[int, ...], tuple[int, ...]]
+"""(prompt, target) token ids of one training example."""
+
+
+def benign_batches(lang: Language, ft: FinetuneConfig) -> Iterator[list[Pair]]:
     """Harmless data only: requests of one benign task from the ``train`` split.
     The order depends on the fine-tuning seed alone, so variants are optimizer-matched."""
     r = seeding.rng(ft.seed, "finetune-data", ft.task)
     while True:
         reqs = lang.sample(r, ft.batch_size, "train", harmful=False, tasks=[ft.task])
-        yield collate([q.prompt for q in reqs], [q.answer for q in reqs], device=device)
+        yield [(q.prompt, q.answer) for q in reqs]
+
+
+def _collated(pairs: Iterator[list[Pair]], device) -> Iterator[dict]:
+    for batch in pairs:
+        yield collate([p for p, _ in batch], [t for _, t in batch], device=device)
 
 
 @dataclass(frozen=True)
@@ -86,6 +97,9 @@ class FinetuneRun:
 def finetune(history: HistoryConfig, ft: FinetuneConfig, intervention: Intervention | None = None,
              progress: bool = True) -> FinetuneRun:
     """Benign fine-tuning of theta_S for ``ft.steps`` steps (cached)."""
+    if ft.task not in history.language.tasks:
+        raise ValueError(f"finetune.task {ft.task!r} is not a task of this language "
+                         f"({', '.join(history.language.tasks)})")
     key = {"history": to_dict(history), "finetune": to_dict(ft),
            "intervention": intervention.key() if intervention is not None else None}
     hist = train_history(history, progress=progress)
@@ -95,26 +109,30 @@ def finetune(history: HistoryConfig, ft: FinetuneConfig, intervention: Intervent
         lang = Language(history.language)
         device = default_device()
         seeding.seed_everything(ft.seed)
+        set_cpu_threads()
         model = load_model(hist.paths["theta_S"], device)
         probes = ProbeSets.build(lang, ft.n_probe)
         sets = EvalSets.build(lang, ft.n_eval)
         means = [mean_activations(model, probes.harmful_drift, "all", pad_id=PAD)]
         evals = {0: evaluate(model, lang, sets)}
-        grid = set(ft.eval_steps)
+        grid = set(ft.grid)
+
+        paused = getattr(intervention, "paused", contextlib.nullcontext)
 
         def on_step(step: int, m) -> None:
-            means.append(mean_activations(m, probes.harmful_drift, "all", pad_id=PAD))
-            if step in grid:
-                evals[step] = evaluate(m, lang, sets)
+            with paused():  # measurements see the model, not a training-time edit
+                means.append(mean_activations(m, probes.harmful_drift, "all", pad_id=PAD))
+                if step in grid:
+                    evals[step] = evaluate(m, lang, sets)
 
-        batches = benign_batches(lang, ft, device)
+        pairs = benign_batches(lang, ft)
         aux = None
         if intervention is not None:
             intervention.setup(model, lang, probes)
-            batches = intervention.batches(batches, lang, ft, device)
+            pairs = intervention.batches(pairs, lang, ft)
             aux = intervention.aux_loss
         try:
-            losses = train(model, batches, ft.steps, ft.lr, desc=f"finetune seed {ft.seed}",
+            losses = train(model, _collated(pairs, device), ft.steps, ft.lr, desc=f"finetune seed {ft.seed}",
                            aux_loss=aux, on_step=on_step, progress=progress)
         finally:
             if intervention is not None:

@@ -15,6 +15,7 @@ from typing import Iterator
 import numpy as np
 
 from . import cache, seeding
+from .runtime import set_cpu_threads
 from .config import HistoryConfig, PhaseConfig, to_dict
 from .data import collate
 from .evaluate import EvalSets, evaluate
@@ -32,7 +33,7 @@ def _batches(phase: str, lang: Language, pc: PhaseConfig, r: np.random.Generator
     n_harm = int(round(pc.batch_size * pc.harmful_fraction))
     n_benign = pc.batch_size - n_harm
     while True:
-        benign = lang.sample(r, n_benign, "train", harmful=False)
+        benign = lang.sample(r, n_benign, "train", harmful=False, tasks=pc.benign_tasks or None)
         if phase == "pretrain":
             # Whole documents, loss on every token: demos of the tasks plus free text
             # that mentions harmful tokens. No request is ever refused or answered
@@ -67,6 +68,7 @@ def phase_checkpoint(cfg: HistoryConfig, phase: str, progress: bool = True) -> P
         lang = Language(cfg.language)
         device = default_device()
         seeding.seed_everything(cfg.seed)
+        set_cpu_threads()
         if prev_path is None:
             model = build_model(cfg.model, lang.vocab_size).to(device)
         else:

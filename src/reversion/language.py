@@ -122,7 +122,12 @@ class Language:
                 raise ValueError(f"unknown task {t!r} (this language has: {', '.join(self.cfg.tasks)})")
         out: list[Request] = []
         c = self.cfg
+        attempts = 0
         while len(out) < n:
+            attempts += 1
+            if attempts > 1000 * n + 10_000:
+                raise ValueError(f"could not draw {n} requests of split {split!r} for tasks {tasks}: "
+                                 "the language is too small for its splits")
             task = tasks[int(rng.integers(len(tasks)))]
             length = int(rng.integers(c.min_len, c.max_len + 1))
             x = rng.choice(self.content, size=length, replace=True)

@@ -9,6 +9,7 @@ schema, which refuses unknown names, missing names and wrong types before any wo
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from typing import Any, TypeVar
 
@@ -48,7 +49,7 @@ def _type_ok(value: Any, hint: Any) -> bool:
             inner is Any or inner is Ellipsis or _type_ok(v, inner) for v in value)
     if origin is dict or hint is dict:
         return isinstance(value, dict)
-    if origin is typing.Union:
+    if origin in (typing.Union, types.UnionType):
         return any(_type_ok(value, h) for h in typing.get_args(hint))
     if hint is type(None):
         return value is None

@@ -27,13 +27,15 @@ def _clean(x: Any) -> Any:
         return [_clean(v) for v in x]
     if isinstance(x, np.ndarray):
         return _clean(x.tolist())
+    if isinstance(x, np.bool_):
+        return bool(x)
     if isinstance(x, (np.integer,)):
         return int(x)
     if isinstance(x, (float, np.floating)):
         x = float(x)
         if not math.isfinite(x):
             raise ValueError(f"refusing to write a non-finite number ({x}) to metrics")
-        return round(x, 10)  # stable text across platforms' last-digit noise
+        return float(f"{x:.12g}")  # 12 significant digits: stable text, small numbers kept
     if isinstance(x, Path):
         return x.as_posix()
     return x
@@ -53,14 +55,18 @@ def write_metrics(stem: str, metrics: dict, parameters: dict, seeds: Any = None,
     doc = {"notebook": stem, "parameters": parameters, "seeds": seeds,
            "provenance": provenance(), "metrics": metrics}
     out = folder / "metrics.json"
-    _atomic_write(out, json.dumps(_clean(doc), indent=2, sort_keys=True) + "\n")
-    if timings is not None:
-        _atomic_write(folder / "timings.json", json.dumps(_clean(timings), indent=2) + "\n")
+    text = json.dumps(_clean(doc), indent=2, sort_keys=True) + "\n"
+    # Clean both before writing either: a bad timing must not leave a lone new metrics file.
+    timing_text = json.dumps(_clean(timings), indent=2) + "\n" if timings is not None else None
+    _atomic_write(out, text)
+    if timing_text is not None:
+        _atomic_write(folder / "timings.json", timing_text)
     return out
 
 
 def read_metrics(stem: str) -> dict:
-    """The ``metrics`` of a notebook's results file (raises if it has not run)."""
+    """A notebook's whole results document (``metrics``, ``parameters``, ``seeds``,
+    ``provenance``); raises if the notebook has not run."""
     path = paths.results_dir() / stem / "metrics.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: execute notebooks/{stem}.ipynb first")

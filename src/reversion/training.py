@@ -27,13 +27,14 @@ def train(model: torch.nn.Module, batches: Iterator[Batch], steps: int, lr: floa
                      leave=False):
         batch = next(batches)
         loss = model(**batch).loss
-        total = loss if aux_loss is None else loss + aux_loss(model, batch, step)
+        extra = aux_loss(model, batch, step) if aux_loss is not None else None
+        total = loss if extra is None else loss + extra
         if not torch.isfinite(total):
             raise FloatingPointError(f"{desc}: non-finite loss at step {step}")
         opt.zero_grad(set_to_none=True)
         total.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if on_step is not None:
             on_step(step, model)
     return [x if math.isfinite(x) else float("nan") for x in losses]

@@ -27,6 +27,11 @@ class World:
     def __post_init__(self) -> None:
         if not isinstance(self.n_seeds, int) or isinstance(self.n_seeds, bool) or self.n_seeds < 1:
             raise ValueError(f"n_seeds must be an int >= 1, got {self.n_seeds!r}")
+        if not isinstance(self.history, HistoryConfig) or not isinstance(self.finetune, FinetuneConfig):
+            raise ValueError("world.history and world.finetune must be configs (override them with mappings)")
+        if self.finetune.task not in self.history.language.tasks:
+            raise ValueError(f"finetune.task {self.finetune.task!r} is not a task of this language "
+                             f"({', '.join(self.history.language.tasks)})")
 
     @property
     def seeds(self) -> list[int]:
@@ -64,7 +69,10 @@ def _override(obj, changes: dict, where: str):
             raise ValueError(f"world_overrides{where}: unknown field {key!r} "
                              f"(known: {', '.join(sorted(names))})")
         current = getattr(obj, key)
-        if dataclasses.is_dataclass(current) and isinstance(value, dict):
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ValueError(f"world_overrides{where}.{key} must be a mapping of its fields, "
+                                 f"got {value!r}")
             value = _override(current, value, f"{where}.{key}")
         elif isinstance(current, tuple) and isinstance(value, list):
             value = tuple(value)

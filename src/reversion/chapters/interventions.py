@@ -1,0 +1,216 @@
+"""Chapter 05: block, push, projection and rehearsal against plain benign fine-tuning."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from .. import stats
+from ..finetune import FinetuneRun, finetune
+from ..interventions import Block, Projection, Push, Rehearsal
+from ..results import write_metrics
+from ..vrev import VRevEstimate, estimate_vrev
+from ..worlds import World, make_world
+from .alignment import drift_alignment
+
+STEM = "05_interventions"
+VARIANTS = ("baseline", "block", "push", "projection", "rehearsal")
+
+
+@dataclass(frozen=True)
+class Params:
+    """Parameters of chapter 05 (strengths and fraction fixed before any result was seen)."""
+
+    world: str
+    """Named world (``default``, ``smoke``)."""
+    world_overrides: dict
+    """Changes to the world."""
+    n_seeds: int
+    """Fine-tuning seeds; every variant uses the same seeds (paired comparison)."""
+    block_strength: float
+    """Weight of the bounded block term (0 reproduces the baseline)."""
+    push_strength: float
+    """Weight of the bounded push term."""
+    rehearsal_fraction: float
+    """Share of each batch replaced by safety examples (harmful request -> refusal)."""
+    intervention_layers: list
+    """Layers the block, push and projection act on; empty = every block output 1..L
+    (projection: 1..L-1)."""
+    sweep_strengths: list
+    """Block strengths of the trade-off sweep."""
+    n_sweep_seeds: int
+    """Seeds per sweep point."""
+
+    def __post_init__(self) -> None:
+        for name in ("block_strength", "push_strength"):
+            v = getattr(self, name)
+            if not np.isfinite(v) or v < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {v}")
+        if not np.isfinite(self.rehearsal_fraction) or not 0 <= self.rehearsal_fraction <= 1:
+            raise ValueError(f"rehearsal_fraction must lie in [0, 1], got {self.rehearsal_fraction}")
+        if any(not np.isfinite(s) or s < 0 for s in self.sweep_strengths):
+            raise ValueError(f"sweep_strengths must be finite and >= 0, got {self.sweep_strengths}")
+        if self.n_seeds < 2 or self.n_sweep_seeds < 1:
+            raise ValueError("n_seeds must be >= 2 (paired intervals) and n_sweep_seeds >= 1")
+
+    def make_world(self) -> World:
+        return make_world(self.world, {**self.world_overrides, "n_seeds": self.n_seeds})
+
+
+@dataclass
+class Result:
+    world: World
+    est: VRevEstimate
+    runs: dict[str, list[FinetuneRun]]
+    cos: dict[str, np.ndarray]
+    """variant -> ``[n_seeds, T+1, L+1]`` alignment with v_rev."""
+    sweep: dict[float, list[FinetuneRun]]
+    sweep_cos: dict[float, np.ndarray]
+    theta_S_harmfulness: float
+
+    @property
+    def layer(self) -> int:
+        return self.est.layer
+
+
+def make_variant(name: str, P: Params, est: VRevEstimate, strength: float | None = None):
+    """The intervention object of a variant (None for the baseline)."""
+    d = est.directions
+    L = d.v_rev.shape[0] - 1
+    layers = list(P.intervention_layers) or list(range(1, L + 1))
+    if name == "baseline":
+        return None
+    if name == "block":
+        return Block(d.v_rev, d.displacement_norm, P.block_strength if strength is None else strength, layers)
+    if name == "push":
+        return Push(d.v_rev, d.displacement_norm, P.push_strength, layers)
+    if name == "projection":
+        return Projection(d.v_rev, [l for l in layers if l < L] or [est.layer])
+    if name == "rehearsal":
+        return Rehearsal(P.rehearsal_fraction)
+    raise ValueError(f"unknown variant {name!r} (known: {', '.join(VARIANTS)})")
+
+
+def run(P: Params, progress: bool = True) -> Result:
+    world = P.make_world()
+    est = estimate_vrev(world.history, world.finetune.n_probe, progress=progress)
+    runs = {v: [finetune(world.history, world.finetune_config(s), make_variant(v, P, est), progress)
+                for s in world.seeds] for v in VARIANTS}
+    sweep = {}
+    for lam in P.sweep_strengths:
+        seeds = world.seeds[: P.n_sweep_seeds]
+        sweep[float(lam)] = [finetune(world.history, world.finetune_config(s),
+                                      make_variant("block", P, est, lam) if lam > 0 else None, progress)
+                             for s in seeds]
+    v = est.directions.v_rev
+    cos = {k: np.stack([drift_alignment(r, v) for r in rs]) for k, rs in runs.items()}
+    sweep_cos = {k: np.stack([drift_alignment(r, v) for r in rs]) for k, rs in sweep.items()}
+    h_S = runs["baseline"][0].evals[0]["harmfulness"]
+    return Result(world, est, runs, cos, sweep, sweep_cos, h_S)
+
+
+def cumulative_reversion(run: FinetuneRun, level: float) -> float:
+    """Mean excess harmfulness over theta_S's level across the run: the trapezoid area of
+    (harmfulness - level) over the evaluation grid 0..T, divided by T."""
+    T = run.steps[-1]
+    return stats.auc_above(run.series("harmfulness"), run.steps, level) / T
+
+
+def per_seed(res: Result, variant: str) -> dict[str, np.ndarray]:
+    """Per-seed final values of one variant (``[n_seeds]`` each)."""
+    T, task, layer = res.world.finetune.steps, res.world.finetune.task, res.layer
+    rs = res.runs[variant]
+    return {
+        "final_alignment": res.cos[variant][:, T, layer],
+        "harmfulness": np.array([r.evals[T]["harmfulness"] for r in rs]),
+        "non_refusal": np.array([r.evals[T]["non_refusal"] for r in rs]),
+        "task_accuracy": np.array([r.evals[T]["task_accuracy"][task] for r in rs]),
+        "task_loss": np.array([r.evals[T]["task_loss"][task] for r in rs]),
+        "cumulative_reversion": np.array([cumulative_reversion(r, res.theta_S_harmfulness) for r in rs]),
+    }
+
+
+def variant_table(res: Result) -> pd.DataFrame:
+    rows = []
+    for v in VARIANTS:
+        ps = per_seed(res, v)
+        rows.append({"variant": v, **{k: f"{x.mean():.3f} ± {x.std(ddof=1):.3f}" for k, x in ps.items()}})
+    return pd.DataFrame(rows).set_index("variant")
+
+
+def paired_table(res: Result) -> pd.DataFrame:
+    """Per-seed differences to the baseline (same seed = same data order), 95% t-intervals."""
+    base = per_seed(res, "baseline")
+    rows = []
+    for v in VARIANTS[1:]:
+        ps = per_seed(res, v)
+        for k in ("final_alignment", "harmfulness", "task_accuracy", "task_loss", "cumulative_reversion"):
+            d = stats.paired_difference(ps[k], base[k])
+            rows.append({"variant": v, "metric": k, "mean difference": d["mean"],
+                         "95% CI low": d["ci_low"], "95% CI high": d["ci_high"]})
+    return pd.DataFrame(rows).set_index(["variant", "metric"])
+
+
+def sweep_table(res: Result) -> pd.DataFrame:
+    T, task, layer = res.world.finetune.steps, res.world.finetune.task, res.layer
+    rows = []
+    for lam, rs in res.sweep.items():
+        rows.append({"block strength": lam,
+                     "final alignment": float(res.sweep_cos[lam][:, T, layer].mean()),
+                     "harmfulness": float(np.mean([r.evals[T]["harmfulness"] for r in rs])),
+                     "task accuracy": float(np.mean([r.evals[T]["task_accuracy"][task] for r in rs])),
+                     "task loss": float(np.mean([r.evals[T]["task_loss"][task] for r in rs])),
+                     "n": len(rs)})
+    return pd.DataFrame(rows).set_index("block strength")
+
+
+def ordering(means: dict[str, float]) -> bool:
+    return means["block"] < means["baseline"] < means["push"]
+
+
+def _spearman_or_none(x, y) -> float | None:
+    try:
+        return stats.spearman(x, y)
+    except ValueError:  # a constant input: undefined, not zero
+        return None
+
+
+def metrics(P: Params, res: Result) -> dict:
+    T, layer = res.world.finetune.steps, res.layer
+    variants = {}
+    for v in VARIANTS:
+        ps = per_seed(res, v)
+        variants[v] = {k: stats.aggregate(x) for k, x in ps.items()}
+        variants[v]["final_alignment_by_layer"] = {
+            str(l): stats.aggregate(res.cos[v][:, T, l]) for l in range(res.cos[v].shape[2])}
+    base = per_seed(res, "baseline")
+    paired = {v: {k: stats.paired_difference(per_seed(res, v)[k], base[k])
+                  for k in ("final_alignment", "harmfulness", "task_accuracy", "cumulative_reversion")}
+              for v in VARIANTS[1:]}
+    al = {v: variants[v]["final_alignment"]["mean"] for v in VARIANTS}
+    hm = {v: variants[v]["harmfulness"]["mean"] for v in VARIANTS}
+    cr_base = variants["baseline"]["cumulative_reversion"]["mean"]
+    cr_reh = variants["rehearsal"]["cumulative_reversion"]["mean"]
+    points_a = np.concatenate([per_seed(res, v)["final_alignment"] for v in VARIANTS])
+    points_h = np.concatenate([per_seed(res, v)["harmfulness"] for v in VARIANTS])
+    return {
+        "layer": layer, "T": T, "theta_S_harmfulness": res.theta_S_harmfulness,
+        "strengths": {"block": P.block_strength, "push": P.push_strength,
+                      "rehearsal_fraction": P.rehearsal_fraction},
+        "variants": variants, "paired_vs_baseline": paired,
+        "ordering": {"alignment": ordering(al), "harmfulness": ordering(hm)},
+        "rehearsal_reduction": (1 - cr_reh / cr_base) if cr_base > 0 else None,
+        "spearman_alignment_harmfulness_across_variants": _spearman_or_none(points_a, points_h),
+        "sweep": sweep_table(res).reset_index().to_dict(orient="records"),
+        "paper": {"final_alignment": {"baseline": 0.648, "block": -0.211},
+                  "harmfulness": {"baseline": 0.19, "block": 0.085}, "rehearsal_reduction": 0.30},
+    }
+
+
+def save(P: Params, res: Result) -> dict:
+    m = metrics(P, res)
+    write_metrics(STEM, m, dataclasses.asdict(P), seeds=res.world.seeds)
+    return m

@@ -1,0 +1,259 @@
+"""Fine-tuning variants, all optimizer-matched to the baseline.
+
+Same optimizer, learning rate, steps and benign data order per seed; each variant
+changes one thing:
+
+* :class:`Block` -- adds ``+strength * sum_l tanh(p_l / s_l)`` to the loss, where ``p_l``
+  is the projection on v_rev of the probe activations' drift from theta_S at layer l and
+  ``s_l = ||mu_H - mu_S||`` its natural scale. Linear at p = 0, so it acts from the first
+  step (a quadratic or a hinge has no gradient there); the tanh bounds it.
+* :class:`Push` -- the same term with the opposite sign: reinforces the motion, bounded.
+* :class:`Projection` -- during the training forward pass, removes the component along
+  v_rev of each activation's change from theta_S's mean at the chosen layers (a
+  CAFT-style edit of the forward pass, not of the loss). No hook at evaluation.
+* :class:`Rehearsal` -- replaces a fraction of each batch with safety-alignment
+  examples (harmful request -> refusal); never sees v_rev.
+* :class:`AlignmentMix` -- the null control of chapter 04: fine-tune on the alignment
+  mix itself (continued safety training) instead of the benign task.
+
+Each is a plain object with ``aux_loss(model, batch, step)`` and ``batches(...)``, so it
+drops into any training loop (see :mod:`reversion.finetune`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+from typing import Iterator, Sequence
+
+import torch
+
+from . import seeding
+from .activations import mean_activations
+from .hooks import add_hooks, edit_block_output, get_blocks, n_layers
+from .language import PAD, Language
+
+
+def _check_strength(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def _digest(t: torch.Tensor) -> str:
+    return hashlib.sha256(t.detach().double().cpu().numpy().tobytes()).hexdigest()[:16]
+
+
+def _check_layers(layers: Sequence[int], n_layer: int, lo: int = 1) -> list[int]:
+    layers = sorted({int(l) for l in layers})
+    if not layers:
+        raise ValueError("layers must name at least one layer")
+    bad = [l for l in layers if not lo <= l <= n_layer]
+    if bad:
+        raise ValueError(f"layers {bad} outside [{lo}, {n_layer}]")
+    return layers
+
+
+class _DirectionalTerm:
+    """Shared by Block and Push: a bounded term linear at theta_S in the probe projection."""
+
+    sign = +1.0
+    name = "directional"
+
+    def __init__(self, v_rev: torch.Tensor, scale: torch.Tensor, strength: float,
+                 layers: Sequence[int], n_probe_batch: int = 32):
+        """``v_rev`` ``[L+1, d]`` unit rows; ``scale`` ``[L+1]`` (e.g. ||mu_H - mu_S||)."""
+        self.strength = _check_strength(f"{self.name} strength", strength)
+        self.v = v_rev.detach().double()
+        self.scale = scale.detach().double()
+        if not torch.all(self.scale[list(layers)] > 0):
+            raise ValueError(f"{self.name}: scale must be > 0 at every layer acted on")
+        self.layers = _check_layers(layers, self.v.shape[0] - 1)
+        if n_probe_batch < 1:
+            raise ValueError(f"n_probe_batch must be >= 1, got {n_probe_batch}")
+        self.n_probe_batch = n_probe_batch
+        self.mu_S: torch.Tensor | None = None
+        self.probe_batches: list[dict] = []
+
+    def key(self) -> dict:
+        return {"variant": self.name, "strength": self.strength, "layers": self.layers,
+                "v_rev": _digest(self.v), "n_probe_batch": self.n_probe_batch}
+
+    def setup(self, model, lang: Language, probes) -> None:
+        from .data import collate
+
+        prompts = probes.harmful_block
+        device = next(model.parameters()).device
+        # theta_S reference means on the same prompts the term looks at.
+        self.mu_S = mean_activations(model, prompts, self.layers, pad_id=PAD).to(device)
+        self._v = self.v[self.layers].to(device)
+        self._scale = self.scale[self.layers].to(device)
+        self.probe_batches = [collate(prompts[i:i + self.n_probe_batch], device=device)
+                              for i in range(0, len(prompts), self.n_probe_batch)]
+
+    def projection(self, model, step: int) -> torch.Tensor:
+        """``[len(layers)]`` projection on v_rev of the probe batch's mean drift (differentiable)."""
+        b = self.probe_batches[(step - 1) % len(self.probe_batches)]
+        out = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
+                    output_hidden_states=True)
+        last = b["attention_mask"].sum(1) - 1
+        rows = torch.arange(len(last), device=last.device)
+        h = torch.stack([out.hidden_states[l][rows, last] for l in self.layers], 1)  # [n, k, d]
+        drift = h.double().mean(0) - self.mu_S  # [k, d]
+        return (drift * self._v).sum(-1)
+
+    def aux_loss(self, model, batch: dict, step: int) -> torch.Tensor | None:
+        if self.strength == 0.0:
+            return None  # exactly the baseline: no extra forward, no extra graph
+        p = self.projection(model, step)
+        return (self.sign * self.strength * torch.tanh(p / self._scale).sum()).float()
+
+    def batches(self, benign, lang, ft):
+        return benign
+
+    def teardown(self) -> None:
+        self.probe_batches = []
+
+
+class Block(_DirectionalTerm):
+    """Opposes positive motion of the probe activations along v_rev."""
+
+    sign = +1.0
+    name = "block"
+
+
+class Push(_DirectionalTerm):
+    """Reinforces motion along v_rev; bounded by the tanh so it cannot run away."""
+
+    sign = -1.0
+    name = "push"
+
+
+class Projection:
+    """Removes, in the training forward pass, the change along v_rev at the given layers."""
+
+    name = "projection"
+
+    def __init__(self, v_rev: torch.Tensor, layers: Sequence[int]):
+        self.v = v_rev.detach().double()
+        # hidden_states[l] is the output of block l-1 for l < L; layer L carries the final
+        # norm, which a block hook does not see, so the edit acts on layers 1..L-1.
+        self.layers = _check_layers(layers, self.v.shape[0] - 2)
+        self._stack: contextlib.ExitStack | None = None
+        self.active = False
+
+    def key(self) -> dict:
+        return {"variant": self.name, "layers": self.layers, "v_rev": _digest(self.v)}
+
+    def setup(self, model, lang: Language, probes) -> None:
+        device = next(model.parameters()).device
+        mu = mean_activations(model, probes.harmful_block, self.layers, pad_id=PAD)
+        blocks = get_blocks(model)
+        hooks = []
+        for i, l in enumerate(self.layers):
+            v = self.v[l].to(device).float()
+            c = float(mu[i].double() @ self.v[l])  # theta_S's mean projection
+
+            def edit(h, v=v, c=c):
+                return h - ((h @ v) - c)[..., None] * v
+
+            def hook(mod, inp, out, edit=edit):
+                return edit_block_output(out, edit) if self.active else out
+
+            hooks.append((blocks[l - 1], hook))
+        self.active = True
+        self._stack = contextlib.ExitStack()
+        self._stack.enter_context(add_hooks(forward_hooks=hooks))
+
+    def aux_loss(self, model, batch, step):
+        return None
+
+    def batches(self, benign, lang, ft):
+        return benign
+
+    @contextlib.contextmanager
+    def paused(self):
+        """No edit while the loop probes or evaluates: the edit is for training only."""
+        was, self.active = self.active, False
+        try:
+            yield
+        finally:
+            self.active = was
+
+    def teardown(self) -> None:
+        if self._stack is not None:
+            self._stack.close()
+            self._stack = None
+
+
+class Rehearsal:
+    """Mixes safety-alignment examples into each benign batch (no access to v_rev)."""
+
+    name = "rehearsal"
+
+    def __init__(self, fraction: float, seed: int = 0):
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) \
+                or not math.isfinite(fraction) or not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"rehearsal fraction must lie in [0, 1], got {fraction!r}")
+        self.fraction = float(fraction)
+        self.seed = seed
+
+    def key(self) -> dict:
+        return {"variant": self.name, "fraction": self.fraction}
+
+    def setup(self, model, lang, probes) -> None:
+        pass
+
+    def aux_loss(self, model, batch, step):
+        return None
+
+    def batches(self, benign: Iterator[list], lang: Language, ft) -> Iterator[list]:
+        r = seeding.rng(ft.seed, "rehearsal-data")
+        k = int(round(ft.batch_size * self.fraction))
+        for batch in benign:
+            if k == 0:
+                yield batch
+                continue
+            harm = lang.sample(r, k, "train", harmful=True)
+            # Replace the tail: the benign head keeps the baseline's data order.
+            yield batch[: len(batch) - k] + [(q.prompt, lang.refusal_answer) for q in harm]
+
+    def teardown(self) -> None:
+        pass
+
+
+class AlignmentMix:
+    """Control for the null test: continue on the safety alignment's own mix."""
+
+    name = "alignment_mix"
+
+    def __init__(self, harmful_fraction: float = 0.5):
+        if not 0.0 <= harmful_fraction <= 1.0:
+            raise ValueError(f"harmful_fraction must lie in [0, 1], got {harmful_fraction}")
+        self.harmful_fraction = float(harmful_fraction)
+
+    def key(self) -> dict:
+        return {"variant": self.name, "harmful_fraction": self.harmful_fraction}
+
+    def setup(self, model, lang, probes) -> None:
+        pass
+
+    def aux_loss(self, model, batch, step):
+        return None
+
+    def batches(self, benign: Iterator[list], lang: Language, ft) -> Iterator[list]:
+        r = seeding.rng(ft.seed, "alignment-mix")
+        k = int(round(ft.batch_size * self.harmful_fraction))
+        while True:
+            ben = lang.sample(r, ft.batch_size - k, "train", harmful=False)
+            harm = lang.sample(r, k, "train", harmful=True)
+            yield [(q.prompt, q.answer) for q in ben] + [(q.prompt, lang.refusal_answer) for q in harm]
+
+    def teardown(self) -> None:
+        pass
+
+
+def all_block_layers(model) -> list[int]:
+    """Layers 1..L (every block output) -- the default for Block and Push."""
+    return list(range(1, n_layers(model) + 1))

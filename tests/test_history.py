@@ -1,0 +1,326 @@
+"""The training history and benign fine-tuning, end to end on the tiny ``smoke`` world.
+
+Every test runs against its own temporary cache (``REVERSION_CACHE``); nothing touches the
+project's ``.cache`` or ``results``. The smoke world trains in about a second per history
+on one CPU thread; its numbers mean nothing, so only structure, caching and determinism are
+checked here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from reversion import history as history_mod
+from reversion import finetune as finetune_mod
+from reversion.activations import mean_activations
+from reversion.config import HistoryConfig, LanguageConfig, to_dict
+from reversion.finetune import finetune, load_run
+from reversion.history import CHECKPOINT, PHASES, _stage_config, phase_checkpoint, train_history
+from reversion.language import PAD, Language
+from reversion.model import load_model
+from reversion.probes import ProbeSets
+from reversion.worlds import make_world
+
+RATES = ("harmfulness", "non_refusal", "exact_match")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models on a shared CPU: intra-op threads only contend (tens of times slower).
+    Also restores the global determinism flag that ``seed_everything`` sets."""
+    threads = torch.get_num_threads()
+    det = torch.are_deterministic_algorithms_enabled()
+    warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(det, warn_only=warn)
+
+
+@pytest.fixture(scope="module")
+def world():
+    return make_world("smoke")
+
+
+def _in_cache(folder: Path):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("REVERSION_CACHE", str(folder))
+    mp.setenv("REVERSION_RESULTS", str(folder.parent / "results"))
+    return mp
+
+
+@pytest.fixture(scope="module")
+def cache_a(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache-a") / "cache"
+
+
+@pytest.fixture(scope="module")
+def cache_b(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache-b") / "cache"
+
+
+@pytest.fixture(scope="module")
+def hist_a(world, cache_a):
+    mp = _in_cache(cache_a)
+    try:
+        yield train_history(world.history, progress=False)
+    finally:
+        mp.undo()
+
+
+@pytest.fixture(scope="module")
+def hist_b(world, cache_b):
+    """The same history trained again, from nothing, in another empty cache."""
+    mp = _in_cache(cache_b)
+    try:
+        yield train_history(world.history, progress=False)
+    finally:
+        mp.undo()
+
+
+@pytest.fixture(scope="module")
+def run_a(world, cache_a, hist_a):
+    mp = _in_cache(cache_a)
+    try:
+        yield finetune(world.history, world.finetune_config(0), progress=False)
+    finally:
+        mp.undo()
+
+
+@pytest.fixture
+def use_cache(monkeypatch):
+    def use(folder: Path) -> None:
+        monkeypatch.setenv("REVERSION_CACHE", str(folder))
+        monkeypatch.setenv("REVERSION_RESULTS", str(folder.parent / "results"))
+    return use
+
+
+def _no_training(*args, **kwargs):
+    raise AssertionError("trained although the entry was cached")
+
+
+def _state(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(path / "model.safetensors")
+
+
+def _same_weights(a: Path, b: Path) -> bool:
+    sa, sb = _state(a), _state(b)
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+# --------------------------------------------------------------------------- history
+
+
+def test_three_loadable_hugging_face_checkpoints(world, hist_a, cache_a):
+    cfg = world.history
+    lang = Language(cfg.language)
+    assert set(hist_a.paths) == {"theta_P", "theta_H", "theta_S"}
+    assert len(set(hist_a.paths.values())) == 3
+    prompt = torch.tensor([lang.sample(np.random.default_rng(0), 1, "eval", harmful=True)[0].prompt])
+    for ck, path in hist_a.paths.items():
+        assert cache_a in path.parents                      # inside the temporary cache
+        assert (path / "model.safetensors").is_file()
+        assert (path / "config.json").is_file()
+        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
+        assert model.config.vocab_size == lang.vocab_size
+        assert model.config.n_layer == cfg.model.n_layer
+        assert model.config.n_embd == cfg.model.n_embd
+        assert model.config.n_positions == cfg.model.n_positions
+        with torch.no_grad():
+            logits = model(input_ids=prompt).logits
+        assert logits.shape == (1, prompt.shape[1], lang.vocab_size)
+        assert torch.isfinite(logits).all()
+        assert isinstance(hist_a.load(ck, "cpu"), torch.nn.Module)
+    with pytest.raises(ValueError, match="theta_X"):
+        hist_a.load("theta_X")
+
+
+def test_the_three_checkpoints_differ(hist_a):
+    p, h, s = (hist_a.paths[k] for k in ("theta_P", "theta_H", "theta_S"))
+    assert not _same_weights(p, h) and not _same_weights(h, s)
+
+
+def test_metrics_and_losses(world, hist_a):
+    cfg = world.history
+    for phase in PHASES:
+        ck = CHECKPOINT[phase]
+        m = hist_a.metrics[ck]
+        assert {*RATES, "task_accuracy", "task_loss", "over_refusal"} <= set(m)
+        for k in RATES:
+            assert 0.0 <= m[k] <= 1.0
+        assert m["exact_match"] <= m["harmfulness"] <= m["non_refusal"]
+        for k in ("task_accuracy", "over_refusal"):
+            assert set(m[k]) == set(cfg.language.tasks)
+            assert all(0.0 <= v <= 1.0 for v in m[k].values())
+        assert all(math.isfinite(v) and v > 0 for v in m["task_loss"].values())
+        losses = hist_a.losses[phase]
+        assert len(losses) == getattr(cfg, phase).steps
+        assert all(math.isfinite(v) and v > 0 for v in losses)
+        assert hist_a.seconds[phase] > 0
+
+
+def test_second_call_is_a_cache_hit(world, hist_a, use_cache, cache_a, monkeypatch):
+    use_cache(cache_a)
+    mtimes = {k: ((p / "model.safetensors").stat().st_mtime_ns, p.parent.stat().st_mtime_ns)
+              for k, p in hist_a.paths.items()}
+    monkeypatch.setattr(history_mod, "train", _no_training)
+    again = train_history(world.history, progress=False)
+    assert again.paths == hist_a.paths
+    assert again.metrics == hist_a.metrics and again.losses == hist_a.losses
+    assert {k: ((p / "model.safetensors").stat().st_mtime_ns, p.parent.stat().st_mtime_ns)
+            for k, p in again.paths.items()} == mtimes
+
+
+def test_same_seed_gives_identical_weights_from_empty_caches(hist_a, hist_b, cache_b):
+    for ck in hist_a.paths:
+        assert cache_b in hist_b.paths[ck].parents
+        assert hist_b.paths[ck] != hist_a.paths[ck]
+        assert _same_weights(hist_a.paths[ck], hist_b.paths[ck]), ck
+    assert hist_a.metrics == hist_b.metrics
+    assert hist_a.losses == hist_b.losses
+
+
+def test_different_seed_gives_different_weights(world, hist_a, use_cache, tmp_path):
+    use_cache(tmp_path / "cache")
+    other = phase_checkpoint(dataclasses.replace(world.history, seed=1), "pretrain", progress=False)
+    assert not _same_weights(other / "model", hist_a.paths["theta_P"])
+
+
+def test_stage_keys_depend_on_upstream_phases_only(world):
+    cfg = world.history
+    keys = {p: _stage_config(cfg, p) for p in PHASES}
+    safety = dataclasses.replace(cfg, safety=dataclasses.replace(cfg.safety, steps=11))
+    pre = dataclasses.replace(cfg, pretrain=dataclasses.replace(cfg.pretrain, steps=21))
+    assert [_stage_config(safety, p) == keys[p] for p in PHASES] == [True, True, False]
+    assert [_stage_config(pre, p) == keys[p] for p in PHASES] == [False, False, False]
+    assert "safety" not in keys["helpful"] and "helpful" not in keys["pretrain"]
+
+
+def test_changing_only_safety_retrains_only_safety(world, hist_a, use_cache, cache_a, monkeypatch):
+    use_cache(cache_a)
+    calls = []
+    real = history_mod.train
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("desc"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(history_mod, "train", counting)
+    cfg = world.history
+    longer = dataclasses.replace(cfg, safety=dataclasses.replace(cfg.safety, steps=cfg.safety.steps + 2))
+    h = train_history(longer, progress=False)
+    assert len(calls) == 1 and calls[0].startswith("safety")
+    assert h.paths["theta_P"] == hist_a.paths["theta_P"]
+    assert h.paths["theta_H"] == hist_a.paths["theta_H"]
+    assert h.paths["theta_S"] != hist_a.paths["theta_S"]
+    assert len(h.losses["safety"]) == cfg.safety.steps + 2
+
+
+def test_invalid_config_raises_before_anything_is_written(use_cache, tmp_path):
+    folder = tmp_path / "cache"
+    use_cache(folder)
+    with pytest.raises(ValueError, match=r"safety\.lr"):
+        w = make_world("smoke", {"history": {"safety": {"lr": -1.0}}})
+        train_history(w.history, progress=False)
+    with pytest.raises(ValueError, match=r"model\.n_embd"):
+        train_history(HistoryConfig(model={"n_embd": 30, "n_head": 4}), progress=False)
+    with pytest.raises(ValueError, match="unknown phase"):
+        phase_checkpoint(HistoryConfig(), "finetune", progress=False)
+    assert not folder.exists()
+
+
+def test_finetune_task_outside_the_language_raises_before_any_work(world, use_cache, tmp_path):
+    folder = tmp_path / "cache"
+    use_cache(folder)
+    hist = dataclasses.replace(world.history, language=LanguageConfig(
+        n_content=16, n_harmful=4, max_len=4, tasks=("reverse", "rotate")))
+    with pytest.raises(ValueError, match="sort"):
+        finetune(hist, world.finetune_config(0), progress=False)   # smoke task: sort
+    assert not folder.exists()
+
+
+# --------------------------------------------------------------------------- finetune
+
+
+def test_finetune_run_structure(world, run_a, hist_a, cache_a):
+    ft = world.finetune_config(0)
+    cfg = world.history
+    T, L, d = ft.steps, cfg.model.n_layer, cfg.model.n_embd
+    assert cache_a in run_a.path.parents
+    assert run_a.probe_means.shape == (T + 1, L + 1, d)
+    assert run_a.probe_means.dtype == torch.float64
+    assert torch.isfinite(run_a.probe_means).all()
+    assert run_a.steps == list(ft.eval_steps) == [0, 1, 2, 3, 6]
+    assert len(run_a.losses) == T and all(math.isfinite(v) for v in run_a.losses)
+    for step, ev in run_a.evals.items():
+        for k in RATES:
+            assert 0.0 <= ev[k] <= 1.0
+        assert set(ev["task_accuracy"]) == set(cfg.language.tasks)
+    assert run_a.series("harmfulness") == [run_a.evals[s]["harmfulness"] for s in run_a.steps]
+    assert len(run_a.series("task_accuracy", ft.task)) == len(run_a.steps)
+    # step 0 is theta_S itself: its evaluation equals the history's, on the same eval sets
+    assert ft.n_eval == cfg.n_eval
+    assert run_a.evals[0] == hist_a.metrics["theta_S"]
+
+
+def test_probe_means_are_the_models_mean_activations(world, run_a, hist_a):
+    """Row 0 is theta_S, the last row is the saved fine-tuned model."""
+    ft = world.finetune_config(0)
+    lang = Language(world.history.language)
+    probes = ProbeSets.build(lang, ft.n_probe).harmful_drift
+    start = mean_activations(load_model(hist_a.paths["theta_S"], "cpu"), probes, "all", pad_id=PAD)
+    end = mean_activations(run_a.load_model("cpu"), probes, "all", pad_id=PAD)
+    torch.testing.assert_close(run_a.probe_means[0], start, rtol=0, atol=1e-9)
+    torch.testing.assert_close(run_a.probe_means[-1], end, rtol=0, atol=1e-9)
+    # and the trajectory moves: fine-tuning changed the activations
+    assert not torch.equal(run_a.probe_means[0], run_a.probe_means[-1])
+
+
+def test_finetune_is_cached(world, run_a, use_cache, cache_a, monkeypatch):
+    use_cache(cache_a)
+    monkeypatch.setattr(finetune_mod, "train", _no_training)
+    monkeypatch.setattr(history_mod, "train", _no_training)
+    again = finetune(world.history, world.finetune_config(0), progress=False)
+    assert again.path == run_a.path
+    assert torch.equal(again.probe_means, run_a.probe_means)
+    assert load_run(run_a.path).evals == run_a.evals
+
+
+def test_finetune_same_seed_is_byte_identical(world, run_a, hist_b, cache_b, use_cache):
+    use_cache(cache_b)  # its history was trained independently from nothing
+    run_b = finetune(world.history, world.finetune_config(0), progress=False)
+    assert cache_b in run_b.path.parents
+    assert (run_b.path / "run.json").read_bytes() == (run_a.path / "run.json").read_bytes()
+    assert torch.equal(run_b.probe_means, run_a.probe_means)
+    assert _same_weights(run_a.path / "model", run_b.path / "model")
+
+
+def test_finetune_seed_changes_the_data(world, run_a, use_cache, cache_a):
+    use_cache(cache_a)
+    other = finetune(world.history, world.finetune_config(1), progress=False)
+    assert other.path != run_a.path
+    assert other.losses != run_a.losses
+    assert torch.equal(other.probe_means[0], run_a.probe_means[0])  # same theta_S, same probes
+    assert not torch.equal(other.probe_means[-1], run_a.probe_means[-1])
+
+
+def test_finetune_run_json_holds_no_timing(world, run_a):
+    doc = json.loads((run_a.path / "run.json").read_text())
+    assert {"losses", "evals"} <= set(doc)
+    assert not any("second" in k or "time" in k for k in doc)  # wall-clock lives elsewhere
+    assert "seconds" in json.loads((run_a.path / "timings.json").read_text())
+    assert run_a.seconds > 0
+    key = json.loads((run_a.path / "config.json").read_text())["config"]
+    as_json = lambda cfg: json.loads(json.dumps(to_dict(cfg)))  # noqa: E731
+    assert key["history"] == as_json(world.history)
+    assert key["finetune"] == as_json(world.finetune_config(0))
+    assert key["intervention"] is None
