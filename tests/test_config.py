@@ -16,7 +16,7 @@ NAN, INF = float("nan"), float("inf")
 def test_defaults_are_valid_and_json_ready():
     h, f = HistoryConfig(), FinetuneConfig()
     d = to_dict(h)
-    assert d["language"]["tasks"] == TASKS and d["safety"]["steps"] == 150
+    assert d["language"]["tasks"] == TASKS and d["safety"]["steps"] == 100
     assert to_dict(f)["steps"] == 100
     # rebuilding from its own dict (the YAML/papermill path) gives the same config
     assert HistoryConfig(**{k: v for k, v in d.items()}) == h

@@ -137,8 +137,9 @@ class HistoryConfig:
     the share of free-text documents."""
     helpful: PhaseConfig = field(default_factory=lambda: PhaseConfig(2000, 1e-3, 64, 0.3))
     """theta_H: the large helpful-only phase: every request answered, harmful ones too."""
-    safety: PhaseConfig = field(default_factory=lambda: PhaseConfig(150, 1e-3, 64, 0.5))
-    """theta_S: the short safety alignment: harmful requests -> refusal, benign kept."""
+    safety: PhaseConfig = field(default_factory=lambda: PhaseConfig(100, 5e-4, 64, 0.5))
+    """theta_S: the short, shallow safety alignment: harmful requests -> refusal, benign kept.
+    A longer alignment removes the effect (chapter 01's control)."""
     seed: int = 0
     """Seed of the initialisation and data order of all three phases."""
     n_eval: int = 200
@@ -175,7 +176,7 @@ class FinetuneConfig:
     """The benign fine-tuning task (no harmful prompt anywhere in its data)."""
     steps: int = 100
     """T, the number of optimizer steps."""
-    lr: float = 1e-4
+    lr: float = 3e-4
     """Learning rate (AdamW, constant)."""
     batch_size: int = 32
     """Sequences per step."""
