@@ -41,6 +41,18 @@ def _check_strength(name: str, value: float) -> float:
     return float(value)
 
 
+def _check_fraction(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not math.isfinite(value) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must lie in [0, 1], got {value!r}")
+    return float(value)
+
+
+def _share(n: int, fraction: float) -> int:
+    """Examples of a batch of ``n`` given to a fraction (halves round up, not to even)."""
+    return int(math.floor(n * fraction + 0.5))
+
+
 def _digest(t: torch.Tensor) -> str:
     return hashlib.sha256(t.detach().double().cpu().numpy().tobytes()).hexdigest()[:16]
 
@@ -67,9 +79,9 @@ class _DirectionalTerm:
         self.strength = _check_strength(f"{self.name} strength", strength)
         self.v = v_rev.detach().double()
         self.scale = scale.detach().double()
-        if not torch.all(self.scale[list(layers)] > 0):
-            raise ValueError(f"{self.name}: scale must be > 0 at every layer acted on")
         self.layers = _check_layers(layers, self.v.shape[0] - 1)
+        if not torch.all(self.scale[self.layers] > 0):
+            raise ValueError(f"{self.name}: scale must be > 0 at every layer acted on")
         if n_probe_batch < 1:
             raise ValueError(f"n_probe_batch must be >= 1, got {n_probe_batch}")
         self.n_probe_batch = n_probe_batch
@@ -192,12 +204,8 @@ class Rehearsal:
 
     name = "rehearsal"
 
-    def __init__(self, fraction: float, seed: int = 0):
-        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) \
-                or not math.isfinite(fraction) or not 0.0 <= fraction <= 1.0:
-            raise ValueError(f"rehearsal fraction must lie in [0, 1], got {fraction!r}")
-        self.fraction = float(fraction)
-        self.seed = seed
+    def __init__(self, fraction: float):
+        self.fraction = _check_fraction("rehearsal fraction", fraction)
 
     def key(self) -> dict:
         return {"variant": self.name, "fraction": self.fraction}
@@ -210,7 +218,7 @@ class Rehearsal:
 
     def batches(self, benign: Iterator[list], lang: Language, ft) -> Iterator[list]:
         r = seeding.rng(ft.seed, "rehearsal-data")
-        k = int(round(ft.batch_size * self.fraction))
+        k = _share(ft.batch_size, self.fraction)
         for batch in benign:
             if k == 0:
                 yield batch
@@ -229,9 +237,7 @@ class AlignmentMix:
     name = "alignment_mix"
 
     def __init__(self, harmful_fraction: float = 0.5):
-        if not 0.0 <= harmful_fraction <= 1.0:
-            raise ValueError(f"harmful_fraction must lie in [0, 1], got {harmful_fraction}")
-        self.harmful_fraction = float(harmful_fraction)
+        self.harmful_fraction = _check_fraction("harmful_fraction", harmful_fraction)
 
     def key(self) -> dict:
         return {"variant": self.name, "harmful_fraction": self.harmful_fraction}
@@ -244,7 +250,7 @@ class AlignmentMix:
 
     def batches(self, benign: Iterator[list], lang: Language, ft) -> Iterator[list]:
         r = seeding.rng(ft.seed, "alignment-mix")
-        k = int(round(ft.batch_size * self.harmful_fraction))
+        k = _share(ft.batch_size, self.harmful_fraction)
         while True:
             ben = lang.sample(r, ft.batch_size - k, "train", harmful=False)
             harm = lang.sample(r, k, "train", harmful=True)

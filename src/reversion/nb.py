@@ -53,6 +53,8 @@ def _type_ok(value: Any, hint: Any) -> bool:
         return any(_type_ok(value, h) for h in typing.get_args(hint))
     if hint is type(None):
         return value is None
+    if isinstance(hint, type):  # bare list, dict, ...
+        return isinstance(value, hint)
     return True
 
 

@@ -150,14 +150,16 @@ def paper_comparison(m: dict) -> str:
 
 def metrics(P: Params, res: Result) -> dict:
     layer, T = res.layer, res.world.finetune.steps
-    al = {}
+    al, al_min = {}, {}
     for s in [s for s in REPORT_STEPS if s <= T]:
         al[str(s)] = stats.aggregate(res.cos["v_rev"][:, s, layer])
+        al_min[str(s)] = float(res.cos["v_rev"][:, s, layer].min())
     final_all = {str(l): stats.aggregate(res.cos["v_rev"][:, T, l]) for l in range(res.cos["v_rev"].shape[2])}
     corr = correlations(harmfulness_pairs(res))
     controls = {name: {str(s): stats.aggregate(c[:, s, layer]) for s in [1, T]}
                 for name, c in res.cos.items() if name != "v_rev"}
-    return {"layer": layer, "T": T, "alignment": al, "final_alignment_by_layer": final_all,
+    return {"layer": layer, "T": T, "alignment": al, "alignment_min_over_seeds": al_min,
+            "final_alignment_by_layer": final_all,
             "control_alignment": controls,
             "spearman_alignment_harmfulness": corr["spearman"],
             "partial_spearman_given_step": corr["partial_spearman_step"],

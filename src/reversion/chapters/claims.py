@@ -77,7 +77,7 @@ def build_rows(m: dict[str, dict]) -> list[Row]:
     a1, a20 = al["alignment"].get("1"), al["alignment"].get("20")
     if a1 is None:
         v = NOT
-    elif a1["mean"] > p99_m and a1["mean"] - 0 > p99_iso:
+    elif a1["mean"] > p99_m and al["alignment_min_over_seeds"]["1"] > p99_iso:
         v = REPRODUCED
     elif a1["mean"] > p99_iso:
         v = PARTLY

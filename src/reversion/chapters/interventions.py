@@ -164,7 +164,8 @@ def sweep_table(res: Result) -> pd.DataFrame:
                      "task accuracy": float(np.mean([r.evals[T]["task_accuracy"][task] for r in rs])),
                      "task loss": float(np.mean([r.evals[T]["task_loss"][task] for r in rs])),
                      "n": len(rs)})
-    return pd.DataFrame(rows).set_index("block strength")
+    cols = ["block strength", "final alignment", "harmfulness", "task accuracy", "task loss", "n"]
+    return pd.DataFrame(rows, columns=cols).set_index("block strength")
 
 
 def ordering(means: dict[str, float]) -> bool:

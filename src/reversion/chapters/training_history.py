@@ -14,7 +14,7 @@ from ..aggregate import at_step, over_seeds
 from ..evaluate import EvalSets, greedy_generate
 from ..finetune import FinetuneRun, finetune
 from ..history import History, train_history
-from ..language import Language
+from ..language import EOS, Language
 from ..results import write_metrics
 from ..worlds import World, make_world
 
@@ -127,14 +127,14 @@ def samples(res: Result, n: int) -> pd.DataFrame:
     sets = EvalSets.build(lang, res.world.history.n_eval)
     reqs = sets.harmful[: n] + sets.benign[res.task][: n]
     models = {ck: res.history.load(ck) for ck in res.history.paths}
-    models[f"theta_T (seed {res.runs[0].evals and res.world.seeds[0]})"] = res.runs[0].load_model()
+    models[f"theta_T (seed {res.world.seeds[0]})"] = res.runs[0].load_model()
     rows = []
     for q in reqs:
         row = {"request": lang.decode(q.prompt[1:-1]), "kind": "harmful" if q.harmful else "benign",
                "compliant answer": lang.decode(q.answer[:-1])}
         for name, m in models.items():
             g = greedy_generate(m, [q.prompt], lang.cfg.max_len + 1)[0]
-            row[name] = lang.decode(g[: g.index(3)] if 3 in g else g)
+            row[name] = lang.decode(g[: g.index(EOS)] if EOS in g else g)
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -1,0 +1,453 @@
+"""Fine-tuning interventions on the ``smoke`` organism: each does the one thing it claims.
+
+* strength 0 is the baseline, bit for bit;
+* block lowers and push raises the probes' motion along v_rev, far beyond float noise;
+* projection pins each token's projection at theta_S's mean during the training forward
+  pass, edits nothing while paused, and leaves no hook behind;
+* rehearsal replaces exactly the batch's tail with real harmful requests -> refusal and
+  keeps the baseline's benign head; the alignment mix has the safety phase's harmful share;
+* bad strengths, fractions and layers are refused before any work.
+
+Everything trains in its own temporary cache (``REVERSION_CACHE``); a fine-tuning run of the
+smoke world is six steps (under a second on one CPU thread).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from itertools import islice
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from reversion.activations import mean_activations
+from reversion.chapters import interventions as ch05
+from reversion.data import collate
+from reversion.finetune import FinetuneRun, benign_batches, finetune
+from reversion.history import train_history
+from reversion.hooks import get_blocks
+from reversion.interventions import (
+    AlignmentMix,
+    Block,
+    Projection,
+    Push,
+    Rehearsal,
+    all_block_layers,
+)
+from reversion.language import BOS, EOS, PAD, SEP, Language, apply_task
+from reversion.probes import ProbeSets
+from reversion.runtime import set_cpu_threads
+from reversion.vrev import estimate_vrev
+from reversion.worlds import make_world
+
+STRONG = 3.0
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread (tiny models; a second thread only contends); restore the global
+    determinism flag that ``seed_everything`` sets."""
+    threads = torch.get_num_threads()
+    det = torch.are_deterministic_algorithms_enabled()
+    warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    set_cpu_threads()
+    yield
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(det, warn_only=warn)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("interventions")
+
+
+def _env(mp: pytest.MonkeyPatch, root: Path) -> None:
+    mp.setenv("REVERSION_CACHE", str(root / "cache"))
+    mp.setenv("REVERSION_RESULTS", str(root / "results"))
+
+
+@pytest.fixture(scope="module")
+def module_env(root):
+    """Module-scoped fixtures train into the same temporary cache the tests use."""
+    mp = pytest.MonkeyPatch()
+    _env(mp, root)
+    yield
+    mp.undo()
+
+
+@pytest.fixture(autouse=True)
+def private_dirs(root, monkeypatch):
+    _env(monkeypatch, root)
+
+
+@pytest.fixture(scope="module")
+def world():
+    return make_world("smoke")
+
+
+@pytest.fixture(scope="module")
+def ft(world):
+    return world.finetune_config(0)
+
+
+@pytest.fixture(scope="module")
+def lang(world):
+    return Language(world.history.language)
+
+
+@pytest.fixture(scope="module")
+def hist(world, module_env):
+    return train_history(world.history, progress=False)
+
+
+@pytest.fixture(scope="module")
+def est(world, hist, module_env):
+    return estimate_vrev(world.history, world.finetune.n_probe, progress=False)
+
+
+@pytest.fixture(scope="module")
+def layers(hist):
+    return all_block_layers(hist.load("theta_S"))
+
+
+def _run(world, ft, intervention=None) -> FinetuneRun:
+    return finetune(world.history, ft, intervention, progress=False)
+
+
+@pytest.fixture(scope="module")
+def baseline(world, ft, hist, module_env):
+    return _run(world, ft)
+
+
+def _motion(run: FinetuneRun, v_rev: torch.Tensor, layer: int) -> float:
+    """Projection on v_rev of the drift-probe mean's motion from theta_S to step T."""
+    d = run.probe_means[-1, layer] - run.probe_means[0, layer]
+    return float(d @ v_rev[layer])
+
+
+# --------------------------------------------------------------------------- strength zero
+
+
+@pytest.mark.parametrize("cls", [Block, Push])
+def test_strength_zero_reproduces_the_baseline_exactly(cls, world, ft, est, layers, baseline):
+    d = est.directions
+    term = cls(d.v_rev, d.displacement_norm, 0.0, layers)
+    assert term.aux_loss(None, None, 1) is None  # not even an extra forward
+    run = _run(world, ft, term)
+    assert run.path != baseline.path             # its own cache entry, not the baseline's
+    assert run.losses == baseline.losses
+    assert torch.equal(run.probe_means, baseline.probe_means)
+    assert run.evals == baseline.evals
+
+
+def test_rehearsal_fraction_zero_reproduces_the_baseline_exactly(world, ft, baseline):
+    run = _run(world, ft, Rehearsal(0.0))
+    assert run.path != baseline.path
+    assert run.losses == baseline.losses
+    assert torch.equal(run.probe_means, baseline.probe_means)
+
+
+def test_the_baseline_is_deterministic_for_a_seed(world, ft, baseline, tmp_path, monkeypatch):
+    monkeypatch.setenv("REVERSION_CACHE", str(tmp_path / "fresh-cache"))
+    again = _run(world, ft)
+    assert again.losses == baseline.losses
+    assert torch.equal(again.probe_means, baseline.probe_means)
+
+
+# --------------------------------------------------------------------------- block and push
+
+
+@pytest.fixture(scope="module")
+def strong_runs(world, ft, est, layers, baseline, module_env):
+    d = est.directions
+    return {"baseline": baseline,
+            "block": _run(world, ft, Block(d.v_rev, d.displacement_norm, STRONG, layers)),
+            "push": _run(world, ft, Push(d.v_rev, d.displacement_norm, STRONG, layers))}
+
+
+def test_block_lowers_and_push_raises_the_motion_along_v_rev(strong_runs, est, layers):
+    d = est.directions
+    runs = strong_runs
+    # same start (theta_S) and the same first batch: the task loss at step 1 is untouched
+    for name in ("block", "push"):
+        assert torch.equal(runs[name].probe_means[0], runs["baseline"].probe_means[0])
+        assert runs[name].losses[0] == runs["baseline"].losses[0]
+        assert runs[name].losses[1:] != runs["baseline"].losses[1:]
+    for layer in layers:
+        m = {k: _motion(r, d.v_rev, layer) for k, r in runs.items()}
+        scale = float(d.displacement_norm[layer])
+        # Float noise on these numbers is ~1e-7 (a rerun gives them bit for bit); the gaps
+        # must be a sizeable fraction of the layer's own scale ||mu_H - mu_S||.
+        assert m["block"] - m["baseline"] < -0.1 * scale, (layer, m, scale)
+        assert m["push"] - m["baseline"] > 0.1 * scale, (layer, m, scale)
+        assert abs(m["block"] - m["baseline"]) > 1e-3 and abs(m["push"] - m["baseline"]) > 1e-3
+
+
+def test_block_projection_is_zero_at_theta_S_and_ordered_after_training(strong_runs, est, hist, lang,
+                                                                           world, layers):
+    d = est.directions
+    probes = ProbeSets.build(lang, world.finetune.n_probe)
+    term = Block(d.v_rev, d.displacement_norm, STRONG, layers)
+    theta_S = hist.load("theta_S")
+    term.setup(theta_S, lang, probes)
+    assert len(term.probe_batches) == 1  # 16 probes, one batch: its mean is mu_S itself
+    with torch.no_grad():
+        p0 = term.projection(theta_S, 1)
+        assert p0.shape == (len(layers),)
+        assert p0.abs().max() < 1e-5                    # linear regime: the term acts from step 1
+        loss0 = term.aux_loss(theta_S, None, 1)
+        assert abs(float(loss0)) < 1e-4
+        p = {k: term.projection(r.load_model(), 1) for k, r in strong_runs.items()}
+    assert torch.all(p["block"] < p["baseline"]) and torch.all(p["baseline"] < p["push"]), p
+    term.teardown()
+    assert term.probe_batches == []
+
+
+# --------------------------------------------------------------------------- projection
+
+
+def _tokens(batch) -> torch.Tensor:
+    return batch["attention_mask"].bool()
+
+
+def test_projection_pins_the_layer_at_theta_S_mean_while_training_only(est, hist, lang, world):
+    d = est.directions
+    layer = est.layer
+    probes = ProbeSets.build(lang, world.finetune.n_probe)
+    model = hist.load("theta_S")
+    reference = copy.deepcopy(model)
+    v = d.v_rev[layer]
+    c = float(mean_activations(reference, probes.harmful_block, [layer], pad_id=PAD)[0] @ v)
+
+    batch = collate(probes.harmful_drift, [lang.refusal_answer] * len(probes.harmful_drift))
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    real = _tokens(batch)
+    with torch.no_grad():
+        ref = reference(**inputs, output_hidden_states=True).hidden_states
+        model(**inputs, output_hidden_states=True)  # lets transformers install its own capture hooks
+    blocks = get_blocks(model)
+    before = [list(b._forward_hooks) for b in blocks]
+
+    proj = Projection(d.v_rev, [layer])
+    proj.setup(model, lang, probes)
+    assert len(blocks[layer - 1]._forward_hooks) == len(before[layer - 1]) + 1
+    model.train()
+    out = model(**inputs, labels=batch["labels"], output_hidden_states=True)  # a training forward
+    h = out.hidden_states[layer].detach().double()
+    shift = (h @ v)[real] - c
+    assert shift.abs().max() < 1e-4
+    # only the component along v was touched
+    change = h - ref[layer].double()
+    off_axis = change - (change @ v)[..., None] * v
+    assert off_axis[real].abs().max() < 1e-5
+    assert out.loss.requires_grad  # the edit sits inside the differentiable forward pass
+
+    with proj.paused(), torch.no_grad():
+        paused = model(**inputs, output_hidden_states=True).hidden_states
+    for a, b in zip(paused, ref):
+        assert torch.equal(a, b)
+    assert ((ref[layer].double() @ v)[real] - c).abs().max() > 1e-2  # so the pin above was real work
+    assert proj.active  # pausing restores the edit
+    with torch.no_grad():
+        again = model(**inputs, output_hidden_states=True).hidden_states[layer].double()
+    assert ((again @ v)[real] - c).abs().max() < 1e-4
+
+    proj.teardown()
+    assert [list(b._forward_hooks) for b in blocks] == before
+    with torch.no_grad():
+        after = model(**inputs, output_hidden_states=True).hidden_states
+    for a, b in zip(after, ref):
+        assert torch.equal(a, b)
+
+
+def test_projection_run_trains_differently_but_starts_from_the_same_point(world, ft, est, baseline):
+    run = _run(world, ft, Projection(est.directions.v_rev, [est.layer]))
+    assert torch.equal(run.probe_means[0], baseline.probe_means[0])
+    assert run.evals[0] == baseline.evals[0]  # step-0 evaluation precedes the hooks
+    assert run.losses[0] != baseline.losses[0]  # the training forward is edited from step 1
+
+
+# --------------------------------------------------------------------------- rehearsal
+
+
+def _is_real_harmful_request(lang: Language, prompt) -> bool:
+    p = list(prompt)
+    if p[0] != BOS or p[-1] != SEP or len(p) < 4:
+        return False
+    tasks = {tok: t for t, tok in lang.task_token.items()}
+    if p[1] not in tasks:
+        return False
+    inputs = p[2:-1]
+    n_harm = sum(lang.is_harmful_token(t) for t in inputs)
+    in_vocab = all(lang.is_harmful_token(t) or t in set(lang.content.tolist()) for t in inputs)
+    return (in_vocab and 1 <= n_harm <= 2 and lang.cfg.min_len <= len(inputs) <= lang.cfg.max_len
+            and lang.split_of(tasks[p[1]], inputs) == "train")
+
+
+@pytest.mark.parametrize("fraction", [0.25, 0.5, 1.0])
+def test_rehearsal_replaces_the_tail_with_refusals_of_real_harmful_requests(fraction, lang, ft):
+    n = 5
+    base = list(islice(benign_batches(lang, ft), n))
+    reh = list(islice(Rehearsal(fraction).batches(benign_batches(lang, ft), lang, ft), n))
+    k = round(fraction * ft.batch_size)
+    assert k >= 1
+    tails = set()
+    for b, r in zip(base, reh):
+        assert len(r) == len(b) == ft.batch_size
+        assert r[: len(b) - k] == b[: len(b) - k]            # benign head = the baseline's batch
+        for prompt, target in r[len(b) - k:]:
+            assert tuple(target) == lang.refusal_answer
+            assert _is_real_harmful_request(lang, prompt), lang.decode(prompt)
+            tails.add(tuple(prompt))
+        for prompt, target in r[: len(b) - k]:
+            assert not any(lang.is_harmful_token(t) for t in prompt)
+            assert tuple(target) != lang.refusal_answer
+    assert len(tails) > n  # fresh harmful requests, not one example repeated
+    # deterministic given the fine-tuning seed
+    again = list(islice(Rehearsal(fraction).batches(benign_batches(lang, ft), lang, ft), n))
+    assert again == reh
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.05])  # round(0.05 * 8) = 0: nothing to replace
+def test_rehearsal_with_nothing_to_replace_yields_the_baseline_batches(fraction, lang, ft):
+    base = list(islice(benign_batches(lang, ft), 4))
+    reh = list(islice(Rehearsal(fraction).batches(benign_batches(lang, ft), lang, ft), 4))
+    assert reh == base
+
+
+@pytest.mark.parametrize("hf", [None, 0.25])
+def test_alignment_mix_has_the_safety_phases_harmful_share(hf, world, lang, ft):
+    hf = world.history.safety.harmful_fraction if hf is None else hf
+    mix = AlignmentMix(hf)
+    batches = list(islice(mix.batches(iter(()), lang, ft), 6))
+    k = round(ft.batch_size * hf)
+    assert 0 < k < ft.batch_size
+    for batch in batches:
+        assert len(batch) == ft.batch_size
+        refusals = [(p, t) for p, t in batch if tuple(t) == lang.refusal_answer]
+        assert len(refusals) == k
+        for prompt, _ in refusals:
+            assert _is_real_harmful_request(lang, prompt)
+        for prompt, target in batch:
+            if tuple(target) == lang.refusal_answer:
+                continue
+            assert not any(lang.is_harmful_token(t) for t in prompt)
+            tasks = {tok: t for t, tok in lang.task_token.items()}
+            assert list(target) == apply_task(tasks[prompt[1]], prompt[2:-1]) + [EOS]
+    # continued safety training covers several tasks, not just the fine-tuning task
+    assert len({p[1] for b in batches for p, t in b if tuple(t) != lang.refusal_answer}) > 1
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+@pytest.fixture(scope="module")
+def fake_dirs():
+    g = torch.Generator().manual_seed(0)
+    v = torch.nn.functional.normalize(torch.randn(3, 8, generator=g, dtype=torch.float64), dim=-1)
+    return v, torch.ones(3, dtype=torch.float64)  # L = 2
+
+
+@pytest.mark.parametrize("cls,name", [(Block, "block strength"), (Push, "push strength")])
+@pytest.mark.parametrize("bad", [-0.1, -1, float("nan"), float("inf"), -float("inf"), True, False, "1", None])
+def test_bad_strengths_are_refused(cls, name, bad, fake_dirs):
+    v, s = fake_dirs
+    with pytest.raises(ValueError, match=name):
+        cls(v, s, bad, [1, 2])
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan"), float("inf"), True])
+def test_bad_rehearsal_fractions_are_refused(bad):
+    with pytest.raises(ValueError, match="rehearsal fraction"):
+        Rehearsal(bad)
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5])
+def test_bad_alignment_mix_fractions_are_refused(bad):
+    with pytest.raises(ValueError, match="harmful_fraction"):
+        AlignmentMix(bad)
+
+
+@pytest.mark.parametrize("cls", [Block, Push])
+@pytest.mark.parametrize("bad", [[0], [-1], [], [1, 0]])
+def test_directional_layers_out_of_range_are_refused(cls, bad, fake_dirs):
+    v, s = fake_dirs
+    with pytest.raises(ValueError, match="layer"):
+        cls(v, s, 1.0, bad)
+
+
+@pytest.mark.parametrize("cls", [Block, Push])
+def test_directional_layer_above_L_is_refused_with_a_value_error(cls, fake_dirs):
+    v, s = fake_dirs
+    with pytest.raises(ValueError, match="outside"):
+        cls(v, s, 1.0, [3])
+
+
+def test_directional_term_needs_a_positive_scale_and_probe_batch(fake_dirs):
+    v, s = fake_dirs
+    with pytest.raises(ValueError, match="scale"):
+        Block(v, torch.tensor([1.0, 0.0, 1.0], dtype=torch.float64), 1.0, [1, 2])
+    with pytest.raises(ValueError, match="n_probe_batch"):
+        Block(v, s, 1.0, [1], n_probe_batch=0)
+
+
+@pytest.mark.parametrize("bad", [[0], [2], [3], [-1], []])
+def test_projection_layers_out_of_range_are_refused(bad, fake_dirs):
+    v, _ = fake_dirs  # L = 2: only layer 1 has a block output before the final norm
+    with pytest.raises(ValueError, match="layer"):
+        Projection(v, bad)
+    assert Projection(v, [1]).layers == [1]
+
+
+# --------------------------------------------------------------------------- chapter 05 helpers
+
+
+def _ramp_run(steps, a: float, b: float) -> FinetuneRun:
+    evals = {int(s): {"harmfulness": a + b * s} for s in steps}
+    return FinetuneRun(path=Path("."), probe_means=torch.zeros(1), losses=[], evals=evals, seconds=0.0)
+
+
+@pytest.mark.parametrize("a,b,level", [(0.1, 0.02, 0.1), (0.3, 0.0, 0.1), (0.2, -0.01, 0.25)])
+def test_cumulative_reversion_of_a_linear_ramp_is_its_closed_form(a, b, level):
+    steps = [6, 0, 1, 2, 3]  # unordered, uneven grid; the run sorts it
+    T = 6
+    got = ch05.cumulative_reversion(_ramp_run(steps, a, b), level)
+    # (1/T) * integral_0^T (a + b s - level) ds; the trapezoid rule is exact for a line
+    assert got == pytest.approx(a - level + b * T / 2, abs=1e-12)
+
+
+def test_cumulative_reversion_is_zero_at_the_level_and_signed():
+    assert ch05.cumulative_reversion(_ramp_run([0, 2, 5], 0.2, 0.0), 0.2) == pytest.approx(0.0, abs=1e-15)
+    assert ch05.cumulative_reversion(_ramp_run([0, 2, 5], 0.1, 0.0), 0.2) == pytest.approx(-0.1)
+
+
+def test_make_variant_builds_each_variant_with_its_parameters(est):
+    P = ch05.Params(world="smoke", world_overrides={}, n_seeds=2, block_strength=1.5, push_strength=0.5,
+                    rehearsal_fraction=0.25, intervention_layers=[], sweep_strengths=[0.0, 1.0],
+                    n_sweep_seeds=1)
+    L = est.directions.v_rev.shape[0] - 1
+    assert ch05.make_variant("baseline", P, est) is None
+    blk = ch05.make_variant("block", P, est)
+    assert isinstance(blk, Block) and blk.strength == 1.5 and blk.layers == list(range(1, L + 1))
+    assert ch05.make_variant("block", P, est, 0.3).strength == 0.3
+    psh = ch05.make_variant("push", P, est)
+    assert isinstance(psh, Push) and psh.strength == 0.5
+    prj = ch05.make_variant("projection", P, est)
+    assert isinstance(prj, Projection) and prj.layers == list(range(1, L))
+    reh = ch05.make_variant("rehearsal", P, est)
+    assert isinstance(reh, Rehearsal) and reh.fraction == 0.25
+    with pytest.raises(ValueError, match="unknown variant"):
+        ch05.make_variant("nonsense", P, est)
+
+
+def test_sweep_table_of_an_empty_sweep_is_empty(world):
+    P = ch05.Params(world="smoke", world_overrides={}, n_seeds=2, block_strength=1.0, push_strength=1.0,
+                    rehearsal_fraction=0.25, intervention_layers=[], sweep_strengths=[], n_sweep_seeds=1)
+    assert P.sweep_strengths == []
+    res = SimpleNamespace(world=world, sweep={}, sweep_cos={}, layer=1)
+    table = ch05.sweep_table(res)
+    assert len(table) == 0
