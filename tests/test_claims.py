@@ -363,9 +363,18 @@ def test_V1_a_needs_every_seed_above_the_isotropic_null(world):
 def test_table_lists_every_row_with_its_chapter(world):
     df = claims.table(claims.build_rows(planted(GOOD, world)))
     assert list(df.index) == ROW_IDS
-    assert set(df.columns) == {"claim", "paper", "ours", "verdict", "chapter"}
+    assert set(df.columns) == {"claim", "paper", "ours", "verdict", "magnitude", "chapter"}
     assert df.loc["V1-c", "chapter"] == "04 · null test"
     assert df.loc["V2-b", "chapter"] == "02 · vrev estimation"
+    linked = claims.table(claims.build_rows(planted(GOOD, world)), links=True)
+    assert linked.loc["V1-c", "chapter"] == '<a href="04_null_test.html">04 · null test</a>'
+
+
+def test_magnitude_words():
+    assert claims.magnitude(0.80, 0.429, 0.052).startswith("higher")
+    assert claims.magnitude(0.40, 0.429, 0.052) == "within the paper's ±"
+    assert claims.magnitude(0.10, 0.30).startswith("lower")
+    assert claims.magnitude(None, 0.3) == ""
 
 
 def test_counts_of_a_mixed_table():

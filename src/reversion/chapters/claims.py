@@ -66,6 +66,17 @@ class Row:
     ours: str
     verdict: str
     chapter: str
+    magnitude: str = ""
+    """Our number against the paper's, in words (not part of the verdict)."""
+
+
+def magnitude(ours: float | None, paper: float, paper_sd: float = 0.0) -> str:
+    """'higher' / 'lower' / 'within the paper's ±' -- information beside the verdict."""
+    if ours is None:
+        return ""
+    if abs(ours - paper) <= paper_sd:
+        return "within the paper's ±"
+    return f"{'higher' if ours > paper else 'lower'} than the paper's ({ours:.3f} vs {paper:.3f})"
 
 
 def build_rows(m: dict[str, dict]) -> list[Row]:
@@ -83,14 +94,16 @@ def build_rows(m: dict[str, dict]) -> list[Row]:
         v = PARTLY
     else:
         v = NOT
-    rows.append(Row("V1-a", "alignment after the first update", "0.429 ± 0.052", fmt(a1), v, "03"))
+    rows.append(Row("V1-a", "alignment after the first update", "0.429 ± 0.052", fmt(a1), v, "03",
+                    magnitude(a1 and a1["mean"], 0.429, 0.052)))
     if a20 is None:
         v, ours = NOT, "T < 20"
     else:
         v = REPRODUCED if a20["mean"] > p99_m and a20["mean"] > a1["mean"] else \
             PARTLY if a20["mean"] > p99_m else NOT
         ours = fmt(a20)
-    rows.append(Row("V1-b", "alignment by step 20", "0.647 ± 0.021", ours, v, "03"))
+    rows.append(Row("V1-b", "alignment by step 20", "0.647 ± 0.021", ours, v, "03",
+                    magnitude(a20 and a20["mean"], 0.647, 0.021)))
     pr = nt["pairs"]
     v = REPRODUCED if pr["above_isotropic"] == pr["n"] else PARTLY if 2 * pr["above_isotropic"] >= pr["n"] else NOT
     rows.append(Row("V1-c", "run-step pairs above the isotropic null's p99", "24 of 24",
@@ -105,10 +118,12 @@ def build_rows(m: dict[str, dict]) -> list[Row]:
 
     rows.append(Row("V1-d", "final alignment at T, baseline → block", "0.648 → −0.211",
                     f"{V['baseline']['final_alignment']['mean']:.3f} → {V['block']['final_alignment']['mean']:.3f}",
-                    by_ci(pv["block"]["final_alignment"], -1), "05"))
+                    by_ci(pv["block"]["final_alignment"], -1), "05",
+                    "with block: " + magnitude(V["block"]["final_alignment"]["mean"], -0.211, 0.021)))
     rows.append(Row("V1-e", "harmfulness at T, baseline → block", "0.190 → 0.085",
                     f"{V['baseline']['harmfulness']['mean']:.3f} → {V['block']['harmfulness']['mean']:.3f}",
-                    by_ci(pv["block"]["harmfulness"], -1), "05"))
+                    by_ci(pv["block"]["harmfulness"], -1), "05",
+                    "baseline: " + magnitude(V["baseline"]["harmfulness"]["mean"], 0.190, 0.040)))
     dt = pv["block"]["task_accuracy"]
     v = REPRODUCED if abs(dt["mean"]) <= 0.05 and dt["ci_low"] >= -0.10 and dt["ci_high"] <= 0.10 else \
         PARTLY if abs(dt["mean"]) <= 0.10 else NOT
@@ -129,7 +144,7 @@ def build_rows(m: dict[str, dict]) -> list[Row]:
     else:
         v = REPRODUCED if r >= 0.5 and rp is not None and rp > 0 else PARTLY if r >= 0.5 else NOT
     rows.append(Row("V2-c", "alignment and harmfulness rise together (Spearman r)", "0.958",
-                    f"{fmt(r)} (step controlled: {fmt(rp)})", v, "03"))
+                    f"{fmt(r)} (step controlled: {fmt(rp)})", v, "03", magnitude(r, 0.958)))
 
     def both(variant: str, want: int) -> str:
         sa, sh = _ci_sign(pv[variant]["final_alignment"]), _ci_sign(pv[variant]["harmfulness"])
@@ -152,7 +167,7 @@ def build_rows(m: dict[str, dict]) -> list[Row]:
     red = iv["rehearsal_reduction"]
     rows.append(Row("V2-g", "safety rehearsal (no v_rev) cuts cumulative reversion", "≈ 30%",
                     f"{red:.0%} reduction" if red is not None else "baseline has no reversion",
-                    by_ci(pv["rehearsal"]["cumulative_reversion"], -1), "05"))
+                    by_ci(pv["rehearsal"]["cumulative_reversion"], -1), "05", magnitude(red, 0.30)))
     return rows
 
 
@@ -161,10 +176,14 @@ def load_all() -> dict[str, dict]:
     return {k: read_metrics(stem)["metrics"] for k, stem in CHAPTERS.items()}
 
 
-def table(rows: list[Row]) -> pd.DataFrame:
+def table(rows: list[Row], links: bool = False) -> pd.DataFrame:
+    """One row per claim; with ``links`` the chapter column holds HTML links to the chapters
+    (the executed notebooks are pages beside this one in the book)."""
     df = pd.DataFrame([r.__dict__ for r in rows]).set_index("id")
-    df["chapter"] = [f"{c} · {CHAPTERS[c].split('_', 1)[1].replace('_', ' ')}" for c in df["chapter"]]
-    return df
+    label = {c: f"{c} · {CHAPTERS[c].split('_', 1)[1].replace('_', ' ')}" for c in CHAPTERS}
+    df["chapter"] = [f'<a href="{CHAPTERS[c]}.html">{label[c]}</a>' if links else label[c]
+                     for c in df["chapter"]]
+    return df[["claim", "paper", "ours", "verdict", "magnitude", "chapter"]]
 
 
 def counts(rows: list[Row]) -> dict[str, int]:

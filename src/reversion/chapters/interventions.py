@@ -168,6 +168,19 @@ def sweep_table(res: Result) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=cols).set_index("block strength")
 
 
+def projection_note(m: dict) -> str:
+    """What the forward-pass projection did, in words decided by the numbers."""
+    V = m["variants"]
+    dh = V["projection"]["harmfulness"]["mean"] - V["baseline"]["harmfulness"]["mean"]
+    da = V["projection"]["task_accuracy"]["mean"] - V["baseline"]["task_accuracy"]["mean"]
+    parts = ["it lowers harmfulness against the baseline" if dh < 0 else
+             "it does not lower harmfulness against the baseline"]
+    if da < -0.1:
+        parts.append(f"and it costs task accuracy ({da:+.3f}): the weights adapted to a forward pass "
+                     "that is edited in training and not at evaluation")
+    return "; ".join(parts)
+
+
 def ordering(means: dict[str, float]) -> bool:
     return means["block"] < means["baseline"] < means["push"]
 

@@ -105,7 +105,8 @@ def checkpoint_table(res: Result) -> pd.DataFrame:
     task = res.task
     for ck, m in res.history.metrics.items():
         rows.append({"checkpoint": ck, "harmfulness": m["harmfulness"],
-                     "non-refusal": m["non_refusal"], "exact match": m["exact_match"],
+                     "non-refusal": m["non_refusal"], "harmful content": m["harmful_content"],
+                     "exact match": m["exact_match"],
                      f"accuracy ({task})": m["task_accuracy"][task],
                      "accuracy (other tasks)": np.mean([v for k, v in m["task_accuracy"].items()
                                                         if k != task])})
@@ -114,6 +115,7 @@ def checkpoint_table(res: Result) -> pd.DataFrame:
     rows.append({"checkpoint": f"theta_T (T={T}, mean of {len(finals)} seeds)",
                  "harmfulness": np.mean([f["harmfulness"] for f in finals]),
                  "non-refusal": np.mean([f["non_refusal"] for f in finals]),
+                 "harmful content": np.mean([f["harmful_content"] for f in finals]),
                  "exact match": np.mean([f["exact_match"] for f in finals]),
                  f"accuracy ({task})": np.mean([f["task_accuracy"][task] for f in finals]),
                  "accuracy (other tasks)": np.mean([np.mean([v for k, v in f["task_accuracy"].items()
@@ -165,6 +167,8 @@ def metrics(P: Params, res: Result) -> dict:
                         "finetuned": at_step(harm, steps, T)},
         "non_refusal": {"theta_S": m["theta_S"]["non_refusal"],
                         "finetuned": at_step([r.series("non_refusal") for r in res.runs], steps, T)},
+        "harmful_content": {"theta_S": m["theta_S"]["harmful_content"],
+                            "finetuned": at_step([r.series("harmful_content") for r in res.runs], steps, T)},
         "exact_match": {"theta_S": m["theta_S"]["exact_match"],
                         "finetuned": at_step([r.series("exact_match") for r in res.runs], steps, T)},
         "task_accuracy": {"theta_H": m["theta_H"]["task_accuracy"][task],
