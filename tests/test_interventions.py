@@ -15,12 +15,10 @@ smoke world is six steps (under a second on one CPU thread).
 from __future__ import annotations
 
 import copy
-import math
 from itertools import islice
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
 

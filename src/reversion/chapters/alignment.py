@@ -14,7 +14,8 @@ from ..finetune import FinetuneRun, finetune
 from ..geometry import alignment
 from ..results import write_metrics
 from ..vrev import VRevEstimate, estimate_vrev
-from ..worlds import World, make_world
+from ..worlds import World
+from .common import WorldParams
 
 STEM = "03_alignment"
 REPORT_STEPS = (1, 5, 10, 20, 50, 100)
@@ -22,13 +23,9 @@ PAPER = {"1": (0.429, 0.052), "20": (0.647, 0.021)}
 
 
 @dataclass(frozen=True)
-class Params:
+class Params(WorldParams):
     """Parameters of chapter 03."""
 
-    world: str
-    """Named world (``default``, ``smoke``)."""
-    world_overrides: dict
-    """Changes to the world."""
     n_seeds: int
     """Fine-tuning seeds (>= 5 for the book)."""
     n_probe: int
@@ -45,9 +42,7 @@ class Params:
             raise ValueError(f"position must be 'last' or 'mean', got {self.position!r}")
 
     def make_world(self) -> World:
-        return make_world(self.world, {**self.world_overrides, "n_seeds": self.n_seeds,
-                                       "finetune": {**self.world_overrides.get("finetune", {}),
-                                                    "n_probe": self.n_probe}})
+        return super().make_world(n_seeds=self.n_seeds, finetune={"n_probe": self.n_probe})
 
 
 @dataclass

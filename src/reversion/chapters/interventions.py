@@ -13,7 +13,8 @@ from ..finetune import FinetuneRun, finetune
 from ..interventions import Block, Projection, Push, Rehearsal
 from ..results import write_metrics
 from ..vrev import VRevEstimate, estimate_vrev
-from ..worlds import World, make_world
+from ..worlds import World
+from .common import WorldParams
 from .alignment import drift_alignment
 
 STEM = "05_interventions"
@@ -21,13 +22,9 @@ VARIANTS = ("baseline", "block", "push", "projection", "rehearsal")
 
 
 @dataclass(frozen=True)
-class Params:
+class Params(WorldParams):
     """Parameters of chapter 05 (strengths and fraction fixed before any result was seen)."""
 
-    world: str
-    """Named world (``default``, ``smoke``)."""
-    world_overrides: dict
-    """Changes to the world."""
     n_seeds: int
     """Fine-tuning seeds; every variant uses the same seeds (paired comparison)."""
     block_strength: float
@@ -57,7 +54,7 @@ class Params:
             raise ValueError("n_seeds must be >= 2 (paired intervals) and n_sweep_seeds >= 1")
 
     def make_world(self) -> World:
-        return make_world(self.world, {**self.world_overrides, "n_seeds": self.n_seeds})
+        return super().make_world(n_seeds=self.n_seeds)
 
 
 @dataclass

@@ -13,20 +13,17 @@ from ..finetune import FinetuneRun, finetune
 from ..interventions import AlignmentMix
 from ..results import write_metrics
 from ..vrev import VRevEstimate, estimate_vrev
-from ..worlds import World, make_world
+from ..worlds import World
+from .common import WorldParams
 from .alignment import drift_alignment
 
 STEM = "04_null_test"
 
 
 @dataclass(frozen=True)
-class Params:
+class Params(WorldParams):
     """Parameters of chapter 04."""
 
-    world: str
-    """Named world (``default``, ``smoke``)."""
-    world_overrides: dict
-    """Changes to the world."""
     n_seeds: int
     """Fine-tuning seeds (runs)."""
     n_control_seeds: int
@@ -49,7 +46,7 @@ class Params:
             raise ValueError(f"pair_steps must be ints >= 1, got {self.pair_steps}")
 
     def make_world(self) -> World:
-        return make_world(self.world, {**self.world_overrides, "n_seeds": self.n_seeds})
+        return super().make_world(n_seeds=self.n_seeds)
 
 
 @dataclass

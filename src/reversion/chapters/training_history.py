@@ -16,19 +16,16 @@ from ..finetune import FinetuneRun, finetune
 from ..history import History, train_history
 from ..language import EOS, Language
 from ..results import write_metrics
-from ..worlds import World, make_world
+from ..worlds import World
+from .common import WorldParams
 
 STEM = "01_training_history"
 
 
 @dataclass(frozen=True)
-class Params:
+class Params(WorldParams):
     """Parameters of chapter 01 (the notebook's parameters cell holds their values)."""
 
-    world: str
-    """Named world: ``default`` (the book) or ``smoke`` (tests)."""
-    world_overrides: dict
-    """Changes to the world, e.g. ``{"finetune": {"lr": 3e-4}}``."""
     n_seeds: int
     """Fine-tuning seeds (>= 5 for the book)."""
     long_safety_steps: int
@@ -42,7 +39,7 @@ class Params:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
     def make_world(self) -> World:
-        return make_world(self.world, {**self.world_overrides, "n_seeds": self.n_seeds})
+        return super().make_world(n_seeds=self.n_seeds)
 
 
 @dataclass

@@ -14,19 +14,16 @@ from ..history import train_history
 from ..language import Language
 from ..results import write_metrics
 from ..vrev import VRevEstimate, estimate_vrev, stability_vs_probes, summary
-from ..worlds import World, make_world
+from ..worlds import World
+from .common import WorldParams
 
 STEM = "02_vrev_estimation"
 
 
 @dataclass(frozen=True)
-class Params:
+class Params(WorldParams):
     """Parameters of chapter 02."""
 
-    world: str
-    """Named world (``default``, ``smoke``)."""
-    world_overrides: dict
-    """Changes to the world."""
     n_probe: int
     """Harmful (and harmless) probe prompts from the ``probe_vrev`` split."""
     position: str
@@ -50,9 +47,6 @@ class Params:
         bad = [n for n in self.probe_sizes if not isinstance(n, int) or not 4 <= n <= self.n_probe]
         if bad:
             raise ValueError(f"probe_sizes must be ints in [4, n_probe={self.n_probe}], got {bad}")
-
-    def make_world(self) -> World:
-        return make_world(self.world, self.world_overrides)
 
 
 @dataclass
