@@ -1,0 +1,639 @@
+"""``reversion`` command line: estimate v_rev from your checkpoints, track drift along it.
+
+::
+
+    reversion estimate --witness H --aligned S --prompts harmful.jsonl --out v_rev.safetensors
+    reversion track --directions v_rev.safetensors --aligned S --prompts harmful.jsonl run/checkpoint-*
+    reversion track ... --watch run/ --interval 60
+    reversion book [--force] [--only STEM] ...      (python -m reversion.book)
+
+Checkpoints are local Hugging Face folders (``config.json`` + weights); nothing is
+downloaded. Models load one at a time, on CUDA when present (``--device``), in their
+saved dtype (``--dtype``). Prompts go through the tokenizer's chat template when it has
+one (``--chat-template``). Argument problems (a missing path, checkpoints of different
+families or widths, an empty prompt file, a layer out of range) end with a message
+naming the argument and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import gc
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+__all__ = ["main", "build_parser"]
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+CHAT_TEMPLATE = {"auto": "auto", "on": True, "off": False}
+TRACK_FIELDS = ("checkpoint", "step", "layer", "alignment", "projection", "drift_norm",
+                "relative_projection", "threshold", "above")
+
+
+class _Fail(Exception):
+    """An argument problem: ``parser.error`` with this message."""
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from reversion import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="reversion",
+        description="Estimate the reversion direction v_rev from your own checkpoints and track "
+                    "fine-tuning drift along it (arXiv 2606.28525).")
+    parser.add_argument("--version", action="version", version=f"reversion {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--tokenizer", metavar="PATH",
+                        help="tokenizer folder (default: the --aligned checkpoint's)")
+    common.add_argument("--chat-template", choices=tuple(CHAT_TEMPLATE), default="auto",
+                        help="wrap each prompt in the tokenizer's chat template as a user turn with the "
+                             "generation prompt: auto = when the tokenizer has one (default)")
+    common.add_argument("--dtype", choices=DTYPES, default="auto",
+                        help="weights' dtype: auto = as saved (default)")
+    common.add_argument("--device", default="auto",
+                        help="torch device: auto = cuda when available, else cpu (default)")
+    common.add_argument("--batch-size", type=int, default=16, metavar="N",
+                        help="prompts per forward pass (default 16)")
+    common.add_argument("--prompt-field", default="prompt", metavar="NAME",
+                        help="field / column holding the prompt in JSONL / CSV files (default 'prompt')")
+
+    est = sub.add_parser(
+        "estimate", parents=[common], help="estimate v_rev (all layers) from a witness and an aligned checkpoint",
+        description="v_rev = normalize(mean h_H(x) - mean h_S(x)) over harmful prompts x, at every layer "
+                    "(layer l = hidden_states[l]); writes a safetensors file with v_rev, the control "
+                    "directions, norms and metadata (chosen layer, matched-null p99 per layer).")
+    est.add_argument("--witness", required=True, metavar="PATH", help="helpful-only witness checkpoint (theta_H)")
+    est.add_argument("--aligned", required=True, metavar="PATH", help="safety-aligned checkpoint (theta_S)")
+    est.add_argument("--pretrained", metavar="PATH", help="pretrained checkpoint (theta_P): adds the control v_P")
+    est.add_argument("--prompts", required=True, metavar="FILE",
+                     help="harmful probe prompts: .jsonl ('prompt' field), .csv ('prompt' column) or .txt")
+    est.add_argument("--harmless", metavar="FILE", help="harmless prompts: adds the control r_S (refusal direction)")
+    est.add_argument("--layer", default="auto", metavar="INT|auto",
+                     help="layer to record as chosen: an index in [0, L], or auto = the largest relative "
+                          "displacement among stable intermediate layers (default)")
+    est.add_argument("--position", choices=("last", "mean"), default="last",
+                     help="activation of the last prompt token (default) or mean over prompt tokens")
+    est.add_argument("--out", required=True, metavar="FILE.safetensors", help="output file")
+    est.add_argument("--n-null", type=int, default=2000, metavar="N",
+                     help="draws of the matched null per layer (default 2000)")
+    est.add_argument("--n-boot", type=int, default=100, metavar="N",
+                     help="split-half bootstrap draws for the layer rule (default 100)")
+    est.add_argument("--min-stability", type=float, default=0.9, metavar="X",
+                     help="split-half stability a layer needs to be chosen automatically (default 0.9)")
+    est.add_argument("--seed", type=int, default=0, help="seed of the null and the bootstrap (default 0)")
+
+    tr = sub.add_parser(
+        "track", parents=[common], help="alignment of drift with v_rev for a list of checkpoints (or a folder)",
+        description="For each checkpoint: drift d = mean h_ckpt(x) - mean h_S(x) over the prompts, "
+                    "alignment cos(d, v_rev), projection d.v_rev and ||d||, at the direction file's "
+                    "layer (or --layer, or every layer with --all-layers).")
+    tr.add_argument("checkpoints", nargs="*", metavar="CHECKPOINT",
+                    help="checkpoint folders; read in the order of the number ending their names "
+                         "(checkpoint-500), the others after them as given")
+    tr.add_argument("--directions", required=True, metavar="FILE", help="output of reversion estimate")
+    tr.add_argument("--aligned", required=True, metavar="PATH", help="the aligned checkpoint theta_S (reference)")
+    tr.add_argument("--prompts", required=True, metavar="FILE", help="harmful probe prompts")
+    tr.add_argument("--layer", type=int, metavar="INT", help="layer (default: the direction file's)")
+    tr.add_argument("--all-layers", action="store_true", help="also record every layer (in the CSV)")
+    tr.add_argument("--position", choices=("last", "mean"),
+                    help="position rule (default: the direction file's)")
+    tr.add_argument("--threshold", type=float, metavar="X",
+                    help="alignment threshold (default: the file's matched-null p99 at the layer, "
+                         "else the isotropic p99)")
+    tr.add_argument("--out", metavar="FILE.csv", help="write the rows to a CSV file")
+    tr.add_argument("--watch", metavar="DIR",
+                    help="poll DIR for new checkpoint folders (e.g. a Trainer's output_dir)")
+    tr.add_argument("--interval", type=float, default=60.0, metavar="S", help="seconds between polls (default 60)")
+    tr.add_argument("--max-polls", type=int, metavar="N", help="stop after N polls (default: until Ctrl-C)")
+
+    est.set_defaults(_sub=est)
+    tr.set_defaults(_sub=tr)
+    sub.add_parser("book", add_help=False, help="execute the notebooks and build the book "
+                                                "(python -m reversion.book; 'reversion book --help')")
+    return parser
+
+
+# --------------------------------------------------------------------------- argument checks
+
+
+def _checkpoint(flag: str, path: str) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise _Fail(f"{flag}: path not found: {path}")
+    if not (p / "config.json").is_file():
+        raise _Fail(f"{flag}: {path} is not a Hugging Face checkpoint folder (no config.json)")
+    return p
+
+
+def _config(flag: str, path: Path):
+    from transformers import AutoConfig
+
+    try:
+        cfg = AutoConfig.from_pretrained(path, local_files_only=True)
+    except Exception as exc:  # unknown model_type, broken JSON, ...
+        raise _Fail(f"{flag}: cannot read the config of {path} ({type(exc).__name__}: {exc})") from None
+    get = getattr(cfg, "get_text_config", None)
+    return get() if callable(get) else cfg
+
+
+def _arch(cfg) -> dict[str, Any]:
+    return {"model_type": getattr(cfg, "model_type", None), "hidden_size": getattr(cfg, "hidden_size", None),
+            "num_hidden_layers": getattr(cfg, "num_hidden_layers", None)}
+
+
+def _same_arch(ref_flag: str, ref: dict, flag: str, other: dict) -> None:
+    if ref["model_type"] != other["model_type"]:
+        raise _Fail(f"{flag}: model family {other['model_type']!r} differs from {ref_flag}'s "
+                    f"{ref['model_type']!r}; both must be checkpoints of the same model")
+    if ref["hidden_size"] != other["hidden_size"]:
+        raise _Fail(f"{flag}: width (hidden_size) {other['hidden_size']} differs from {ref_flag}'s "
+                    f"{ref['hidden_size']}; activations are not comparable")
+    if ref["num_hidden_layers"] != other["num_hidden_layers"]:
+        raise _Fail(f"{flag}: {other['num_hidden_layers']} layers, {ref_flag} has "
+                    f"{ref['num_hidden_layers']}; layers do not correspond")
+
+
+def _layer_arg(flag: str, value: Any, n: int) -> int:
+    try:
+        layer = int(value)
+    except (TypeError, ValueError):
+        raise _Fail(f"{flag}: expected an integer or 'auto', got {value!r}") from None
+    if not 0 <= layer <= n:
+        raise _Fail(f"{flag}: layer {layer} is out of range [0, {n}] for a model with {n} layers "
+                    f"(0 = embeddings, {n} = after the final norm)")
+    return layer
+
+
+def _read_prompts(flag: str, path: str, field: str) -> list[str]:
+    from reversion.textdata import read_prompts
+
+    try:
+        return read_prompts(path, field)
+    except (FileNotFoundError, ValueError) as exc:
+        raise _Fail(f"{flag}: {exc}") from None
+
+
+def _tokenizer(args, aligned: Path):
+    from reversion.textdata import load_tokenizer
+
+    flag, path = ("--tokenizer", args.tokenizer) if args.tokenizer else ("--aligned", str(aligned))
+    try:
+        return load_tokenizer(path)
+    except (FileNotFoundError, ValueError) as exc:
+        hint = "" if args.tokenizer else " (pass --tokenizer PATH)"
+        raise _Fail(f"{flag}: {exc}{hint}") from None
+
+
+def _encode(flag: str, tok, texts: list[str], args) -> list[list[int]]:
+    from reversion.textdata import encode_prompts
+
+    try:
+        return encode_prompts(tok, texts, CHAT_TEMPLATE[args.chat_template])
+    except ValueError as exc:
+        raise _Fail(f"{flag}: {exc}") from None
+
+
+def _positive(flag: str, value: int) -> None:
+    if value < 1:
+        raise _Fail(f"{flag}: must be >= 1, got {value}")
+
+
+def _device_dtype(args):
+    import torch
+
+    from reversion.model import default_device
+
+    dtype = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16,
+             "float16": torch.float16}[args.dtype]
+    if args.device == "auto":
+        device = default_device()
+    else:
+        try:
+            device = torch.device(args.device)
+        except (RuntimeError, ValueError):
+            raise _Fail(f"--device: not a torch device: {args.device!r}") from None
+    return device, dtype
+
+
+def _load(flag: str, path: Path, device, dtype):
+    from reversion.model import load_model
+
+    try:
+        return load_model(path, device, dtype)
+    except Exception as exc:
+        raise _Fail(f"{flag}: could not load the model at {path} ({type(exc).__name__}: {exc})") from None
+
+
+def _free(model) -> None:
+    import torch
+
+    del model
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _acts(flag: str, model, ids, layers, args, pad_id: int):
+    from reversion.activations import prompt_activations
+
+    try:
+        return prompt_activations(model, ids, layers, position=args.position, batch_size=args.batch_size,
+                                  pad_id=pad_id)
+    except ValueError as exc:  # e.g. token ids beyond the model's vocabulary: wrong tokenizer
+        raise _Fail(f"{flag}: {exc}") from None
+
+
+def _fmt(x: Any, spec: str = ".4f") -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float) and x != x:
+        return "nan"
+    return format(x, spec)
+
+
+# --------------------------------------------------------------------------- estimate
+
+
+def directions_from_acts(acts: dict, meta: dict):
+    """:class:`~reversion.geometry.Directions` from per-prompt activations ``[n, L+1, d]``.
+
+    The arithmetic of :func:`reversion.geometry.estimate_directions`, on activations
+    computed one model at a time (so only one checkpoint is ever in memory).
+    """
+    from reversion.geometry import Directions, unit_rows
+
+    mu_H, mu_S = acts["H"].mean(0), acts["S"].mean(0)
+    v_rev, disp = unit_rows(mu_H - mu_S, "v_rev = mu_H - mu_S")
+    v_P = r_S = None
+    if "P" in acts:
+        v_P, _ = unit_rows(acts["P"].mean(0) - mu_S, "v_P = mu_P - mu_S")
+    if "S_harmless" in acts:
+        r_S, _ = unit_rows(mu_S - acts["S_harmless"].mean(0), "r_S = mu_S(harmful) - mu_S(harmless)")
+    return Directions(v_rev, v_P, r_S, disp, acts["S"].norm(dim=-1).mean(0), meta)
+
+
+def layer_statistics(acts: dict, v_rev, n_boot: int, n_null: int, seed: int) -> dict[str, list]:
+    """Per layer: split-half stability (mean over ``n_boot`` splits) and the matched null's p99.
+
+    The matched null draws Gaussian directions with the covariance of theta_S's probe
+    activations at the layer and takes the p99 of their cosine with v_rev (as in
+    chapter 04). Layers where either is undefined (no displacement, no variance) get None.
+    """
+    import numpy as np
+
+    from reversion import seeding, stats
+
+    g = seeding.rng(seed, "reversion-cli-estimate")
+    stability: list = []
+    matched: list = []
+    for layer in range(acts["H"].shape[1]):
+        H, S = acts["H"][:, layer].numpy(), acts["S"][:, layer].numpy()
+        try:
+            stability.append(float(stats.split_half_stability(H, S, n_boot, g).mean()) if len(H) >= 2 else None)
+        except ValueError:
+            stability.append(None)
+        v = v_rev[layer].numpy()
+        try:
+            if not np.linalg.norm(v) > 0:
+                raise ValueError("zero direction")
+            null = stats.null_cosines(stats.sample_matched_directions(S, n_null, g, kind="samples"), v)
+            matched.append(stats.empirical_quantile(null, 0.99))
+        except ValueError:
+            matched.append(None)
+    return {"stability": stability, "matched_p99": matched}
+
+
+def cmd_estimate(args) -> int:
+    import numpy as np
+    import torch
+
+    from reversion import __version__, stats
+    from reversion.geometry import Directions, select_layer
+    from reversion.textdata import file_sha256, has_chat_template, pad_id_of
+
+    for flag in ("--batch-size", "--n-null", "--n-boot"):
+        _positive(flag, getattr(args, flag[2:].replace("-", "_")))
+    if not 0 < args.min_stability < 1:
+        raise _Fail(f"--min-stability: must lie in (0, 1), got {args.min_stability}")
+    out = Path(args.out)
+    if out.suffix != ".safetensors":
+        raise _Fail(f"--out: the output file must end in .safetensors, got {args.out!r}")
+    if out.exists() and out.is_dir():
+        raise _Fail(f"--out: {args.out} is a directory")
+
+    paths = {"H": ("--witness", _checkpoint("--witness", args.witness)),
+             "S": ("--aligned", _checkpoint("--aligned", args.aligned))}
+    if args.pretrained:
+        paths["P"] = ("--pretrained", _checkpoint("--pretrained", args.pretrained))
+    archs = {k: _arch(_config(flag, p)) for k, (flag, p) in paths.items()}
+    for k in ("H", "P"):
+        if k in archs:
+            _same_arch("--aligned", archs["S"], paths[k][0], archs[k])
+    L = int(archs["S"]["num_hidden_layers"])
+    fixed_layer = None if args.layer == "auto" else _layer_arg("--layer", args.layer, L)
+
+    harmful = _read_prompts("--prompts", args.prompts, args.prompt_field)
+    harmless = _read_prompts("--harmless", args.harmless, args.prompt_field) if args.harmless else None
+    tok = _tokenizer(args, paths["S"][1])
+    ids = _encode("--prompts", tok, harmful, args)
+    harmless_ids = _encode("--harmless", tok, harmless, args) if harmless else None
+    templated = CHAT_TEMPLATE[args.chat_template] is True or (
+        args.chat_template == "auto" and has_chat_template(tok))
+    pad_id = pad_id_of(tok)
+    device, dtype = _device_dtype(args)
+
+    print(f"reversion estimate: {archs['S']['model_type']}, L={L} layers, d={archs['S']['hidden_size']}; "
+          f"{len(ids)} harmful prompts" + (f", {len(harmless_ids)} harmless" if harmless_ids else "")
+          + f"; chat template {'on' if templated else 'off'}; position {args.position}; device {device.type}")
+    acts: dict[str, torch.Tensor] = {}
+    for key in ("H", "S", "P"):
+        if key not in paths:
+            continue
+        flag, path = paths[key]
+        model = _load(flag, path, device, dtype)
+        acts[key] = _acts(flag, model, ids, "all", args, pad_id)
+        if key == "S" and harmless_ids:
+            acts["S_harmless"] = _acts("--harmless", model, harmless_ids, "all", args, pad_id)
+        _free(model)
+
+    meta = {"position": args.position, "n_prompts": len(ids), "layer": None,
+            "checkpoints": {"witness": args.witness, "aligned": args.aligned, "pretrained": args.pretrained},
+            "prompts_file": args.prompts, "prompts_sha256": file_sha256(args.prompts),
+            "chat_template": templated, **{k: archs["S"][k] for k in archs["S"]},
+            "reversion_version": __version__}
+    try:
+        dirs = directions_from_acts(acts, meta)
+    except ValueError as exc:
+        msg = str(exc)
+        flag = "--pretrained" if msg.startswith("v_P") else "--harmless" if msg.startswith("r_S") else \
+            "--witness/--aligned"
+        raise _Fail(f"{flag}: {msg}") from None
+    ls = layer_statistics(acts, dirs.v_rev, args.n_boot, args.n_null, args.seed)
+    if fixed_layer is None:
+        stab = np.array([-1.0 if s is None else s for s in ls["stability"]])
+        layer, reason = select_layer(dirs.displacement_norm.numpy(), dirs.activation_norm.numpy(), stab,
+                                     args.min_stability)
+    else:
+        layer, reason = fixed_layer, f"layer {fixed_layer}: given with --layer"
+    d = int(archs["S"]["hidden_size"])
+    meta.update({"layer": int(layer), "layer_reason": reason, "stability": ls["stability"],
+                 "matched_p99": ls["matched_p99"], "isotropic_p99": stats.isotropic_cos_quantile(d, 0.99),
+                 "n_null": args.n_null, "n_boot": args.n_boot, "seed": args.seed})
+    dirs = Directions(dirs.v_rev, dirs.v_P, dirs.r_S, dirs.displacement_norm, dirs.activation_norm, meta)
+    dirs.save(out)
+
+    print(f"{'layer':>5} {'displacement':>12} {'relative':>9} {'stability':>9} {'matched p99':>11}")
+    for l in range(L + 1):
+        rel = float(dirs.displacement_norm[l] / dirs.activation_norm[l]) if dirs.activation_norm[l] > 0 else None
+        mark = "  <- chosen" if l == layer else ""
+        print(f"{l:>5} {_fmt(float(dirs.displacement_norm[l])):>12} {_fmt(rel):>9} "
+              f"{_fmt(ls['stability'][l], '.3f'):>9} {_fmt(ls['matched_p99'][l]):>11}{mark}")
+    print(f"chosen {reason}")
+    print(f"isotropic p99 at d={d}: {meta['isotropic_p99']:.4f}")
+    print(f"wrote {args.out}")
+    return 0
+
+
+# --------------------------------------------------------------------------- track
+
+
+def _step_of(path: Path) -> int | None:
+    m = re.search(r"(\d+)$", path.name)
+    return int(m.group(1)) if m else None
+
+
+def _signature(path: Path) -> tuple:
+    try:
+        return tuple(sorted((p.name, p.stat().st_size) for p in path.iterdir() if p.is_file()))
+    except OSError:
+        return ()
+
+
+def _has_weights(path: Path) -> bool:
+    return (path / "config.json").is_file() and any(
+        p.suffix in (".safetensors", ".bin") for p in path.iterdir() if p.is_file())
+
+
+class _Tracker:
+    """Computes the rows of ``reversion track`` for one checkpoint at a time."""
+
+    def __init__(self, args):
+        from reversion import stats
+        from reversion.activations import mean_activations
+        from reversion.geometry import Directions
+        from reversion.textdata import file_sha256, pad_id_of
+
+        _positive("--batch-size", args.batch_size)
+        try:
+            self.dirs = Directions.load(args.directions)
+        except FileNotFoundError as exc:
+            raise _Fail(f"--directions: {exc}") from None
+        except Exception as exc:
+            raise _Fail(f"--directions: cannot read {args.directions} as a direction file "
+                        f"({type(exc).__name__}: {exc})") from None
+        self.aligned = _checkpoint("--aligned", args.aligned)
+        self.arch = _arch(_config("--aligned", self.aligned))
+        L1, d = self.dirs.v_rev.shape
+        if d != self.arch["hidden_size"]:
+            raise _Fail(f"--directions: v_rev has width {d} but --aligned has hidden_size "
+                        f"{self.arch['hidden_size']}; they come from different models")
+        if L1 - 1 != self.arch["num_hidden_layers"]:
+            raise _Fail(f"--directions: v_rev has {L1 - 1} layers but --aligned has "
+                        f"{self.arch['num_hidden_layers']}")
+        meta = self.dirs.meta
+        if meta.get("model_type") and meta["model_type"] != self.arch["model_type"]:
+            raise _Fail(f"--aligned: model family {self.arch['model_type']!r} differs from the direction "
+                        f"file's {meta['model_type']!r}")
+        L = L1 - 1
+        if args.layer is not None:
+            self.layer = _layer_arg("--layer", args.layer, L)
+        elif meta.get("layer") is not None:
+            self.layer = int(meta["layer"])
+        else:
+            raise _Fail("--layer: the direction file records no chosen layer; pass --layer")
+        self.layers = list(range(L1)) if args.all_layers else [self.layer]
+        args.position = args.position or meta.get("position", "last")
+        self.args = args
+        texts = _read_prompts("--prompts", args.prompts, args.prompt_field)
+        tok = _tokenizer(args, self.aligned)
+        self.ids = _encode("--prompts", tok, texts, args)
+        self.pad_id = pad_id_of(tok)
+        self.same_prompts = meta.get("prompts_sha256") == file_sha256(args.prompts)
+        if args.threshold is not None:
+            self.threshold, self.threshold_source = float(args.threshold), "given"
+        else:
+            matched = meta.get("matched_p99") or []
+            if self.layer < len(matched) and matched[self.layer] is not None:
+                self.threshold, self.threshold_source = float(matched[self.layer]), "matched null p99"
+            else:
+                self.threshold = stats.isotropic_cos_quantile(d, 0.99)
+                self.threshold_source = "isotropic p99"
+        self.device, self.dtype = _device_dtype(args)
+        self._mean = mean_activations
+        self.mu_S = None
+
+    def _means(self, flag: str, path: Path):
+        model = _load(flag, path, self.device, self.dtype)
+        try:
+            mu = self._mean(model, self.ids, self.layers, position=self.args.position,
+                            batch_size=self.args.batch_size, pad_id=self.pad_id)
+        except ValueError as exc:
+            raise _Fail(f"{flag}: {exc}") from None
+        finally:
+            _free(model)
+        return mu
+
+    def reference(self) -> None:
+        self.mu_S = self._means("--aligned", self.aligned)
+
+    def check(self, flag: str, path: Path) -> None:
+        _same_arch("--aligned", self.arch, flag, _arch(_config(flag, path)))
+
+    def rows(self, flag: str, path: Path, label: str) -> list[dict[str, Any]]:
+        mu = self._means(flag, path)
+        out = []
+        for i, layer in enumerate(self.layers):
+            drift = mu[i] - self.mu_S[i]
+            v = self.dirs.v_rev[layer].double()
+            dn = float(drift.norm())
+            proj = float(drift @ v)
+            disp = float(self.dirs.displacement_norm[layer])
+            al = proj / dn if dn > 0 and float(v.norm()) > 0 else 0.0
+            out.append({"checkpoint": label, "step": _step_of(path), "layer": layer, "alignment": al,
+                        "projection": proj, "drift_norm": dn,
+                        "relative_projection": proj / disp if disp > 0 else None,
+                        "threshold": self.threshold if layer == self.layer else None,
+                        "above": (al > self.threshold) if layer == self.layer else None})
+        return out
+
+
+class _Output:
+    def __init__(self, path: str | None, width: int = 10):
+        self.width = width
+        self.file = None
+        if path:
+            p = Path(path)
+            if p.exists() and p.is_dir():
+                raise _Fail(f"--out: {path} is a directory")
+            p.parent.mkdir(parents=True, exist_ok=True)
+            self.file = p.open("w", newline="", encoding="utf-8")
+            self.writer = csv.DictWriter(self.file, fieldnames=TRACK_FIELDS)
+            self.writer.writeheader()
+            self.file.flush()
+
+    def header(self) -> None:
+        print(f"{'checkpoint':<{self.width}} {'step':>7} {'alignment':>9} {'projection':>11} {'drift_norm':>10} "
+              f"{'above':>5}")
+
+    def add(self, rows: list[dict], layer: int) -> None:
+        for r in rows:
+            if self.file is not None:
+                self.writer.writerow({k: ("" if r[k] is None else r[k]) for k in TRACK_FIELDS})
+            if r["layer"] == layer:
+                step = "-" if r["step"] is None else str(r["step"])
+                print(f"{r['checkpoint']:<{self.width}} {step:>7} {r['alignment']:>9.4f} {r['projection']:>11.4f} "
+                      f"{r['drift_norm']:>10.4f} {'yes' if r['above'] else 'no':>5}", flush=True)
+        if self.file is not None:
+            self.file.flush()
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+
+
+def cmd_track(args) -> int:
+    if not args.checkpoints and not args.watch:
+        raise _Fail("give CHECKPOINT folders to track, or --watch DIR")
+    if args.watch and not Path(args.watch).is_dir():
+        raise _Fail(f"--watch: not a directory: {args.watch}")
+    if args.max_polls is not None:
+        _positive("--max-polls", args.max_polls)
+    if args.interval < 0:
+        raise _Fail(f"--interval: must be >= 0, got {args.interval}")
+    ckpts = [(f"CHECKPOINT {c}", _checkpoint(f"CHECKPOINT {c}", c), c) for c in args.checkpoints]
+    # By the number that ends the folder name (checkpoint-500), the others after, as given.
+    ckpts.sort(key=lambda c: (_step_of(c[1]) is None, _step_of(c[1]) or 0))
+    t = _Tracker(args)
+    for flag, path, _ in ckpts:
+        t.check(flag, path)
+    out = _Output(args.out, max([10] + [len(c[2]) for c in ckpts]) if not args.watch else 32)
+    print(f"reversion track: layer {t.layer}; threshold {t.threshold:.4f} ({t.threshold_source}); "
+          f"{len(t.ids)} prompts" + (" (the estimate's own prompts: a disjoint set avoids shared noise)"
+                                     if t.same_prompts else ""))
+    t.reference()
+    out.header()
+    try:
+        for flag, path, label in ckpts:
+            out.add(t.rows(flag, path, label), t.layer)
+        if args.watch:
+            _watch(args, t, out)
+    except KeyboardInterrupt:
+        print("stopped", file=sys.stderr)
+    finally:
+        out.close()
+    if args.out:
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _watch(args, t: _Tracker, out: _Output) -> None:
+    """Poll ``--watch`` for checkpoint folders; read each once it is complete.
+
+    Complete: it holds ``trainer_state.json`` (the Trainer writes it after the weights),
+    or its files did not change between two polls.
+    """
+    root = Path(args.watch)
+    done: set[Path] = set()
+    seen: dict[Path, tuple] = {}
+    polls = 0
+    while True:
+        polls += 1
+        cands = [p for p in root.iterdir() if p.is_dir() and p not in done and _has_weights(p)]
+        cands.sort(key=lambda p: (_step_of(p) is None, _step_of(p) or 0, p.name))
+        for p in cands:
+            sig = _signature(p)
+            if (p / "trainer_state.json").is_file() or seen.get(p) == sig:
+                label = f"{root.name}/{p.name}"
+                flag = f"--watch {label}"
+                t.check(flag, p)
+                out.add(t.rows(flag, p, label), t.layer)
+                done.add(p)
+            else:
+                seen[p] = sig
+        if args.max_polls is not None and polls >= args.max_polls:
+            return
+        time.sleep(args.interval)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "book":
+        from reversion import book
+
+        return book.main(argv[1:])
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return {"estimate": cmd_estimate, "track": cmd_track}[args.command](args)
+    except _Fail as exc:
+        args._sub.error(str(exc))  # exits with status 2, message on stderr
+    return 2  # pragma: no cover
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,261 @@
+"""The ``reversion`` command line: estimate, track, book; argument errors (reversion.cli)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from reversion.cli import main
+from reversion.geometry import Directions, estimate_directions
+from reversion.model import load_model
+from reversion.textdata import encode_prompts, load_tokenizer, pad_id_of, read_prompts
+from tiny_models import LAYERS, tiny  # noqa: F401
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["--device", "cpu", "--n-null", "200", "--n-boot", "20"]
+
+
+def estimate(tiny, family, out, *extra):
+    pair = getattr(tiny, family)
+    return main(["estimate", "--witness", str(pair.witness), "--aligned", str(pair.aligned), "--prompts",
+                 str(tiny.harmful), "--out", str(out), *FAST, *map(str, extra)])
+
+
+def run_module(*args, cwd=None):
+    env = {**os.environ, "REVERSION_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "reversion", *map(str, args)], cwd=cwd or ROOT, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def fails(capsys, argv, *needles):
+    """``main(argv)`` exits with status 2 and a stderr message containing every needle."""
+    with pytest.raises(SystemExit) as exc:
+        main([str(a) for a in argv])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    for needle in needles:
+        assert needle in err, f"{needle!r} not in stderr:\n{err}"
+    return err
+
+
+# --------------------------------------------------------------------------- help
+
+
+def test_help_of_every_command():
+    top = run_module("--help")
+    assert top.returncode == 0 and "estimate" in top.stdout and "track" in top.stdout and "book" in top.stdout
+    for cmd, needle in (("estimate", "--witness"), ("track", "--directions"), ("book", "reversion.book")):
+        proc = run_module(cmd, "--help")
+        assert proc.returncode == 0, proc.stderr
+        assert needle in proc.stdout
+
+
+def test_no_command_prints_help(capsys):
+    assert main([]) == 2
+    assert "estimate" in capsys.readouterr().out
+
+
+def test_console_script_is_installed():
+    script = Path(sys.executable).with_name("reversion")
+    if not script.exists():
+        pytest.skip("console script not installed in this environment (pip install -e .)")
+    proc = subprocess.run([str(script), "--version"], stdout=subprocess.PIPE, text=True)
+    assert proc.returncode == 0 and proc.stdout.startswith("reversion ")
+
+
+# --------------------------------------------------------------------------- estimate
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_estimate_in_process(tiny, tmp_path, family, capsys):
+    out = tmp_path / "v.safetensors"
+    assert estimate(tiny, family, out) == 0
+    printed = capsys.readouterr().out
+    assert "<- chosen" in printed and "wrote" in printed
+    d = Directions.load(out)
+    assert d.v_rev.shape == (LAYERS + 1, 32)
+    assert 1 <= d.layer <= LAYERS
+    norms = d.v_rev.norm(dim=-1)
+    assert torch.allclose(norms[1:], torch.ones(LAYERS, dtype=norms.dtype))
+    meta = d.meta
+    assert meta["model_type"] == family and meta["hidden_size"] == 32 and meta["chat_template"] is True
+    assert meta["n_prompts"] == tiny.n_prompts and meta["position"] == "last"
+    assert len(meta["matched_p99"]) == len(meta["stability"]) == LAYERS + 1
+    assert all(0 < meta["matched_p99"][l] < 1 for l in range(1, LAYERS + 1))
+    assert meta["isotropic_p99"] > 0 and "layer_reason" in meta
+    assert d.v_P is None and d.r_S is None
+
+
+def test_estimate_equals_geometry_estimate_directions(tiny, tmp_path):
+    """The CLI loads one model at a time but computes what geometry.estimate_directions does."""
+    out = tmp_path / "v.safetensors"
+    assert estimate(tiny, "llama", out, "--pretrained", tiny.llama.witness, "--harmless", tiny.harmless) == 0
+    tok = load_tokenizer(tiny.tokenizer)
+    ids = encode_prompts(tok, read_prompts(tiny.harmful))
+    harmless = encode_prompts(tok, read_prompts(tiny.harmless))
+    H, S = (load_model(p, device="cpu") for p in (tiny.llama.witness, tiny.llama.aligned))
+    ref, _ = estimate_directions(H, S, ids, theta_P=H, harmless=harmless, pad_id=pad_id_of(tok))
+    got = Directions.load(out)
+    assert torch.allclose(got.v_rev, ref.v_rev, atol=1e-10)
+    assert torch.allclose(got.v_P, ref.v_P, atol=1e-10)
+    assert torch.allclose(got.r_S, ref.r_S, atol=1e-10)
+    assert torch.allclose(got.displacement_norm, ref.displacement_norm, atol=1e-10)
+    assert torch.allclose(got.activation_norm, ref.activation_norm, atol=1e-10)
+
+
+def test_estimate_with_controls_fixed_layer_and_no_template(tiny, tmp_path):
+    out = tmp_path / "v.safetensors"
+    assert estimate(tiny, "gpt2", out, "--pretrained", tiny.gpt2.witness, "--harmless", tiny.harmless,
+                    "--layer", "1", "--chat-template", "off", "--position", "mean") == 0
+    d = Directions.load(out)
+    assert d.layer == 1 and "given with --layer" in d.meta["layer_reason"]
+    assert d.meta["chat_template"] is False and d.meta["position"] == "mean"
+    assert d.v_P is not None and d.r_S is not None
+    # theta_P = theta_H here: v_P coincides with v_rev
+    assert torch.allclose(d.v_P[1:], d.v_rev[1:])
+
+
+def test_estimate_as_a_module_subprocess(tiny, tmp_path):
+    out = tmp_path / "sub" / "v.safetensors"
+    proc = run_module("estimate", "--witness", tiny.llama.witness, "--aligned", tiny.llama.aligned,
+                      "--prompts", tiny.harmful, "--tokenizer", tiny.tokenizer, "--out", out, *FAST)
+    assert proc.returncode == 0, proc.stderr
+    assert "chosen layer" in proc.stdout
+    assert Directions.load(out).v_rev.shape == (LAYERS + 1, 32)
+
+
+def test_estimate_argument_errors(tiny, tmp_path, capsys):
+    base = ["estimate", "--prompts", tiny.harmful, "--out", tmp_path / "v.safetensors", "--device", "cpu"]
+    L, A, W = tiny.llama, tiny.llama.aligned, tiny.llama.witness
+    fails(capsys, [*base, "--witness", tmp_path / "missing", "--aligned", A], "--witness", "path not found",
+          "missing")
+    (tmp_path / "not_a_ckpt").mkdir()
+    fails(capsys, [*base, "--witness", W, "--aligned", tmp_path / "not_a_ckpt"], "--aligned",
+          "no config.json")
+    fails(capsys, [*base, "--witness", tiny.llama_wide, "--aligned", A], "--witness", "hidden_size", "48", "32")
+    fails(capsys, [*base, "--witness", tiny.gpt2.witness, "--aligned", A], "--witness", "family", "gpt2",
+          "llama")
+    fails(capsys, [*base, "--witness", W, "--aligned", A, "--layer", "9"], "--layer", "out of range", "[0, 2]")
+    fails(capsys, [*base, "--witness", W, "--aligned", A, "--layer", "middle"], "--layer", "integer")
+    fails(capsys, ["estimate", "--witness", W, "--aligned", A, "--prompts", tiny.empty, "--out",
+                   tmp_path / "v.safetensors"], "--prompts", "no prompts", "empty.jsonl")
+    fails(capsys, ["estimate", "--witness", W, "--aligned", A, "--prompts", tmp_path / "none.jsonl", "--out",
+                   tmp_path / "v.safetensors"], "--prompts", "not found")
+    fails(capsys, [*base, "--witness", W, "--aligned", A, "--tokenizer", tmp_path / "no_tok"], "--tokenizer",
+          "not found")
+    fails(capsys, [*base[:-4], "--out", tmp_path / "v.pt", "--witness", W, "--aligned", A], "--out",
+          ".safetensors")
+    fails(capsys, [*base, "--witness", A, "--aligned", A], "--witness/--aligned", "zero-norm displacement")
+    fails(capsys, [*base, "--witness", W, "--aligned", A, "--pretrained", A], "--pretrained", "v_P")
+    fails(capsys, [*base, "--witness", W, "--aligned", A, "--chat-template", "on", "--tokenizer",
+                   tiny.plain_tokenizer], "--prompts", "no chat template")
+    assert not (tmp_path / "v.safetensors").exists()
+    # a missing required argument is argparse's own error (status 2)
+    fails(capsys, ["estimate", "--aligned", A, "--prompts", tiny.harmful, "--out", tmp_path / "v.safetensors"],
+          "--witness")
+    assert L is tiny.llama
+
+
+def test_error_exit_status_from_the_module(tmp_path):
+    proc = run_module("estimate", "--witness", tmp_path / "nowhere", "--aligned", tmp_path,
+                      "--prompts", tmp_path / "p.jsonl", "--out", tmp_path / "v.safetensors")
+    assert proc.returncode == 2
+    assert "reversion estimate: error: --witness: path not found" in proc.stderr
+    assert proc.stdout == ""
+
+
+# --------------------------------------------------------------------------- track
+
+
+@pytest.fixture(scope="module")
+def llama_dirs(tiny, tmp_path_factory):
+    out = tmp_path_factory.mktemp("dirs") / "v.safetensors"
+    assert estimate(tiny, "llama", out) == 0
+    return out
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_track_witness_is_fully_aligned_and_aligned_has_no_drift(tiny, llama_dirs, tmp_path, capsys):
+    out = tmp_path / "track.csv"
+    assert main(["track", "--directions", str(llama_dirs), "--aligned", str(tiny.llama.aligned), "--prompts",
+                 str(tiny.harmful), "--device", "cpu", "--out", str(out),
+                 str(tiny.llama.witness), str(tiny.llama.aligned)]) == 0
+    printed = capsys.readouterr().out
+    assert "threshold" in printed and "matched null p99" in printed and "wrote" in printed
+    rows = _rows(out)
+    layer = Directions.load(llama_dirs).layer
+    assert [r["checkpoint"] for r in rows] == [str(tiny.llama.witness), str(tiny.llama.aligned)]
+    w, a = rows
+    assert int(w["layer"]) == layer
+    # drift of the witness itself is mu_H - mu_S: alignment 1, one displacement along v_rev
+    assert float(w["alignment"]) == pytest.approx(1.0, abs=1e-9)
+    assert float(w["relative_projection"]) == pytest.approx(1.0, abs=1e-9)
+    assert w["above"] == "True"
+    assert float(a["drift_norm"]) == 0.0 and float(a["alignment"]) == 0.0 and a["above"] == "False"
+
+
+def test_track_all_layers_and_watch(tiny, llama_dirs, tmp_path):
+    run = tmp_path / "run"
+    for step, src in ((20, tiny.llama.witness), (10, tiny.llama.aligned)):
+        shutil.copytree(src, run / f"checkpoint-{step}")
+    (run / "logs").mkdir()  # not a checkpoint: ignored
+    out = tmp_path / "watch.csv"
+    assert main(["track", "--directions", str(llama_dirs), "--aligned", str(tiny.llama.aligned), "--prompts",
+                 str(tiny.harmful), "--device", "cpu", "--all-layers", "--watch", str(run), "--interval", "0",
+                 "--max-polls", "2", "--out", str(out)]) == 0
+    rows = _rows(out)
+    assert len(rows) == 2 * (LAYERS + 1)
+    assert [int(r["step"]) for r in rows] == [10] * (LAYERS + 1) + [20] * (LAYERS + 1)
+    witness_rows = [r for r in rows if r["step"] == "20" and r["layer"] != "0"]
+    assert all(float(r["alignment"]) == pytest.approx(1.0, abs=1e-9) for r in witness_rows)
+
+
+def test_track_given_threshold_and_relative_paths(tiny, llama_dirs, monkeypatch, capsys):
+    monkeypatch.chdir(tiny.root)
+    assert main(["track", "--directions", str(llama_dirs), "--aligned", "llama/aligned", "--prompts",
+                 str(tiny.harmful), "--threshold", "0.5", "--device", "cpu", "llama/witness"]) == 0
+    out = capsys.readouterr().out
+    assert "threshold 0.5000 (given)" in out
+    line = [x for x in out.splitlines() if x.startswith("llama/witness")][0]
+    assert line.split()[1:] == ["-", "1.0000", line.split()[3], line.split()[4], "yes"]
+
+
+def test_track_argument_errors(tiny, llama_dirs, tmp_path, capsys):
+    base = ["track", "--directions", llama_dirs, "--aligned", tiny.llama.aligned, "--prompts", tiny.harmful,
+            "--device", "cpu"]
+    fails(capsys, base, "CHECKPOINT", "--watch")
+    fails(capsys, [*base, tmp_path / "gone"], "CHECKPOINT", "gone", "not found")
+    fails(capsys, [*base, tiny.gpt2.witness], "CHECKPOINT", "family", "gpt2")
+    fails(capsys, [*base, tiny.llama_wide], "CHECKPOINT", "hidden_size")
+    fails(capsys, [*base, "--layer", "5", tiny.llama.witness], "--layer", "out of range")
+    fails(capsys, [*base, "--watch", tmp_path / "nowhere"], "--watch", "not a directory")
+    fails(capsys, ["track", "--directions", tmp_path / "none.safetensors", "--aligned", tiny.llama.aligned,
+                   "--prompts", tiny.harmful, tiny.llama.witness], "--directions", "none.safetensors")
+    fails(capsys, ["track", "--directions", llama_dirs, "--aligned", tiny.llama_wide, "--prompts", tiny.harmful,
+                   tiny.llama_wide], "--directions", "width 32", "hidden_size 48")
+    fails(capsys, ["track", "--directions", llama_dirs, "--aligned", tiny.llama.aligned, "--prompts", tiny.empty,
+                   tiny.llama.witness], "--prompts", "no prompts")
+    (tmp_path / "junk.safetensors").write_text("not a safetensors file")
+    fails(capsys, ["track", "--directions", tmp_path / "junk.safetensors", "--aligned", tiny.llama.aligned,
+                   "--prompts", tiny.harmful, tiny.llama.witness], "--directions", "cannot read")
+
+
+# --------------------------------------------------------------------------- book
+
+
+def test_book_passes_arguments_through(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["book", "--help"])
+    assert exc.value.code == 0
+    assert "python -m reversion.book" in capsys.readouterr().out
