@@ -72,7 +72,8 @@ class FinetuneRun:
     losses: list[float]
     """Task loss per step 1..T."""
     evals: dict[int, dict]
-    """Step -> harmfulness, non-refusal, exact match, task accuracy/loss."""
+    """Step -> harmfulness, non-refusal, harmful content, exact match, and task accuracy/loss
+    of the fine-tuning task (every benign task at steps 0 and T)."""
     seconds: float
 
     @property
@@ -123,7 +124,9 @@ def finetune(history: HistoryConfig, ft: FinetuneConfig, intervention: Intervent
             with paused():  # measurements see the model, not a training-time edit
                 means.append(mean_activations(m, probes.harmful_drift, "all", pad_id=PAD))
                 if step in grid:
-                    evals[step] = evaluate(m, lang, sets)
+                    # The earlier benign tasks (task cost) are judged at 0 and T only: at the
+                    # steps between, generation on them was 60% of a run's time and unused.
+                    evals[step] = evaluate(m, lang, sets, None if step == ft.steps else [ft.task])
 
         pairs = benign_batches(lang, ft)
         aux = None

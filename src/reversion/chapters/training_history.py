@@ -151,7 +151,7 @@ def metrics(P: Params, res: Result) -> dict:
     acc = [r.series("task_accuracy", task) for r in res.runs]
     ctrl = [r.series("harmfulness") for r in res.control_runs]
     others = [t for t in m["theta_S"]["task_accuracy"] if t != task]
-    other_acc = [[float(np.mean([r.evals[s]["task_accuracy"][t] for t in others])) for s in steps]
+    other_acc = [float(np.mean([r.evals[T]["task_accuracy"][t] for t in others]))
                  for r in res.runs] if others else None
     out = {
         "width": res.world.history.model.n_embd,
@@ -174,7 +174,7 @@ def metrics(P: Params, res: Result) -> dict:
         "task_loss": {"theta_S": m["theta_S"]["task_loss"][task],
                       "finetuned": at_step([r.series("task_loss", task) for r in res.runs], steps, T)},
         "other_tasks_accuracy": ({"theta_S": float(np.mean([m["theta_S"]["task_accuracy"][t] for t in others])),
-                                  "finetuned": at_step(other_acc, steps, T)} if others else None),
+                                  "finetuned": stats.aggregate(other_acc)} if others else None),
         "harmfulness_rise": stats.aggregate(np.asarray(harm)[:, -1] - m["theta_S"]["harmfulness"]),
         "long_alignment": {"safety_steps": P.long_safety_steps,
                            "theta_S": res.control_history.metrics["theta_S"]["harmfulness"],
