@@ -30,7 +30,7 @@ BOOK_ARGS ?=
 # Extra arguments for pytest (e.g. PYTEST_ARGS="-k book -x").
 PYTEST_ARGS ?=
 
-.PHONY: help venv mathjax book test test-all clean requirements
+.PHONY: help venv mathjax book test test-browser test-all clean requirements
 
 help: ## list the targets
 	@echo "reversion -- make targets:"
@@ -71,6 +71,9 @@ book: venv mathjax ## execute the notebooks (papermill, default parameters) and 
 # and make fails on any non-zero exit status, so it is never taken for success.
 test: venv ## run the fast tests and the notebook tests (papermill + nbval at smoke parameters)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-browser: venv mathjax ## only the browser tests: the book at smoke parameters in headless Chromium
+	$(PY) -m pytest tests/test_browser.py $(PYTEST_ARGS)
 
 test-all: venv ## also run the tests marked slow
 	$(PY) -m pytest -m '' $(PYTEST_ARGS)

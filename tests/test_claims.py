@@ -151,7 +151,7 @@ def chapter04(s: dict) -> dict:
         "pairs": {"n": s["pairs_n"], "above_isotropic": s["above_iso"], "above_matched": s["above_matched"],
                   "above_control_max": s["above_iso"], "steps": [1, 5, 20]},
         "per_run": {"n": s["runs_n"], "significant": s["runs_sig"], "alpha": 0.01, "threshold": 0.45},
-        "sign_flip_p": 0.125,
+        "sign_consistency_p": 0.125,
         "runs_above_every_control": s["runs_sig"],
         "paper": {"pairs_above_isotropic": "24 of 24"},
     }
@@ -224,7 +224,7 @@ def test_hand_built_chapter04_has_the_keys_of_its_metrics(world):
                       {"isotropic": 0.29, "isotropic_mc": 0.3, "matched": 0.4},
                       g.uniform(-0.1, 0.1, size=(2, len(steps))), steps)
     P = ch04.Params(world="smoke", world_overrides={}, n_seeds=N_SEEDS, n_control_seeds=2, pair_steps=steps,
-                    n_null=2000, alpha=0.01)
+                    n_null=20000, alpha=0.01)
     assert _keys(chapter04(GOOD)) == _keys(ch04.metrics(P, res))
 
 
@@ -410,3 +410,18 @@ def test_load_all_names_the_chapter_that_has_not_run(missing, world, tmp_path):
     (tmp_path / "results" / stem / "metrics.json").unlink()
     with pytest.raises(FileNotFoundError, match=stem):
         claims.load_all()
+
+
+def test_results_that_do_not_belong_together_are_refused():
+    def doc(layer, code="abc", world="default"):
+        return {"metrics": {"layer": layer}, "provenance": {"code_hash": code},
+                "parameters": {"world": world, "world_overrides": {}}}
+
+    same = {k: doc(3) for k in ("01", "02", "03", "04", "05")}
+    claims.check_consistent(same)  # the positive control: nothing raised
+    with pytest.raises(ValueError, match="different layers"):
+        claims.check_consistent({**same, "04": doc(2)})
+    with pytest.raises(ValueError, match="code hash"):
+        claims.check_consistent({**same, "05": doc(3, code="other")})
+    with pytest.raises(ValueError, match="world"):
+        claims.check_consistent({**same, "03": doc(3, world="smoke")})

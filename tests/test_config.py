@@ -98,7 +98,7 @@ def test_boundaries_accepted():
 
 def test_history_from_dicts_is_validated():
     h = HistoryConfig(language={"n_content": 16, "max_len": 4},
-                      model={"n_embd": 32, "n_layer": 1, "n_head": 2, "n_positions": 16},
+                      model={"n_embd": 32, "n_layer": 2, "n_head": 2, "n_positions": 16},
                       safety={"steps": 5, "lr": 1e-3})
     assert h.language == LanguageConfig(n_content=16, max_len=4)
     assert h.safety == PhaseConfig(5, 1e-3)
@@ -106,6 +106,11 @@ def test_history_from_dicts_is_validated():
         HistoryConfig(safety={"steps": 5, "lr": -1.0})
     with pytest.raises(ValueError, match=r"model\.n_embd"):
         HistoryConfig(model={"n_embd": 33, "n_head": 2})
+    with pytest.raises(ValueError, match=r"model\.n_layer"):
+        HistoryConfig(model={"n_layer": 1})
+    # the refusal (3 tokens + EOS) must fit after a short prompt too
+    with pytest.raises(ValueError, match=r"n_positions"):
+        HistoryConfig(language={"min_len": 2, "max_len": 2}, model={"n_positions": 8})
 
 
 def test_history_dict_with_unknown_key_raises_value_error():

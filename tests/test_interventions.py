@@ -2,7 +2,7 @@
 
 * strength 0 is the baseline, bit for bit;
 * block lowers and push raises the probes' motion along v_rev, far beyond float noise;
-* projection pins each token's projection at theta_S's mean during the training forward
+* projection removes each token's change along v_rev since theta_S during the training forward
   pass, edits nothing while paused, and leaves no hook behind;
 * rehearsal replaces exactly the batch's tail with real harmful requests -> refusal and
   keeps the baseline's benign head; the alignment mix has the safety phase's harmful share;
@@ -212,61 +212,60 @@ def _tokens(batch) -> torch.Tensor:
     return batch["attention_mask"].bool()
 
 
-def test_projection_pins_the_layer_at_theta_S_mean_while_training_only(est, hist, lang, world):
+def test_projection_removes_only_the_change_along_v_rev_while_training(est, hist, lang, world):
     d = est.directions
     layer = est.layer
+    v = d.v_rev[layer]
     probes = ProbeSets.build(lang, world.finetune.n_probe)
     model = hist.load("theta_S")
-    reference = copy.deepcopy(model)
-    v = d.v_rev[layer]
-    c = float(mean_activations(reference, probes.harmful_block, [layer], pad_id=PAD)[0] @ v)
-
+    theta_S = copy.deepcopy(model)
     batch = collate(probes.harmful_drift, [lang.refusal_answer] * len(probes.harmful_drift))
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
     real = _tokens(batch)
     with torch.no_grad():
-        ref = reference(**inputs, output_hidden_states=True).hidden_states
+        ref = theta_S(**inputs, output_hidden_states=True).hidden_states
         model(**inputs, output_hidden_states=True)  # lets transformers install its own capture hooks
     blocks = get_blocks(model)
     before = [list(b._forward_hooks) for b in blocks]
+    pre_before = list(model._forward_pre_hooks)
 
     proj = Projection(d.v_rev, [layer])
     proj.setup(model, lang, probes)
-    assert len(blocks[layer - 1]._forward_hooks) == len(before[layer - 1]) + 1
-    model.train()
-    out = model(**inputs, labels=batch["labels"], output_hidden_states=True)  # a training forward
-    h = out.hidden_states[layer].detach().double()
-    shift = (h @ v)[real] - c
-    assert shift.abs().max() < 1e-4
-    # only the component along v was touched
-    change = h - ref[layer].double()
-    off_axis = change - (change @ v)[..., None] * v
-    assert off_axis[real].abs().max() < 1e-5
-    assert out.loss.requires_grad  # the edit sits inside the differentiable forward pass
+    with torch.no_grad():  # at theta_S the edit is the identity
+        same = model(**inputs, output_hidden_states=True).hidden_states
+    assert (same[layer] - ref[layer]).abs().max() < 1e-5
 
-    with proj.paused(), torch.no_grad():
-        paused = model(**inputs, output_hidden_states=True).hidden_states
-    for a, b in zip(paused, ref):
-        assert torch.equal(a, b)
-    assert ((ref[layer].double() @ v)[real] - c).abs().max() > 1e-2  # so the pin above was real work
-    assert proj.active  # pausing restores the edit
+    # Move the weights (as training would), then a training forward: the change since
+    # theta_S keeps its off-axis part and loses its component along v, token by token.
     with torch.no_grad():
-        again = model(**inputs, output_hidden_states=True).hidden_states[layer].double()
-    assert ((again @ v)[real] - c).abs().max() < 1e-4
+        for p_ in blocks[layer - 1].parameters():
+            p_.add_(0.05 * torch.randn_like(p_))
+        with proj.paused():
+            free = model(**inputs, output_hidden_states=True).hidden_states[layer].double()
+    model.train()
+    out = model(**inputs, labels=batch["labels"], output_hidden_states=True)
+    h = out.hidden_states[layer].detach().double()
+    change, free_change = h - ref[layer].double(), free - ref[layer].double()
+    assert (change @ v)[real].abs().max() < 1e-4
+    assert (free_change @ v)[real].abs().max() > 1e-2  # so the removal above was real work
+    off = lambda x: x - (x @ v)[..., None] * v  # noqa: E731
+    assert (off(change) - off(free_change))[real].abs().max() < 1e-4
+    assert out.loss.requires_grad  # the edit sits inside the differentiable forward pass
 
     proj.teardown()
     assert [list(b._forward_hooks) for b in blocks] == before
+    assert list(model._forward_pre_hooks) == pre_before
     with torch.no_grad():
-        after = model(**inputs, output_hidden_states=True).hidden_states
-    for a, b in zip(after, ref):
-        assert torch.equal(a, b)
+        after = model(**inputs, output_hidden_states=True).hidden_states[layer].double()
+    assert torch.allclose(after, free, atol=1e-6)  # no edit left behind
 
 
-def test_projection_run_trains_differently_but_starts_from_the_same_point(world, ft, est, baseline):
+def test_projection_run_starts_like_the_baseline_then_differs(world, ft, est, baseline):
     run = _run(world, ft, Projection(est.directions.v_rev, [est.layer]))
     assert torch.equal(run.probe_means[0], baseline.probe_means[0])
     assert run.evals[0] == baseline.evals[0]  # step-0 evaluation precedes the hooks
-    assert run.losses[0] != baseline.losses[0]  # the training forward is edited from step 1
+    assert abs(run.losses[0] - baseline.losses[0]) < 1e-5  # identity at theta_S
+    assert run.losses[-1] != baseline.losses[-1]  # but the training forward is edited after that
 
 
 # --------------------------------------------------------------------------- rehearsal

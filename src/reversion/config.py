@@ -87,7 +87,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _check_int("model.n_embd", self.n_embd, 8)
-        _check_int("model.n_layer", self.n_layer, 1)
+        _check_int("model.n_layer", self.n_layer, 2)  # the layer rule needs an intermediate layer
         _check_int("model.n_head", self.n_head, 1)
         _check_int("model.n_positions", self.n_positions, 8)
         if self.n_embd % self.n_head:
@@ -161,7 +161,8 @@ class HistoryConfig:
         self.safety.validate("safety", self.language.tasks)
         _check_int("seed", self.seed, 0)
         _check_int("n_eval", self.n_eval, 1)
-        longest = 2 + self.language.max_len + 1 + self.language.max_len + 1
+        # BOS <task> inputs SEP, then the longer of the answer and the refusal, then EOS.
+        longest = 3 + self.language.max_len + max(self.language.max_len, 3) + 1
         if longest > self.model.n_positions:
             raise ValueError(
                 f"model.n_positions ({self.model.n_positions}) is shorter than the longest "

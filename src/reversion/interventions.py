@@ -9,8 +9,9 @@ changes one thing:
   step (a quadratic or a hinge has no gradient there); the tanh bounds it.
 * :class:`Push` -- the same term with the opposite sign: reinforces the motion, bounded.
 * :class:`Projection` -- during the training forward pass, removes the component along
-  v_rev of each activation's change from theta_S's mean at the chosen layers (a
-  CAFT-style edit of the forward pass, not of the loss). No hook at evaluation.
+  v_rev of each token's activation change from what a frozen theta_S computes for the
+  same input, at the chosen layers (a CAFT-style edit of the forward pass, not of the
+  loss; the identity at theta_S). No edit at evaluation.
 * :class:`Rehearsal` -- replaces a fraction of each batch with safety-alignment
   examples (harmful request -> refusal); never sees v_rev.
 * :class:`AlignmentMix` -- the null control of chapter 04: fine-tune on the alignment
@@ -90,29 +91,33 @@ class _DirectionalTerm:
 
     def key(self) -> dict:
         return {"variant": self.name, "strength": self.strength, "layers": self.layers,
-                "v_rev": _digest(self.v), "n_probe_batch": self.n_probe_batch}
+                "v_rev": _digest(self.v), "scale": _digest(self.scale),
+                "n_probe_batch": self.n_probe_batch}
 
     def setup(self, model, lang: Language, probes) -> None:
         from .data import collate
 
         prompts = probes.harmful_block
         device = next(model.parameters()).device
-        # theta_S reference means on the same prompts the term looks at.
-        self.mu_S = mean_activations(model, prompts, self.layers, pad_id=PAD).to(device)
+        chunks = [prompts[i:i + self.n_probe_batch] for i in range(0, len(prompts), self.n_probe_batch)]
+        # theta_S reference mean of *each* probe batch, so the projection is exactly 0 at
+        # theta_S whichever batch a step looks at (a set-wide mean would leave each batch's
+        # sampling offset in p).
+        self.mu_S = [mean_activations(model, c, self.layers, pad_id=PAD).to(device) for c in chunks]
         self._v = self.v[self.layers].to(device)
         self._scale = self.scale[self.layers].to(device)
-        self.probe_batches = [collate(prompts[i:i + self.n_probe_batch], device=device)
-                              for i in range(0, len(prompts), self.n_probe_batch)]
+        self.probe_batches = [collate(c, device=device) for c in chunks]
 
     def projection(self, model, step: int) -> torch.Tensor:
         """``[len(layers)]`` projection on v_rev of the probe batch's mean drift (differentiable)."""
-        b = self.probe_batches[(step - 1) % len(self.probe_batches)]
+        i = (step - 1) % len(self.probe_batches)
+        b = self.probe_batches[i]
         out = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
                     output_hidden_states=True)
         last = b["attention_mask"].sum(1) - 1
         rows = torch.arange(len(last), device=last.device)
         h = torch.stack([out.hidden_states[l][rows, last] for l in self.layers], 1)  # [n, k, d]
-        drift = h.double().mean(0) - self.mu_S  # [k, d]
+        drift = h.double().mean(0) - self.mu_S[i]  # [k, d]
         return (drift * self._v).sum(-1)
 
     def aux_loss(self, model, batch: dict, step: int) -> torch.Tensor | None:
@@ -159,24 +164,37 @@ class Projection:
         return {"variant": self.name, "layers": self.layers, "v_rev": _digest(self.v)}
 
     def setup(self, model, lang: Language, probes) -> None:
+        import copy
+
+        # A frozen copy of theta_S gives each token's reference activation, so the edit is
+        # the identity at theta_S and removes only the *change* along v_rev since then.
+        ref = copy.deepcopy(model).eval().requires_grad_(False)
         device = next(model.parameters()).device
-        mu = mean_activations(model, probes.harmful_block, self.layers, pad_id=PAD)
+        vs = {l: self.v[l].to(device).float() for l in self.layers}
+        h_ref: dict[int, torch.Tensor] = {}
+
+        def capture(mod, args, kwargs):
+            if self.active:
+                ids = kwargs.get("input_ids", args[0] if args else None)
+                with torch.no_grad():
+                    out = ref(input_ids=ids, attention_mask=kwargs.get("attention_mask"),
+                              output_hidden_states=True)
+                h_ref.update({l: out.hidden_states[l] for l in self.layers})
+
+        def hook_for(l):
+            def edit(h):
+                v = vs[l]
+                return h - ((h - h_ref[l]) @ v)[..., None] * v
+
+            return lambda mod, inp, out: edit_block_output(out, edit) if self.active else out
+
         blocks = get_blocks(model)
-        hooks = []
-        for i, l in enumerate(self.layers):
-            v = self.v[l].to(device).float()
-            c = float(mu[i].double() @ self.v[l])  # theta_S's mean projection
-
-            def edit(h, v=v, c=c):
-                return h - ((h @ v) - c)[..., None] * v
-
-            def hook(mod, inp, out, edit=edit):
-                return edit_block_output(out, edit) if self.active else out
-
-            hooks.append((blocks[l - 1], hook))
         self.active = True
         self._stack = contextlib.ExitStack()
-        self._stack.enter_context(add_hooks(forward_hooks=hooks))
+        self._stack.enter_context(add_hooks(forward_hooks=[(blocks[l - 1], hook_for(l)) for l in self.layers]))
+        handle = model.register_forward_pre_hook(capture, with_kwargs=True)
+        self._stack.callback(handle.remove)
+        self._stack.callback(h_ref.clear)
 
     def aux_loss(self, model, batch, step):
         return None

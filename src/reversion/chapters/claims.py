@@ -172,8 +172,24 @@ def build_rows(m: dict[str, dict]) -> list[Row]:
 
 
 def load_all() -> dict[str, dict]:
-    """Every chapter's metrics; a clear error names the chapter that has not run."""
-    return {k: read_metrics(stem)["metrics"] for k, stem in CHAPTERS.items()}
+    """Every chapter's metrics; a clear error names the chapter that has not run, and
+    results that do not belong together (other code, world or layer) are refused."""
+    docs = {k: read_metrics(stem) for k, stem in CHAPTERS.items()}
+    check_consistent(docs)
+    return {k: d["metrics"] for k, d in docs.items()}
+
+
+def check_consistent(docs: dict[str, dict]) -> None:
+    """Same code hash and world everywhere, and the same layer in chapters 02-05."""
+    for what, get in [("code hash", lambda d: d["provenance"]["code_hash"]),
+                      ("world", lambda d: (d["parameters"].get("world"), repr(d["parameters"].get("world_overrides"))))]:
+        seen = {k: get(d) for k, d in docs.items()}
+        if len(set(seen.values())) > 1:
+            raise ValueError(f"the chapters' results differ in {what} ({seen}): re-run them together "
+                             "(make book) before building the claims table")
+    layers = {k: docs[k]["metrics"]["layer"] for k in ("02", "03", "04", "05")}
+    if len(set(layers.values())) > 1:
+        raise ValueError(f"chapters 02-05 used different layers {layers}; the claims would mix them")
 
 
 def table(rows: list[Row], links: bool = False) -> pd.DataFrame:

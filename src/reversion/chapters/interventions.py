@@ -52,6 +52,8 @@ class Params(WorldParams):
             raise ValueError(f"sweep_strengths must be finite and >= 0, got {self.sweep_strengths}")
         if self.n_seeds < 2 or self.n_sweep_seeds < 1:
             raise ValueError("n_seeds must be >= 2 (paired intervals) and n_sweep_seeds >= 1")
+        if self.n_sweep_seeds > self.n_seeds:
+            raise ValueError(f"n_sweep_seeds ({self.n_sweep_seeds}) must be <= n_seeds ({self.n_seeds})")
 
     def make_world(self) -> World:
         return super().make_world(n_seeds=self.n_seeds)
@@ -93,6 +95,10 @@ def make_variant(name: str, P: Params, est: VRevEstimate, strength: float | None
 
 def run(P: Params, progress: bool = True) -> Result:
     world = P.make_world()
+    L = world.history.model.n_layer
+    bad = [l for l in P.intervention_layers if not isinstance(l, int) or not 1 <= l <= L]
+    if bad:  # before any training, not after the baseline runs
+        raise ValueError(f"intervention_layers {bad} outside [1, {L}]")
     est = estimate_vrev(world.history, world.finetune.n_probe, progress=progress)
     runs = {v: [finetune(world.history, world.finetune_config(s), make_variant(v, P, est), progress)
                 for s in world.seeds] for v in VARIANTS}

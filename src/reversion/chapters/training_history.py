@@ -175,7 +175,8 @@ def metrics(P: Params, res: Result) -> dict:
                       "finetuned": at_step([r.series("task_loss", task) for r in res.runs], steps, T)},
         "other_tasks_accuracy": ({"theta_S": float(np.mean([m["theta_S"]["task_accuracy"][t] for t in others])),
                                   "finetuned": stats.aggregate(other_acc)} if others else None),
-        "harmfulness_rise": stats.aggregate(np.asarray(harm)[:, -1] - m["theta_S"]["harmfulness"]),
+        # Paired per run: each run's own step-0 evaluation (theta_S on its evaluation set).
+        "harmfulness_rise": stats.aggregate(np.asarray(harm)[:, -1] - np.asarray(harm)[:, 0]),
         "long_alignment": {"safety_steps": P.long_safety_steps,
                            "theta_S": res.control_history.metrics["theta_S"]["harmfulness"],
                            "finetuned": at_step(ctrl, steps, T)},
