@@ -191,7 +191,8 @@ def final_alignment_by_layer(res):
     T = res.world.finetune.steps
     for i, (v, c) in enumerate(res.cos.items()):
         x = np.arange(c.shape[2])
-        ax.errorbar(x + 0.06 * (i - 2), c[:, T, :].mean(0), yerr=c[:, T, :].std(0, ddof=1),
+        mean, std = over_seeds(c[:, T, :])
+        ax.errorbar(x + 0.06 * (i - 2), mean, yerr=std,
                     marker="o", ms=4, capsize=2, color=PALETTE[i], label=v)
     ax.axhline(0, color="grey", lw=0.8)
     ax.axvline(res.layer, color="k", ls=":", lw=1)

@@ -34,9 +34,3 @@ def rng(*keys: int | str) -> np.random.Generator:
             words.append(int(k))
     return np.random.default_rng(words)
 
-
-def torch_generator(*keys: int | str) -> torch.Generator:
-    """A torch CPU generator seeded from the same key scheme as :func:`rng`."""
-    g = torch.Generator()
-    g.manual_seed(int(rng(*keys).integers(0, 2**63 - 1)))
-    return g

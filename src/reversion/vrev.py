@@ -7,7 +7,6 @@ layer with its reason. Chapters 03-05 call it and get the same directions.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,7 +102,3 @@ def summary(est: VRevEstimate) -> dict:
             "cos(v_rev, r_S)": float(d.v_rev[l] @ d.r_S[l]) if d.r_S is not None else float("nan"),
         })
     return {"rows": rows, "layer": d.layer, "reason": d.meta["layer_reason"]}
-
-
-def to_json(obj) -> str:
-    return json.dumps(obj, indent=1)

@@ -42,7 +42,7 @@ class Params(WorldParams):
             raise ValueError(f"position must be 'last' or 'mean', got {self.position!r}")
 
     def make_world(self) -> World:
-        return super().make_world(n_seeds=self.n_seeds, finetune={"n_probe": self.n_probe})
+        return super().make_world(finetune={"n_probe": self.n_probe})
 
 
 @dataclass
@@ -100,17 +100,13 @@ def harmfulness_pairs(res: Result, layer: int | None = None) -> pd.DataFrame:
     """(seed, step) pairs on the evaluation grid, step >= 1: alignment and harmfulness."""
     layer = res.layer if layer is None else layer
     rows = []
-    for i, r in enumerate(res.runs):
+    for i, (seed, r) in enumerate(zip(res.world.seeds, res.runs)):
         for s in r.steps:
             if s == 0:
                 continue
-            rows.append({"seed": r_seed(res, i), "step": s, "alignment": float(res.cos["v_rev"][i, s, layer]),
+            rows.append({"seed": seed, "step": s, "alignment": float(res.cos["v_rev"][i, s, layer]),
                          "harmfulness": r.evals[s]["harmfulness"]})
     return pd.DataFrame(rows)
-
-
-def r_seed(res: Result, i: int) -> int:
-    return res.world.seeds[i]
 
 
 def correlations(pairs: pd.DataFrame) -> dict:

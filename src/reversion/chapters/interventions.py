@@ -55,9 +55,6 @@ class Params(WorldParams):
         if self.n_sweep_seeds > self.n_seeds:
             raise ValueError(f"n_sweep_seeds ({self.n_sweep_seeds}) must be <= n_seeds ({self.n_seeds})")
 
-    def make_world(self) -> World:
-        return super().make_world(n_seeds=self.n_seeds)
-
 
 @dataclass
 class Result:

@@ -48,9 +48,6 @@ class Params(WorldParams):
         if not self.pair_steps or any(not isinstance(s, int) or s < 1 for s in self.pair_steps):
             raise ValueError(f"pair_steps must be ints >= 1, got {self.pair_steps}")
 
-    def make_world(self) -> World:
-        return super().make_world(n_seeds=self.n_seeds)
-
 
 @dataclass
 class Result:

@@ -38,9 +38,6 @@ class Params(WorldParams):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
-    def make_world(self) -> World:
-        return super().make_world(n_seeds=self.n_seeds)
-
 
 @dataclass
 class Result:
@@ -127,12 +124,14 @@ def samples(res: Result, n: int) -> pd.DataFrame:
     reqs = sets.harmful[: n] + sets.benign[res.task][: n]
     models = {ck: res.history.load(ck) for ck in res.history.paths}
     models[f"theta_T (seed {res.world.seeds[0]})"] = res.runs[0].load_model()
+    gens = {name: greedy_generate(m, [q.prompt for q in reqs], lang.cfg.max_len + 1)
+            for name, m in models.items()}
     rows = []
-    for q in reqs:
+    for i, q in enumerate(reqs):
         row = {"request": lang.decode(q.prompt[1:-1]), "kind": "harmful" if q.harmful else "benign",
                "compliant answer": lang.decode(q.answer[:-1])}
-        for name, m in models.items():
-            g = greedy_generate(m, [q.prompt], lang.cfg.max_len + 1)[0]
+        for name, g in gens.items():
+            g = g[i]
             row[name] = lang.decode(g[: g.index(EOS)] if EOS in g else g)
         rows.append(row)
     return pd.DataFrame(rows)
