@@ -14,12 +14,12 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Iterator, Protocol, Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from . import cache, seeding
+from . import cache, parallel, seeding
 from .runtime import set_cpu_threads
 from .activations import mean_activations
 from .config import FinetuneConfig, HistoryConfig, to_dict
@@ -95,14 +95,50 @@ class FinetuneRun:
         return load_model(self.path / "model", device)
 
 
-def finetune(history: HistoryConfig, ft: FinetuneConfig, intervention: Intervention | None = None,
-             progress: bool = True) -> FinetuneRun:
-    """Benign fine-tuning of theta_S for ``ft.steps`` steps (cached)."""
+def _check(history: HistoryConfig, ft: FinetuneConfig) -> None:
     if ft.task not in history.language.tasks:
         raise ValueError(f"finetune.task {ft.task!r} is not a task of this language "
                          f"({', '.join(history.language.tasks)})")
-    key = {"history": to_dict(history), "finetune": to_dict(ft),
-           "intervention": intervention.key() if intervention is not None else None}
+
+
+def _key(history: HistoryConfig, ft: FinetuneConfig, intervention: Intervention | None) -> dict:
+    return {"history": to_dict(history), "finetune": to_dict(ft),
+            "intervention": intervention.key() if intervention is not None else None}
+
+
+Job = tuple[HistoryConfig, FinetuneConfig, "Intervention | None"]
+"""The arguments of one :func:`finetune` call."""
+
+
+def _build_quietly(history: HistoryConfig, ft: FinetuneConfig, intervention: Intervention | None) -> None:
+    finetune(history, ft, intervention, progress=False)
+
+
+def finetune_many(jobs: Sequence[Job], progress: bool = True,
+                  extra: Sequence[parallel.Call] = ()) -> list[FinetuneRun]:
+    """:func:`finetune` for each ``(history, ft, intervention)``, in order; the runs missing
+    from the cache are built in parallel first (:func:`reversion.parallel.run_all`), with any
+    ``extra`` independent calls alongside. Histories are trained here first, once."""
+    jobs = [tuple(j) for j in jobs]
+    for h, ft, _ in jobs:
+        _check(h, ft)
+    for h in dict.fromkeys(h for h, _, _ in jobs):  # frozen configs: hashable
+        train_history(h, progress=progress)
+    missing = {}
+    for h, ft, iv in jobs:
+        k = _key(h, ft, iv)
+        if not cache.is_complete(cache.entry_path("finetune", k)):
+            missing.setdefault(cache.cache_key("finetune", k), (h, ft, iv))
+    parallel.run_all([(_build_quietly, j) for j in missing.values()] + list(extra), progress,
+                     desc="fine-tuning runs")
+    return [finetune(h, ft, iv, progress=progress) for h, ft, iv in jobs]
+
+
+def finetune(history: HistoryConfig, ft: FinetuneConfig, intervention: Intervention | None = None,
+             progress: bool = True) -> FinetuneRun:
+    """Benign fine-tuning of theta_S for ``ft.steps`` steps (cached)."""
+    _check(history, ft)
+    key = _key(history, ft, intervention)
     hist = train_history(history, progress=progress)
 
     def build(out: Path) -> None:

@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 
 from .. import stats
-from ..finetune import FinetuneRun, finetune
+from ..finetune import FinetuneRun, finetune_many
 from ..geometry import alignment
 from ..results import write_metrics
 from ..vrev import VRevEstimate, estimate_vrev
@@ -73,7 +73,7 @@ def run(P: Params, progress: bool = True) -> Result:
         raise ValueError("drift probes are recorded at the last prompt token; position must be 'last' here")
     world = P.make_world()
     est = estimate_vrev(world.history, P.n_probe, P.position, progress=progress)
-    runs = [finetune(world.history, world.finetune_config(s), progress=progress) for s in world.seeds]
+    runs = finetune_many([(world.history, world.finetune_config(s), None) for s in world.seeds], progress)
     d = est.directions
     dirs = {"v_rev": d.v_rev, "v_P": d.v_P, "r_S": d.r_S}
     cos = {name: np.stack([drift_alignment(r, v) for r in runs]) for name, v in dirs.items()

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from .. import stats
-from ..finetune import FinetuneRun, finetune
+from ..finetune import FinetuneRun, finetune_many
 from ..interventions import Block, Projection, Push, Rehearsal
 from ..results import write_metrics
 from ..vrev import VRevEstimate, estimate_vrev
@@ -97,14 +97,16 @@ def run(P: Params, progress: bool = True) -> Result:
     if bad:  # before any training, not after the baseline runs
         raise ValueError(f"intervention_layers {bad} outside [1, {L}]")
     est = estimate_vrev(world.history, world.finetune.n_probe, progress=progress)
-    runs = {v: [finetune(world.history, world.finetune_config(s), make_variant(v, P, est), progress)
-                for s in world.seeds] for v in VARIANTS}
-    sweep = {}
+    jobs = {(v, s): (world.history, world.finetune_config(s), make_variant(v, P, est))
+            for v in VARIANTS for s in world.seeds}
     for lam in P.sweep_strengths:
-        seeds = world.seeds[: P.n_sweep_seeds]
-        sweep[float(lam)] = [finetune(world.history, world.finetune_config(s),
-                                      make_variant("block", P, est, lam) if lam > 0 else None, progress)
-                             for s in seeds]
+        for s in world.seeds[: P.n_sweep_seeds]:
+            jobs[(float(lam), s)] = (world.history, world.finetune_config(s),
+                                     make_variant("block", P, est, lam) if lam > 0 else None)
+    done = dict(zip(jobs, finetune_many(list(jobs.values()), progress)))
+    runs = {v: [done[(v, s)] for s in world.seeds] for v in VARIANTS}
+    sweep = {float(lam): [done[(float(lam), s)] for s in world.seeds[: P.n_sweep_seeds]]
+             for lam in P.sweep_strengths}
     v = est.directions.v_rev
     cos = {k: np.stack([drift_alignment(r, v) for r in rs]) for k, rs in runs.items()}
     sweep_cos = {k: np.stack([drift_alignment(r, v) for r in rs]) for k, rs in sweep.items()}

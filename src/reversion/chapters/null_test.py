@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from .. import seeding, stats
-from ..finetune import FinetuneRun, finetune
+from ..finetune import FinetuneRun, finetune_many
 from ..interventions import AlignmentMix
 from ..results import write_metrics
 from ..vrev import VRevEstimate, estimate_vrev
@@ -73,11 +73,13 @@ def run(P: Params, progress: bool = True) -> Result:
     est = estimate_vrev(world.history, world.finetune.n_probe, progress=progress)
     layer, v = est.layer, est.directions.v_rev[est.layer].numpy()
     d = v.shape[0]
-    runs = [finetune(world.history, world.finetune_config(s), progress=progress) for s in world.seeds]
     mix = AlignmentMix(world.history.safety.harmful_fraction)
+    jobs = [(world.history, world.finetune_config(s), None) for s in world.seeds]
     # Only the controls' drift is used, so they skip the generation-based grid (0 and T only).
-    controls = [finetune(world.history, world.finetune_config(1000 + s, eval_steps=()), mix,
-                         progress=progress) for s in range(P.n_control_seeds)]
+    jobs += [(world.history, world.finetune_config(1000 + s, eval_steps=()), mix)
+             for s in range(P.n_control_seeds)]
+    done = finetune_many(jobs, progress)
+    runs, controls = done[:world.n_seeds], done[world.n_seeds:]
     g = seeding.rng(world.history.seed, "null-test")
     iso = stats.null_cosines(stats.sample_isotropic_directions(d, P.n_null, g), v)
     # Matched: Gaussian drift with the covariance of theta_S's activations at this layer.

@@ -12,7 +12,7 @@ import scipy.stats as sps
 from .. import stats
 from ..aggregate import at_step, over_seeds
 from ..evaluate import EvalSets, greedy_generate
-from ..finetune import FinetuneRun, finetune
+from ..finetune import FinetuneRun, finetune_many
 from ..history import History, train_history
 from ..language import EOS, Language
 from ..results import write_metrics
@@ -56,17 +56,21 @@ class Result:
         return self.runs[0].steps
 
 
+def _history_quietly(cfg) -> None:
+    train_history(cfg, progress=False)
+
+
 def run(P: Params, progress: bool = True) -> Result:
     """Stages ``train_history`` and ``finetune`` for every seed, plus the long-alignment control."""
     world = P.make_world()
     hist = train_history(world.history, progress)
-    runs = [finetune(world.history, world.finetune_config(s), progress=progress)
-            for s in world.seeds]
     long_hist_cfg = dataclasses.replace(
         world.history, safety=dataclasses.replace(world.history.safety, steps=P.long_safety_steps))
+    # The long alignment trains alongside the baseline runs (it needs theta_H only).
+    runs = finetune_many([(world.history, world.finetune_config(s), None) for s in world.seeds], progress,
+                         extra=[(_history_quietly, (long_hist_cfg,))])
     control_hist = train_history(long_hist_cfg, progress)
-    control = [finetune(long_hist_cfg, world.finetune_config(s), progress=progress)
-               for s in world.seeds]
+    control = finetune_many([(long_hist_cfg, world.finetune_config(s), None) for s in world.seeds], progress)
     return Result(world, hist, runs, control_hist, control)
 
 

@@ -1,0 +1,93 @@
+"""Independent cached stages on several CPU cores.
+
+A fine-tuning run of the organism is single-threaded (see :mod:`reversion.runtime`),
+so on a 2-core machine one run at a time leaves a core idle. :func:`run_all` builds
+independent cache entries in worker processes; the caller then reads them back from
+the cache, in its own order. Each run seeds itself and uses one thread, so the
+numbers do not depend on which worker built an entry or in what order
+(``tests/test_parallel.py`` checks that).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import sys
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from typing import Any, Callable, Sequence
+
+import torch
+from tqdm import tqdm
+
+Call = tuple[Callable[..., Any], tuple]
+"""A top-level (picklable) function and its arguments."""
+
+
+def n_workers() -> int:
+    """``REVERSION_WORKERS``, else one per available core (at most 4), else 1 on CUDA.
+
+    Each worker holds its own torch (about 0.3 GiB), hence the cap; a GPU is shared
+    badly by processes, hence one there.
+    """
+    env = os.environ.get("REVERSION_WORKERS")
+    if env is not None:
+        try:
+            n = int(env)
+        except ValueError:
+            raise ValueError(f"REVERSION_WORKERS must be an int >= 1, got {env!r}") from None
+        if n < 1:
+            raise ValueError(f"REVERSION_WORKERS must be an int >= 1, got {env!r}")
+        return n
+    if torch.cuda.is_available():
+        return 1
+    return max(1, min(len(os.sched_getaffinity(0)), 4))
+
+
+@contextlib.contextmanager
+def _main_not_rerun():
+    """Spawned workers normally re-run the caller's main script, so a script without an
+    ``if __name__ == "__main__"`` guard would start the whole experiment again in each
+    worker. The calls are functions of this package, so the workers need nothing from
+    ``__main__``: hide it from multiprocessing while they start."""
+    main = sys.modules["__main__"]
+    saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if k in main.__dict__}
+    main.__dict__.pop("__file__", None)
+    main.__spec__ = None
+    try:
+        yield
+    finally:
+        main.__dict__.pop("__spec__", None)
+        main.__dict__.update(saved)
+
+
+def run_all(calls: Sequence[Call], progress: bool = True, desc: str = "runs",
+            workers: int | None = None) -> None:
+    """Run ``calls`` for their side effects (cache entries), in parallel when it helps.
+
+    Calls must not depend on each other, and their functions must be importable (defined
+    in a module, not in ``__main__``). With one worker (or one call) they run here, in order. The first failure cancels what has not started and is raised.
+    """
+    calls = list(calls)
+    workers = n_workers() if workers is None else workers
+    if workers <= 1 or len(calls) <= 1:
+        for fn, args in calls:
+            fn(*args)
+        return
+    # spawn, not fork: the parent may be a Jupyter kernel (sockets, threads).
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(min(workers, len(calls)), mp_context=ctx) as ex:
+        with _main_not_rerun():  # workers start during submit
+            futures = [ex.submit(fn, *args) for fn, args in calls]
+        with tqdm(total=len(futures), desc=desc, disable=not progress, leave=False) as bar:
+            pending = set(futures)
+            try:
+                while pending:
+                    done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                    bar.update(len(done))
+                    for f in done:
+                        f.result()  # raises the worker's exception
+            except BaseException:
+                for f in pending:
+                    f.cancel()
+                raise
