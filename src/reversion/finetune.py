@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from . import cache, parallel, seeding
 from .runtime import set_cpu_threads
-from .activations import mean_activations
+from .tracking import ProbeTracker
 from .config import FinetuneConfig, HistoryConfig, to_dict
 from .data import collate
 from .evaluate import EvalSets, evaluate
@@ -150,7 +150,8 @@ def finetune(history: HistoryConfig, ft: FinetuneConfig, intervention: Intervent
         model = load_model(hist.paths["theta_S"], device)
         probes = ProbeSets.build(lang, ft.n_probe)
         sets = EvalSets.build(lang, ft.n_eval)
-        means = [mean_activations(model, probes.harmful_drift, "all", pad_id=PAD)]
+        tracker = ProbeTracker(model, probes.harmful_drift, "all", pad_id=PAD)
+        means = [tracker(model)]
         evals = {0: evaluate(model, lang, sets)}
         grid = set(ft.grid)
 
@@ -158,7 +159,7 @@ def finetune(history: HistoryConfig, ft: FinetuneConfig, intervention: Intervent
 
         def on_step(step: int, m) -> None:
             with paused():  # measurements see the model, not a training-time edit
-                means.append(mean_activations(m, probes.harmful_drift, "all", pad_id=PAD))
+                means.append(tracker(m))
                 if step in grid:
                     # The earlier benign tasks (task cost) are judged at 0 and T only: at the
                     # steps between, generation on them was 60% of a run's time and unused.

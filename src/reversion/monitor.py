@@ -65,6 +65,7 @@ from . import stats
 from .activations import mean_activations
 from .geometry import Directions
 from .hooks import hidden_size, n_layers
+from .tracking import ProbeTracker
 
 __all__ = ["BlockTrainer", "ReversionMonitor", "ReversionWarning", "block_term", "reference_mean"]
 
@@ -175,6 +176,7 @@ class ReversionMonitor(TrainerCallback):
         self.flagged = False
         self.flagged_step: int | None = None
         self._run = 0  # checks in a row above the threshold
+        self._tracker: ProbeTracker | None = None
 
     # ------------------------------------------------------------------ setup
 
@@ -210,7 +212,10 @@ class ReversionMonitor(TrainerCallback):
         """Alignment, projection and drift norm of ``model`` now (no grad; model mode restored)."""
         if self.mu_S is None:
             raise RuntimeError("mu_S is unknown: pass mu_S= or let on_train_begin compute it")
-        mu = reference_mean(model, self.probe_ids, self.layer, self.position, self.pad_id, self.batch_size)
+        if self._tracker is None:  # pads the probes once for the whole run
+            self._tracker = ProbeTracker(model, self.probe_ids, [self.layer], self.position, self.pad_id,
+                                         self.batch_size)
+        mu = self._tracker(model)[0]
         drift = mu - self.mu_S
         dn = float(drift.norm())
         proj = float(drift @ self.v)

@@ -1,0 +1,346 @@
+"""Benchmarks: what each piece costs against what a user would write instead.
+
+``python benchmarks/run.py`` (``make benchmark``) measures, in one run on this machine,
+and writes ``benchmarks/results.json``; the book's Performance page shows the latest
+file (the book build never runs the benchmark). Per-step costs are *ratios* to a
+plain step measured in the same run, interleaved (A B C A B C ...) and summarised by
+medians, so machine noise cancels. Timing does not depend on the weights, so the
+per-step benchmarks use freshly initialised models of the world's architecture: they
+need no trained history.
+
+Measured:
+
+* drift tracking at the chosen layer every step, and at every layer, against the same
+  fine-tuning loop without it (target: <= 5% per step);
+* the block objective against the baseline step (target: <= 25%);
+* activation extraction (:func:`~reversion.activations.mean_activations` and
+  :class:`~reversion.tracking.ProbeTracker`) against a plain
+  ``output_hidden_states=True`` forward over the same prompts (target: at least as fast);
+* the whole book from an empty cache and again with nothing changed (targets: 10 min
+  and 60 s), and the peak memory of the build's process tree (target: 2 GiB);
+* how step and tracking time grow with model width and number of probes.
+
+Where a target is missed, a pyinstrument profile of the step is saved beside the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from . import paths, seeding
+from .activations import mean_activations
+from .config import ModelConfig
+from .data import collate
+from .finetune import _collated, benign_batches
+from .interventions import Block
+from .language import PAD, Language
+from .model import build_model
+from .probes import ProbeSets
+from .runtime import set_cpu_threads
+from .tracking import ProbeTracker
+from .worlds import World, make_world
+
+TARGETS = {
+    "tracking_chosen_layer_overhead": 0.05,
+    "block_overhead": 0.25,
+    "extraction_ratio": 1.0,
+    "book_cold_seconds": 600.0,
+    "book_warm_seconds": 60.0,
+    "book_peak_memory_gib": 2.0,
+}
+
+
+def _median_ms(xs: list[float]) -> float:
+    return float(np.median(xs) * 1000)
+
+
+def interleaved(fns: dict[str, Callable[[], None]], repeats: int, warmup: int = 3) -> dict[str, float]:
+    """Median milliseconds per call of each function, the calls interleaved round-robin."""
+    for _ in range(warmup):
+        for f in fns.values():
+            f()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, f in fns.items():
+            t = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t)
+    return {k: _median_ms(v) for k, v in times.items()}
+
+
+@dataclasses.dataclass
+class _Loop:
+    """One benign fine-tuning loop (the package's batches, AdamW) on a fresh model."""
+
+    world: World
+    model: torch.nn.Module
+    probes: ProbeSets
+    lang: Language
+
+    @classmethod
+    def build(cls, world: World, n_probe: int | None = None, seed: int = 0) -> "_Loop":
+        lang = Language(world.history.language)
+        seeding.seed_everything(seed)
+        model = build_model(world.history.model, lang.vocab_size)
+        probes = ProbeSets.build(lang, n_probe or world.finetune.n_probe)
+        return cls(world, model, probes, lang)
+
+    def stepper(self, aux: Callable | None = None, after: Callable | None = None) -> Callable[[], None]:
+        ft = self.world.finetune_config(0)
+        batches = _collated(benign_batches(self.lang, ft), torch.device("cpu"))
+        opt = torch.optim.AdamW(self.model.parameters(), lr=ft.lr, weight_decay=0.0)
+        count = [0]
+
+        def step() -> None:
+            count[0] += 1
+            self.model.train()
+            batch = next(batches)
+            loss = self.model(**batch).loss
+            if aux is not None:
+                extra = aux(self.model, batch, count[0])
+                loss = loss if extra is None else loss + extra
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if after is not None:
+                after(self.model)
+        return step
+
+
+def chosen_layer(world: World) -> int:
+    """Chapter 02's chosen layer when its results exist, else L - 1."""
+    f = paths.results_dir() / "02_vrev_estimation" / "metrics.json"
+    if f.is_file():
+        try:
+            return int(json.loads(f.read_text())["metrics"]["layer"])
+        except (KeyError, ValueError, TypeError):
+            pass
+    return world.history.model.n_layer - 1
+
+
+def bench_steps(world: World, repeats: int = 60) -> dict:
+    """Per-step milliseconds: plain, tracked (chosen layer / all layers / the old way), block."""
+    set_cpu_threads()
+    layer = chosen_layer(world)
+    L = world.history.model.n_layer
+    loop = _Loop.build(world)
+    drift = loop.probes.harmful_drift
+    at_layer = ProbeTracker(loop.model, drift, [layer], pad_id=PAD)
+    every = ProbeTracker(loop.model, drift, "all", pad_id=PAD)
+    v = torch.nn.functional.normalize(torch.randn(L + 1, world.history.model.n_embd, dtype=torch.float64), dim=1)
+    block = Block(v, torch.ones(L + 1, dtype=torch.float64), 1.0, list(range(1, L + 1)))
+    block.setup(loop.model, loop.lang, loop.probes)
+    fns = {
+        "plain": loop.stepper(),
+        "tracked_chosen_layer": loop.stepper(after=at_layer),
+        "tracked_all_layers": loop.stepper(after=every),
+        "tracked_all_layers_mean_activations": loop.stepper(
+            after=lambda m: mean_activations(m, drift, "all", pad_id=PAD)),
+        "block": loop.stepper(aux=block.aux_loss),
+    }
+    ms = interleaved(fns, repeats)
+    tokens = {"train_tokens_per_step": int(collate(*_one_batch(loop)).get("attention_mask").sum()),
+              "probe_tokens": int(sum(len(p) for p in drift))}
+    return {"layer": layer, "n_layer": L, "width": world.history.model.n_embd,
+            "n_probe": len(drift), "batch_size": world.finetune.batch_size, "repeats": repeats,
+            "ms": ms, "overhead": {k: ms[k] / ms["plain"] - 1 for k in ms if k != "plain"}, **tokens}
+
+
+def _one_batch(loop: _Loop):
+    ft = loop.world.finetune_config(0)
+    pairs = next(benign_batches(loop.lang, ft))
+    return [p for p, _ in pairs], [t for _, t in pairs]
+
+
+def bench_extraction(world: World, n_probe: int = 512, repeats: int = 15) -> dict:
+    """Mean last-token activation at every layer over ``n_probe`` prompts: ours against a
+    plain ``output_hidden_states=True`` forward of the full model (batches of 64, the
+    prompts padded per batch in the given order, as a user would write it)."""
+    set_cpu_threads()
+    loop = _Loop.build(world, n_probe)
+    model = loop.model.eval()
+    prompts = loop.probes.harmful_vrev
+
+    def plain() -> torch.Tensor:
+        total = None
+        with torch.no_grad():
+            for i in range(0, len(prompts), 64):
+                chunk = prompts[i:i + 64]
+                lens = torch.tensor([len(p) for p in chunk])
+                x = torch.nn.utils.rnn.pad_sequence([torch.tensor(p) for p in chunk], batch_first=True,
+                                                    padding_value=PAD)
+                mask = (torch.arange(x.shape[1])[None] < lens[:, None]).long()
+                hs = model(input_ids=x, attention_mask=mask, output_hidden_states=True).hidden_states
+                rows = torch.arange(len(chunk))
+                s = torch.stack([h[rows, lens - 1] for h in hs], 1).double().sum(0)
+                total = s if total is None else total + s
+        return total / len(prompts)
+
+    tracker = ProbeTracker(model, prompts, "all", pad_id=PAD)
+    ours = mean_activations(model, prompts, "all", pad_id=PAD)
+    same = bool(torch.allclose(plain(), ours, atol=1e-5)) and bool(torch.allclose(tracker(model), ours, atol=1e-5))
+    ms = interleaved({"plain_forward": plain,
+                      "mean_activations": lambda: mean_activations(model, prompts, "all", pad_id=PAD),
+                      "probe_tracker": lambda: tracker(model)}, repeats)
+    return {"n_probe": len(prompts), "same_values": same, "ms": ms,
+            "ratio_to_plain": {k: ms[k] / ms["plain_forward"] for k in ("mean_activations", "probe_tracker")}}
+
+
+def bench_scaling(world: World, widths=(32, 64, 128, 256), n_probes=(16, 64, 128, 512),
+                  repeats: int = 20) -> list[dict]:
+    """Step and tracking (every layer) milliseconds against width (at the world's n_probe)
+    and against the number of probes (at the world's width)."""
+    set_cpu_threads()
+    rows = []
+    base = world.history.model
+    cases = [("width", w, dataclasses.replace(base, n_embd=w), None) for w in widths]
+    cases += [("n_probe", n, base, n) for n in n_probes]
+    for kind, value, mc, n_probe in cases:
+        w = dataclasses.replace(world, history=dataclasses.replace(world.history, model=mc))
+        loop = _Loop.build(w, n_probe)
+        tracker = ProbeTracker(loop.model, loop.probes.harmful_drift, "all", pad_id=PAD)
+        ms = interleaved({"step": loop.stepper(), "tracking": lambda: tracker(loop.model)}, repeats)
+        rows.append({"vary": kind, "value": value, "width": mc.n_embd,
+                     "n_probe": len(loop.probes.harmful_drift), "step_ms": ms["step"],
+                     "tracking_ms": ms["tracking"], "overhead": ms["tracking"] / ms["step"]})
+    return rows
+
+
+def profile_step(world: World, layer: int, steps: int = 40) -> str | None:
+    """A pyinstrument profile (text) of tracked fine-tuning steps; None without pyinstrument."""
+    try:
+        from pyinstrument import Profiler
+    except ImportError:
+        return None
+    set_cpu_threads()
+    loop = _Loop.build(world)
+    tracker = ProbeTracker(loop.model, loop.probes.harmful_drift, [layer], pad_id=PAD)
+    step = loop.stepper(after=tracker)
+    step()
+    prof = Profiler(interval=0.0005)
+    prof.start()
+    for _ in range(steps):
+        step()
+    prof.stop()
+    return prof.output_text(unicode=False, color=False, show_all=False)
+
+
+class _PeakRSS(threading.Thread):
+    """Samples the summed resident memory of a process and all its descendants."""
+
+    def __init__(self, pid: int, interval: float = 0.2):
+        super().__init__(daemon=True)
+        self.pid, self.interval, self.peak, self._stop_event = pid, interval, 0, threading.Event()
+
+    def run(self) -> None:
+        import psutil
+
+        try:
+            root = psutil.Process(self.pid)
+        except psutil.NoSuchProcess:
+            return
+        while not self._stop_event.is_set():
+            total = 0
+            try:
+                for p in [root, *root.children(recursive=True)]:
+                    try:
+                        total += p.memory_info().rss
+                    except psutil.Error:
+                        pass
+            except psutil.Error:
+                break
+            self.peak = max(self.peak, total)
+            self._stop_event.wait(self.interval)
+
+    def stop(self) -> int:
+        self._stop_event.set()
+        self.join()
+        return self.peak
+
+
+def _timed_book(args: list[str], env: dict) -> dict:
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "reversion.book", *args], cwd=paths.project_root(),
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    mon = _PeakRSS(proc.pid)
+    mon.start()
+    out, _ = proc.communicate()
+    peak = mon.stop()
+    if proc.returncode != 0:
+        raise RuntimeError(f"book build failed (exit {proc.returncode}):\n{out[-4000:]}")
+    return {"seconds": time.perf_counter() - t0, "peak_memory_gib": peak / 2**30}
+
+
+def bench_book() -> dict:
+    """The whole book from an empty cache (``--force``: every notebook re-executed), then
+    again with nothing changed. Writes the project's book, as ``make book`` does."""
+    with tempfile.TemporaryDirectory(prefix="reversion-bench-cache-") as cache:
+        env = {**os.environ, "REVERSION_CACHE": cache}
+        cold = _timed_book(["--force"], env)
+        warm = _timed_book([], env)
+    return {"cold": cold, "warm": warm, "workers": _workers()}
+
+
+def _workers() -> int:
+    from .parallel import n_workers
+
+    return n_workers()
+
+
+def machine() -> dict:
+    return {"platform": platform.platform(), "python": platform.python_version(),
+            "torch": torch.__version__, "cpus": len(os.sched_getaffinity(0)),
+            "torch_threads": int(os.environ.get("REVERSION_THREADS", "1")), "workers": _workers(),
+            "cuda": torch.cuda.is_available()}
+
+
+def _commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=paths.project_root(),
+                             capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "src"], cwd=paths.project_root(),
+                               capture_output=True, text=True).stdout.strip()
+        return out + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def run(out: Path, book: bool = True, world: str = "default", repeats: int = 60,
+        log: Callable[[str], None] = print) -> dict:
+    """Every benchmark; the JSON written to ``out`` (and profiles beside it)."""
+    w = make_world(world)
+    res: dict = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": _commit(),
+                 "world": world, "machine": machine(), "targets": TARGETS}
+    log("per-step costs ...")
+    res["steps"] = bench_steps(w, repeats)
+    log("extraction ...")
+    res["extraction"] = bench_extraction(w)
+    log("scaling ...")
+    res["scaling"] = bench_scaling(w)
+    if res["steps"]["overhead"]["tracked_chosen_layer"] > TARGETS["tracking_chosen_layer_overhead"]:
+        log("profiling the tracked step ...")
+        text = profile_step(w, res["steps"]["layer"])
+        if text is not None:
+            (out.parent / "profile_tracked_step.txt").write_text(text)
+            res["profile"] = "profile_tracked_step.txt"
+    if book:
+        log("book, cold and warm (minutes) ...")
+        res["book"] = bench_book()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(res, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, out)  # a killed benchmark never leaves half a file
+    return res
