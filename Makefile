@@ -27,10 +27,12 @@ MATHJAX_STAMP     := $(MATHJAX_DIR)/.version-$(MATHJAX_VERSION)
 
 # Extra arguments for `python -m reversion.book` (e.g. BOOK_ARGS="--force").
 BOOK_ARGS ?=
+# Extra arguments for benchmarks/run.py (e.g. BENCH_ARGS="--no-book").
+BENCH_ARGS ?=
 # Extra arguments for pytest (e.g. PYTEST_ARGS="-k book -x").
 PYTEST_ARGS ?=
 
-.PHONY: help venv mathjax book test test-browser test-all clean requirements
+.PHONY: help venv mathjax book test test-browser test-all benchmark clean requirements
 
 help: ## list the targets
 	@echo "reversion -- make targets:"
@@ -77,6 +79,11 @@ test-browser: venv mathjax ## only the browser tests: the book at smoke paramete
 
 test-all: venv ## also run the tests marked slow
 	$(PY) -m pytest -m '' $(PYTEST_ARGS)
+
+# Not part of `make book`: the book shows the latest benchmarks/results.json.
+benchmark: venv mathjax ## measure costs and the book build (cold + warm, ~12 min); writes benchmarks/results.json
+	$(PY) benchmarks/run.py $(BENCH_ARGS)
+	$(PY) -m reversion.book $(BOOK_ARGS)
 
 requirements: ## re-pin requirements.txt from the current .venv
 	{ sed -n '/^#/p' requirements.txt; \

@@ -225,3 +225,21 @@ def test_toc_lists_every_notebook():
     orphans = [c for c in chapters if c not in stems]
     if orphans and stems:
         pytest.fail(f"_toc.yml lists chapters without a notebook: {orphans}")
+
+
+def test_stamp_covers_the_input_files_a_notebook_lists(tmp_path, monkeypatch):
+    monkeypatch.setattr(book, "project_root", lambda: tmp_path)
+    data = tmp_path / "bench" / "results.json"
+    data.parent.mkdir()
+    data.write_text('{"a": 1}')
+    path = write_notebook(tmp_path / "08_demo.ipynb", "print(1)")
+    plain = book.notebook_stamp(path, {})
+    nb = nbformat.read(str(path), 4)
+    nb.metadata["reversion"] = {"inputs": ["bench/results.json"]}
+    nbformat.write(nb, str(path))
+    first = book.notebook_stamp(path, {})
+    assert first != plain and book.notebook_stamp(path, {}) == first  # stable while nothing changes
+    data.write_text('{"a": 2}')
+    assert book.notebook_stamp(path, {}) != first  # a new benchmark file re-executes the page
+    data.unlink()
+    assert book.notebook_stamp(path, {}) not in (first, plain)

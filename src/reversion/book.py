@@ -120,11 +120,18 @@ def notebook_stamp(
     * the canonical JSON of its papermill parameters,
     * :func:`reversion.provenance.code_hash` (every ``.py`` of the package),
     * the stamps of the lower-numbered chapters (``upstream``): chapter numbers give
-      the dependencies, so re-executing chapter 01 re-executes 02, 03, ... as well.
+      the dependencies, so re-executing chapter 01 re-executes 02, 03, ... as well;
+    * the bytes of the files the notebook's metadata lists under ``reversion.inputs``
+      (paths from the project root), e.g. the Performance page's benchmark file.
     """
     h = hashlib.sha256()
     h.update(b"notebook\0")
-    h.update(Path(notebook).read_bytes())
+    raw = Path(notebook).read_bytes()
+    h.update(raw)
+    for rel in json.loads(raw).get("metadata", {}).get("reversion", {}).get("inputs", []):
+        f = project_root() / rel
+        h.update(b"\0input\0" + rel.encode() + b"\0")
+        h.update(f.read_bytes() if f.is_file() else b"<missing>")
     h.update(b"\0parameters\0")
     h.update(canonical_json(dict(parameters or {})).encode())
     h.update(b"\0code\0")

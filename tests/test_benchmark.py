@@ -1,0 +1,74 @@
+"""The benchmark's instruments against known answers, and the page that reads its file."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from reversion import benchmark
+from reversion.chapters import performance
+
+
+def test_interleaved_medians_recover_known_durations():
+    ms = benchmark.interleaved({"short": lambda: time.sleep(0.004), "long": lambda: time.sleep(0.012)},
+                               repeats=9, warmup=1)
+    assert 3.5 < ms["short"] < 9 and 11 < ms["long"] < 20
+    assert 1.8 < ms["long"] / ms["short"] < 3.5  # planted ratio 3
+
+
+def _peak_of(code: str) -> float:
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    mon = benchmark._PeakRSS(proc.pid, interval=0.05)
+    mon.start()
+    proc.wait()
+    return mon.stop() / 2**20
+
+
+def test_peak_memory_sees_a_child_allocation_and_not_a_small_one():
+    # The child of a child: the tree is summed, not only the process started.
+    big = _peak_of("import subprocess, sys; subprocess.run([sys.executable, '-c', "
+                   "'import time; b = bytearray(300 * 2**20); b[::4096] = b\"x\" * len(b[::4096]); time.sleep(1.5)'])")
+    small = _peak_of("import time; time.sleep(1.5)")
+    assert big > 300 and small < 100
+
+
+@pytest.fixture(scope="module")
+def smoke_results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "results.json"
+    benchmark.run(out, book=False, world="smoke", repeats=2, log=lambda s: None)
+    return out
+
+
+def test_run_writes_every_part(smoke_results):
+    res = json.loads(smoke_results.read_text())
+    assert set(res["steps"]["overhead"]) == {"tracked_chosen_layer", "tracked_all_layers",
+                                             "tracked_all_layers_mean_activations", "block"}
+    assert res["extraction"]["same_values"] is True
+    assert {r["vary"] for r in res["scaling"]} == {"width", "n_probe"}
+    assert "book" not in res and not list(smoke_results.parent.glob("*.tmp"))
+
+
+def test_page_reads_the_file_and_marks_what_was_not_measured(smoke_results):
+    res = performance.load(performance.Params(str(smoke_results)))
+    table = performance.targets_table(res)
+    assert len(table) == len(benchmark.TARGETS)
+    assert (table.loc["whole book, empty cache", "met"] == "—")
+    assert performance.verdict(res, "book_cold_seconds") == "not measured"
+
+
+def test_target_verdicts_follow_the_numbers():
+    assert performance.met("block_overhead", 0.20) is True
+    assert performance.met("block_overhead", 0.30) is False
+    assert performance.met("extraction_ratio", 1.0) is True
+
+
+def test_page_refuses_a_missing_or_foreign_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="benchmark_file.*make benchmark"):
+        performance.load(performance.Params(str(tmp_path / "none.json")))
+    (tmp_path / "x.json").write_text('{"steps": {}}')
+    with pytest.raises(ValueError, match="not a benchmark results file"):
+        performance.load(performance.Params(str(tmp_path / "x.json")))
