@@ -427,6 +427,8 @@ class _Tracker:
     """Computes the rows of ``reversion track`` for one checkpoint at a time."""
 
     def __init__(self, args):
+        import torch
+
         from reversion import stats
         from reversion.activations import mean_activations
         from reversion.geometry import Directions
@@ -461,6 +463,13 @@ class _Tracker:
         else:
             raise _Fail("--layer: the direction file records no chosen layer; pass --layer")
         self.layers = list(range(L1)) if args.all_layers else [self.layer]
+        v = self.dirs.v_rev.double()
+        bad = [l for l in self.layers if not torch.isfinite(v[l]).all()]
+        if bad:
+            raise _Fail(f"--directions: v_rev has NaN or infinite values at layer(s) {bad}")
+        if not float(v[self.layer].norm()) > 0:
+            raise _Fail(f"--directions: v_rev is zero at layer {self.layer}: no direction to track there "
+                        f"(choose another with --layer)")
         args.position = args.position or meta.get("position", "last")
         self.args = args
         texts = _read_prompts("--prompts", args.prompts, args.prompt_field)
@@ -517,24 +526,32 @@ class _Tracker:
 
 
 class _Output:
+    """The printed table and the ``--out`` CSV. The file is created with the first rows (or
+    at the end of a run without any), so a run that fails before measuring anything --
+    e.g. on a checkpoint that does not load -- leaves no file behind."""
+
     def __init__(self, path: str | None, width: int = 10):
         self.width = width
         self.file = None
-        if path:
-            p = Path(path)
-            if p.exists() and p.is_dir():
-                raise _Fail(f"--out: {path} is a directory")
-            p.parent.mkdir(parents=True, exist_ok=True)
-            self.file = p.open("w", newline="", encoding="utf-8")
-            self.writer = csv.DictWriter(self.file, fieldnames=TRACK_FIELDS)
-            self.writer.writeheader()
-            self.file.flush()
+        self.path = Path(path) if path else None
+        if self.path is not None and self.path.is_dir():
+            raise _Fail(f"--out: {path} is a directory")
+
+    def _open(self) -> None:
+        if self.path is None or self.file is not None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = self.path.open("w", newline="", encoding="utf-8")
+        self.writer = csv.DictWriter(self.file, fieldnames=TRACK_FIELDS)
+        self.writer.writeheader()
+        self.file.flush()
 
     def header(self) -> None:
         print(f"{'checkpoint':<{self.width}} {'step':>7} {'alignment':>9} {'projection':>11} {'drift_norm':>10} "
               f"{'above':>5}")
 
     def add(self, rows: list[dict], layer: int) -> None:
+        self._open()
         for r in rows:
             if self.file is not None:
                 self.writer.writerow({k: ("" if r[k] is None else r[k]) for k in TRACK_FIELDS})
@@ -545,7 +562,9 @@ class _Output:
         if self.file is not None:
             self.file.flush()
 
-    def close(self) -> None:
+    def close(self, finished: bool) -> None:
+        if finished:
+            self._open()  # a finished run without rows still writes its header
         if self.file is not None:
             self.file.close()
 
@@ -569,17 +588,20 @@ def cmd_track(args) -> int:
     print(f"reversion track: layer {t.layer}; threshold {t.threshold:.4f} ({t.threshold_source}); "
           f"{len(t.ids)} prompts" + (" (the estimate's own prompts: a disjoint set avoids shared noise)"
                                      if t.same_prompts else ""))
-    t.reference()
-    out.header()
+    finished = False
     try:
+        t.reference()
+        out.header()
         for flag, path, label in ckpts:
             out.add(t.rows(flag, path, label), t.layer)
         if args.watch:
             _watch(args, t, out)
+        finished = True
     except KeyboardInterrupt:
         print("stopped", file=sys.stderr)
+        finished = True
     finally:
-        out.close()
+        out.close(finished)
     if args.out:
         print(f"wrote {args.out}")
     return 0

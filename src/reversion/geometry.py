@@ -33,6 +33,10 @@ def unit_rows(x: torch.Tensor, what: str, eps: float = 1e-12,
     an unchanged embedding) can coincide there. Such a row stays zero, and alignment
     with a zero direction is reported as 0.
     """
+    finite = torch.isfinite(x).all(dim=-1)
+    if not finite.all():
+        raise ValueError(f"{what}: non-finite values (NaN or inf) at layer(s) "
+                         f"{(~finite).nonzero().flatten().tolist()} -- no direction can be estimated")
     norms = x.norm(dim=-1)
     bad = [l for l in (norms <= eps).nonzero().flatten().tolist() if l not in allow_zero]
     if bad:
@@ -45,8 +49,12 @@ def unit_rows(x: torch.Tensor, what: str, eps: float = 1e-12,
 def alignment(drift: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
     """cos(drift, direction) along the last axis; drift ``[..., L+1, d]``, direction ``[L+1, d]``.
 
-    A zero drift (step 0) gives 0 rather than NaN: no motion has no alignment.
+    A zero drift (step 0) gives 0 rather than NaN: no motion has no alignment. A NaN or
+    infinite entry is an error (it would otherwise read as a zero drift, i.e. alignment 0).
     """
+    for name, t in (("drift", drift), ("direction", direction)):
+        if not torch.isfinite(t).all():
+            raise ValueError(f"alignment: {name} contains NaN or infinite values")
     num = (drift * direction).sum(-1)
     den = drift.norm(dim=-1) * direction.norm(dim=-1)
     return torch.where(den > 0, num / den.clamp_min(1e-300), torch.zeros_like(num))
