@@ -204,12 +204,15 @@ def final_alignment_by_layer(res):
 
 
 def strength_sweep(sweep):
-    """Harmfulness and task accuracy against block strength."""
+    """Harmfulness and task accuracy (text models: held-out loss) against block strength."""
     fig, ax = plt.subplots(figsize=(5, 3.2))
     x = sweep.index.to_numpy(dtype=float)
     xs = np.where(x > 0, x, np.nan)
     ax.plot(x, sweep["harmfulness"], "o-", color=PALETTE[3], label="harmfulness")
-    ax.plot(x, sweep["task accuracy"], "s-", color=PALETTE[2], label="task accuracy")
+    if "task accuracy" in sweep:  # text models have held-out loss only
+        ax.plot(x, sweep["task accuracy"], "s-", color=PALETTE[2], label="task accuracy")
+    else:
+        ax.plot(x, sweep["task loss"], "s-", color=PALETTE[2], label="held-out task loss")
     ax.plot(x, sweep["final alignment"], "^-", color=PALETTE[0], label="final alignment")
     if np.isfinite(xs).any():
         ax.set_xscale("symlog", linthresh=float(np.nanmin(xs)))

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 import torch
 
 from .. import stats
-from ..finetune import FinetuneRun, finetune_many
+from ..finetune import FinetuneRun
 from ..geometry import alignment
 from ..results import write_metrics
-from ..vrev import VRevEstimate, estimate_vrev
+from ..vrev import VRevEstimate
 from ..worlds import World
-from .common import WorldParams
+from .common import SubjectParams, estimate, finetune_jobs, subject_notes
 
 STEM = "03_alignment"
 REPORT_STEPS = (1, 5, 10, 20, 50, 100)
@@ -23,7 +22,7 @@ PAPER = {"1": (0.429, 0.052), "20": (0.647, 0.021)}
 
 
 @dataclass(frozen=True)
-class Params(WorldParams):
+class Params(SubjectParams):
     """Parameters of chapter 03."""
 
     n_seeds: int
@@ -52,6 +51,10 @@ class Result:
     runs: list[FinetuneRun]
     cos: dict[str, np.ndarray]
     """direction name -> ``[n_seeds, T+1, L+1]`` cosines of drift with it."""
+    subject: object = None
+    """The :class:`~reversion.checkpoint_subject.Subject`, or None for the organism."""
+    notes: list = field(default_factory=list)
+    """What differs from the organism's chapter (printed under the parameters)."""
 
     @property
     def layer(self) -> int:
@@ -71,14 +74,15 @@ def run(P: Params, progress: bool = True) -> Result:
     """Stages ``estimate_vrev`` and ``finetune`` (one per seed); alignment with every direction."""
     if P.position != "last":
         raise ValueError("drift probes are recorded at the last prompt token; position must be 'last' here")
+    subject = P.subject(need_finetune=True)
     world = P.make_world()
-    est = estimate_vrev(world.history, P.n_probe, P.position, progress=progress)
-    runs = finetune_many([(world.history, world.finetune_config(s), None) for s in world.seeds], progress)
+    est = estimate(subject, world, P.n_probe, P.position, progress=progress)
+    runs = finetune_jobs(subject, [(world.history, world.finetune_config(s), None) for s in world.seeds], progress)
     d = est.directions
     dirs = {"v_rev": d.v_rev, "v_P": d.v_P, "r_S": d.r_S}
     cos = {name: np.stack([drift_alignment(r, v) for r in runs]) for name, v in dirs.items()
            if v is not None}
-    return Result(world, est, runs, cos)
+    return Result(world, est, runs, cos, subject, subject_notes(subject, world, finetunes=True))
 
 
 def step_table(res: Result, layer: int | None = None, steps=REPORT_STEPS) -> pd.DataFrame:
@@ -161,5 +165,7 @@ def metrics(P: Params, res: Result) -> dict:
 
 def save(P: Params, res: Result) -> dict:
     m = metrics(P, res)
-    write_metrics(STEM, m, dataclasses.asdict(P), seeds=res.world.seeds)
+    if getattr(res, "subject", None) is not None:
+        m["subject"] = res.subject.record()
+    write_metrics(STEM, m, P.recorded(), seeds=res.world.seeds)
     return m

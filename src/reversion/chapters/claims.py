@@ -7,6 +7,7 @@ and what the paper's +- spans is not known.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import pandas as pd
@@ -27,7 +28,8 @@ RULES = {
             "mean difference below zero; else not.",
     "V1-e": "as V1-d, for harmfulness at T.",
     "V1-f": "reproduced: |block - baseline task accuracy| <= 0.05 and its CI within +-0.10; partly: "
-            "|mean difference| <= 0.10; else not.",
+            "|mean difference| <= 0.10; else not. Text models (no accuracy): the same with the held-out "
+            "loss difference relative to the baseline's loss (<= 5%, CI high <= 10%; partly <= 10%).",
     "V2-a": "reproduced: every run significant in the per-run test against the matched null "
             "(family-wise alpha); partly: some runs; else not.",
     "V2-b": "reproduced: v_rev's readout favours answer-opening over refusal-opening tokens "
@@ -124,11 +126,19 @@ def build_rows(m: dict[str, dict]) -> list[Row]:
                     f"{V['baseline']['harmfulness']['mean']:.3f} → {V['block']['harmfulness']['mean']:.3f}",
                     by_ci(pv["block"]["harmfulness"], -1), "05",
                     "baseline: " + magnitude(V["baseline"]["harmfulness"]["mean"], 0.190, 0.040)))
-    dt = pv["block"]["task_accuracy"]
-    v = REPRODUCED if abs(dt["mean"]) <= 0.05 and dt["ci_low"] >= -0.10 and dt["ci_high"] <= 0.10 else \
-        PARTLY if abs(dt["mean"]) <= 0.10 else NOT
-    rows.append(Row("V1-f", "task cost of blocking", "little", f"Δ accuracy {dt['mean']:+.3f} "
-                    f"[{dt['ci_low']:+.3f}, {dt['ci_high']:+.3f}]", v, "05"))
+    if "task_accuracy" in pv["block"]:
+        dt = pv["block"]["task_accuracy"]
+        v = REPRODUCED if abs(dt["mean"]) <= 0.05 and dt["ci_low"] >= -0.10 and dt["ci_high"] <= 0.10 else \
+            PARTLY if abs(dt["mean"]) <= 0.10 else NOT
+        rows.append(Row("V1-f", "task cost of blocking", "little", f"Δ accuracy {dt['mean']:+.3f} "
+                        f"[{dt['ci_low']:+.3f}, {dt['ci_high']:+.3f}]", v, "05"))
+    else:  # text models: held-out loss, no accuracy; same thresholds relative to the baseline's loss
+        dt, base = pv["block"]["task_loss"], V["baseline"]["task_loss"]["mean"]
+        rel = dt["mean"] / base if base > 0 else float("inf")
+        v = REPRODUCED if abs(rel) <= 0.05 and dt["ci_high"] <= 0.10 * base else \
+            PARTLY if abs(rel) <= 0.10 else NOT
+        rows.append(Row("V1-f", "task cost of blocking", "little", f"Δ held-out loss {dt['mean']:+.3f} "
+                        f"[{dt['ci_low']:+.3f}, {dt['ci_high']:+.3f}] ({rel:+.1%} of the baseline's)", v, "05"))
 
     pr_run = nt["per_run"]
     v = REPRODUCED if pr_run["significant"] == pr_run["n"] else PARTLY if pr_run["significant"] else NOT
@@ -137,7 +147,8 @@ def build_rows(m: dict[str, dict]) -> list[Row]:
                     f"{pr['above_matched']} of {pr['n']} pairs", v, "04"))
     x = vr["readout"]["v_rev"]["compliance_minus_refusal"]
     rows.append(Row("V2-b", "vocabulary readout favours task-engaging over refusal openings",
-                    "qualitative", f"logit difference {x:+.3f}", REPRODUCED if x > 0 else NOT, "02"))
+                    "qualitative", "undefined (no answer-opening token)" if x is None else f"logit difference {x:+.3f}",
+                    REPRODUCED if x is not None and x > 0 else NOT, "02"))
     r, rp = al["spearman_alignment_harmfulness"], al["partial_spearman_given_step"]
     if r is None:
         v = NOT
@@ -179,14 +190,27 @@ def load_all() -> dict[str, dict]:
     return {k: d["metrics"] for k, d in docs.items()}
 
 
+def _subject(doc: dict) -> str:
+    """Which models a chapter ran on: "organism", or the checkpoints' record (paths, hashes)."""
+    sub = doc["metrics"].get("subject")
+    return "organism" if sub is None else json.dumps(sub, sort_keys=True)
+
+
 def check_consistent(docs: dict[str, dict]) -> None:
-    """Same code hash and world everywhere, and the same layer in chapters 02-05."""
+    """Same code hash and world everywhere, the same subject (the organism, or the same
+    checkpoints and input files) and the same layer in chapters 02-05."""
     for what, get in [("code hash", lambda d: d["provenance"]["code_hash"]),
                       ("world", lambda d: (d["parameters"].get("world"), repr(d["parameters"].get("world_overrides"))))]:
         seen = {k: get(d) for k, d in docs.items()}
         if len(set(seen.values())) > 1:
             raise ValueError(f"the chapters' results differ in {what} ({seen}): re-run them together "
                              "(make book) before building the claims table")
+    subjects = {k: _subject(docs[k]) for k in ("02", "03", "04", "05") if k in docs}
+    if len(set(subjects.values())) > 1:
+        kinds = {k: "organism" if v == "organism" else "checkpoints" for k, v in subjects.items()}
+        raise ValueError(f"chapters 02-05 ran on different subjects ({kinds}; checkpoint runs differ "
+                         "in their checkpoints, input files or settings): re-run them on one subject "
+                         "before building the claims table")
     layers = {k: docs[k]["metrics"]["layer"] for k in ("02", "03", "04", "05")}
     if len(set(layers.values())) > 1:
         raise ValueError(f"chapters 02-05 used different layers {layers}; the claims would mix them")

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
 from .. import stats
-from ..finetune import FinetuneRun, finetune_many
+from ..finetune import FinetuneRun
 from ..interventions import Block, Projection, Push, Rehearsal
 from ..results import write_metrics
-from ..vrev import VRevEstimate, estimate_vrev
+from ..vrev import VRevEstimate
 from ..worlds import World
-from .common import WorldParams
+from .common import SubjectParams, estimate, finetune_jobs, subject_notes
 from .alignment import drift_alignment
 
 STEM = "05_interventions"
@@ -22,7 +21,7 @@ VARIANTS = ("baseline", "block", "push", "projection", "rehearsal")
 
 
 @dataclass(frozen=True)
-class Params(WorldParams):
+class Params(SubjectParams):
     """Parameters of chapter 05 (strengths and fraction fixed before any result was seen)."""
 
     n_seeds: int
@@ -32,7 +31,8 @@ class Params(WorldParams):
     push_strength: float
     """Weight of the bounded push term."""
     rehearsal_fraction: float
-    """Share of each batch replaced by safety examples (harmful request -> refusal)."""
+    """Share of each batch replaced by safety examples (harmful request -> refusal; with
+    checkpoints: a prompt of the estimation half -> ``refusal_response``)."""
     intervention_layers: list
     """Layers the block, push and projection act on; empty = every block output 1..L
     (projection: 1..L-1)."""
@@ -66,6 +66,10 @@ class Result:
     sweep: dict[float, list[FinetuneRun]]
     sweep_cos: dict[float, np.ndarray]
     theta_S_harmfulness: float
+    subject: object = None
+    """The :class:`~reversion.checkpoint_subject.Subject`, or None for the organism."""
+    notes: list = field(default_factory=list)
+    """What differs from the organism's chapter (printed under the parameters)."""
 
     @property
     def layer(self) -> int:
@@ -91,19 +95,20 @@ def make_variant(name: str, P: Params, est: VRevEstimate, strength: float | None
 
 
 def run(P: Params, progress: bool = True) -> Result:
+    subject = P.subject(need_finetune=True)
     world = P.make_world()
-    L = world.history.model.n_layer
+    L = world.history.model.n_layer if subject is None else subject.arch["num_hidden_layers"]
     bad = [l for l in P.intervention_layers if not isinstance(l, int) or not 1 <= l <= L]
     if bad:  # before any training, not after the baseline runs
         raise ValueError(f"intervention_layers {bad} outside [1, {L}]")
-    est = estimate_vrev(world.history, world.finetune.n_probe, progress=progress)
+    est = estimate(subject, world, world.finetune.n_probe, progress=progress)
     jobs = {(v, s): (world.history, world.finetune_config(s), make_variant(v, P, est))
             for v in VARIANTS for s in world.seeds}
     for lam in P.sweep_strengths:
         for s in world.seeds[: P.n_sweep_seeds]:
             jobs[(float(lam), s)] = (world.history, world.finetune_config(s),
                                      make_variant("block", P, est, lam) if lam > 0 else None)
-    done = dict(zip(jobs, finetune_many(list(jobs.values()), progress)))
+    done = dict(zip(jobs, finetune_jobs(subject, list(jobs.values()), progress)))
     runs = {v: [done[(v, s)] for s in world.seeds] for v in VARIANTS}
     sweep = {float(lam): [done[(float(lam), s)] for s in world.seeds[: P.n_sweep_seeds]]
              for lam in P.sweep_strengths}
@@ -111,7 +116,13 @@ def run(P: Params, progress: bool = True) -> Result:
     cos = {k: np.stack([drift_alignment(r, v) for r in rs]) for k, rs in runs.items()}
     sweep_cos = {k: np.stack([drift_alignment(r, v) for r in rs]) for k, rs in sweep.items()}
     h_S = runs["baseline"][0].evals[0]["harmfulness"]
-    return Result(world, est, runs, cos, sweep, sweep_cos, h_S)
+    notes = subject_notes(subject, world, finetunes=True)
+    if subject is not None:
+        notes.append("Block and push look at the estimation half of the prompts (disjoint from the drift / judged "
+                     "half); rehearsal replaces a share of each batch with those prompts answered with "
+                     f"refusal_response ({subject.refusal_response!r}). Task cost is compared by held-out "
+                     "loss (task_loss); there is no task accuracy for text models.")
+    return Result(world, est, runs, cos, sweep, sweep_cos, h_S, subject, notes)
 
 
 def cumulative_reversion(run: FinetuneRun, level: float) -> float:
@@ -123,16 +134,36 @@ def cumulative_reversion(run: FinetuneRun, level: float) -> float:
 
 def per_seed(res: Result, variant: str) -> dict[str, np.ndarray]:
     """Per-seed final values of one variant (``[n_seeds]`` each)."""
-    T, task, layer = res.world.finetune.steps, res.world.finetune.task, res.layer
+    T, task, layer = res.world.finetune.steps, _task(res), res.layer
     rs = res.runs[variant]
-    return {
+    out = {
         "final_alignment": res.cos[variant][:, T, layer],
         "harmfulness": np.array([r.evals[T]["harmfulness"] for r in rs]),
         "non_refusal": np.array([r.evals[T]["non_refusal"] for r in rs]),
-        "task_accuracy": np.array([r.evals[T]["task_accuracy"][task] for r in rs]),
+        "task_accuracy": np.array([r.evals[T]["task_accuracy"][task] for r in rs]) if _accuracy(res) else None,
         "task_loss": np.array([r.evals[T]["task_loss"][task] for r in rs]),
         "cumulative_reversion": np.array([cumulative_reversion(r, res.theta_S_harmfulness) for r in rs]),
     }
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def _task(res: Result) -> str:
+    """The fine-tuning task's key in the evaluations."""
+    if getattr(res, "subject", None) is not None:
+        from ..checkpoint_subject import TEXT_TASK
+
+        return TEXT_TASK
+    return res.world.finetune.task
+
+
+def _accuracy(res: Result) -> bool:
+    """Whether the runs measure task accuracy (the organism does; text models have held-out loss only)."""
+    return getattr(res, "subject", None) is None
+
+
+def _paired_keys(res: Result) -> tuple[str, ...]:
+    task_cost = "task_accuracy" if _accuracy(res) else "task_loss"
+    return ("final_alignment", "harmfulness", task_cost, "cumulative_reversion")
 
 
 def variant_table(res: Result) -> pd.DataFrame:
@@ -150,6 +181,8 @@ def paired_table(res: Result) -> pd.DataFrame:
     for v in VARIANTS[1:]:
         ps = per_seed(res, v)
         for k in ("final_alignment", "harmfulness", "task_accuracy", "task_loss", "cumulative_reversion"):
+            if k not in ps:
+                continue
             d = stats.paired_difference(ps[k], base[k])
             rows.append({"variant": v, "metric": k, "mean difference": d["mean"],
                          "95% CI low": d["ci_low"], "95% CI high": d["ci_high"]})
@@ -157,16 +190,18 @@ def paired_table(res: Result) -> pd.DataFrame:
 
 
 def sweep_table(res: Result) -> pd.DataFrame:
-    T, task, layer = res.world.finetune.steps, res.world.finetune.task, res.layer
+    T, task, layer = res.world.finetune.steps, _task(res), res.layer
     rows = []
     for lam, rs in res.sweep.items():
-        rows.append({"block strength": lam,
-                     "final alignment": float(res.sweep_cos[lam][:, T, layer].mean()),
-                     "harmfulness": float(np.mean([r.evals[T]["harmfulness"] for r in rs])),
-                     "task accuracy": float(np.mean([r.evals[T]["task_accuracy"][task] for r in rs])),
-                     "task loss": float(np.mean([r.evals[T]["task_loss"][task] for r in rs])),
+        row = {"block strength": lam,
+               "final alignment": float(res.sweep_cos[lam][:, T, layer].mean()),
+               "harmfulness": float(np.mean([r.evals[T]["harmfulness"] for r in rs]))}
+        if _accuracy(res):
+            row["task accuracy"] = float(np.mean([r.evals[T]["task_accuracy"][task] for r in rs]))
+        rows.append({**row, "task loss": float(np.mean([r.evals[T]["task_loss"][task] for r in rs])),
                      "n": len(rs)})
-    cols = ["block strength", "final alignment", "harmfulness", "task accuracy", "task loss", "n"]
+    cols = ["block strength", "final alignment", "harmfulness"] + (["task accuracy"] if _accuracy(res) else []) \
+        + ["task loss", "n"]
     return pd.DataFrame(rows, columns=cols).set_index("block strength")
 
 
@@ -174,9 +209,13 @@ def projection_note(m: dict) -> str:
     """What the forward-pass projection did, in words decided by the numbers."""
     V = m["variants"]
     dh = V["projection"]["harmfulness"]["mean"] - V["baseline"]["harmfulness"]["mean"]
-    da = V["projection"]["task_accuracy"]["mean"] - V["baseline"]["task_accuracy"]["mean"]
     parts = ["it lowers harmfulness against the baseline" if dh < 0 else
              "it does not lower harmfulness against the baseline"]
+    if "task_accuracy" not in V["baseline"]:  # text models: held-out loss only
+        dl = V["projection"]["task_loss"]["mean"] - V["baseline"]["task_loss"]["mean"]
+        parts.append(f"its held-out loss differs from the baseline's by {dl:+.3f}")
+        return "; ".join(parts)
+    da = V["projection"]["task_accuracy"]["mean"] - V["baseline"]["task_accuracy"]["mean"]
     if da < -0.1:
         parts.append(f"and it costs task accuracy ({da:+.3f}): the weights adapted to a forward pass "
                      "that is edited in training and not at evaluation")
@@ -204,7 +243,7 @@ def metrics(P: Params, res: Result) -> dict:
             str(l): stats.aggregate(res.cos[v][:, T, l]) for l in range(res.cos[v].shape[2])}
     base = per_seed(res, "baseline")
     paired = {v: {k: stats.paired_difference(per_seed(res, v)[k], base[k])
-                  for k in ("final_alignment", "harmfulness", "task_accuracy", "cumulative_reversion")}
+                  for k in _paired_keys(res)}
               for v in VARIANTS[1:]}
     al = {v: variants[v]["final_alignment"]["mean"] for v in VARIANTS}
     hm = {v: variants[v]["harmfulness"]["mean"] for v in VARIANTS}
@@ -228,5 +267,7 @@ def metrics(P: Params, res: Result) -> dict:
 
 def save(P: Params, res: Result) -> dict:
     m = metrics(P, res)
-    write_metrics(STEM, m, dataclasses.asdict(P), seeds=res.world.seeds)
+    if getattr(res, "subject", None) is not None:
+        m["subject"] = res.subject.record()
+    write_metrics(STEM, m, P.recorded(), seeds=res.world.seeds)
     return m

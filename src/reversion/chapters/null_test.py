@@ -2,26 +2,25 @@
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
 from .. import seeding, stats
-from ..finetune import FinetuneRun, finetune_many
+from ..finetune import FinetuneRun
 from ..interventions import AlignmentMix
 from ..results import write_metrics
-from ..vrev import VRevEstimate, estimate_vrev
+from ..vrev import VRevEstimate
 from ..worlds import World
-from .common import WorldParams
+from .common import SubjectParams, estimate, finetune_jobs, subject_notes
 from .alignment import drift_alignment
 
 STEM = "04_null_test"
 
 
 @dataclass(frozen=True)
-class Params(WorldParams):
+class Params(SubjectParams):
     """Parameters of chapter 04."""
 
     n_seeds: int
@@ -62,15 +61,20 @@ class Result:
     control_cos: np.ndarray
     """``[n_control, n_pair_steps]`` alignment of the control runs."""
     steps: list[int]
+    subject: object = None
+    """The :class:`~reversion.checkpoint_subject.Subject`, or None for the organism."""
+    notes: list = field(default_factory=list)
+    """What differs from the organism's chapter (printed under the parameters)."""
 
 
 def run(P: Params, progress: bool = True) -> Result:
+    subject = P.subject(need_finetune=True)
     world = P.make_world()
     T = world.finetune.steps
     steps = [s for s in P.pair_steps if s <= T]
     if not steps:
         raise ValueError(f"no pair step <= T={T} in {P.pair_steps}")
-    est = estimate_vrev(world.history, world.finetune.n_probe, progress=progress)
+    est = estimate(subject, world, world.finetune.n_probe, progress=progress)
     layer, v = est.layer, est.directions.v_rev[est.layer].numpy()
     d = v.shape[0]
     mix = AlignmentMix(world.history.safety.harmful_fraction)
@@ -78,7 +82,7 @@ def run(P: Params, progress: bool = True) -> Result:
     # Only the controls' drift is used, so they skip the generation-based grid (0 and T only).
     jobs += [(world.history, world.finetune_config(1000 + s, eval_steps=()), mix)
              for s in range(P.n_control_seeds)]
-    done = finetune_many(jobs, progress)
+    done = finetune_jobs(subject, jobs, progress)
     runs, controls = done[:world.n_seeds], done[world.n_seeds:]
     g = seeding.rng(world.history.seed, "null-test")
     iso = stats.null_cosines(stats.sample_isotropic_directions(d, P.n_null, g), v)
@@ -97,8 +101,15 @@ def run(P: Params, progress: bool = True) -> Result:
     pairs["above isotropic p99"] = pairs["alignment"] > p99["isotropic"]
     pairs["above matched p99"] = pairs["alignment"] > p99["matched"]
     control_cos = np.stack([drift_alignment(c, est.directions.v_rev)[steps, layer] for c in controls])
+    notes = subject_notes(subject, world, finetunes=True)
+    if subject is not None:
+        notes.append(f"Control runs: continued training from theta_S on a mix of the benign training pairs and "
+                     f"harmful prompts of the estimation half answered with refusal_response "
+                     f"({subject.refusal_response!r}), harmful share {mix.harmful_fraction:g}. The matched null "
+                     f"draws from the covariance of {acts_S.shape[0]} prompts' activations (rank <= "
+                     f"{acts_S.shape[0] - 1}): with few prompts it is a rough null.")
     return Result(world, est, runs, controls, pairs, {"isotropic": iso, "matched": matched}, p99,
-                  control_cos, steps)
+                  control_cos, steps, subject, notes)
 
 
 def per_run_test(res: Result, alpha: float) -> pd.DataFrame:
@@ -141,5 +152,7 @@ def metrics(P: Params, res: Result) -> dict:
 
 def save(P: Params, res: Result) -> dict:
     m = metrics(P, res)
-    write_metrics(STEM, m, dataclasses.asdict(P), seeds=res.world.seeds)
+    if getattr(res, "subject", None) is not None:
+        m["subject"] = res.subject.record()
+    write_metrics(STEM, m, P.recorded(), seeds=res.world.seeds)
     return m

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -13,19 +12,20 @@ from ..geometry import logit_lens
 from ..history import train_history
 from ..language import Language
 from ..results import write_metrics
-from ..vrev import VRevEstimate, estimate_vrev, stability_vs_probes, summary
+from ..vrev import VRevEstimate, stability_vs_probes, summary
 from ..worlds import World
-from .common import WorldParams
+from .common import SubjectParams, estimate, subject_notes
 
 STEM = "02_vrev_estimation"
 
 
 @dataclass(frozen=True)
-class Params(WorldParams):
+class Params(SubjectParams):
     """Parameters of chapter 02."""
 
     n_probe: int
-    """Harmful (and harmless) probe prompts from the ``probe_vrev`` split."""
+    """Harmful (and harmless) probe prompts from the ``probe_vrev`` split (organism only;
+    with checkpoints: the estimation half of the prompt file)."""
     position: str
     """``last`` prompt token or ``mean`` over prompt tokens."""
     n_boot: int
@@ -56,6 +56,10 @@ class Result:
     layers: pd.DataFrame
     by_size: dict
     readout: dict
+    subject: object = None
+    """The :class:`~reversion.checkpoint_subject.Subject`, or None for the organism."""
+    notes: list = field(default_factory=list)
+    """What differs from the organism's chapter (printed under the parameters)."""
 
 
 def readout(world: World, est: VRevEstimate, top_k: int) -> dict:
@@ -91,17 +95,34 @@ def readout_table(readout: dict) -> pd.DataFrame:
 
 def readout_verdict(m: dict) -> str:
     x = m["readout"]["v_rev"]["compliance_minus_refusal"]
+    if x is None:
+        return "undefined: the witness opens its answers with the refusal's own first token"
     if x > 0:
         return "v_rev favours answer-opening over refusal-opening tokens, as the paper's later version reports"
     return "v_rev does not favour answer-opening over refusal-opening tokens, unlike the paper's report"
 
 
 def run(P: Params, progress: bool = True) -> Result:
+    subject = P.subject()
     world = P.make_world()
-    est = estimate_vrev(world.history, P.n_probe, P.position, P.n_boot, P.min_stability, progress)
+    est = estimate(subject, world, P.n_probe, P.position, P.n_boot, P.min_stability, progress)
     layers = pd.DataFrame(summary(est)["rows"]).set_index("layer")
-    by_size = stability_vs_probes(est, est.layer, list(P.probe_sizes), P.n_boot, world.history.seed)
-    return Result(world, est, layers, by_size, readout(world, est, P.top_k))
+    if subject is None:
+        by_size = stability_vs_probes(est, est.layer, list(P.probe_sizes), P.n_boot, world.history.seed)
+        return Result(world, est, layers, by_size, readout(world, est, P.top_k))
+    from .. import checkpoint_subject
+
+    n = est.acts["H"].shape[0]
+    sizes = sorted({k for k in P.probe_sizes if k <= n} | {n})
+    notes = subject_notes(subject, world, finetunes=False)
+    notes.append(f"Stability against the number of probes: sizes {sizes} (the estimation half holds {n} prompts).")
+    by_size = stability_vs_probes(est, est.layer, sizes, P.n_boot, 0)
+    ro = checkpoint_subject.readout(subject, est, P.top_k)
+    notes.append("Vocabulary readout: tokens decoded by your tokenizer (quoted). 'Answer-opening' tokens are "
+                 f"the witness's greedy first tokens on the estimation prompts ({', '.join(ro['v_rev']['answer_openers']) or 'none besides the refusal token'}); "
+                 f"the refusal token is the first token of refusal_response ({ro['v_rev']['refusal_token']}). "
+                 "The organism's harmful-token comparison has no text counterpart.")
+    return Result(world, est, layers, by_size, ro, subject, notes)
 
 
 def save(P: Params, res: Result) -> dict:
@@ -114,11 +135,16 @@ def save(P: Params, res: Result) -> dict:
         "stability_by_n_probes": {str(k): v for k, v in res.by_size.items()},
         "displacement_norm": float(d.displacement_norm[layer]),
         "relative_displacement": float(d.displacement_norm[layer] / d.activation_norm[layer]),
-        "cos_v_rev_v_P": float(d.v_rev[layer] @ d.v_P[layer]),
-        "cos_v_rev_r_S": float(d.v_rev[layer] @ d.r_S[layer]),
+        "cos_v_rev_v_P": float(d.v_rev[layer] @ d.v_P[layer]) if d.v_P is not None else None,
+        "cos_v_rev_r_S": float(d.v_rev[layer] @ d.r_S[layer]) if d.r_S is not None else None,
         "readout": res.readout,
         "by_layer": res.layers.reset_index().to_dict(orient="records"),
     }
-    write_metrics(STEM, m, dataclasses.asdict(P))
+    if getattr(res, "subject", None) is not None:
+        m["subject"] = res.subject.record()
+        # nan (no control direction) is not JSON: None
+        m["by_layer"] = [{k: (None if isinstance(v, float) and v != v else v) for k, v in row.items()}
+                         for row in m["by_layer"]]
+    write_metrics(STEM, m, P.recorded())
     d.save(paths.results_dir() / STEM / "v_rev.safetensors")
     return m
