@@ -42,7 +42,6 @@ import torch
 
 from . import paths, seeding
 from .activations import mean_activations
-from .config import ModelConfig
 from .data import collate
 from .finetune import _collated, benign_batches
 from .interventions import Block

@@ -41,7 +41,6 @@ Fine-tuned weights are not kept (a real model per run and variant would fill a d
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import hashlib
 import json
@@ -578,11 +577,10 @@ def finetune(subject: Subject, ft, intervention=None, progress: bool = True):
     the grid: :func:`evaluate_text`. ``intervention``: any of
     :mod:`reversion.interventions` (block, push, projection, rehearsal, alignment mix).
     """
-    from .activations import mean_activations
-    from .finetune import _collated, load_run
+    from .finetune import load_run, train_with, write_run
     from .model import default_device
     from .textdata import encode_pairs
-    from .training import train
+    from .tracking import ProbeTracker
 
     train_pairs, heldout = subject.pairs()
     key = {"subject": subject.key(), "steps": ft.steps, "lr": ft.lr, "batch_size": ft.batch_size,
@@ -602,34 +600,16 @@ def finetune(subject: Subject, ft, intervention=None, progress: bool = True):
         data = TextData([_split_pair(e) for e in encode_pairs(tok, train_pairs)], vrev_ids,
                         list(refusal) + ([int(eos)] if eos is not None else []))
         model = subject.load("aligned")
-        device = default_device()
-        means = [mean_activations(model, drift_ids, "all", batch_size=subject.batch_size, pad_id=pad)]
-        evals = {0: evaluate_text(model, tok, subject, drift_ids, halves["drift"], heldout)}
-        grid = set(ft.grid)
-        paused = getattr(intervention, "paused", contextlib.nullcontext)
+        tracker = ProbeTracker(model, drift_ids, "all", pad_id=pad, batch_size=subject.batch_size)
 
-        def on_step(step: int, m) -> None:
-            with paused():  # measurements see the model, not a training-time edit
-                means.append(mean_activations(m, drift_ids, "all", batch_size=subject.batch_size, pad_id=pad))
-                if step in grid:
-                    evals[step] = evaluate_text(m, tok, subject, drift_ids, halves["drift"], heldout)
+        def judge(step: int, m) -> dict:
+            return evaluate_text(m, tok, subject, drift_ids, halves["drift"], heldout)
 
-        pairs: Iterator[list[Pair]] = _text_batches(data, ft)
-        aux = None
-        if intervention is not None:
-            # Block / push look at the estimation half (disjoint from the drift / judged half).
-            intervention.setup(model, data, SimpleNamespace(harmful_block=[list(p) for p in vrev_ids]))
-            pairs = intervention.batches(pairs, data, ft)
-            aux = intervention.aux_loss
-        try:
-            losses = train(model, _collated(pairs, device), ft.steps, ft.lr, desc=f"finetune seed {ft.seed}",
-                           aux_loss=aux, on_step=on_step, progress=progress)
-        finally:
-            if intervention is not None:
-                intervention.teardown()
+        # Block / push look at the estimation half (disjoint from the drift / judged half).
+        probes = SimpleNamespace(harmful_block=[list(p) for p in vrev_ids])
+        losses, means, evals = train_with(model, _text_batches(data, ft), ft, intervention, data, probes,
+                                          tracker, judge, default_device(), progress)
         _free(model)
-        save_file({"probe_means": torch.stack(means).contiguous()}, out / "trajectory.safetensors")
-        (out / "run.json").write_text(json.dumps({"losses": losses, "evals": evals}, indent=1))
-        (out / "timings.json").write_text(json.dumps({"seconds": time.perf_counter() - t0}))
+        write_run(out, means, losses, evals, t0)
 
     return load_run(cache.cached("checkpoint_finetune", key, build))

@@ -151,38 +151,57 @@ def finetune(history: HistoryConfig, ft: FinetuneConfig, intervention: Intervent
         probes = ProbeSets.build(lang, ft.n_probe)
         sets = EvalSets.build(lang, ft.n_eval)
         tracker = ProbeTracker(model, probes.harmful_drift, "all", pad_id=PAD)
-        means = [tracker(model)]
-        evals = {0: evaluate(model, lang, sets)}
-        grid = set(ft.grid)
 
-        paused = getattr(intervention, "paused", contextlib.nullcontext)
+        def judge(step: int, m) -> dict:
+            # The earlier benign tasks (task cost) are judged at 0 and T only: at the steps
+            # between, generation on them was 60% of a run's time and unused.
+            return evaluate(m, lang, sets, None if step in (0, ft.steps) else [ft.task])
 
-        def on_step(step: int, m) -> None:
-            with paused():  # measurements see the model, not a training-time edit
-                means.append(tracker(m))
-                if step in grid:
-                    # The earlier benign tasks (task cost) are judged at 0 and T only: at the
-                    # steps between, generation on them was 60% of a run's time and unused.
-                    evals[step] = evaluate(m, lang, sets, None if step == ft.steps else [ft.task])
-
-        pairs = benign_batches(lang, ft)
-        aux = None
-        if intervention is not None:
-            intervention.setup(model, lang, probes)
-            pairs = intervention.batches(pairs, lang, ft)
-            aux = intervention.aux_loss
-        try:
-            losses = train(model, _collated(pairs, device), ft.steps, ft.lr, desc=f"finetune seed {ft.seed}",
-                           aux_loss=aux, on_step=on_step, progress=progress)
-        finally:
-            if intervention is not None:
-                intervention.teardown()
+        losses, means, evals = train_with(model, benign_batches(lang, ft), ft, intervention, lang, probes,
+                                          tracker, judge, device, progress)
         save_model(model, out / "model")
-        save_file({"probe_means": torch.stack(means).contiguous()}, out / "trajectory.safetensors")
-        (out / "run.json").write_text(json.dumps({"losses": losses, "evals": evals}, indent=1))
-        (out / "timings.json").write_text(json.dumps({"seconds": time.perf_counter() - t0}))
+        write_run(out, means, losses, evals, t0)
 
     return load_run(cache.cached("finetune", key, build))
+
+
+def train_with(model, pairs: Iterator[list[Pair]], ft: FinetuneConfig, intervention: Intervention | None,
+               data, probes, tracker, judge, device, progress: bool):
+    """The fine-tuning loop of a run: ``(losses, means, evals)``.
+
+    ``tracker(model)`` (drift probes' means) runs at step 0 and after every step;
+    ``judge(step, model)`` at step 0 and on ``ft.grid``; both see the model without a
+    training-time edit. The intervention is set up on ``(data, probes)`` (a
+    :class:`Language` or its text counterpart) after step 0 and always torn down.
+    """
+    means, evals, grid = [tracker(model)], {0: judge(0, model)}, set(ft.grid)
+    paused = getattr(intervention, "paused", contextlib.nullcontext)
+
+    def on_step(step: int, m) -> None:
+        with paused():
+            means.append(tracker(m))
+            if step in grid:
+                evals[step] = judge(step, m)
+
+    aux = None
+    if intervention is not None:
+        intervention.setup(model, data, probes)
+        pairs = intervention.batches(pairs, data, ft)
+        aux = intervention.aux_loss
+    try:
+        losses = train(model, _collated(pairs, device), ft.steps, ft.lr, desc=f"finetune seed {ft.seed}",
+                       aux_loss=aux, on_step=on_step, progress=progress)
+        return losses, means, evals
+    finally:
+        if intervention is not None:
+            intervention.teardown()
+
+
+def write_run(out: Path, means: list[torch.Tensor], losses: list[float], evals: dict, t0: float) -> None:
+    """A run's files, as :func:`load_run` reads them."""
+    save_file({"probe_means": torch.stack(means).contiguous()}, out / "trajectory.safetensors")
+    (out / "run.json").write_text(json.dumps({"losses": losses, "evals": evals}, indent=1))
+    (out / "timings.json").write_text(json.dumps({"seconds": time.perf_counter() - t0}))
 
 
 def load_run(path: Path) -> FinetuneRun:
