@@ -29,6 +29,7 @@ import dataclasses
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -280,7 +281,8 @@ def _timed_book(args: list[str], env: dict) -> dict:
     peak = mon.stop()
     if proc.returncode != 0:
         raise RuntimeError(f"book build failed (exit {proc.returncode}):\n{out[-4000:]}")
-    return {"seconds": time.perf_counter() - t0, "peak_memory_gib": peak / 2**30}
+    per = {m[1]: float(m[2]) for m in re.finditer(r"\[book\]\s+(\d\d_\w+)\s+executed in\s+([\d.]+) s", out)}
+    return {"seconds": time.perf_counter() - t0, "peak_memory_gib": peak / 2**30, "notebook_seconds": per}
 
 
 def bench_book() -> dict:

@@ -10,6 +10,7 @@ the fact. Generation-based metrics are evaluated on a sparse grid of steps.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import time
 from dataclasses import dataclass
@@ -129,9 +130,42 @@ def finetune_many(jobs: Sequence[Job], progress: bool = True,
         k = _key(h, ft, iv)
         if not cache.is_complete(cache.entry_path("finetune", k)):
             missing.setdefault(cache.cache_key("finetune", k), (h, ft, iv))
+    for h, n_eval in dict.fromkeys((h, ft.n_eval) for h, ft, _ in missing.values()):
+        theta_S_evaluation(h, n_eval)  # here, once, not in every worker at once
     parallel.run_all([(_build_quietly, j) for j in missing.values()] + list(extra), progress,
                      desc="fine-tuning runs")
     return [finetune(h, ft, iv, progress=progress) for h, ft, iv in jobs]
+
+
+# A worker process builds many runs of one world: its language and prompt sets are built once.
+@functools.lru_cache(maxsize=4)
+def _language(cfg) -> Language:
+    return Language(cfg)
+
+
+@functools.lru_cache(maxsize=8)
+def _probe_sets(cfg, n: int) -> ProbeSets:
+    return ProbeSets.build(_language(cfg), n)
+
+
+@functools.lru_cache(maxsize=8)
+def _eval_sets(cfg, n: int) -> EvalSets:
+    return EvalSets.build(_language(cfg), n)
+
+
+def theta_S_evaluation(history: HistoryConfig, n_eval: int) -> dict:
+    """Stage ``theta_S_eval``: :func:`~reversion.evaluate.evaluate` of theta_S on every task,
+    which is step 0 of every fine-tuning run of this history (cached once for all of them)."""
+    hist = train_history(history, progress=False)
+
+    def build(out: Path) -> None:
+        set_cpu_threads()
+        model = load_model(hist.paths["theta_S"], default_device())
+        lang = _language(history.language)
+        (out / "eval.json").write_text(json.dumps(evaluate(model, lang, _eval_sets(history.language, n_eval))))
+
+    path = cache.cached("theta_S_eval", {"history": to_dict(history), "n_eval": n_eval}, build)
+    return json.loads((path / "eval.json").read_text())
 
 
 def finetune(history: HistoryConfig, ft: FinetuneConfig, intervention: Intervention | None = None,
@@ -143,19 +177,21 @@ def finetune(history: HistoryConfig, ft: FinetuneConfig, intervention: Intervent
 
     def build(out: Path) -> None:
         t0 = time.perf_counter()
-        lang = Language(history.language)
+        lang = _language(history.language)
         device = default_device()
         seeding.seed_everything(ft.seed)
         set_cpu_threads()
         model = load_model(hist.paths["theta_S"], device)
-        probes = ProbeSets.build(lang, ft.n_probe)
-        sets = EvalSets.build(lang, ft.n_eval)
+        probes = _probe_sets(history.language, ft.n_probe)
+        sets = _eval_sets(history.language, ft.n_eval)
         tracker = ProbeTracker(model, probes.harmful_drift, "all", pad_id=PAD)
 
         def judge(step: int, m) -> dict:
+            if step == 0:  # theta_S itself: the same for every run of this history
+                return theta_S_evaluation(history, ft.n_eval)
             # The earlier benign tasks (task cost) are judged at 0 and T only: at the steps
             # between, generation on them was 60% of a run's time and unused.
-            return evaluate(m, lang, sets, None if step in (0, ft.steps) else [ft.task])
+            return evaluate(m, lang, sets, None if step == ft.steps else [ft.task])
 
         losses, means, evals = train_with(model, benign_batches(lang, ft), ft, intervention, lang, probes,
                                           tracker, judge, device, progress)

@@ -135,3 +135,14 @@ def profile_excerpt(res: dict, n_lines: int = 45) -> str:
     start = next((i + 1 for i, line in enumerate(lines) if line.startswith("Profile at")), 0)
     body = [line for line in lines[start:] if line.strip()]
     return "\n".join(body[:n_lines])
+
+
+def notebook_table(res: dict) -> pd.DataFrame | None:
+    """Execution seconds of each notebook in the cold build (None when not measured)."""
+    b = res.get("book")
+    per = (b or {}).get("cold", {}).get("notebook_seconds")
+    if not per:
+        return None
+    df = pd.DataFrame({"notebook": list(per), "seconds (cold)": list(per.values())}).set_index("notebook")
+    df.loc["total"] = df["seconds (cold)"].sum()
+    return df.round(1)
