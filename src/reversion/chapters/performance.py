@@ -102,6 +102,7 @@ def plot_steps(res: dict):
 def scaling_table(res: dict) -> pd.DataFrame:
     df = pd.DataFrame(res["scaling"])
     df["overhead"] = df["overhead"].map(lambda x: f"{x:.0%}")
+    df[["step_ms", "tracking_ms"]] = df[["step_ms", "tracking_ms"]].round(1)
     return df.rename(columns={"step_ms": "step (ms)", "tracking_ms": "tracking, every layer (ms)",
                               "overhead": "tracking / step"}).drop(columns=["value"]).set_index("vary")
 
