@@ -448,3 +448,18 @@ def test_sweep_table_of_an_empty_sweep_is_empty(world):
     res = SimpleNamespace(world=world, sweep={}, sweep_cos={}, layer=1)
     table = ch05.sweep_table(res)
     assert len(table) == 0
+
+
+@pytest.mark.parametrize("make", [lambda v, s: Block(v, s, 1.0, [1, 2]), lambda v, s: Push(v, s, 1.0, [1, 2]),
+                                  lambda v, s: Projection(v, [1])], ids=["block", "push", "projection"])
+@pytest.mark.parametrize("fill, message", [(0.0, "v_rev is zero at layer"), (float("nan"), "NaN or infinite")])
+def test_a_zero_or_nan_direction_where_it_acts_is_refused(make, fill, message, fake_dirs):
+    v, s = fake_dirs
+    make(v, s)  # positive control: the intact direction is accepted
+    bad = v.clone()
+    bad[1] = fill
+    with pytest.raises(ValueError, match=message):
+        make(bad, s)
+    ok = v.clone()
+    ok[0] = fill  # layer 0 is never acted on: no complaint
+    make(ok, s)

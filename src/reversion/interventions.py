@@ -68,6 +68,17 @@ def _check_layers(layers: Sequence[int], n_layer: int, lo: int = 1) -> list[int]
     return layers
 
 
+def _check_direction(v: torch.Tensor, layers: Sequence[int], who: str) -> None:
+    """v_rev must be finite and non-zero where an intervention acts: a zero row would make
+    the intervention a silent no-op, a NaN row would poison the loss."""
+    bad = [l for l in layers if not torch.isfinite(v[l]).all()]
+    if bad:
+        raise ValueError(f"{who}: v_rev has NaN or infinite values at layer(s) {bad}")
+    zero = [l for l in layers if not float(v[l].norm()) > 0]
+    if zero:
+        raise ValueError(f"{who}: v_rev is zero at layer(s) {zero}; nothing to act on there")
+
+
 class _DirectionalTerm:
     """Shared by Block and Push: a bounded term linear at theta_S in the probe projection."""
 
@@ -81,6 +92,7 @@ class _DirectionalTerm:
         self.v = v_rev.detach().double()
         self.scale = scale.detach().double()
         self.layers = _check_layers(layers, self.v.shape[0] - 1)
+        _check_direction(self.v, self.layers, self.name)
         if not torch.all(self.scale[self.layers] > 0):
             raise ValueError(f"{self.name}: scale must be > 0 at every layer acted on")
         if n_probe_batch < 1:
@@ -157,6 +169,7 @@ class Projection:
         # hidden_states[l] is the output of block l-1 for l < L; layer L carries the final
         # norm, which a block hook does not see, so the edit acts on layers 1..L-1.
         self.layers = _check_layers(layers, self.v.shape[0] - 2)
+        _check_direction(self.v, self.layers, self.name)
         self._stack: contextlib.ExitStack | None = None
         self.active = False
 

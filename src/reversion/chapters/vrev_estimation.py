@@ -145,6 +145,7 @@ def save(P: Params, res: Result) -> dict:
         # nan (no control direction) is not JSON: None
         m["by_layer"] = [{k: (None if isinstance(v, float) and v != v else v) for k, v in row.items()}
                          for row in m["by_layer"]]
-    write_metrics(STEM, m, P.recorded())
+    # The direction file first: a metrics.json that exists always has its direction beside it.
     d.save(paths.results_dir() / STEM / "v_rev.safetensors")
+    write_metrics(STEM, m, P.recorded())
     return m
