@@ -39,8 +39,32 @@ def test_peak_memory_sees_a_child_allocation_and_not_a_small_one():
 @pytest.fixture(scope="module")
 def smoke_results(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "results.json"
-    benchmark.run(out, book=False, world="smoke", repeats=2, log=lambda s: None)
+    with pytest.MonkeyPatch.context() as mp:  # never read the project's own results
+        mp.setenv("REVERSION_RESULTS", str(tmp_path_factory.mktemp("results")))
+        benchmark.run(out, book=False, world="smoke", repeats=2, log=lambda s: None)
     return out
+
+
+def _chapter02(folder, world: str, layer: int, subject: bool = False, overrides: dict | None = None):
+    f = folder / "02_vrev_estimation" / "metrics.json"
+    f.parent.mkdir(parents=True, exist_ok=True)
+    m = {"layer": layer, **({"subject": {"kind": "checkpoints"}} if subject else {})}
+    f.write_text(json.dumps({"metrics": m, "parameters": {"world": world, "world_overrides": overrides or {}}}))
+
+
+def test_chosen_layer_is_chapter_02s_only_for_the_same_world(tmp_path, monkeypatch):
+    from reversion.worlds import make_world
+
+    monkeypatch.setenv("REVERSION_RESULTS", str(tmp_path))
+    default, smoke = make_world("default"), make_world("smoke")
+    assert benchmark.chosen_layer(default, "default") == 3  # no file: L - 1
+    _chapter02(tmp_path, "default", 2)
+    assert benchmark.chosen_layer(default, "default") == 2  # the chapter's choice
+    assert benchmark.chosen_layer(smoke, "smoke") == 1  # another world's file: L - 1
+    _chapter02(tmp_path, "default", 2, subject=True)
+    assert benchmark.chosen_layer(default, "default") == 3  # a user's checkpoints: not this model
+    _chapter02(tmp_path, "default", 2, overrides={"history": {"seed": 1}})
+    assert benchmark.chosen_layer(default, "default") == 3
 
 
 def test_run_writes_every_part(smoke_results):

@@ -373,3 +373,19 @@ def test_bad_checkpoint_parameter_fails_before_any_work(demo, tmp_path, monkeypa
     with pytest.raises(pm.PapermillExecutionError, match="parameter 'aligned' is empty"):
         execute("03_alignment", params, tmp_path)
     assert not (tmp_path / "results").exists()
+
+
+def test_checkpoint_identity_covers_tokenizer_and_template_files(tmp_path):
+    from reversion.checkpoint_subject import checkpoint_identity
+
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(b"w" * 10)
+    (tmp_path / "chat_template.jinja").write_text("{{ messages }}")
+    (tmp_path / "merges.txt").write_text("a b")
+    before = checkpoint_identity(tmp_path)
+    assert [w[0] for w in before["weights"]] == ["model.safetensors"]  # weights by name/size/mtime only
+    (tmp_path / "chat_template.jinja").write_text("{{ messages }}!")
+    assert checkpoint_identity(tmp_path) != before  # an edited chat template is a new checkpoint
+    after_template = checkpoint_identity(tmp_path)
+    (tmp_path / "merges.txt").write_text("a c")
+    assert checkpoint_identity(tmp_path) != after_template

@@ -44,3 +44,12 @@ def test_bad_worker_count_is_refused(monkeypatch, value):
     monkeypatch.setenv("REVERSION_WORKERS", value)
     with pytest.raises(ValueError, match="REVERSION_WORKERS must be an int >= 1"):
         parallel.n_workers()
+
+
+def test_a_failure_does_not_wait_for_the_runs_in_flight():
+    import time
+
+    t0 = time.perf_counter()
+    with pytest.raises(RuntimeError, match="boom 2"):
+        parallel.run_all([(time.sleep, (60,)), (_boom, (2,))], progress=False, workers=2)
+    assert time.perf_counter() - t0 < 40  # the 60 s sleep was terminated, not awaited

@@ -120,21 +120,26 @@ class _Loop:
         return step
 
 
-def chosen_layer(world: World) -> int:
-    """Chapter 02's chosen layer when its results exist, else L - 1."""
+def chosen_layer(world: World, world_name: str) -> int:
+    """Chapter 02's chosen layer when its results are of this world (the organism, not a
+    user's checkpoints, and no world overrides), else L - 1."""
+    L = world.history.model.n_layer
     f = paths.results_dir() / "02_vrev_estimation" / "metrics.json"
-    if f.is_file():
-        try:
-            return int(json.loads(f.read_text())["metrics"]["layer"])
-        except (KeyError, ValueError, TypeError):
-            pass
-    return world.history.model.n_layer - 1
+    try:
+        doc = json.loads(f.read_text())
+        params, m = doc["parameters"], doc["metrics"]
+        if params.get("world") == world_name and not params.get("world_overrides") and "subject" not in m \
+                and 1 <= int(m["layer"]) <= L:
+            return int(m["layer"])
+    except (OSError, KeyError, ValueError, TypeError):
+        pass
+    return L - 1
 
 
-def bench_steps(world: World, repeats: int = 60) -> dict:
+def bench_steps(world: World, repeats: int = 60, world_name: str = "default") -> dict:
     """Per-step milliseconds: plain, tracked (chosen layer / all layers / the old way), block."""
     set_cpu_threads()
-    layer = chosen_layer(world)
+    layer = chosen_layer(world, world_name)
     L = world.history.model.n_layer
     loop = _Loop.build(world)
     drift = loop.probes.harmful_drift
@@ -326,7 +331,7 @@ def run(out: Path, book: bool = True, world: str = "default", repeats: int = 60,
     res: dict = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": _commit(),
                  "world": world, "machine": machine(), "targets": TARGETS}
     log("per-step costs ...")
-    res["steps"] = bench_steps(w, repeats)
+    res["steps"] = bench_steps(w, repeats, world)
     log("extraction ...")
     res["extraction"] = bench_extraction(w)
     log("scaling ...")

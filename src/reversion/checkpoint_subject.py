@@ -90,14 +90,16 @@ def checkpoint_identity(path: str | Path) -> dict[str, Any]:
     gigabytes of weights on every notebook run would not be instant."""
     p = Path(path)
     small, weights = {}, []
-    for f in sorted(p.iterdir()) if p.is_dir() else []:
-        if not f.is_file():
-            continue
-        if f.suffix == ".json" and f.stat().st_size < 50_000_000:
-            small[f.name] = hashlib.sha256(f.read_bytes()).hexdigest()
-        elif f.suffix in _WEIGHT_SUFFIXES or f.name.endswith(".model"):
+    # Every small non-weight file counts: config, tokenizer (json, merges.txt, vocab.txt,
+    # *.model, *.tiktoken), chat templates (chat_template.jinja, additional_chat_templates/).
+    files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else []
+    for f in files:
+        rel = f.relative_to(p).as_posix()
+        if f.suffix in _WEIGHT_SUFFIXES:
             st = f.stat()
-            weights.append([f.name, st.st_size, st.st_mtime_ns])
+            weights.append([rel, st.st_size, st.st_mtime_ns])
+        elif f.stat().st_size < 50_000_000:
+            small[rel] = hashlib.sha256(f.read_bytes()).hexdigest()
     return {"json_sha256": small, "weights": weights}
 
 
@@ -153,7 +155,7 @@ class Subject:
         folders = {k: checkpoint_identity(p) for k, p in (
             ("witness", self.witness), ("aligned", self.aligned), ("pretrained", self.pretrained),
             ("tokenizer", self.tokenizer)) if p is not None}
-        return {**self.record(), "folders": folders}
+        return {**self.record(), "folders": folders, "batch_size": self.batch_size}
 
     # ---- inputs
 
@@ -187,14 +189,14 @@ class Subject:
     def torch_dtype(self):
         return "auto" if self.dtype == "auto" else getattr(torch, self.dtype)
 
-    def load(self, which: str):
+    def load(self, which: str, dtype=None):
         """The ``witness``, ``aligned`` or ``pretrained`` model (local files only), on CUDA when
-        present, in :attr:`dtype`, in eval mode."""
+        present, in ``dtype`` (default :attr:`dtype`), in eval mode."""
         from .model import default_device, load_model
 
         path = getattr(self, which)
         try:
-            return load_model(path, default_device(), self.torch_dtype())
+            return load_model(path, default_device(), self.torch_dtype() if dtype is None else dtype)
         except Exception as exc:
             raise ValueError(f"parameter {which!r}: could not load the model at {path} "
                              f"({type(exc).__name__}: {exc})") from None
@@ -599,7 +601,9 @@ def finetune(subject: Subject, ft, intervention=None, progress: bool = True):
         eos = getattr(tok, "eos_token_id", None)
         data = TextData([_split_pair(e) for e in encode_pairs(tok, train_pairs)], vrev_ids,
                         list(refusal) + ([int(eos)] if eos is not None else []))
-        model = subject.load("aligned")
+        # Trained weights stay float32 whatever ``dtype`` says: AdamW steps of ~lr on bfloat16
+        # weights round away (most never change), and float16 overflows its eps.
+        model = subject.load("aligned", torch.float32)
         tracker = ProbeTracker(model, drift_ids, "all", pad_id=pad, batch_size=subject.batch_size)
 
         def judge(step: int, m) -> dict:

@@ -62,7 +62,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from . import stats
-from .activations import mean_activations
+from .activations import mean_activations, model_device
 from .geometry import Directions
 from .hooks import hidden_size, n_layers
 from .tracking import ProbeTracker
@@ -212,7 +212,7 @@ class ReversionMonitor(TrainerCallback):
         """Alignment, projection and drift norm of ``model`` now (no grad; model mode restored)."""
         if self.mu_S is None:
             raise RuntimeError("mu_S is unknown: pass mu_S= or let on_train_begin compute it")
-        if self._tracker is None:  # pads the probes once for the whole run
+        if self._tracker is None or self._tracker.device != model_device(model):  # pads once per run
             self._tracker = ProbeTracker(model, self.probe_ids, [self.layer], self.position, self.pad_id,
                                          self.batch_size)
         mu = self._tracker(model)[0]

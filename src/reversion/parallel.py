@@ -14,7 +14,7 @@ import contextlib
 import multiprocessing
 import os
 import sys
-from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Any, Callable, Sequence
 
 import torch
@@ -75,19 +75,26 @@ def run_all(calls: Sequence[Call], progress: bool = True, desc: str = "runs",
             fn(*args)
         return
     # spawn, not fork: the parent may be a Jupyter kernel (sockets, threads).
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(min(workers, len(calls)), mp_context=ctx) as ex:
+    ex = ProcessPoolExecutor(min(workers, len(calls)), mp_context=multiprocessing.get_context("spawn"))
+    finished = False
+    try:
         with _main_not_rerun():  # workers start during submit
             futures = [ex.submit(fn, *args) for fn, args in calls]
         with tqdm(total=len(futures), desc=desc, disable=not progress, leave=False) as bar:
             pending = set(futures)
-            try:
-                while pending:
-                    done, pending = wait(pending, return_when=FIRST_EXCEPTION)
-                    bar.update(len(done))
-                    for f in done:
-                        f.result()  # raises the worker's exception
-            except BaseException:
-                for f in pending:
-                    f.cancel()
-                raise
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                bar.update(len(done))
+                for f in done:
+                    f.result()  # raises the worker's exception
+        finished = True
+    finally:
+        if finished:
+            ex.shutdown(wait=True)
+        else:
+            # A failure or an interrupt: do not wait minutes for the runs in flight. What they
+            # leave is a .tmp-* folder, which never reads as an entry (see reversion.cache).
+            procs = list(ex._processes.values()) if getattr(ex, "_processes", None) else []
+            ex.shutdown(wait=False, cancel_futures=True)
+            for p in procs:
+                p.terminate()

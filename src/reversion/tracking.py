@@ -40,7 +40,7 @@ class ProbeTracker:
         self.n = len(ids)
         self.L = n_layers(model)
         self.d = hidden_size(model)
-        device = model_device(model)
+        self.device = device = model_device(model)
         lengths = torch.tensor([len(x) for x in ids])
         order = torch.argsort(lengths, stable=True)
         self.batches = []

@@ -62,7 +62,9 @@ class SubjectParams(WorldParams):
     """Benign fine-tuning pairs (JSONL / CSV with 'prompt' and 'response'): first 75% trained
     on, the rest held out for the task cost (chapters 03-05)."""
     dtype: str = "auto"
-    """Weights' dtype with checkpoints: auto (as saved), float32, bfloat16 or float16."""
+    """Weights' dtype with checkpoints: auto (as saved), float32, bfloat16 or float16. It applies to
+    the models only read (v_rev estimation); the fine-tuned copy of theta_S trains in float32,
+    because AdamW updates of a small learning rate round away on half-precision weights."""
     refusal_response: str = DEFAULT_REFUSAL
     """Answer of the safety examples with checkpoints (harmful prompt -> this refusal): used by
     the rehearsal variant (05) and the alignment-mix control runs (04)."""
