@@ -312,6 +312,8 @@ def load(stage: str, entry: Path) -> None:
         load_model(entry / "model", "cpu")
     elif stage == "finetune":
         load_run(entry).load_model("cpu")
+    elif stage == "theta_S_eval":
+        assert isinstance(json.loads((entry / "eval.json").read_text())["harmfulness"], float)
     elif stage == "estimate_vrev":
         Directions.load(entry / "v_rev.safetensors")
         load_file(entry / "acts.safetensors")
@@ -409,7 +411,8 @@ def test_killed_run_leaves_no_false_entry_and_the_rerun_matches(reference, tmp_p
         assert (tmp_path / "results" / STEM / "metrics.json").read_bytes() == \
             (ref / "results" / STEM / "metrics.json").read_bytes()
     else:
-        assert final == Counter({"history-pretrain": 1, "history-helpful": 1, "history-safety": 1, "finetune": 1})
+        assert final == Counter({"history-pretrain": 1, "history-helpful": 1, "history-safety": 1,
+                                 "theta_S_eval": 1, "finetune": 1})
         (run_path,) = [m[1] for _, m in rerun.marks if m[0] == "run"]
         ours, theirs = tmp_path / "cache" / run_path, ref / "cache" / run_path
         for name in ("run.json", "trajectory.safetensors", "model/model.safetensors"):
