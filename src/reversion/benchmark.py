@@ -48,6 +48,7 @@ from .finetune import _collated, benign_batches
 from .interventions import Block
 from .language import PAD, Language
 from .model import build_model
+from .parallel import n_workers
 from .probes import ProbeSets
 from .runtime import set_cpu_threads
 from .tracking import ProbeTracker
@@ -297,19 +298,13 @@ def bench_book() -> dict:
         env = {**os.environ, "REVERSION_CACHE": cache}
         cold = _timed_book(["--force"], env)
         warm = _timed_book([], env)
-    return {"cold": cold, "warm": warm, "workers": _workers()}
-
-
-def _workers() -> int:
-    from .parallel import n_workers
-
-    return n_workers()
+    return {"cold": cold, "warm": warm, "workers": n_workers()}
 
 
 def machine() -> dict:
     return {"platform": platform.platform(), "python": platform.python_version(),
             "torch": torch.__version__, "cpus": len(os.sched_getaffinity(0)),
-            "torch_threads": int(os.environ.get("REVERSION_THREADS", "1")), "workers": _workers(),
+            "torch_threads": int(os.environ.get("REVERSION_THREADS", "1")), "workers": n_workers(),
             "cuda": torch.cuda.is_available()}
 
 

@@ -41,7 +41,7 @@ Fine-tuned weights are not kept (a real model per run and variant would fill a d
 
 from __future__ import annotations
 
-import gc
+import functools
 import hashlib
 import json
 import time
@@ -55,6 +55,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from . import cache, seeding, stats
+from .hf_checkpoints import DTYPES, arch_of, check_same_arch, checkpoint_folder, free_memory, read_config
+from .finetune import Pair
+from .paths import resolve
 
 __all__ = [
     "DEFAULT_REFUSAL",
@@ -72,7 +75,6 @@ __all__ = [
 
 DEFAULT_REFUSAL = "I can't help with that."
 """Default refusal response of the safety examples (rehearsal, the chapter-04 control)."""
-DTYPES = ("auto", "float32", "bfloat16", "float16")
 MIN_PROMPTS = 8
 """Harmful prompts needed: 4 to estimate v_rev (split-half stability) and 4 to measure drift."""
 TEXT_TASK = "finetune_data"
@@ -143,19 +145,22 @@ class Subject:
             "harmless_sha256": file_sha256(self.harmless) if self.harmless else None,
             "finetune_data": f(self.finetune_data),
             "finetune_data_sha256": file_sha256(self.finetune_data) if self.finetune_data else None,
-            "config_sha256": {k: checkpoint_identity(p)["json_sha256"].get("config.json")
-                              for k, p in (("witness", self.witness), ("aligned", self.aligned),
-                                           ("pretrained", self.pretrained)) if p is not None},
+            "config_sha256": {k: self.identities[k]["json_sha256"].get("config.json")
+                              for k in ("witness", "aligned", "pretrained") if k in self.identities},
             "dtype": self.dtype, "refusal_response": self.refusal_response,
             "max_new_tokens": self.max_new_tokens, **self.arch,
         }
 
+    @functools.cached_property
+    def identities(self) -> dict[str, dict]:
+        """:func:`checkpoint_identity` of each folder, read once per subject (every stage's
+        cache key needs them, and hashing a tokenizer is not free)."""
+        return {k: checkpoint_identity(getattr(self, k))
+                for k in ("witness", "aligned", "pretrained", "tokenizer") if getattr(self, k) is not None}
+
     def key(self) -> dict[str, Any]:
         """Cache key: :meth:`record` plus the folders' identity (weights' sizes and mtimes)."""
-        folders = {k: checkpoint_identity(p) for k, p in (
-            ("witness", self.witness), ("aligned", self.aligned), ("pretrained", self.pretrained),
-            ("tokenizer", self.tokenizer)) if p is not None}
-        return {**self.record(), "folders": folders, "batch_size": self.batch_size}
+        return {**self.record(), "folders": self.identities, "batch_size": self.batch_size}
 
     # ---- inputs
 
@@ -202,29 +207,14 @@ class Subject:
                              f"({type(exc).__name__}: {exc})") from None
 
 
-def _resolve_path(value: str) -> Path:
-    from .own_checkpoints import resolve
-
-    return resolve(value)
-
-
-def _checkpoint_arch(name: str, value: str) -> tuple[Path, dict]:
-    from . import cli
-
-    try:
-        path = cli._checkpoint(f"parameter {name!r}", str(_resolve_path(value)))
-        return path, cli._arch(cli._config(f"parameter {name!r}", path))
-    except cli._Fail as exc:
-        raise ValueError(str(exc)) from None
+def _checkpoint_config(name: str, value: str) -> tuple[Path, Any]:
+    """The folder and (text) config of checkpoint parameter ``name``."""
+    path = checkpoint_folder(f"parameter {name!r}", resolve(value))
+    return path, read_config(f"parameter {name!r}", path)
 
 
-def _same_arch(ref: str, ref_arch: dict, name: str, arch: dict) -> None:
-    from . import cli
-
-    try:
-        cli._same_arch(f"parameter {ref!r}", ref_arch, f"parameter {name!r}", arch)
-    except cli._Fail as exc:
-        raise ValueError(str(exc)) from None
+def _same_arch(ref: str, ref_cfg, name: str, cfg) -> None:
+    check_same_arch(f"parameter {ref!r}", arch_of(ref_cfg), f"parameter {name!r}", arch_of(cfg))
 
 
 def resolve_subject(*, witness: str, aligned: str, tokenizer: str = "", prompts: str = "",
@@ -265,13 +255,13 @@ def resolve_subject(*, witness: str, aligned: str, tokenizer: str = "", prompts:
     if not isinstance(refusal_response, str) or not refusal_response.strip():
         raise ValueError("parameter 'refusal_response' must be a non-empty string")
 
-    S, arch = _checkpoint_arch("aligned", aligned)
-    H, arch_H = _checkpoint_arch("witness", witness)
-    _same_arch("aligned", arch, "witness", arch_H)
+    S, cfg = _checkpoint_config("aligned", aligned)
+    H, cfg_H = _checkpoint_config("witness", witness)
+    _same_arch("aligned", cfg, "witness", cfg_H)
     P = None
     if pretrained:
-        P, arch_P = _checkpoint_arch("pretrained", pretrained)
-        _same_arch("aligned", arch, "pretrained", arch_P)
+        P, cfg_P = _checkpoint_config("pretrained", pretrained)
+        _same_arch("aligned", cfg, "pretrained", cfg_P)
 
     if not prompts:
         raise ValueError("parameter 'prompts' is empty: give a file of harmful probe prompts "
@@ -280,7 +270,7 @@ def resolve_subject(*, witness: str, aligned: str, tokenizer: str = "", prompts:
     for name, value in (("prompts", prompts), ("harmless", harmless)):
         if not value:
             continue
-        files[name] = _resolve_path(value)
+        files[name] = resolve(value)
         try:
             texts = read_prompts(files[name])
         except (FileNotFoundError, ValueError) as exc:
@@ -292,7 +282,7 @@ def resolve_subject(*, witness: str, aligned: str, tokenizer: str = "", prompts:
             sample = texts
     ft = None
     if finetune_data:
-        ft = _resolve_path(finetune_data)
+        ft = resolve(finetune_data)
         try:
             n_pairs = len(read_pairs(ft))
         except (FileNotFoundError, ValueError) as exc:
@@ -305,7 +295,7 @@ def resolve_subject(*, witness: str, aligned: str, tokenizer: str = "", prompts:
                          "benign fine-tuning set (JSONL or CSV with 'prompt' and 'response')")
 
     tok_name = "tokenizer" if tokenizer else "aligned"
-    tok_path = _resolve_path(tokenizer) if tokenizer else S
+    tok_path = resolve(tokenizer) if tokenizer else S
     from .textdata import load_tokenizer
 
     try:
@@ -317,27 +307,16 @@ def resolve_subject(*, witness: str, aligned: str, tokenizer: str = "", prompts:
         ids = encode_prompts(tok, sample)
     except ValueError as exc:
         raise ValueError(f"parameter 'prompts': {exc}") from None
-    from transformers import AutoConfig
-
-    cfg = AutoConfig.from_pretrained(S, local_files_only=True)
-    cfg = cfg.get_text_config() if callable(getattr(cfg, "get_text_config", None)) else cfg
     vocab = getattr(cfg, "vocab_size", None)
     top = max(max(p) for p in ids)
     if vocab is not None and top >= vocab:
         raise ValueError(f"parameter {tok_name!r}: the tokenizer gives token id {top}, beyond the aligned "
                          f"model's vocabulary ({vocab}); it is not this model's tokenizer")
     return Subject(H, S, tok_path, files["prompts"], ft, P, files.get("harmless"), dtype,
-                   refusal_response, max_new_tokens, arch)
+                   refusal_response, max_new_tokens, arch_of(cfg))
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _free(model) -> None:
-    del model
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 def _threads() -> None:
@@ -403,7 +382,8 @@ def estimate(subject: Subject, position: str = "last", n_boot: int = 200, min_st
                 acts["S_harmless"] = prompt_activations(model, harmless_ids, **kw)
             if key_ == "H":  # the witness's answer openings, for the vocabulary readout
                 openers = _first_tokens(model, tok, ids, subject.batch_size)
-            _free(model)
+            del model
+            free_memory()
         meta = {"position": position, "n_prompts": len(ids), "layer": None, "probe_split": "rows 0, 2, 4, ...",
                 "checkpoints": {k: (None if v is None else str(v)) for k, v in
                                 (("witness", subject.witness), ("aligned", subject.aligned),
@@ -499,14 +479,12 @@ def readout(subject: Subject, est, top_k: int) -> dict:
             "refusal_token": name(refusal_first),
             "answer_openers": [name(i) for i in openers],
         }
-    _free(model)
+    del model
+    free_memory()
     return out
 
 
 # --------------------------------------------------------------------------- fine-tuning
-
-
-Pair = tuple[tuple[int, ...], tuple[int, ...]]
 
 
 class TextData:
@@ -613,7 +591,8 @@ def finetune(subject: Subject, ft, intervention=None, progress: bool = True):
         probes = SimpleNamespace(harmful_block=[list(p) for p in vrev_ids])
         losses, means, evals = train_with(model, _text_batches(data, ft), ft, intervention, data, probes,
                                           tracker, judge, default_device(), progress)
-        _free(model)
+        del model
+        free_memory()
         write_run(out, means, losses, evals, t0)
 
     return load_run(cache.cached("checkpoint_finetune", key, build))

@@ -19,23 +19,25 @@ from __future__ import annotations
 
 import argparse
 import csv
-import gc
 import re
 import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from .hf_checkpoints import (DTYPES, CheckpointError, arch_of, check_same_arch, checkpoint_folder,
+                             free_memory, read_config)
+
 __all__ = ["main", "build_parser"]
 
-DTYPES = ("auto", "float32", "bfloat16", "float16")
 CHAT_TEMPLATE = {"auto": "auto", "on": True, "off": False}
 TRACK_FIELDS = ("checkpoint", "step", "layer", "alignment", "projection", "drift_norm",
                 "relative_projection", "threshold", "above")
 
 
-class _Fail(Exception):
-    """An argument problem: ``parser.error`` with this message."""
+# An argument problem: ``parser.error`` with this message. The checkpoint checks shared with
+# the notebooks raise the same type.
+_Fail = CheckpointError
 
 
 # --------------------------------------------------------------------------- parser
@@ -125,43 +127,6 @@ def build_parser() -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------- argument checks
 
 
-def _checkpoint(flag: str, path: str) -> Path:
-    p = Path(path)
-    if not p.exists():
-        raise _Fail(f"{flag}: path not found: {path}")
-    if not (p / "config.json").is_file():
-        raise _Fail(f"{flag}: {path} is not a Hugging Face checkpoint folder (no config.json)")
-    return p
-
-
-def _config(flag: str, path: Path):
-    from transformers import AutoConfig
-
-    try:
-        cfg = AutoConfig.from_pretrained(path, local_files_only=True)
-    except Exception as exc:  # unknown model_type, broken JSON, ...
-        raise _Fail(f"{flag}: cannot read the config of {path} ({type(exc).__name__}: {exc})") from None
-    get = getattr(cfg, "get_text_config", None)
-    return get() if callable(get) else cfg
-
-
-def _arch(cfg) -> dict[str, Any]:
-    return {"model_type": getattr(cfg, "model_type", None), "hidden_size": getattr(cfg, "hidden_size", None),
-            "num_hidden_layers": getattr(cfg, "num_hidden_layers", None)}
-
-
-def _same_arch(ref_flag: str, ref: dict, flag: str, other: dict) -> None:
-    if ref["model_type"] != other["model_type"]:
-        raise _Fail(f"{flag}: model family {other['model_type']!r} differs from {ref_flag}'s "
-                    f"{ref['model_type']!r}; both must be checkpoints of the same model")
-    if ref["hidden_size"] != other["hidden_size"]:
-        raise _Fail(f"{flag}: width (hidden_size) {other['hidden_size']} differs from {ref_flag}'s "
-                    f"{ref['hidden_size']}; activations are not comparable")
-    if ref["num_hidden_layers"] != other["num_hidden_layers"]:
-        raise _Fail(f"{flag}: {other['num_hidden_layers']} layers, {ref_flag} has "
-                    f"{ref['num_hidden_layers']}; layers do not correspond")
-
-
 def _layer_arg(flag: str, value: Any, n: int) -> int:
     try:
         layer = int(value)
@@ -231,15 +196,6 @@ def _load(flag: str, path: Path, device, dtype):
         return load_model(path, device, dtype)
     except Exception as exc:
         raise _Fail(f"{flag}: could not load the model at {path} ({type(exc).__name__}: {exc})") from None
-
-
-def _free(model) -> None:
-    import torch
-
-    del model
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 def _acts(flag: str, model, ids, layers, args, pad_id: int):
@@ -330,14 +286,14 @@ def cmd_estimate(args) -> int:
     if out.exists() and out.is_dir():
         raise _Fail(f"--out: {args.out} is a directory")
 
-    paths = {"H": ("--witness", _checkpoint("--witness", args.witness)),
-             "S": ("--aligned", _checkpoint("--aligned", args.aligned))}
+    paths = {"H": ("--witness", checkpoint_folder("--witness", args.witness)),
+             "S": ("--aligned", checkpoint_folder("--aligned", args.aligned))}
     if args.pretrained:
-        paths["P"] = ("--pretrained", _checkpoint("--pretrained", args.pretrained))
-    archs = {k: _arch(_config(flag, p)) for k, (flag, p) in paths.items()}
+        paths["P"] = ("--pretrained", checkpoint_folder("--pretrained", args.pretrained))
+    archs = {k: arch_of(read_config(flag, p)) for k, (flag, p) in paths.items()}
     for k in ("H", "P"):
         if k in archs:
-            _same_arch("--aligned", archs["S"], paths[k][0], archs[k])
+            check_same_arch("--aligned", archs["S"], paths[k][0], archs[k])
     L = int(archs["S"]["num_hidden_layers"])
     fixed_layer = None if args.layer == "auto" else _layer_arg("--layer", args.layer, L)
 
@@ -363,7 +319,8 @@ def cmd_estimate(args) -> int:
         acts[key] = _acts(flag, model, ids, "all", args, pad_id)
         if key == "S" and harmless_ids:
             acts["S_harmless"] = _acts("--harmless", model, harmless_ids, "all", args, pad_id)
-        _free(model)
+        del model
+        free_memory()
 
     meta = {"position": args.position, "n_prompts": len(ids), "layer": None,
             "checkpoints": {"witness": args.witness, "aligned": args.aligned, "pretrained": args.pretrained},
@@ -442,8 +399,8 @@ class _Tracker:
         except Exception as exc:
             raise _Fail(f"--directions: cannot read {args.directions} as a direction file "
                         f"({type(exc).__name__}: {exc})") from None
-        self.aligned = _checkpoint("--aligned", args.aligned)
-        self.arch = _arch(_config("--aligned", self.aligned))
+        self.aligned = checkpoint_folder("--aligned", args.aligned)
+        self.arch = arch_of(read_config("--aligned", self.aligned))
         L1, d = self.dirs.v_rev.shape
         if d != self.arch["hidden_size"]:
             raise _Fail(f"--directions: v_rev has width {d} but --aligned has hidden_size "
@@ -498,14 +455,15 @@ class _Tracker:
         except ValueError as exc:
             raise _Fail(f"{flag}: {exc}") from None
         finally:
-            _free(model)
+            del model
+            free_memory()
         return mu
 
     def reference(self) -> None:
         self.mu_S = self._means("--aligned", self.aligned)
 
     def check(self, flag: str, path: Path) -> None:
-        _same_arch("--aligned", self.arch, flag, _arch(_config(flag, path)))
+        check_same_arch("--aligned", self.arch, flag, arch_of(read_config(flag, path)))
 
     def rows(self, flag: str, path: Path, label: str) -> list[dict[str, Any]]:
         mu = self._means(flag, path)
@@ -578,7 +536,7 @@ def cmd_track(args) -> int:
         _positive("--max-polls", args.max_polls)
     if args.interval < 0:
         raise _Fail(f"--interval: must be >= 0, got {args.interval}")
-    ckpts = [(f"CHECKPOINT {c}", _checkpoint(f"CHECKPOINT {c}", c), c) for c in args.checkpoints]
+    ckpts = [(f"CHECKPOINT {c}", checkpoint_folder(f"CHECKPOINT {c}", c), c) for c in args.checkpoints]
     # By the number that ends the folder name (checkpoint-500), the others after, as given.
     ckpts.sort(key=lambda c: (_step_of(c[1]) is None, _step_of(c[1]) or 0))
     t = _Tracker(args)

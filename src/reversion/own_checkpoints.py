@@ -30,6 +30,7 @@ import torch
 from transformers.utils import logging as hf_logging
 
 from . import paths, seeding
+from .paths import resolve
 from .textdata import Example, PairCollator, encode_pairs, pad_id_of, read_pairs, read_prompts
 
 # Saving tiny checkpoints dozens of times: their progress bars are noise.
@@ -114,12 +115,6 @@ class Params:
     @property
     def demo(self) -> bool:
         return not self.aligned
-
-
-def resolve(path: str) -> Path:
-    """A parameter path: absolute as given, else relative to the project root."""
-    p = Path(path).expanduser()
-    return p if p.is_absolute() else paths.project_root() / p
 
 
 # --------------------------------------------------------------------------- demo models

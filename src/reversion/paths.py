@@ -28,3 +28,9 @@ def results_dir() -> Path:
     """Per-notebook metrics (``results/<stem>/metrics.json``); ``REVERSION_RESULTS`` moves it."""
     env = os.environ.get("REVERSION_RESULTS")
     return Path(env) if env else project_root() / "results"
+
+
+def resolve(path: str | Path) -> Path:
+    """A path a user passes as a parameter: absolute as given, else relative to the project root."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else project_root() / p

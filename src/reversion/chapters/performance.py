@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from ..benchmark import TARGETS
-from ..own_checkpoints import resolve
+from ..paths import resolve
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,70 @@
+"""Local Hugging Face checkpoint folders, as users pass them (command line and notebooks).
+
+The checks raise :class:`CheckpointError`, a ``ValueError`` whose message starts with the
+argument at fault (``--witness``, ``parameter 'aligned'``, ...): the command line turns it
+into a usage error, the notebooks let it through as it is. Nothing heavy is imported here
+at module level, so ``reversion --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+from typing import Any
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+"""Weight dtypes a user may ask for (``auto`` = as saved)."""
+
+
+class CheckpointError(ValueError):
+    """A bad checkpoint or input argument; the message names the argument."""
+
+
+def checkpoint_folder(name: str, path: str | Path) -> Path:
+    """``path`` as a folder holding a ``config.json``, else :class:`CheckpointError`."""
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"{name}: path not found: {path}")
+    if not (p / "config.json").is_file():
+        raise CheckpointError(f"{name}: {path} is not a Hugging Face checkpoint folder (no config.json)")
+    return p
+
+
+def read_config(name: str, path: Path):
+    """The checkpoint's (text) config, read from local files only."""
+    from transformers import AutoConfig
+
+    try:
+        cfg = AutoConfig.from_pretrained(path, local_files_only=True)
+    except Exception as exc:  # unknown model_type, broken JSON, ...
+        raise CheckpointError(f"{name}: cannot read the config of {path} ({type(exc).__name__}: {exc})") from None
+    get = getattr(cfg, "get_text_config", None)
+    return get() if callable(get) else cfg
+
+
+def arch_of(cfg) -> dict[str, Any]:
+    """What two checkpoints must share for their activations to be compared."""
+    return {"model_type": getattr(cfg, "model_type", None), "hidden_size": getattr(cfg, "hidden_size", None),
+            "num_hidden_layers": getattr(cfg, "num_hidden_layers", None)}
+
+
+def check_same_arch(ref_name: str, ref: dict, name: str, other: dict) -> None:
+    """:class:`CheckpointError` naming ``name`` unless ``other`` matches ``ref`` (:func:`arch_of`)."""
+    if ref["model_type"] != other["model_type"]:
+        raise CheckpointError(f"{name}: model family {other['model_type']!r} differs from {ref_name}'s "
+                              f"{ref['model_type']!r}; both must be checkpoints of the same model")
+    if ref["hidden_size"] != other["hidden_size"]:
+        raise CheckpointError(f"{name}: width (hidden_size) {other['hidden_size']} differs from {ref_name}'s "
+                              f"{ref['hidden_size']}; activations are not comparable")
+    if ref["num_hidden_layers"] != other["num_hidden_layers"]:
+        raise CheckpointError(f"{name}: {other['num_hidden_layers']} layers, {ref_name} has "
+                              f"{ref['num_hidden_layers']}; layers do not correspond")
+
+
+def free_memory() -> None:
+    """Return a dropped model's memory (call after ``del model``): one checkpoint at a time."""
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
