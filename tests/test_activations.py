@@ -9,12 +9,8 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-from reversion.activations import (
-    check_compatible,
-    check_same_width,
-    mean_activations,
-    prompt_activations,
-    resolve_layers,
+from reversion.core.activations import (
+    check_compatible, check_same_width, mean_activations, prompt_activations, resolve_layers,
 )
 
 VOCAB = 50

@@ -50,9 +50,10 @@ import pytest
 import torch
 import yaml
 
-from reversion import nb, stats
+from reversion.book import nb
+from reversion.core import stats
 from reversion.cli import main
-from reversion.geometry import Directions, alignment, estimate_directions, unit_rows
+from reversion.core.directions import Directions, alignment, estimate_directions, unit_rows
 from tiny_models import LAYERS, tiny  # noqa: F401  (the fixture, requested lazily)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -141,8 +142,8 @@ def chapter(stem: str, **changes) -> Callable[[Ctx], Any]:
 
 def finetune_with(**changes) -> Callable[[Ctx], Any]:
     def attempt(ctx: Ctx):
-        from reversion.finetune import finetune
-        from reversion.worlds import make_world
+        from reversion.stages.finetune import finetune
+        from reversion.subjects.organism.worlds import make_world
 
         world = make_world("smoke")
         return finetune(world.history, world.finetune_config(0, **changes), progress=False)
@@ -151,29 +152,29 @@ def finetune_with(**changes) -> Callable[[Ctx], Any]:
 
 def history_with(overrides: dict) -> Callable[[Ctx], Any]:
     def attempt(ctx: Ctx):
-        from reversion.history import train_history
-        from reversion.worlds import make_world
+        from reversion.subjects.organism.history import train_history
+        from reversion.subjects.organism.worlds import make_world
 
         return train_history(make_world("smoke", overrides).history, progress=False)
     return attempt
 
 
 def tiny_model(ctx: Ctx, family: str = "gpt2", which: str = "aligned"):
-    from reversion.model import load_model
+    from reversion.core.models import load_model
 
     return load_model(getattr(getattr(ctx.tiny, family), which), "cpu")
 
 
 def tiny_ids(ctx: Ctx) -> list[list[int]]:
-    from reversion.textdata import encode_prompts, load_tokenizer, read_prompts
+    from reversion.subjects.checkpoints.textdata import encode_prompts, load_tokenizer, read_prompts
 
     return encode_prompts(load_tokenizer(ctx.tiny.tokenizer), read_prompts(ctx.tiny.harmful))
 
 
 def acts_with_nan(ctx: Ctx):
     """A model whose first block emits NaN: its activations are refused at that layer."""
-    from reversion.activations import prompt_activations
-    from reversion.hooks import get_blocks
+    from reversion.core.activations import prompt_activations
+    from reversion.core.hooks import get_blocks
 
     model = tiny_model(ctx)
     with torch.no_grad():
@@ -182,13 +183,13 @@ def acts_with_nan(ctx: Ctx):
 
 
 def acts_layer_out_of_range(ctx: Ctx):
-    from reversion.activations import prompt_activations
+    from reversion.core.activations import prompt_activations
 
     return prompt_activations(tiny_model(ctx), tiny_ids(ctx), [1, LAYERS + 1])
 
 
 def acts_no_prompts(ctx: Ctx):
-    from reversion.activations import mean_activations
+    from reversion.core.activations import mean_activations
 
     return mean_activations(tiny_model(ctx), [], "all")
 

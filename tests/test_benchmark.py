@@ -10,7 +10,7 @@ import time
 import pytest
 
 from reversion import benchmark
-from reversion.chapters import performance
+from reversion.book.chapters import performance
 
 
 def test_interleaved_medians_recover_known_durations():
@@ -53,7 +53,7 @@ def _chapter02(folder, world: str, layer: int, subject: bool = False, overrides:
 
 
 def test_chosen_layer_is_chapter_02s_only_for_the_same_world(tmp_path, monkeypatch):
-    from reversion.worlds import make_world
+    from reversion.subjects.organism.worlds import make_world
 
     monkeypatch.setenv("REVERSION_RESULTS", str(tmp_path))
     default, smoke = make_world("default"), make_world("smoke")

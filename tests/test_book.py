@@ -13,7 +13,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from reversion import book
+from reversion.book import build as book
 
 ROOT = Path(__file__).resolve().parents[1]
 

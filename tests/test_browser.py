@@ -275,7 +275,7 @@ def built_book(tmp_path_factory):
     strict build's error (if any) is kept for :func:`test_book_builds_strictly`, as
     ``--keep-going`` still writes every page for the browser checks.
     """
-    from reversion import book
+    from reversion.book import build as book
 
     base = tmp_path_factory.mktemp("browser-book")
     root = base / "tree"

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from reversion import cache
-from reversion.provenance import code_hash
+from reversion.infra import cache
+from reversion.infra.provenance import code_hash
 
 
 @pytest.fixture

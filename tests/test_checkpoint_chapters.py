@@ -19,12 +19,12 @@ import numpy as np
 import pytest
 import torch
 
-from reversion import checkpoint_subject as cs
-from reversion import own_checkpoints as oc
-from reversion.config import FinetuneConfig
-from reversion.geometry import alignment
-from reversion.hooks import get_blocks
-from reversion.interventions import AlignmentMix, Block, Projection, Push, Rehearsal
+from reversion.subjects.checkpoints import demo as demo_models
+from reversion.subjects.checkpoints import subject as cs
+from reversion.subjects.organism.config import FinetuneConfig
+from reversion.core.directions import alignment
+from reversion.core.hooks import get_blocks
+from reversion.core.interventions import AlignmentMix, Block, Projection, Push, Rehearsal
 
 from tiny_models import EXAMPLES, make_model, make_tokenizer, save, tiny, write_jsonl  # noqa: F401
 
@@ -43,7 +43,7 @@ def _isolated(tmp_path_factory, monkeypatch):
 @pytest.fixture(scope="session")
 def demo(tmp_path_factory) -> dict[str, Path]:
     """The tiny demo history of chapter 07 (Llama): pretrained, witness, aligned, tokenizer."""
-    return oc.build_demo(tmp_path_factory.mktemp("demo"), "llama", seed=0, steps=30)
+    return demo_models.build_demo(tmp_path_factory.mktemp("demo"), "llama", seed=0, steps=30)
 
 
 def subject_of(demo, **kw):
@@ -107,7 +107,7 @@ def test_not_a_checkpoint_folder(tiny, tmp_path):
 
 
 def test_wrong_tokenizer_is_caught(tiny, tmp_path):
-    big = oc.build_tokenizer(["a b c"] * 3 + [f"word{i} " * 3 for i in range(2000)], tmp_path / "big",
+    big = demo_models.build_tokenizer(["a b c"] * 3 + [f"word{i} " * 3 for i in range(2000)], tmp_path / "big",
                              vocab_size=4000)
     assert len(big) > 400
     with pytest.raises(ValueError, match="parameter 'tokenizer': .* beyond the aligned model's vocabulary"):
@@ -134,8 +134,8 @@ def test_record_and_identity(demo, tmp_path):
 
 
 def test_organism_parameters_record_no_checkpoint_fields(demo):
-    from reversion.chapters import alignment as ch03
-    from reversion.chapters.common import SUBJECT_FIELDS
+    from reversion.book.chapters import alignment as ch03
+    from reversion.book.chapters.common import SUBJECT_FIELDS
 
     P = ch03.Params(world="smoke", world_overrides={}, n_seeds=2, n_probe=16, position="last")
     assert P.subject() is None
@@ -220,7 +220,7 @@ def test_finetune_run_shapes_and_evals(demo):
     assert 0 <= e["harmfulness"] <= e["non_refusal"] <= 1
     assert e["task_loss"][cs.TEXT_TASK] > 0
     # Step 0 is theta_S: the drift half's mean activations of the aligned model.
-    from reversion.activations import mean_activations
+    from reversion.core.activations import mean_activations
 
     tok = s.load_tokenizer()
     mu = mean_activations(s.load("aligned"), cs._encode(tok, s.prompt_texts()["drift"]), "all",
@@ -299,7 +299,7 @@ def execute(stem: str, params: dict, tmp: Path) -> dict:
     out = tmp / f"{stem}.ipynb"
     pm.execute_notebook(str(ROOT / "notebooks" / f"{stem}.ipynb"), str(out), parameters=params,
                         kernel_name="python3", cwd=str(tmp), progress_bar=False, log_output=False)
-    from reversion.results import read_metrics
+    from reversion.infra.results import read_metrics
 
     return read_metrics(stem)
 
@@ -353,7 +353,7 @@ def test_chapter_runs_on_checkpoints(chapter_runs, demo, stem):
 
 @pytest.mark.notebooks
 def test_claims_refuse_to_mix_subjects(chapter_runs):
-    from reversion.chapters.claims import check_consistent
+    from reversion.book.chapters.claims import check_consistent
 
     docs = {k: chapter_runs["docs"][s] for k, s in zip(("02", "03", "04", "05"), CHAPTERS)}
     check_consistent(docs)  # one subject throughout: fine
@@ -376,7 +376,7 @@ def test_bad_checkpoint_parameter_fails_before_any_work(demo, tmp_path, monkeypa
 
 
 def test_checkpoint_identity_covers_tokenizer_and_template_files(tmp_path):
-    from reversion.checkpoint_subject import checkpoint_identity
+    from reversion.subjects.checkpoints.subject import checkpoint_identity
 
     (tmp_path / "config.json").write_text("{}")
     (tmp_path / "model.safetensors").write_bytes(b"w" * 10)

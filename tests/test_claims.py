@@ -24,18 +24,18 @@ import pandas as pd
 import pytest
 import torch
 
-from reversion import stats
-from reversion.chapters import alignment as ch03
-from reversion.chapters import claims
-from reversion.chapters import interventions as ch05
-from reversion.chapters import null_test as ch04
-from reversion.chapters import vrev_estimation as ch02
-from reversion.chapters.claims import NOT, PARTLY, REPRODUCED
-from reversion.finetune import FinetuneRun
-from reversion.geometry import Directions
-from reversion.results import _clean, write_metrics
-from reversion.vrev import VRevEstimate, summary
-from reversion.worlds import make_world
+from reversion.core import stats
+from reversion.book.chapters import alignment as ch03
+from reversion.book.chapters import claims
+from reversion.book.chapters import interventions as ch05
+from reversion.book.chapters import null_test as ch04
+from reversion.book.chapters import vrev_estimation as ch02
+from reversion.book.chapters.claims import NOT, PARTLY, REPRODUCED
+from reversion.stages.finetune import FinetuneRun
+from reversion.core.directions import Directions
+from reversion.infra.results import _clean, write_metrics
+from reversion.stages.estimate import VRevEstimate, summary
+from reversion.subjects.organism.worlds import make_world
 
 T, LAYER, N_SEEDS, WIDTH, H_S = 20, 1, 3, 64, 0.10
 ROW_IDS = ["V1-a", "V1-b", "V1-c", "V1-d", "V1-e", "V1-f", "V2-a", "V2-b", "V2-c", "V2-d", "V2-e",

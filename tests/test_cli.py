@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from reversion.cli import main
-from reversion.geometry import Directions, estimate_directions
-from reversion.model import load_model
-from reversion.textdata import encode_prompts, load_tokenizer, pad_id_of, read_prompts
+from reversion.core.directions import Directions, estimate_directions
+from reversion.core.models import load_model
+from reversion.subjects.checkpoints.textdata import encode_prompts, load_tokenizer, pad_id_of, read_prompts
 from tiny_models import LAYERS, tiny  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]

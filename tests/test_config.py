@@ -6,9 +6,10 @@ import dataclasses
 
 import pytest
 
-from reversion.config import (TASKS, FinetuneConfig, HistoryConfig, LanguageConfig, ModelConfig,
-                              PhaseConfig, to_dict)
-from reversion.worlds import WORLDS, World, make_world
+from reversion.subjects.organism.config import (
+    TASKS, FinetuneConfig, HistoryConfig, LanguageConfig, ModelConfig, PhaseConfig, to_dict,
+)
+from reversion.subjects.organism.worlds import WORLDS, World, make_world
 
 NAN, INF = float("nan"), float("inf")
 

@@ -30,17 +30,12 @@ from transformers import (
     LlamaForCausalLM,
 )
 
-from reversion import vrev as vrev_mod
-from reversion.activations import prompt_activations
-from reversion.geometry import (
-    Directions,
-    alignment,
-    estimate_directions,
-    logit_lens,
-    select_layer,
-    unit_rows,
+from reversion.stages import estimate as vrev_mod
+from reversion.core.activations import prompt_activations
+from reversion.core.directions import (
+    Directions, alignment, estimate_directions, logit_lens, select_layer, unit_rows,
 )
-from reversion.runtime import set_cpu_threads
+from reversion.infra.runtime import set_cpu_threads
 
 VOCAB, D, L = 40, 32, 3
 
@@ -446,7 +441,7 @@ def test_a_direction_along_one_tokens_unembedding_reads_out_that_token(family):
 
 @pytest.fixture
 def smoke_history():
-    from reversion.worlds import make_world
+    from reversion.subjects.organism.worlds import make_world
 
     return make_world("smoke").history
 

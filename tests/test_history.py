@@ -19,16 +19,18 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from reversion import history as history_mod
-from reversion import finetune as finetune_mod
-from reversion.activations import mean_activations
-from reversion.config import HistoryConfig, LanguageConfig, to_dict
-from reversion.finetune import finetune, load_run
-from reversion.history import CHECKPOINT, PHASES, _stage_config, phase_checkpoint, train_history
-from reversion.language import PAD, Language
-from reversion.model import load_model
-from reversion.probes import ProbeSets
-from reversion.worlds import make_world
+from reversion.subjects.organism import history as history_mod
+from reversion.stages import finetune as finetune_mod
+from reversion.core.activations import mean_activations
+from reversion.subjects.organism.config import HistoryConfig, LanguageConfig, to_dict
+from reversion.stages.finetune import finetune, load_run
+from reversion.subjects.organism.history import (
+    CHECKPOINT, PHASES, _stage_config, phase_checkpoint, train_history,
+)
+from reversion.subjects.organism.language import PAD, Language
+from reversion.core.models import load_model
+from reversion.subjects.organism.prompts import ProbeSets
+from reversion.subjects.organism.worlds import make_world
 
 RATES = ("harmfulness", "non_refusal", "exact_match")
 

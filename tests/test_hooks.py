@@ -10,14 +10,9 @@ import transformers
 from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-from reversion.activations import prompt_activations
-from reversion.hooks import (
-    add_hooks,
-    block_output_tensor,
-    edit_block_output,
-    get_blocks,
-    hidden_size,
-    make_output_edit_hook,
+from reversion.core.activations import prompt_activations
+from reversion.core.hooks import (
+    add_hooks, block_output_tensor, edit_block_output, get_blocks, hidden_size, make_output_edit_hook,
     n_layers,
 )
 

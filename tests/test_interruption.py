@@ -51,7 +51,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from reversion import cache, provenance
+from reversion.infra import cache, provenance
 
 ROOT = Path(__file__).resolve().parents[1]
 STEM = "03_alignment"
@@ -302,9 +302,9 @@ def load(stage: str, entry: Path) -> None:
     """Read an entry the way the package reads it."""
     from safetensors.torch import load_file
 
-    from reversion.finetune import load_run
-    from reversion.geometry import Directions
-    from reversion.model import load_model
+    from reversion.stages.finetune import load_run
+    from reversion.core.directions import Directions
+    from reversion.core.models import load_model
 
     assert json.loads((entry / "config.json").read_text())["stage"] == stage
     if stage.startswith("history-"):

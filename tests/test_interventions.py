@@ -22,25 +22,18 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from reversion.activations import mean_activations
-from reversion.chapters import interventions as ch05
-from reversion.data import collate
-from reversion.finetune import FinetuneRun, benign_batches, finetune
-from reversion.history import train_history
-from reversion.hooks import get_blocks
-from reversion.interventions import (
-    AlignmentMix,
-    Block,
-    Projection,
-    Push,
-    Rehearsal,
-    all_block_layers,
-)
-from reversion.language import BOS, EOS, PAD, SEP, Language, apply_task
-from reversion.probes import ProbeSets
-from reversion.runtime import set_cpu_threads
-from reversion.vrev import estimate_vrev
-from reversion.worlds import make_world
+from reversion.core.activations import mean_activations
+from reversion.book.chapters import interventions as ch05
+from reversion.core.batches import collate
+from reversion.stages.finetune import FinetuneRun, benign_batches, finetune
+from reversion.subjects.organism.history import train_history
+from reversion.core.hooks import get_blocks
+from reversion.core.interventions import AlignmentMix, Block, Projection, Push, Rehearsal, all_block_layers
+from reversion.subjects.organism.language import BOS, EOS, PAD, SEP, Language, apply_task
+from reversion.subjects.organism.prompts import ProbeSets
+from reversion.infra.runtime import set_cpu_threads
+from reversion.stages.estimate import estimate_vrev
+from reversion.subjects.organism.worlds import make_world
 
 STRONG = 3.0
 

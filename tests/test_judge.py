@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from reversion.config import LanguageConfig
-from reversion.judge import CLASSES, classify, exact_match, harmful_content, judge
-from reversion.language import EOS, Language
+from reversion.subjects.organism.config import LanguageConfig
+from reversion.subjects.organism.judge import CLASSES, classify, exact_match, harmful_content, judge
+from reversion.subjects.organism.language import EOS, Language
 
 
 @pytest.fixture(scope="module")

@@ -5,16 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from reversion.judges import (
-    DEFAULT_REFUSAL_PHRASES,
-    Judge,
-    RefusalPhraseJudge,
-    generate_continuations,
-    harmfulness,
-    heldout_loss,
+from reversion.subjects.checkpoints.refusal_judge import (
+    DEFAULT_REFUSAL_PHRASES, Judge, RefusalPhraseJudge, generate_continuations, harmfulness, heldout_loss,
 )
-from reversion.model import load_model
-from reversion.textdata import encode_pairs, encode_prompts, load_tokenizer, pad_id_of, read_pairs, read_prompts
+from reversion.core.models import load_model
+from reversion.subjects.checkpoints.textdata import (
+    encode_pairs, encode_prompts, load_tokenizer, pad_id_of, read_pairs, read_prompts,
+)
 from tiny_models import tiny  # noqa: F401
 
 

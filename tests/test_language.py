@@ -8,9 +8,10 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from reversion.config import TASKS, LanguageConfig
-from reversion.language import (BOS, EOS, PAD, REFUSAL_WORDS, SEP, SPLITS, Language, Request,
-                                apply_task)
+from reversion.subjects.organism.config import TASKS, LanguageConfig
+from reversion.subjects.organism.language import (
+    BOS, EOS, PAD, REFUSAL_WORDS, SEP, SPLITS, Language, Request, apply_task,
+)
 
 
 def binomial_ok(count: int, n: int, p: float, z: float = 4.0) -> bool:

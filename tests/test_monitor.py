@@ -11,20 +11,16 @@ import pytest
 import torch
 from transformers import Trainer, TrainingArguments
 
-from reversion import stats
-from reversion.activations import mean_activations
+from reversion.core import stats
+from reversion.core.activations import mean_activations
 from reversion.cli import main
-from reversion.geometry import Directions, alignment
-from reversion.model import load_model
-from reversion.monitor import BlockTrainer, ReversionMonitor, ReversionWarning, block_term, reference_mean
-from reversion.textdata import (
-    PairCollator,
-    encode_pairs,
-    encode_prompts,
-    load_tokenizer,
-    pad_id_of,
-    read_pairs,
-    read_prompts,
+from reversion.core.directions import Directions, alignment
+from reversion.core.models import load_model
+from reversion.subjects.checkpoints.monitor import (
+    BlockTrainer, ReversionMonitor, ReversionWarning, block_term, reference_mean,
+)
+from reversion.subjects.checkpoints.textdata import (
+    PairCollator, encode_pairs, encode_prompts, load_tokenizer, pad_id_of, read_pairs, read_prompts,
 )
 from tiny_models import EXAMPLES, planted_pair, tiny  # noqa: F401
 

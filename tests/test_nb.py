@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from reversion.nb import collect
+from reversion.book.nb import collect
 
 
 @dataclass(frozen=True)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from reversion import parallel
-from reversion.finetune import finetune_many
-from reversion.worlds import make_world
+from reversion.infra import parallel
+from reversion.stages.finetune import finetune_many
+from reversion.subjects.organism.worlds import make_world
 
 
 def _runs(monkeypatch, tmp, workers: str):

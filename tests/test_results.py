@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from reversion import results
-from reversion.provenance import code_hash
+from reversion.infra import results
+from reversion.infra.provenance import code_hash
 
 
 @pytest.fixture

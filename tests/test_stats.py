@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy import stats as sps
 
-from reversion import stats as S
+from reversion.core import stats as S
 
 
 def rng(seed: int) -> np.random.Generator:

@@ -8,17 +8,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from reversion import own_checkpoints as oc
-from reversion.textdata import (
-    IGNORE_INDEX,
-    PairCollator,
-    encode_pairs,
-    encode_prompts,
-    has_chat_template,
-    load_tokenizer,
-    pad_id_of,
-    read_pairs,
-    read_prompts,
+from reversion.subjects.checkpoints import demo
+from reversion.subjects.checkpoints.textdata import (
+    IGNORE_INDEX, PairCollator, encode_pairs, encode_prompts, has_chat_template, load_tokenizer, pad_id_of,
+    read_pairs, read_prompts,
 )
 from tiny_models import tiny, write_jsonl  # noqa: F401
 
@@ -40,7 +33,7 @@ def test_read_prompts_jsonl_csv_txt_json(tmp_path):
 
 
 def test_example_files_parse():
-    files = oc.example_files()
+    files = demo.example_files()
     assert len(read_prompts(files["harmful"])) == 12
     assert len(read_prompts(files["harmless"])) == 12
     pairs = read_pairs(files["benign"])

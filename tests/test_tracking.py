@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from reversion.activations import mean_activations
-from reversion.config import ModelConfig
-from reversion.model import build_model
-from reversion.tracking import ProbeTracker
+from reversion.core.activations import mean_activations
+from reversion.subjects.organism.config import ModelConfig
+from reversion.subjects.organism.model import build_model
+from reversion.core.tracking import ProbeTracker
 
 from tiny_models import make_model, make_tokenizer
 

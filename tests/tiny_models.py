@@ -20,12 +20,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from reversion import own_checkpoints as oc
-from reversion.runtime import set_cpu_threads
-from reversion.hooks import get_blocks
-from reversion.textdata import read_pairs, read_prompts
+from reversion.subjects.checkpoints import demo
+from reversion.infra.runtime import set_cpu_threads
+from reversion.core.hooks import get_blocks
+from reversion.subjects.checkpoints.textdata import read_pairs, read_prompts
 
-EXAMPLES = oc.example_files()
+EXAMPLES = demo.example_files()
 # Tiny models gain nothing from a second thread (see reversion.runtime).
 set_cpu_threads()
 
@@ -36,17 +36,17 @@ LAYERS = 2
 def corpus() -> list[str]:
     pairs = read_pairs(EXAMPLES["benign"])
     return (read_prompts(EXAMPLES["harmful"]) + read_prompts(EXAMPLES["harmless"])
-            + [t for p in pairs for t in p] + [oc.COMPLY, oc.REFUSE])
+            + [t for p in pairs for t in p] + [demo.COMPLY, demo.REFUSE])
 
 
-def make_tokenizer(folder: Path | None, chat_template: str | None = oc.CHAT_TEMPLATE, vocab_size: int = 400):
-    return oc.build_tokenizer(corpus(), folder, vocab_size=vocab_size, chat_template=chat_template)
+def make_tokenizer(folder: Path | None, chat_template: str | None = demo.CHAT_TEMPLATE, vocab_size: int = 400):
+    return demo.build_tokenizer(corpus(), folder, vocab_size=vocab_size, chat_template=chat_template)
 
 
 def make_model(family: str, tok, hidden: int = HIDDEN, layers: int = LAYERS, seed: int = 0):
-    cfg = oc.tiny_config(family, len(tok), hidden_size=hidden, n_layers=layers, n_heads=4,
+    cfg = demo.tiny_config(family, len(tok), hidden_size=hidden, n_layers=layers, n_heads=4,
                          pad_id=tok.pad_token_id, eos_id=tok.eos_token_id)
-    return oc.new_model(cfg, seed)
+    return demo.new_model(cfg, seed)
 
 
 def perturbed(model, scale: float = 0.2, seed: int = 1):
@@ -130,7 +130,7 @@ def planted_pair(root: Path, family: str = "llama", steps: int = 30, lr: float =
     aligned = make_model(family, tok, seed=seed)
     save(aligned, tok, root / "aligned")
     witness = copy.deepcopy(aligned)
-    oc.train_on_pairs(witness, tok, list(read_pairs(EXAMPLES["benign"])), steps, lr, seed=seed)
+    demo.train_on_pairs(witness, tok, list(read_pairs(EXAMPLES["benign"])), steps, lr, seed=seed)
     save(witness, tok, root / "witness")
     return root / "witness", root / "aligned", tok
 

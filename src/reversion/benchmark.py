@@ -41,18 +41,18 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import paths, seeding
-from .activations import mean_activations
-from .data import collate
-from .finetune import _collated, benign_batches
-from .interventions import Block
-from .language import PAD, Language
-from .model import build_model
-from .parallel import n_workers
-from .probes import ProbeSets
-from .runtime import set_cpu_threads
-from .tracking import ProbeTracker
-from .worlds import World, make_world
+from reversion.infra import paths, seeding
+from reversion.core.activations import mean_activations
+from reversion.core.batches import collate
+from reversion.stages.finetune import _collated, benign_batches
+from reversion.core.interventions import Block
+from reversion.subjects.organism.language import PAD, Language
+from reversion.subjects.organism.model import build_model
+from reversion.infra.parallel import n_workers
+from reversion.subjects.organism.prompts import ProbeSets
+from reversion.infra.runtime import set_cpu_threads
+from reversion.core.tracking import ProbeTracker
+from reversion.subjects.organism.worlds import World, make_world
 
 TARGETS = {
     "tracking_chosen_layer_overhead": 0.05,

@@ -25,8 +25,9 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from .hf_checkpoints import (DTYPES, CheckpointError, arch_of, check_same_arch, checkpoint_folder,
-                             free_memory, read_config)
+from reversion.subjects.checkpoints.files import (
+    DTYPES, CheckpointError, arch_of, check_same_arch, checkpoint_folder, free_memory, read_config,
+)
 
 __all__ = ["main", "build_parser"]
 
@@ -139,7 +140,7 @@ def _layer_arg(flag: str, value: Any, n: int) -> int:
 
 
 def _read_prompts(flag: str, path: str, field: str) -> list[str]:
-    from reversion.textdata import read_prompts
+    from reversion.subjects.checkpoints.textdata import read_prompts
 
     try:
         return read_prompts(path, field)
@@ -148,7 +149,7 @@ def _read_prompts(flag: str, path: str, field: str) -> list[str]:
 
 
 def _tokenizer(args, aligned: Path):
-    from reversion.textdata import load_tokenizer
+    from reversion.subjects.checkpoints.textdata import load_tokenizer
 
     flag, path = ("--tokenizer", args.tokenizer) if args.tokenizer else ("--aligned", str(aligned))
     try:
@@ -159,7 +160,7 @@ def _tokenizer(args, aligned: Path):
 
 
 def _encode(flag: str, tok, texts: list[str], args) -> list[list[int]]:
-    from reversion.textdata import encode_prompts
+    from reversion.subjects.checkpoints.textdata import encode_prompts
 
     try:
         return encode_prompts(tok, texts, CHAT_TEMPLATE[args.chat_template])
@@ -175,7 +176,7 @@ def _positive(flag: str, value: int) -> None:
 def _device_dtype(args):
     import torch
 
-    from reversion.model import default_device
+    from reversion.core.models import default_device
 
     dtype = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16,
              "float16": torch.float16}[args.dtype]
@@ -190,7 +191,7 @@ def _device_dtype(args):
 
 
 def _load(flag: str, path: Path, device, dtype):
-    from reversion.model import load_model
+    from reversion.core.models import load_model
 
     try:
         return load_model(path, device, dtype)
@@ -199,7 +200,7 @@ def _load(flag: str, path: Path, device, dtype):
 
 
 def _acts(flag: str, model, ids, layers, args, pad_id: int):
-    from reversion.activations import prompt_activations
+    from reversion.core.activations import prompt_activations
 
     try:
         return prompt_activations(model, ids, layers, position=args.position, batch_size=args.batch_size,
@@ -225,7 +226,7 @@ def directions_from_acts(acts: dict, meta: dict):
     The arithmetic of :func:`reversion.geometry.estimate_directions`, on activations
     computed one model at a time (so only one checkpoint is ever in memory).
     """
-    from reversion.geometry import Directions, unit_rows
+    from reversion.core.directions import Directions, unit_rows
 
     mu_H, mu_S = acts["H"].mean(0), acts["S"].mean(0)
     v_rev, disp = unit_rows(mu_H - mu_S, "v_rev = mu_H - mu_S")
@@ -246,7 +247,8 @@ def layer_statistics(acts: dict, v_rev, n_boot: int, n_null: int, seed: int) -> 
     """
     import numpy as np
 
-    from reversion import seeding, stats
+    from reversion.infra import seeding
+    from reversion.core import stats
 
     g = seeding.rng(seed, "reversion-cli-estimate")
     stability: list = []
@@ -272,9 +274,10 @@ def cmd_estimate(args) -> int:
     import numpy as np
     import torch
 
-    from reversion import __version__, stats
-    from reversion.geometry import Directions, select_layer
-    from reversion.textdata import file_sha256, has_chat_template, pad_id_of
+    from reversion import __version__
+    from reversion.core import stats
+    from reversion.core.directions import Directions, select_layer
+    from reversion.subjects.checkpoints.textdata import file_sha256, has_chat_template, pad_id_of
 
     for flag in ("--batch-size", "--n-null", "--n-boot"):
         _positive(flag, getattr(args, flag[2:].replace("-", "_")))
@@ -386,10 +389,10 @@ class _Tracker:
     def __init__(self, args):
         import torch
 
-        from reversion import stats
-        from reversion.activations import mean_activations
-        from reversion.geometry import Directions
-        from reversion.textdata import file_sha256, pad_id_of
+        from reversion.core import stats
+        from reversion.core.activations import mean_activations
+        from reversion.core.directions import Directions
+        from reversion.subjects.checkpoints.textdata import file_sha256, pad_id_of
 
         _positive("--batch-size", args.batch_size)
         try:
@@ -600,7 +603,7 @@ def _watch(args, t: _Tracker, out: _Output) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "book":
-        from reversion import book
+        from reversion.book import build as book
 
         return book.main(argv[1:])
     parser = build_parser()

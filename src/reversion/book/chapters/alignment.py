@@ -1,0 +1,171 @@
+"""Chapter 03: alignment of fine-tuning drift with v_rev, step by step."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+
+from reversion.core import stats
+from reversion.stages.finetune import FinetuneRun
+from reversion.core.directions import alignment
+from reversion.infra.results import write_metrics
+from reversion.stages.estimate import VRevEstimate
+from reversion.subjects.organism.worlds import World
+from reversion.book.chapters.common import SubjectParams, estimate, finetune_jobs, subject_notes
+
+STEM = "03_alignment"
+REPORT_STEPS = (1, 5, 10, 20, 50, 100)
+PAPER = {"1": (0.429, 0.052), "20": (0.647, 0.021)}
+
+
+@dataclass(frozen=True)
+class Params(SubjectParams):
+    """Parameters of chapter 03."""
+
+    n_seeds: int
+    """Fine-tuning seeds (>= 5 for the book)."""
+    n_probe: int
+    """Probe prompts per set (v_rev estimation and drift)."""
+    position: str
+    """``last`` prompt token or ``mean`` over prompt tokens."""
+
+    def __post_init__(self) -> None:
+        if self.n_seeds < 2:
+            raise ValueError(f"n_seeds must be >= 2 (a spread needs two seeds), got {self.n_seeds}")
+        if self.n_probe < 4:
+            raise ValueError(f"n_probe must be >= 4, got {self.n_probe}")
+        if self.position not in ("last", "mean"):
+            raise ValueError(f"position must be 'last' or 'mean', got {self.position!r}")
+
+    def make_world(self) -> World:
+        return super().make_world(finetune={"n_probe": self.n_probe})
+
+
+@dataclass
+class Result:
+    world: World
+    est: VRevEstimate
+    runs: list[FinetuneRun]
+    cos: dict[str, np.ndarray]
+    """direction name -> ``[n_seeds, T+1, L+1]`` cosines of drift with it."""
+    subject: object = None
+    """The :class:`~reversion.checkpoint_subject.Subject`, or None for the organism."""
+    notes: list = field(default_factory=list)
+    """What differs from the organism's chapter (printed under the parameters)."""
+
+    @property
+    def layer(self) -> int:
+        return self.est.layer
+
+
+def drift_alignment(run: FinetuneRun, direction: torch.Tensor) -> np.ndarray:
+    """``[T+1, L+1]``: cos(mu_t - mu_S, direction) on the drift probes (0 at step 0)."""
+    means = run.probe_means
+    if means.shape[1:] != direction.shape:
+        raise ValueError(f"trajectory layers/width {tuple(means.shape[1:])} do not match the "
+                         f"direction's {tuple(direction.shape)}")
+    return alignment(means - means[0], direction).numpy()
+
+
+def run(P: Params, progress: bool = True) -> Result:
+    """Stages ``estimate_vrev`` and ``finetune`` (one per seed); alignment with every direction."""
+    if P.position != "last":
+        raise ValueError("drift probes are recorded at the last prompt token; position must be 'last' here")
+    subject = P.subject(need_finetune=True)
+    world = P.make_world()
+    est = estimate(subject, world, P.n_probe, P.position, progress=progress)
+    runs = finetune_jobs(subject, [(world.history, world.finetune_config(s), None) for s in world.seeds], progress)
+    d = est.directions
+    dirs = {"v_rev": d.v_rev, "v_P": d.v_P, "r_S": d.r_S}
+    cos = {name: np.stack([drift_alignment(r, v) for r in runs]) for name, v in dirs.items()
+           if v is not None}
+    return Result(world, est, runs, cos, subject, subject_notes(subject, world, finetunes=True))
+
+
+def step_table(res: Result, layer: int | None = None, steps=REPORT_STEPS) -> pd.DataFrame:
+    """Mean +- std over seeds of cos(d_t, .) at the reported steps, with the paper's figures."""
+    layer = res.layer if layer is None else layer
+    T = res.world.finetune.steps
+    rows = []
+    for s in [s for s in steps if s <= T]:
+        row = {"step": s}
+        for name, c in res.cos.items():
+            a = stats.aggregate(c[:, s, layer])
+            row[f"cos(d_t, {name})"] = f"{a['mean']:.3f} ± {a['std']:.3f}"
+        row["paper (v_rev)"] = "{:.3f} ± {:.3f}".format(*PAPER[str(s)]) if str(s) in PAPER else ""
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("step")
+
+
+def harmfulness_pairs(res: Result, layer: int | None = None) -> pd.DataFrame:
+    """(seed, step) pairs on the evaluation grid, step >= 1: alignment and harmfulness."""
+    layer = res.layer if layer is None else layer
+    rows = []
+    for i, (seed, r) in enumerate(zip(res.world.seeds, res.runs)):
+        for s in r.steps:
+            if s == 0:
+                continue
+            rows.append({"seed": seed, "step": s, "alignment": float(res.cos["v_rev"][i, s, layer]),
+                         "harmfulness": r.evals[s]["harmfulness"]})
+    return pd.DataFrame(rows)
+
+
+def correlations(pairs: pd.DataFrame) -> dict:
+    """Spearman r of alignment with harmfulness; partial (step controlled) and within-step."""
+    def safe(f, *args):
+        try:
+            return f(*args)
+        except ValueError:  # e.g. harmfulness constant (never moved): undefined, not zero
+            return None
+
+    a, h, s = pairs["alignment"], pairs["harmfulness"], pairs["step"]
+    out = {"spearman": safe(stats.spearman, a, h),
+           "partial_spearman_step": safe(stats.partial_spearman, a, h, s)}
+    w = safe(stats.within_group_spearman, a, h, s)
+    out["within_step_spearman"] = w["mean"] if w and w["n_groups"] else None
+    out["within_step_groups"] = w["n_groups"] if w else 0
+    return out
+
+
+def paper_comparison(m: dict) -> str:
+    """Where our step-1 and step-20 alignment fall against the paper's, in words."""
+    parts = []
+    for s, (pm, ps) in PAPER.items():
+        if s not in m["alignment"]:
+            continue
+        ours = m["alignment"][s]["mean"]
+        rel = "above" if ours > pm + ps else "below" if ours < pm - ps else "within one paper std of"
+        parts.append(f"at step {s} ours is {rel} the paper's figure")
+    return ("Compared with the paper: " + "; ".join(parts) + ". The organism is one small model, so "
+            "the direction of the effect, not the exact value, is what it can reproduce.") if parts else ""
+
+
+def metrics(P: Params, res: Result) -> dict:
+    layer, T = res.layer, res.world.finetune.steps
+    al, al_min = {}, {}
+    for s in [s for s in REPORT_STEPS if s <= T]:
+        al[str(s)] = stats.aggregate(res.cos["v_rev"][:, s, layer])
+        al_min[str(s)] = float(res.cos["v_rev"][:, s, layer].min())
+    final_all = {str(l): stats.aggregate(res.cos["v_rev"][:, T, l]) for l in range(res.cos["v_rev"].shape[2])}
+    corr = correlations(harmfulness_pairs(res))
+    controls = {name: {str(s): stats.aggregate(c[:, s, layer]) for s in [1, T]}
+                for name, c in res.cos.items() if name != "v_rev"}
+    return {"layer": layer, "T": T, "alignment": al, "alignment_min_over_seeds": al_min,
+            "final_alignment_by_layer": final_all,
+            "control_alignment": controls,
+            "spearman_alignment_harmfulness": corr["spearman"],
+            "partial_spearman_given_step": corr["partial_spearman_step"],
+            "within_step_spearman": corr["within_step_spearman"],
+            "paper": {"alignment": {k: {"mean": m, "std": s} for k, (m, s) in PAPER.items()},
+                      "spearman_alignment_harmfulness": 0.958}}
+
+
+def save(P: Params, res: Result) -> dict:
+    m = metrics(P, res)
+    if getattr(res, "subject", None) is not None:
+        m["subject"] = res.subject.record()
+    write_metrics(STEM, m, P.recorded(), seeds=res.world.seeds)
+    return m

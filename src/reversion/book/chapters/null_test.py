@@ -1,0 +1,159 @@
+"""Chapter 04: is the alignment of drift with v_rev more than chance?"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from reversion.infra import seeding
+from reversion.core import stats
+from reversion.stages.finetune import FinetuneRun
+from reversion.core.interventions import AlignmentMix
+from reversion.infra.results import write_metrics
+from reversion.stages.estimate import VRevEstimate
+from reversion.subjects.organism.worlds import World
+from reversion.book.chapters.common import SubjectParams, estimate, finetune_jobs, subject_notes
+from reversion.book.chapters.alignment import drift_alignment
+
+STEM = "04_null_test"
+
+
+@dataclass(frozen=True)
+class Params(SubjectParams):
+    """Parameters of chapter 04."""
+
+    n_seeds: int
+    """Fine-tuning seeds (runs)."""
+    n_control_seeds: int
+    """Control runs: continued training on the alignment mix from theta_S."""
+    pair_steps: list
+    """Logged steps that form the run-step pairs with the seeds."""
+    n_null: int
+    """Random directions drawn for each Monte-Carlo null."""
+    alpha: float
+    """Error rate of the per-run test (Bonferroni over runs)."""
+
+    def __post_init__(self) -> None:
+        if self.n_seeds < 1 or self.n_control_seeds < 1:
+            raise ValueError("n_seeds and n_control_seeds must be >= 1")
+        if self.n_null < 1000:
+            raise ValueError(f"n_null must be >= 1000 for a p99, got {self.n_null}")
+        if not 0 < self.alpha < 0.5:
+            raise ValueError(f"alpha must lie in (0, 0.5), got {self.alpha}")
+        if self.n_null * self.alpha / self.n_seeds < 50:
+            raise ValueError(f"n_null={self.n_null} leaves fewer than 50 null draws beyond the "
+                             f"Bonferroni threshold alpha/n_seeds={self.alpha / self.n_seeds:.2g}; raise n_null")
+        if not self.pair_steps or any(not isinstance(s, int) or s < 1 for s in self.pair_steps):
+            raise ValueError(f"pair_steps must be ints >= 1, got {self.pair_steps}")
+
+
+@dataclass
+class Result:
+    world: World
+    est: VRevEstimate
+    runs: list[FinetuneRun]
+    controls: list[FinetuneRun]
+    pairs: pd.DataFrame
+    nulls: dict[str, np.ndarray]
+    """null name -> sampled cosines with v_rev at the chosen layer."""
+    p99: dict[str, float]
+    control_cos: np.ndarray
+    """``[n_control, n_pair_steps]`` alignment of the control runs."""
+    steps: list[int]
+    subject: object = None
+    """The :class:`~reversion.checkpoint_subject.Subject`, or None for the organism."""
+    notes: list = field(default_factory=list)
+    """What differs from the organism's chapter (printed under the parameters)."""
+
+
+def run(P: Params, progress: bool = True) -> Result:
+    subject = P.subject(need_finetune=True)
+    world = P.make_world()
+    T = world.finetune.steps
+    steps = [s for s in P.pair_steps if s <= T]
+    if not steps:
+        raise ValueError(f"no pair step <= T={T} in {P.pair_steps}")
+    est = estimate(subject, world, world.finetune.n_probe, progress=progress)
+    layer, v = est.layer, est.directions.v_rev[est.layer].numpy()
+    d = v.shape[0]
+    mix = AlignmentMix(world.history.safety.harmful_fraction)
+    jobs = [(world.history, world.finetune_config(s), None) for s in world.seeds]
+    # Only the controls' drift is used, so they skip the generation-based grid (0 and T only).
+    jobs += [(world.history, world.finetune_config(1000 + s, eval_steps=()), mix)
+             for s in range(P.n_control_seeds)]
+    done = finetune_jobs(subject, jobs, progress)
+    runs, controls = done[:world.n_seeds], done[world.n_seeds:]
+    g = seeding.rng(world.history.seed, "null-test")
+    iso = stats.null_cosines(stats.sample_isotropic_directions(d, P.n_null, g), v)
+    # Matched: Gaussian drift with the covariance of theta_S's activations at this layer.
+    acts_S = est.acts["S"][:, layer].numpy()
+    matched = stats.null_cosines(stats.sample_matched_directions(acts_S, P.n_null, g, kind="samples"), v)
+    p99 = {"isotropic": stats.isotropic_cos_quantile(d, 0.99),
+           "isotropic_mc": stats.empirical_quantile(iso, 0.99),
+           "matched": stats.empirical_quantile(matched, 0.99)}
+    rows = []
+    for seed, r in zip(world.seeds, runs):
+        cos = drift_alignment(r, est.directions.v_rev)
+        for s in steps:
+            rows.append({"seed": seed, "step": s, "alignment": float(cos[s, layer])})
+    pairs = pd.DataFrame(rows)
+    pairs["above isotropic p99"] = pairs["alignment"] > p99["isotropic"]
+    pairs["above matched p99"] = pairs["alignment"] > p99["matched"]
+    control_cos = np.stack([drift_alignment(c, est.directions.v_rev)[steps, layer] for c in controls])
+    notes = subject_notes(subject, world, finetunes=True)
+    if subject is not None:
+        notes.append(f"Control runs: continued training from theta_S on a mix of the benign training pairs and "
+                     f"harmful prompts of the estimation half answered with refusal_response "
+                     f"({subject.refusal_response!r}), harmful share {mix.harmful_fraction:g}. The matched null "
+                     f"draws from the covariance of {acts_S.shape[0]} prompts' activations (rank <= "
+                     f"{acts_S.shape[0] - 1}): with few prompts it is a rough null.")
+    return Result(world, est, runs, controls, pairs, {"isotropic": iso, "matched": matched}, p99,
+                  control_cos, steps, subject, notes)
+
+
+def per_run_test(res: Result, alpha: float) -> pd.DataFrame:
+    """Each run's mean alignment over the pair steps against the matched null.
+
+    Steps of one run are strongly autocorrelated, so they are not independent tests.
+    Treating them as one (fully correlated) draw is conservative: the mean of one
+    null direction's cosine over steps has the null's own distribution. The threshold
+    is the null's (1 - alpha / n_runs) quantile: family-wise error <= alpha (Bonferroni).
+    """
+    n = len(res.runs)
+    thr = stats.empirical_quantile(res.nulls["matched"], 1 - alpha / n)
+    per = res.pairs.groupby("seed")["alignment"].mean()
+    return pd.DataFrame({"mean alignment": per, "threshold": thr, "significant": per > thr,
+                         "unadjusted p": [stats.empirical_p_value(x, res.nulls["matched"]) for x in per]})
+
+
+def metrics(P: Params, res: Result) -> dict:
+    runs = per_run_test(res, P.alpha)
+    ctrl_mean = res.control_cos.mean(1)
+    return {
+        "layer": res.est.layer, "width": int(res.est.directions.v_rev.shape[1]),
+        "null": {"isotropic_p99": res.p99["isotropic"], "isotropic_mc_p99": res.p99["isotropic_mc"],
+                 "matched_p99": res.p99["matched"],
+                 "control_runs_alignment": stats.aggregate(res.control_cos.ravel()),
+                 "control_runs_max": float(res.control_cos.max())},
+        "pairs": {"n": int(len(res.pairs)), "above_isotropic": int(res.pairs["above isotropic p99"].sum()),
+                  "above_matched": int(res.pairs["above matched p99"].sum()),
+                  "above_control_max": int((res.pairs["alignment"] > res.control_cos.max()).sum()),
+                  "steps": res.steps},
+        "per_run": {"n": len(runs), "significant": int(runs["significant"].sum()), "alpha": P.alpha,
+                    "threshold": float(runs["threshold"].iloc[0])},
+        # Not a test against chance: all runs share theta_S and the one estimated v_rev, so
+        # their signs are not independent under the null. It only says how consistent they are.
+        "sign_consistency_p": stats.sign_flip_test(runs["mean alignment"].to_numpy()),
+        "runs_above_every_control": int((runs["mean alignment"].to_numpy()[:, None] > ctrl_mean[None]).all(1).sum()),
+        "paper": {"pairs_above_isotropic": "24 of 24"},
+    }
+
+
+def save(P: Params, res: Result) -> dict:
+    m = metrics(P, res)
+    if getattr(res, "subject", None) is not None:
+        m["subject"] = res.subject.record()
+    write_metrics(STEM, m, P.recorded(), seeds=res.world.seeds)
+    return m

@@ -1,0 +1,149 @@
+"""Book page "Performance": the latest ``benchmarks/results.json``, against its targets.
+
+The page only reads the file; ``make benchmark`` (``python benchmarks/run.py``) writes it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from reversion.benchmark import TARGETS
+from reversion.infra.paths import resolve
+
+
+@dataclass(frozen=True)
+class Params:
+    """Parameters of the Performance page."""
+
+    benchmark_file: str
+    """The benchmark's JSON (relative to the project root unless absolute)."""
+
+
+def load(P: Params) -> dict:
+    path = resolve(P.benchmark_file)
+    if not path.is_file():
+        raise FileNotFoundError(f"parameter benchmark_file: {path} does not exist; run `make benchmark` "
+                                "(python benchmarks/run.py) to write it")
+    res = json.loads(path.read_text())
+    missing = [k for k in ("steps", "extraction", "scaling", "machine") if k not in res]
+    if missing:
+        raise ValueError(f"{path} lacks {', '.join(missing)}: it is not a benchmark results file")
+    res["_dir"] = str(path.parent)
+    return res
+
+
+def measurements(res: dict) -> dict[str, float | None]:
+    """Each target's measured value (None when not measured, e.g. a run with --no-book)."""
+    s, e, b = res["steps"], res["extraction"], res.get("book")
+    return {
+        "tracking_chosen_layer_overhead": s["overhead"]["tracked_chosen_layer"],
+        "block_overhead": s["overhead"]["block"],
+        "extraction_ratio": e["ratio_to_plain"]["mean_activations"],
+        "book_cold_seconds": b["cold"]["seconds"] if b else None,
+        "book_warm_seconds": b["warm"]["seconds"] if b else None,
+        "book_peak_memory_gib": max(b["cold"]["peak_memory_gib"], b["warm"]["peak_memory_gib"]) if b else None,
+    }
+
+
+LABELS = {
+    "tracking_chosen_layer_overhead": ("drift tracking, chosen layer, every step", "added time per step"),
+    "block_overhead": ("block objective", "added time per step"),
+    "extraction_ratio": ("activation extraction (mean_activations)", "time / plain forward"),
+    "book_cold_seconds": ("whole book, empty cache", "seconds"),
+    "book_warm_seconds": ("whole book, nothing changed", "seconds"),
+    "book_peak_memory_gib": ("peak memory of the book build", "GiB"),
+}
+
+
+def met(key: str, value: float | None) -> bool | None:
+    return None if value is None else value <= TARGETS[key]
+
+
+def targets_table(res: dict) -> pd.DataFrame:
+    rows = []
+    for key, value in measurements(res).items():
+        what, unit = LABELS[key]
+        pct = "overhead" in key
+        fmt = (lambda x: f"{x:+.0%}") if pct else (lambda x: f"{x:.2f}")
+        ok = met(key, value)
+        rows.append({"measurement": what, "unit": unit, "measured": "not measured" if value is None else fmt(value),
+                     "target": ("≤ " + (f"{TARGETS[key]:.0%}" if pct else f"{TARGETS[key]:g}")),
+                     "met": "—" if ok is None else ("yes" if ok else "no")})
+    return pd.DataFrame(rows).set_index("measurement")
+
+
+def verdict(res: dict, key: str) -> str:
+    ok = met(key, measurements(res)[key])
+    return "not measured" if ok is None else ("met" if ok else "missed")
+
+
+def plot_steps(res: dict):
+    """Added time per step of each variant, with the two per-step targets."""
+    s = res["steps"]
+    names = {"tracked_chosen_layer": f"tracking, layer {s['layer']}", "tracked_all_layers": "tracking, every layer",
+             "tracked_all_layers_mean_activations": "tracking, every layer\n(mean_activations: before)",
+             "block": "block objective"}
+    vals = [s["overhead"][k] * 100 for k in names]
+    fig, ax = plt.subplots(figsize=(6.4, 3.2))
+    ax.barh(list(names.values()), vals, color=["C0", "C0", "0.6", "C1"])
+    ax.axvline(TARGETS["tracking_chosen_layer_overhead"] * 100, color="C0", ls="--", lw=1, label="tracking target")
+    ax.axvline(TARGETS["block_overhead"] * 100, color="C1", ls="--", lw=1, label="block target")
+    ax.set_xlabel(f"added time per fine-tuning step (%)  [plain step {s['ms']['plain']:.1f} ms]")
+    ax.invert_yaxis()
+    ax.legend(loc="lower right", fontsize=8)
+    return fig
+
+
+def scaling_table(res: dict) -> pd.DataFrame:
+    df = pd.DataFrame(res["scaling"])
+    df["overhead"] = df["overhead"].map(lambda x: f"{x:.0%}")
+    df[["step_ms", "tracking_ms"]] = df[["step_ms", "tracking_ms"]].round(1)
+    return df.rename(columns={"step_ms": "step (ms)", "tracking_ms": "tracking, every layer (ms)",
+                              "overhead": "tracking / step"}).drop(columns=["value"]).set_index("vary")
+
+
+def plot_scaling(res: dict):
+    df = pd.DataFrame(res["scaling"])
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
+    for ax, (kind, label) in zip(axes, [("width", "model width d"), ("n_probe", "probe prompts")]):
+        d = df[df["vary"] == kind]
+        ax.plot(d["value"], d["step_ms"], "o-", label="fine-tuning step")
+        ax.plot(d["value"], d["tracking_ms"], "s-", label="tracking (every layer)")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel(label)
+        ax.set_ylabel("ms")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def profile_excerpt(res: dict, n_lines: int = 45) -> str:
+    """The first lines of the saved profile of a tracked step (empty when none was needed)."""
+    name = res.get("profile")
+    if not name:
+        return ""
+    path = Path(res["_dir"]) / name
+    if not path.is_file():
+        return f"(profile file {name} is missing)"
+    lines = path.read_text().splitlines()
+    # Drop pyinstrument's banner (recording time, absolute path): keep the call tree.
+    start = next((i + 1 for i, line in enumerate(lines) if line.startswith("Profile at")), 0)
+    body = [line for line in lines[start:] if line.strip()]
+    return "\n".join(body[:n_lines])
+
+
+def notebook_table(res: dict) -> pd.DataFrame | None:
+    """Execution seconds of each notebook in the cold build (None when not measured)."""
+    b = res.get("book")
+    per = (b or {}).get("cold", {}).get("notebook_seconds")
+    if not per:
+        return None
+    df = pd.DataFrame({"notebook": list(per), "seconds (cold)": list(per.values())}).set_index("notebook")
+    df.loc["total"] = df["seconds (cold)"].sum()
+    return df.round(1)

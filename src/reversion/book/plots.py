@@ -1,0 +1,222 @@
+"""Figures shared by the chapters (matplotlib + seaborn, one style)."""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import seaborn as sns
+
+from reversion.core.stats import over_seeds
+
+sns.set_theme(style="whitegrid", context="notebook")
+PALETTE = sns.color_palette("colorblind")
+
+
+def band(ax, steps: Sequence[float], series: Sequence[Sequence[float]], label: str,
+         color=None, marker: str | None = "o") -> None:
+    """Mean over seeds with a +-1 std band."""
+    mean, std = over_seeds(series)
+    steps = np.asarray(steps, dtype=float)
+    ax.plot(steps, mean, label=f"{label} (n={len(series)})", color=color, marker=marker, ms=3)
+    ax.fill_between(steps, mean - std, mean + std, alpha=0.2, color=color, lw=0)
+
+
+def phase_losses(losses: Mapping[str, Sequence[float]], smooth: int = 20):
+    """Training loss of each phase, side by side (running mean over ``smooth`` steps)."""
+    fig, axes = plt.subplots(1, len(losses), figsize=(4 * len(losses), 3), sharey=False)
+    for ax, (phase, ls) in zip(np.atleast_1d(axes), losses.items()):
+        ls = np.asarray(ls, dtype=float)
+        k = max(1, min(smooth, len(ls) // 5 or 1))
+        sm = np.convolve(ls, np.ones(k) / k, mode="valid") if len(ls) >= k else ls
+        ax.plot(np.arange(1, len(ls) + 1), ls, color=PALETTE[7], alpha=0.4, lw=0.8)
+        ax.plot(np.arange(k, len(ls) + 1), sm, color=PALETTE[0])
+        ax.set_title(phase)
+        ax.set_xlabel("step")
+        ax.set_yscale("log")
+    np.atleast_1d(axes)[0].set_ylabel("training loss")
+    fig.tight_layout()
+    return fig
+
+
+def metric_curves(steps: Sequence[int], panels: Mapping[str, Mapping[str, Sequence[Sequence[float]]]],
+                  reference: Mapping[str, float] | None = None, xlabel: str = "fine-tuning step"):
+    """One panel per metric; in each, one band per label (e.g. per variant)."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.3 * len(panels), 3.2))
+    for ax, (title, by_label) in zip(np.atleast_1d(axes), panels.items()):
+        for i, (label, series) in enumerate(by_label.items()):
+            band(ax, steps, series, label, color=PALETTE[i % len(PALETTE)])
+        if reference and title in reference:
+            ax.axhline(reference[title], color="k", ls=":", lw=1, label="theta_S")
+        ax.set_title(title)
+        ax.set_xlabel(xlabel)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def layer_profile(layers, chosen: int):
+    """Relative displacement and split-half stability by layer, the chosen layer marked."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3))
+    x = layers.index.to_numpy()
+    axes[0].bar(x, layers["relative displacement"], color=PALETTE[0])
+    axes[0].set_title("||mu_H - mu_S|| / mean ||h_S||")
+    axes[1].errorbar(x, layers["stability mean"], yerr=layers["stability std"], marker="o",
+                     color=PALETTE[1], capsize=3)
+    axes[1].set_title("split-half stability (cos)")
+    for ax in axes:
+        ax.axvline(chosen, color="k", ls=":", lw=1)
+        ax.set_xlabel("layer")
+        ax.set_xticks(x)
+    fig.tight_layout()
+    return fig
+
+
+def stability_vs_probes(by_size: Mapping[int, Mapping[str, float]]):
+    """Split-half stability (mean +- std over bootstrap splits) against the number of probes."""
+    fig, ax = plt.subplots(figsize=(4.5, 3))
+    n = np.array(sorted(by_size))
+    mean = np.array([by_size[k]["mean"] for k in n])
+    std = np.array([by_size[k]["std"] for k in n])
+    ax.errorbar(n, mean, yerr=std, marker="o", capsize=3, color=PALETTE[0])
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("probe prompts")
+    ax.set_ylabel("split-half cos")
+    fig.tight_layout()
+    return fig
+
+
+def alignment_curves(cos: Mapping[str, np.ndarray], layer: int, paper: Mapping[int, tuple] | None = None):
+    """cos(d_t, direction) against step at one layer: one band per direction, paper marked."""
+    paper = paper if paper is not None else {1: (0.429, 0.052), 20: (0.647, 0.021)}
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    for i, (name, c) in enumerate(cos.items()):
+        steps = np.arange(1, c.shape[1])
+        band(ax, steps, c[:, 1:, layer], f"cos(d_t, {name})", color=PALETTE[i], marker=None)
+    for j, (s, (m, sd)) in enumerate(paper.items()):
+        ax.errorbar([s], [m], yerr=[sd], fmt="s", color="k", capsize=3,
+                    label="paper (v_rev)" if j == 0 else None)
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("fine-tuning step")
+    ax.set_ylabel(f"alignment at layer {layer}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def alignment_by_layer(cos: np.ndarray, chosen: int):
+    """Mean cos(d_t, v_rev) over seeds, every layer against step (``cos``: [seeds, T+1, L+1])."""
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    steps = np.arange(1, cos.shape[1])
+    colors = sns.color_palette("viridis", cos.shape[2])
+    for l in range(cos.shape[2]):
+        ax.plot(steps, cos[:, 1:, l].mean(0), color=colors[l], lw=2.5 if l == chosen else 1.2,
+                label=f"layer {l}" + (" (chosen)" if l == chosen else ""))
+    ax.set_xscale("log")
+    ax.set_xlabel("fine-tuning step")
+    ax.set_ylabel("mean cos(d_t, v_rev)")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def scatter_alignment_harmfulness(pairs):
+    """Alignment against harmfulness, one point per (seed, step), coloured by step."""
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    sc = ax.scatter(pairs["alignment"], pairs["harmfulness"], c=np.log10(pairs["step"]),
+                    cmap="viridis", s=18)
+    cb = fig.colorbar(sc, ax=ax)
+    cb.set_label("log10 step")
+    ax.set_xlabel("alignment cos(d_t, v_rev)")
+    ax.set_ylabel("harmfulness")
+    fig.tight_layout()
+    return fig
+
+
+def null_distributions(nulls: Mapping[str, np.ndarray], p99: Mapping[str, float], observed: np.ndarray):
+    """Histograms of each null's cosines, their p99, and the observed pair alignments."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.4))
+    for i, (name, x) in enumerate(nulls.items()):
+        ax.hist(x, bins=120, density=True, alpha=0.45, color=PALETTE[i], label=f"{name} null")
+        ax.axvline(p99[name], color=PALETTE[i], ls="--", lw=1.2, label=f"{name} p99")
+    ax.plot(observed, np.zeros_like(observed), "|", color="k", ms=18, label="observed pairs")
+    ax.set_xlabel("cos with v_rev")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def pairs_against_nulls(pairs, p99: Mapping[str, float], control_cos: np.ndarray, steps):
+    """Observed alignment per (seed, step), the two p99 lines and the control runs."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.4))
+    for i, (seed, g) in enumerate(pairs.groupby("seed")):
+        ax.plot(g["step"], g["alignment"], "o-", ms=3, color=PALETTE[0], alpha=0.7,
+                label="fine-tuning runs" if i == 0 else None)
+    for i, c in enumerate(control_cos):
+        ax.plot(steps, c, "x:", ms=4, color=PALETTE[3], alpha=0.7,
+                label="control runs (alignment mix)" if i == 0 else None)
+    ax.axhline(p99["isotropic"], color=PALETTE[1], ls="--", label="isotropic p99")
+    ax.axhline(p99["matched"], color=PALETTE[2], ls="--", label="matched p99")
+    ax.set_xlabel("fine-tuning step")
+    ax.set_ylabel("cos(d_t, v_rev)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def variant_curves(res):
+    """Alignment (every step) and harmfulness (evaluation grid) per variant, mean and band."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    layer = res.layer
+    for i, (v, c) in enumerate(res.cos.items()):
+        steps = np.arange(1, c.shape[1])
+        band(axes[0], steps, c[:, 1:, layer], v, color=PALETTE[i], marker=None)
+        rs = res.runs[v]
+        band(axes[1], rs[0].steps, [r.series("harmfulness") for r in rs], v, color=PALETTE[i])
+    axes[0].axhline(0, color="grey", lw=0.8)
+    axes[0].set_ylabel(f"cos(d_t, v_rev), layer {layer}")
+    axes[1].set_ylabel("harmfulness")
+    for ax in axes:
+        ax.set_xlabel("fine-tuning step")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def final_alignment_by_layer(res):
+    """Final alignment with v_rev at every layer, one line per variant (mean +- std)."""
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    T = res.world.finetune.steps
+    for i, (v, c) in enumerate(res.cos.items()):
+        x = np.arange(c.shape[2])
+        mean, std = over_seeds(c[:, T, :])
+        ax.errorbar(x + 0.06 * (i - 2), mean, yerr=std,
+                    marker="o", ms=4, capsize=2, color=PALETTE[i], label=v)
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.axvline(res.layer, color="k", ls=":", lw=1)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("final cos(d_T, v_rev)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def strength_sweep(sweep):
+    """Harmfulness and task accuracy (text models: held-out loss) against block strength."""
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    x = sweep.index.to_numpy(dtype=float)
+    xs = np.where(x > 0, x, np.nan)
+    ax.plot(x, sweep["harmfulness"], "o-", color=PALETTE[3], label="harmfulness")
+    if "task accuracy" in sweep:  # text models have held-out loss only
+        ax.plot(x, sweep["task accuracy"], "s-", color=PALETTE[2], label="task accuracy")
+    else:
+        ax.plot(x, sweep["task loss"], "s-", color=PALETTE[2], label="held-out task loss")
+    ax.plot(x, sweep["final alignment"], "^-", color=PALETTE[0], label="final alignment")
+    if np.isfinite(xs).any():
+        ax.set_xscale("symlog", linthresh=float(np.nanmin(xs)))
+    ax.set_xlabel("block strength")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

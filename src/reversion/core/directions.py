@@ -1,0 +1,195 @@
+"""History-defined directions in activation space, and alignment of drift with them.
+
+All directions are per layer, ``[L+1, d]`` (layer convention of
+:mod:`reversion.activations`: 0 = embeddings, L = after the final norm).
+
+* ``v_rev  = normalize(mu_H - mu_S)`` on harmful probe prompts: from the aligned model
+  back toward the helpful-only witness;
+* ``v_P    = normalize(mu_P - mu_S)``: toward the pretrained model (control);
+* ``r_S    = normalize(mu_S(harmful) - mu_S(harmless))``: theta_S's own refusal
+  direction, difference of means as in Arditi et al. 2024 (control).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from reversion.core.activations import check_compatible, prompt_activations
+from reversion.core.hooks import text_config
+
+
+def unit_rows(x: torch.Tensor, what: str, eps: float = 1e-12,
+              allow_zero: tuple[int, ...] = (0,)) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalize each row of ``[L+1, d]``; a zero-norm row is an error, not a NaN.
+
+    Layer 0 is exempt by default: at the last prompt token it is the embedding of the
+    same separator token for every prompt, so two prompt sets (or two checkpoints with
+    an unchanged embedding) can coincide there. Such a row stays zero, and alignment
+    with a zero direction is reported as 0.
+    """
+    finite = torch.isfinite(x).all(dim=-1)
+    if not finite.all():
+        raise ValueError(f"{what}: non-finite values (NaN or inf) at layer(s) "
+                         f"{(~finite).nonzero().flatten().tolist()} -- no direction can be estimated")
+    norms = x.norm(dim=-1)
+    bad = [l for l in (norms <= eps).nonzero().flatten().tolist() if l not in allow_zero]
+    if bad:
+        raise ValueError(f"{what}: zero-norm displacement at layer(s) {bad} -- the two "
+                         "checkpoints give identical mean activations there; no direction exists")
+    safe = torch.where(norms > eps, norms, torch.ones_like(norms))
+    return torch.where((norms > eps)[:, None], x / safe[:, None], torch.zeros_like(x)), norms
+
+
+def alignment(drift: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
+    """cos(drift, direction) along the last axis; drift ``[..., L+1, d]``, direction ``[L+1, d]``.
+
+    A zero drift (step 0) gives 0 rather than NaN: no motion has no alignment. A NaN or
+    infinite entry is an error (it would otherwise read as a zero drift, i.e. alignment 0).
+    """
+    for name, t in (("drift", drift), ("direction", direction)):
+        if not torch.isfinite(t).all():
+            raise ValueError(f"alignment: {name} contains NaN or infinite values")
+    num = (drift * direction).sum(-1)
+    den = drift.norm(dim=-1) * direction.norm(dim=-1)
+    return torch.where(den > 0, num / den.clamp_min(1e-300), torch.zeros_like(num))
+
+
+@dataclass(frozen=True)
+class Directions:
+    """v_rev and the control directions at every layer, with what they were estimated from."""
+
+    v_rev: torch.Tensor
+    """``[L+1, d]`` unit rows."""
+    v_P: torch.Tensor | None
+    """``[L+1, d]`` unit rows, or None without a pretrained checkpoint."""
+    r_S: torch.Tensor | None
+    """``[L+1, d]`` unit rows, or None without harmless prompts."""
+    displacement_norm: torch.Tensor
+    """``[L+1]``: ||mu_H - mu_S||."""
+    activation_norm: torch.Tensor
+    """``[L+1]``: mean ||h_S(x)|| over the probes (scale for the displacement)."""
+    meta: dict
+    """Layer chosen, position rule, checkpoints' identity, number of prompts."""
+
+    def save(self, path: str | Path) -> Path:
+        """safetensors with the metadata as JSON strings (reusable by other chapters and users)."""
+        tensors = {"v_rev": self.v_rev, "displacement_norm": self.displacement_norm,
+                   "activation_norm": self.activation_norm}
+        if self.v_P is not None:
+            tensors["v_P"] = self.v_P
+        if self.r_S is not None:
+            tensors["r_S"] = self.r_S
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp,
+                  metadata={k: json.dumps(v) for k, v in self.meta.items()})
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Directions":
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no direction file at {path}")
+        with safe_open(path, "pt") as f:
+            meta = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
+        t = load_file(path)
+        return cls(t["v_rev"], t.get("v_P"), t.get("r_S"), t["displacement_norm"],
+                   t["activation_norm"], meta)
+
+    @property
+    def layer(self) -> int:
+        return int(self.meta["layer"])
+
+
+def estimate_directions(theta_H, theta_S, harmful: list, *, theta_P=None, harmless: list | None = None,
+                        position: str = "last", pad_id: int = 0, batch_size: int = 64,
+                        meta: dict | None = None) -> tuple[Directions, dict]:
+    """Directions at every layer, plus the per-prompt activations they came from.
+
+    Returns ``(directions, acts)`` with ``acts[name]`` of shape ``[n_prompts, L+1, d]``
+    for ``H``, ``S`` (harmful prompts), ``P`` and ``S_harmless`` where given.
+    """
+    if not harmful:
+        raise ValueError("harmful probe prompt set is empty")
+    check_compatible(theta_H, theta_S)
+    if theta_P is not None:
+        check_compatible(theta_P, theta_S)
+    kw = dict(layers="all", position=position, pad_id=pad_id, batch_size=batch_size)
+    acts = {"H": prompt_activations(theta_H, harmful, **kw),
+            "S": prompt_activations(theta_S, harmful, **kw)}
+    mu_H, mu_S = acts["H"].mean(0), acts["S"].mean(0)
+    v_rev, disp = unit_rows(mu_H - mu_S, "v_rev = mu_H - mu_S")
+    v_P = r_S = None
+    if theta_P is not None:
+        acts["P"] = prompt_activations(theta_P, harmful, **kw)
+        v_P, _ = unit_rows(acts["P"].mean(0) - mu_S, "v_P = mu_P - mu_S")
+    if harmless:
+        acts["S_harmless"] = prompt_activations(theta_S, harmless, **kw)
+        r_S, _ = unit_rows(mu_S - acts["S_harmless"].mean(0), "r_S = mu_S(harmful) - mu_S(harmless)")
+    meta = {"position": position, "n_prompts": len(harmful), **(meta or {})}
+    meta.setdefault("layer", None)
+    return Directions(v_rev, v_P, r_S, disp, acts["S"].norm(dim=-1).mean(0), meta), acts
+
+
+def select_layer(displacement_norm: np.ndarray, activation_norm: np.ndarray,
+                 stability: np.ndarray, min_stability: float = 0.9) -> tuple[int, str]:
+    """The rule the book states, fixed before any intervention result is seen.
+
+    Among the block outputs 1..L-1 (layer 0 is the token embedding, layer L carries the
+    final norm's rescaling), keep the layers whose split-half stability is at least
+    ``min_stability`` and take the one with the largest *relative* displacement
+    ||mu_H - mu_S|| / mean ||h_S||; if none is stable enough, take the most stable.
+    """
+    L = len(displacement_norm) - 1
+    cand = list(range(1, L)) or list(range(0, L + 1))
+    rel = np.asarray(displacement_norm) / np.asarray(activation_norm)
+    stable = [l for l in cand if stability[l] >= min_stability]
+    if stable:
+        best = max(stable, key=lambda l: rel[l])
+        return best, (f"layer {best}: largest relative displacement ({rel[best]:.3f}) among the "
+                      f"intermediate layers with split-half stability >= {min_stability}")
+    best = max(cand, key=lambda l: stability[l])
+    return best, (f"layer {best}: no intermediate layer reached stability {min_stability}; "
+                  "the most stable one")
+
+
+def final_norm_and_unembedding(model) -> tuple[torch.nn.Module | None, torch.Tensor]:
+    """The final norm (GPT-2 ``ln_f``, Llama ``norm``) and the unembedding ``[V, d]``."""
+    base = model.base_model
+    norm = None
+    for name in ("ln_f", "norm", "final_layer_norm", "final_layernorm"):
+        if hasattr(base, name):
+            norm = getattr(base, name)
+            break
+    return norm, model.get_output_embeddings().weight
+
+
+@torch.no_grad()
+def logit_lens(model, direction: torch.Tensor) -> torch.Tensor:
+    """Vocabulary readout ``[V]`` of a bare direction ``[d]``.
+
+    A norm applied to a direction would add its bias (and, for LayerNorm, recentre an
+    activation that does not exist), so only its linear part is folded in: the
+    per-channel scale, after removing the mean for LayerNorm (which it always does).
+    """
+    norm, W_U = final_norm_and_unembedding(model)
+    v = direction.to(W_U.dtype).to(W_U.device)
+    if norm is not None:
+        if isinstance(norm, torch.nn.LayerNorm) or getattr(norm, "bias", None) is not None:
+            v = v - v.mean()
+        weight = getattr(norm, "weight", None)
+        if weight is not None:
+            # Gemma-style RMSNorm scales by (1 + weight); its config says so.
+            offset = 1.0 if "gemma" in str(getattr(text_config(model), "model_type", "")) else 0.0
+            v = v * (weight + offset)
+    return (W_U @ v).double().cpu()

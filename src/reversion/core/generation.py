@@ -1,0 +1,119 @@
+"""Greedy generation and teacher-forced answer loss, for any Hugging Face causal LM.
+
+Both judges (the organism's first-token judge and the refusal-phrase judge of text
+checkpoints) read continuations from :func:`greedy_generate`; both task costs are
+:func:`answer_loss`.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Sequence
+
+import torch
+
+from reversion.core.activations import model_device
+from reversion.core.batches import IGNORE, collate
+
+Pair = tuple[Sequence[int], Sequence[int]]
+"""(prompt ids, answer ids) of one example."""
+
+
+def _check_prompts(prompts: Sequence[Sequence[int]]) -> list[list[int]]:
+    if isinstance(prompts, (str, bytes)) or not prompts:
+        raise ValueError("prompts must be a non-empty list of token-id lists")
+    out = []
+    for i, p in enumerate(prompts):
+        if isinstance(p, (str, bytes)):
+            raise ValueError(f"prompt {i} is a string; pass token ids (tokenize first)")
+        ids = [int(t) for t in p]
+        if not ids:
+            raise ValueError(f"prompt {i} is empty")
+        out.append(ids)
+    return out
+
+
+@torch.no_grad()
+def greedy_generate(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, eos_id: int | None,
+                    batch_size: int = 256) -> list[list[int]]:
+    """Greedy continuations (argmax, KV cache), ``max_new_tokens`` each or until all of a
+    batch produced ``eos_id``; tokens after a prompt's EOS are left in (judges cut there).
+
+    Prompts are batched by exact length, so no padding is ever needed: every
+    continuation equals that of the prompt alone, for any family (no position-id or
+    mask conventions involved).
+    """
+    prompts = _check_prompts(prompts)
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    was_training = model.training
+    model.eval()
+    device = model_device(model)
+    by_len: dict[int, list[int]] = defaultdict(list)
+    for i, p in enumerate(prompts):
+        by_len[len(p)].append(i)
+    out: list[list[int]] = [[] for _ in prompts]
+    try:
+        for idx_all in by_len.values():
+            for s in range(0, len(idx_all), batch_size):
+                idx = idx_all[s: s + batch_size]
+                step_in = torch.tensor([prompts[i] for i in idx], device=device)
+                past = None
+                done = torch.zeros(len(idx), dtype=torch.bool, device=device)
+                gen = []
+                for _ in range(max_new_tokens):
+                    o = model(input_ids=step_in, past_key_values=past, use_cache=True)
+                    past = o.past_key_values
+                    nxt = o.logits[:, -1].argmax(-1)
+                    gen.append(nxt)
+                    if eos_id is not None:
+                        done |= nxt == eos_id
+                        if bool(done.all()):
+                            break
+                    step_in = nxt[:, None]
+                g = torch.stack(gen, 1).tolist()
+                for j, i in enumerate(idx):
+                    out[i] = g[j]
+    finally:
+        model.train(was_training)
+    return out
+
+
+def until_eos(tokens: Sequence[int], eos_id: int | None) -> list[int]:
+    """``tokens`` up to (not including) the first ``eos_id``."""
+    out = []
+    for t in tokens:
+        if eos_id is not None and int(t) == eos_id:
+            break
+        out.append(int(t))
+    return out
+
+
+@torch.no_grad()
+def answer_loss(model, pairs: Sequence[Pair], pad_id: int, batch_size: int = 256) -> float:
+    """Mean cross-entropy (nats) per answer token, teacher forced; prompt tokens carry no
+    loss and every answer token counts once, whatever its example's length."""
+    if not pairs:
+        raise ValueError("answer_loss needs at least one (prompt, answer) pair")
+    was_training = model.training
+    model.eval()
+    device = model_device(model)
+    total, count = 0.0, 0
+    try:
+        for s in range(0, len(pairs), batch_size):
+            chunk = pairs[s: s + batch_size]
+            b = collate([p for p, _ in chunk], [a for _, a in chunk], pad_id=pad_id, device=device)
+            logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+            labels = b["labels"][:, 1:]
+            lp = torch.nn.functional.cross_entropy(
+                logits[:, :-1].flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE,
+                reduction="sum")
+            total += float(lp)
+            count += int((labels != IGNORE).sum())
+    finally:
+        model.train(was_training)
+    if count == 0:
+        raise ValueError("no answer tokens to score")
+    return total / count

@@ -1,0 +1,73 @@
+"""``results/<notebook stem>/metrics.json``: key numbers with their parameters and provenance.
+
+The metrics file is deterministic (same seed and parameters -> byte-identical file);
+wall-clock timings go to ``timings.json`` beside it. Every aggregate over seeds is
+``{"mean", "std" (sample, ddof=1), "n"}``; rates are fractions.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from reversion.infra import paths
+from reversion.infra.provenance import provenance
+
+
+def _clean(x: Any) -> Any:
+    """JSON-ready: numpy scalars to Python, tuples to lists, non-finite floats rejected."""
+    if isinstance(x, dict):
+        return {str(k): _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _clean(x.tolist())
+    if isinstance(x, np.bool_):
+        return bool(x)
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, (float, np.floating)):
+        x = float(x)
+        if not math.isfinite(x):
+            raise ValueError(f"refusing to write a non-finite number ({x}) to metrics")
+        return float(f"{x:.12g}")  # 12 significant digits: stable text, small numbers kept
+    if isinstance(x, Path):
+        return x.as_posix()
+    return x
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_metrics(stem: str, metrics: dict, parameters: dict, seeds: Any = None,
+                  timings: dict | None = None) -> Path:
+    """Write ``results/<stem>/metrics.json`` (and ``timings.json`` if given); return its path."""
+    folder = paths.results_dir() / stem
+    doc = {"notebook": stem, "parameters": parameters, "seeds": seeds,
+           "provenance": provenance(), "metrics": metrics}
+    out = folder / "metrics.json"
+    text = json.dumps(_clean(doc), indent=2, sort_keys=True) + "\n"
+    # Clean both before writing either: a bad timing must not leave a lone new metrics file.
+    timing_text = json.dumps(_clean(timings), indent=2) + "\n" if timings is not None else None
+    _atomic_write(out, text)
+    if timing_text is not None:
+        _atomic_write(folder / "timings.json", timing_text)
+    return out
+
+
+def read_metrics(stem: str) -> dict:
+    """A notebook's whole results document (``metrics``, ``parameters``, ``seeds``,
+    ``provenance``); raises if the notebook has not run."""
+    path = paths.results_dir() / stem / "metrics.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: execute notebooks/{stem}.ipynb first")
+    return json.loads(path.read_text())

@@ -1,0 +1,1 @@
+"""subjects/checkpoints"""

@@ -1,0 +1,368 @@
+"""Watch a ``transformers.Trainer`` fine-tuning run for motion along v_rev.
+
+:class:`ReversionMonitor` is a ``TrainerCallback``. Every ``every`` optimizer steps it
+runs one no-grad forward of the model being trained on the harmful probe prompts and
+records, at the monitored layer ``l``,
+
+* ``alignment``  = cos(d_t, v_rev), with drift d_t = mean_x h_t(x) - mu_S,
+* ``projection`` = d_t . v_rev (in activation units),
+* ``drift_norm`` = ||d_t||,
+* ``relative_projection`` = projection / ||mu_H - mu_S|| when the displacement is
+  known (1 = as far along v_rev as the helpful-only witness),
+
+where mu_S is the mean activation of the safety-aligned checkpoint on the same
+prompts (given, or computed from the model when training begins -- then the model
+*must* be theta_S at that moment, which is false when resuming: pass ``mu_S``).
+
+How the values reach the Trainer's logs. ``Trainer.log(logs)`` appends
+``{**logs, "step": global_step}`` to ``trainer.state.log_history`` and then calls every
+callback's ``on_log`` (reporting integrations: TensorBoard, W&B, ...). In
+transformers 5 it copies ``logs`` *before* ``on_log`` runs, so a callback cannot add
+its metrics to ``log_history`` by editing ``logs`` in ``on_log``. The monitor
+therefore calls ``trainer.log`` itself when it knows the trainer
+(``ReversionMonitor(..., trainer=trainer)`` or :meth:`ReversionMonitor.attach`), and
+otherwise appends the same record to ``state.log_history`` directly (then only the
+integrations miss it). Calling ``trainer.log`` from ``on_step_end`` would reset
+``control.should_log`` (the callback handler's ``on_log`` clears it) and swallow the
+Trainer's own loss log of that step, so the monitor restores the flag.
+
+Its own log file (``log_path``, ``.csv`` or ``.jsonl``) gets one row per check,
+appended, flushed and fsynced at once: an interrupted run loses nothing.
+
+Flagging: when the alignment exceeds ``threshold`` for ``patience`` checks in a row,
+``monitor.flagged`` becomes True (with ``flagged_step``), a :class:`ReversionWarning`
+is issued once, and with ``stop_on_flag=True`` training stops. The default threshold
+is the matched null's p99 at the layer when the direction file carries it
+(``reversion estimate`` stores ``matched_p99`` per layer), else the isotropic p99 in
+R^d -- which at LLM width is tiny (about 2.33/sqrt(d): 0.036 at d = 4096), so that a
+drift barely off-random already passes it; prefer the matched null or a threshold of
+your own.
+
+:class:`BlockTrainer` adds the bounded block term of
+:class:`reversion.interventions.Block` (``+strength * sum_l tanh(p_l / s_l)``) to the
+Trainer's loss; :func:`block_term` builds and sets one up for a text model.
+
+Scope: single-process or DDP training (the probe forward runs on the main process
+only); with FSDP / DeepSpeed ZeRO-3 the parameters are sharded and a single-process
+forward does not work.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import warnings
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Sequence
+
+import torch
+from transformers import Trainer, TrainerCallback
+
+from reversion.core import stats
+from reversion.core.activations import mean_activations, model_device
+from reversion.core.directions import Directions
+from reversion.core.hooks import hidden_size, n_layers
+from reversion.core.tracking import ProbeTracker
+
+__all__ = ["BlockTrainer", "ReversionMonitor", "ReversionWarning", "block_term", "reference_mean"]
+
+LOG_FIELDS = ("step", "layer", "alignment", "projection", "drift_norm", "relative_projection",
+              "threshold", "above", "flagged")
+
+
+class ReversionWarning(UserWarning):
+    """Fine-tuning drift stayed aligned with v_rev for ``patience`` checks in a row."""
+
+
+def reference_mean(model, probe_ids: Sequence[Sequence[int]], layer: int, position: str = "last",
+                   pad_id: int = 0, batch_size: int = 32) -> torch.Tensor:
+    """mu at one layer ``[d]`` (float64, CPU): the mean probe activation of ``model``."""
+    return mean_activations(model, probe_ids, [layer], position=position, batch_size=batch_size,
+                            pad_id=pad_id)[0]
+
+
+class ReversionMonitor(TrainerCallback):
+    """A ``TrainerCallback`` recording the alignment of activation drift with v_rev.
+
+    ``directions``: a :class:`~reversion.geometry.Directions` (its ``layer``, matched
+    null and displacement are used) or a v_rev tensor ``[d]`` or ``[L+1, d]`` (then
+    ``layer`` is required); ``probe_ids``: harmful probe prompts as token ids
+    (:func:`reversion.textdata.encode_prompts`); ``mu_S``: theta_S's mean activation
+    ``[d]`` at the layer or ``[L+1, d]`` (None: computed from the model at train begin);
+    ``every``: check every k optimizer steps; ``threshold``: alignment above which a
+    check counts (None: see the module docstring); ``patience``: checks in a row above
+    it before flagging; ``log_path``: ``.csv`` or ``.jsonl`` file appended to;
+    ``trainer``: route the values through ``trainer.log`` (or call :meth:`attach`);
+    ``stop_on_flag``: stop training once flagged; ``prefix``: of the logged keys.
+    """
+
+    def __init__(self, directions: Directions | torch.Tensor, probe_ids: Sequence[Sequence[int]], *,
+                 layer: int | None = None, mu_S: torch.Tensor | None = None, every: int = 10,
+                 threshold: float | None = None, patience: int = 3, log_path: str | Path | None = None,
+                 pad_id: int = 0, position: str | None = None, batch_size: int = 32,
+                 trainer: Trainer | None = None, stop_on_flag: bool = False, prefix: str = "reversion/"):
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"every must be an int >= 1, got {every!r}")
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
+            raise ValueError(f"patience must be an int >= 1, got {patience!r}")
+        if not probe_ids:
+            raise ValueError("probe_ids is empty: the monitor needs harmful probe prompts (token ids)")
+        self.displacement: float | None = None
+        meta: dict = {}
+        if isinstance(directions, Directions):
+            meta = directions.meta
+            if layer is None:
+                if meta.get("layer") is None:
+                    raise ValueError("the Directions carry no chosen layer; pass layer=")
+                layer = int(meta["layer"])
+            v_all = directions.v_rev
+            self._check_layer(layer, v_all.shape[0] - 1)
+            self.displacement = float(directions.displacement_norm[layer])
+            v = v_all[layer]
+            position = position or meta.get("position", "last")
+        elif isinstance(directions, torch.Tensor):
+            if directions.ndim == 2:
+                if layer is None:
+                    raise ValueError("v_rev given as [L+1, d]: pass layer=")
+                self._check_layer(layer, directions.shape[0] - 1)
+                v = directions[layer]
+            elif directions.ndim == 1:
+                if layer is None:
+                    raise ValueError("v_rev given as [d]: pass the layer it belongs to (layer=)")
+                v = directions
+            else:
+                raise ValueError(f"v_rev must be [d] or [L+1, d], got shape {tuple(directions.shape)}")
+        else:
+            raise TypeError(f"directions must be a reversion.geometry.Directions or a tensor, "
+                            f"got {type(directions).__name__}")
+        v = v.detach().double().cpu()
+        norm = float(v.norm())
+        if not norm > 0:
+            raise ValueError(f"v_rev is zero at layer {layer}: no direction to monitor there")
+        self.v = v / norm
+        self.layer = int(layer)
+        self.d = int(self.v.shape[0])
+        self.position = position or "last"
+        self.probe_ids = [list(map(int, p)) for p in probe_ids]
+        self.pad_id = int(pad_id)
+        self.batch_size = batch_size
+        self.every = every
+        self.patience = patience
+        self.stop_on_flag = stop_on_flag
+        self.prefix = prefix
+        self.mu_S = self._mu_at_layer(mu_S) if mu_S is not None else None
+        self._mu_given = mu_S is not None
+
+        if threshold is not None:
+            if not isinstance(threshold, (int, float)) or isinstance(threshold, bool) or not math.isfinite(threshold):
+                raise ValueError(f"threshold must be a finite number, got {threshold!r}")
+            self.threshold, self.threshold_source = float(threshold), "given"
+        else:
+            matched = meta.get("matched_p99")
+            if isinstance(matched, list) and self.layer < len(matched) and matched[self.layer] is not None:
+                self.threshold, self.threshold_source = float(matched[self.layer]), "matched null p99"
+            else:
+                self.threshold = stats.isotropic_cos_quantile(self.d, 0.99)
+                self.threshold_source = "isotropic p99"
+
+        self.log_path = Path(log_path) if log_path is not None else None
+        if self.log_path is not None and self.log_path.suffix.lower() not in (".csv", ".jsonl"):
+            raise ValueError(f"log_path must end in .csv or .jsonl, got {self.log_path.name!r}")
+        self.trainer = trainer
+        self.history: list[dict[str, Any]] = []
+        self.flagged = False
+        self.flagged_step: int | None = None
+        self._run = 0  # checks in a row above the threshold
+        self._tracker: ProbeTracker | None = None
+
+    # ------------------------------------------------------------------ setup
+
+    @staticmethod
+    def _check_layer(layer: int, n: int) -> None:
+        if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer <= n:
+            raise ValueError(f"layer {layer!r} is outside the valid range [0, {n}]")
+
+    def _mu_at_layer(self, mu: torch.Tensor) -> torch.Tensor:
+        mu = torch.as_tensor(mu).detach().double().cpu()
+        if mu.ndim == 2:
+            self._check_layer(self.layer, mu.shape[0] - 1)
+            mu = mu[self.layer]
+        if mu.shape != (self.d,):
+            raise ValueError(f"mu_S must be [d={self.d}] or [L+1, d], got shape {tuple(mu.shape)}")
+        return mu
+
+    def attach(self, trainer: Trainer) -> "ReversionMonitor":
+        """Add this monitor to ``trainer`` and log through ``trainer.log``; returns self."""
+        self.trainer = trainer
+        if self not in trainer.callback_handler.callbacks:
+            trainer.add_callback(self)
+        return self
+
+    def _check_model(self, model) -> None:
+        if hidden_size(model) != self.d:
+            raise ValueError(f"v_rev has width {self.d} but the model's hidden_size is {hidden_size(model)}")
+        self._check_layer(self.layer, n_layers(model))
+
+    # ------------------------------------------------------------------ measuring
+
+    def measure(self, model) -> dict[str, float]:
+        """Alignment, projection and drift norm of ``model`` now (no grad; model mode restored)."""
+        if self.mu_S is None:
+            raise RuntimeError("mu_S is unknown: pass mu_S= or let on_train_begin compute it")
+        if self._tracker is None or self._tracker.device != model_device(model):  # pads once per run
+            self._tracker = ProbeTracker(model, self.probe_ids, [self.layer], self.position, self.pad_id,
+                                         self.batch_size)
+        mu = self._tracker(model)[0]
+        drift = mu - self.mu_S
+        dn = float(drift.norm())
+        proj = float(drift @ self.v)
+        out = {"alignment": proj / dn if dn > 0 else 0.0, "projection": proj, "drift_norm": dn}
+        if self.displacement:
+            out["relative_projection"] = proj / self.displacement
+        return out
+
+    def _record(self, step: int, model, state, control) -> dict[str, Any]:
+        m = self.measure(model)
+        above = m["alignment"] > self.threshold
+        self._run = self._run + 1 if above else 0
+        newly = False
+        if self._run >= self.patience and not self.flagged:
+            self.flagged, self.flagged_step, newly = True, step, True
+        row = {"step": step, "layer": self.layer, **m, "threshold": self.threshold, "above": above,
+               "flagged": self.flagged}
+        row.setdefault("relative_projection", None)
+        self.history.append(row)
+        self._write(row)
+        self._report(m, state, control)
+        if newly:
+            msg = (f"reversion monitor: drift aligned with v_rev above {self.threshold:.4f} "
+                   f"({self.threshold_source}) for {self.patience} checks in a row, at step {step} "
+                   f"(layer {self.layer}, alignment {m['alignment']:.4f})")
+            warnings.warn(msg, ReversionWarning, stacklevel=2)
+            if self.stop_on_flag and control is not None:
+                control.should_training_stop = True
+        return row
+
+    def _write(self, row: dict[str, Any]) -> None:
+        if self.log_path is None:
+            return
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        new = not self.log_path.exists() or self.log_path.stat().st_size == 0
+        with self.log_path.open("a", encoding="utf-8", newline="") as f:
+            if self.log_path.suffix.lower() == ".csv":
+                w = csv.DictWriter(f, fieldnames=LOG_FIELDS)
+                if new:
+                    w.writeheader()
+                w.writerow({k: ("" if row.get(k) is None else row[k]) for k in LOG_FIELDS})
+            else:
+                f.write(json.dumps({k: row.get(k) for k in LOG_FIELDS}) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def _report(self, m: dict[str, float], state, control) -> None:
+        if state is None:
+            return
+        logs = {f"{self.prefix}{k}": float(v) for k, v in m.items()}
+        logs[f"{self.prefix}flagged"] = float(self.flagged)
+        if self.trainer is not None:
+            saved = control.should_log if control is not None else None
+            self.trainer.log(logs)
+            if control is not None:
+                control.should_log = saved  # Trainer.log -> on_log cleared it
+        else:
+            entry = dict(logs)
+            if state.epoch is not None:
+                entry["epoch"] = state.epoch
+            state.log_history.append({**entry, "step": state.global_step})
+
+    # ------------------------------------------------------------------ callback events
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if model is None:
+            raise ValueError("ReversionMonitor needs the model (the Trainer passes it to callbacks)")
+        self._check_model(model)
+        if self.mu_S is None:
+            if state.global_step > 0:
+                warnings.warn("ReversionMonitor: mu_S computed from the model at a resumed step "
+                              f"{state.global_step}, not at theta_S; pass mu_S= when resuming",
+                              ReversionWarning, stacklevel=2)
+            self.mu_S = reference_mean(model, self.probe_ids, self.layer, self.position, self.pad_id,
+                                       self.batch_size)
+        if state.is_world_process_zero:
+            self._record(state.global_step, model, state, control)
+        return control
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if model is None or state.global_step % self.every != 0 or not state.is_world_process_zero:
+            return control
+        self._record(state.global_step, model, state, control)
+        return control
+
+    def summary(self) -> dict[str, Any]:
+        """Threshold, its source, number of checks, flag, last and maximum alignment."""
+        al = [r["alignment"] for r in self.history]
+        return {"layer": self.layer, "threshold": self.threshold, "threshold_source": self.threshold_source,
+                "patience": self.patience, "checks": len(al), "flagged": self.flagged,
+                "flagged_step": self.flagged_step, "last_alignment": al[-1] if al else None,
+                "max_alignment": max(al) if al else None}
+
+
+# --------------------------------------------------------------------------- block term
+
+
+def block_term(model, directions: Directions, probe_ids: Sequence[Sequence[int]], strength: float,
+               layers: Sequence[int] | None = None, n_probe_batch: int = 32):
+    """A :class:`reversion.interventions.Block` set up on ``model`` (which must be theta_S now).
+
+    ``layers``: where the term acts (default every block output 1..L, as in the
+    book's interventions); its scale per layer is ||mu_H - mu_S|| from ``directions``.
+    Use it as ``BlockTrainer(..., block=block_term(...))``.
+    """
+    from reversion.core.interventions import Block, all_block_layers
+
+    layers = list(layers) if layers is not None else all_block_layers(model)
+    block = Block(directions.v_rev, directions.displacement_norm, strength, layers, n_probe_batch)
+    # Block.setup reads only ``probes.harmful_block`` (token ids) and the model.
+    block.setup(model, None, SimpleNamespace(harmful_block=[list(map(int, p)) for p in probe_ids]))
+    return block
+
+
+class BlockTrainer(Trainer):
+    """``Trainer`` whose training loss adds ``block.aux_loss(model, inputs, step)``.
+
+    ``block``: any object with ``aux_loss(model, batch, step) -> tensor | None`` (e.g.
+    :func:`block_term`); step is the optimizer step being taken (1-based). The term is
+    added in training only (not in evaluation) and once per optimizer step in
+    total: with gradient accumulation it is divided over the micro-batches exactly as
+    the Trainer divides its own loss. ``last_block_term`` keeps its latest value.
+    """
+
+    def __init__(self, *args, block=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.block = block
+        self.last_block_term: float | None = None
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        out = super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                   num_items_in_batch=num_items_in_batch)
+        if self.block is None or not model.training:
+            return out
+        loss, outputs = out if return_outputs else (out, None)
+        term = self.block.aux_loss(model, inputs, self.state.global_step + 1)
+        if term is not None:
+            self.last_block_term = float(term.detach())
+            # The Trainer divides a per-batch loss by the accumulation steps itself; a loss it
+            # treats as already normalized over the accumulated batch is not divided, so the
+            # term must be divided here to count once per optimizer step.
+            scaled = getattr(self, "loss_is_scaled_for_ga", None)
+            if scaled is None:
+                scaled = (getattr(self, "model_accepts_loss_kwargs", False) and num_items_in_batch is not None) \
+                    or getattr(self, "compute_loss_func", None) is not None
+            if scaled:
+                ga = getattr(self, "current_gradient_accumulation_steps", None) or self.args.gradient_accumulation_steps
+                term = term / ga
+            loss = loss + term.to(device=loss.device, dtype=loss.dtype)
+        return (loss, outputs) if return_outputs else loss

@@ -1,0 +1,97 @@
+"""Named worlds: a complete history plus fine-tuning setup, chosen by one notebook parameter.
+
+``default`` is the book's organism; ``smoke`` is a tiny world for tests and CI that
+runs every notebook in seconds (its numbers mean nothing). ``world_overrides`` changes
+any field, e.g. ``{"history": {"safety": {"steps": 600}}, "finetune": {"lr": 3e-4}}``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from reversion.subjects.organism.config import (
+    FinetuneConfig, HistoryConfig, LanguageConfig, ModelConfig, PhaseConfig,
+)
+
+
+@dataclass(frozen=True)
+class World:
+    """One world: its history, its fine-tuning setup and how many fine-tuning seeds."""
+
+    history: HistoryConfig = field(default_factory=HistoryConfig)
+    """theta_P -> theta_H -> theta_S."""
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    """Benign fine-tuning (its ``seed`` is replaced by each of :attr:`seeds`)."""
+    n_seeds: int = 5
+    """Fine-tuning seeds 0..n_seeds-1."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.n_seeds, int) or isinstance(self.n_seeds, bool) or self.n_seeds < 1:
+            raise ValueError(f"n_seeds must be an int >= 1, got {self.n_seeds!r}")
+        if not isinstance(self.history, HistoryConfig) or not isinstance(self.finetune, FinetuneConfig):
+            raise ValueError("world.history and world.finetune must be configs (override them with mappings)")
+        if self.finetune.task not in self.history.language.tasks:
+            raise ValueError(f"finetune.task {self.finetune.task!r} is not a task of this language "
+                             f"({', '.join(self.history.language.tasks)})")
+
+    @property
+    def seeds(self) -> list[int]:
+        return list(range(self.n_seeds))
+
+    def finetune_config(self, seed: int, **changes) -> FinetuneConfig:
+        return dataclasses.replace(self.finetune, seed=seed, **changes)
+
+
+WORLDS: dict[str, World] = {
+    "default": World(),
+    "smoke": World(
+        history=HistoryConfig(
+            language=LanguageConfig(n_content=16, n_harmful=4, max_len=4),
+            model=ModelConfig(n_embd=32, n_layer=2, n_head=2, n_positions=16),
+            pretrain=PhaseConfig(20, 1e-3, 16, 0.3),
+            helpful=PhaseConfig(40, 1e-3, 16, 0.3),
+            safety=PhaseConfig(10, 1e-3, 16, 0.5),
+            n_eval=16,
+        ),
+        finetune=FinetuneConfig(steps=6, batch_size=8, n_eval=16, n_probe=16,
+                                eval_steps=(0, 1, 2, 3, 6)),
+        n_seeds=3,
+    ),
+}
+
+
+def _override(obj, changes: dict, where: str):
+    if not isinstance(changes, dict):
+        raise ValueError(f"world_overrides{where} must be a mapping, got {changes!r}")
+    names = {f.name for f in dataclasses.fields(obj)}
+    kwargs = {}
+    for key, value in changes.items():
+        if key not in names:
+            raise ValueError(f"world_overrides{where}: unknown field {key!r} "
+                             f"(known: {', '.join(sorted(names))})")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ValueError(f"world_overrides{where}.{key} must be a mapping of its fields, "
+                                 f"got {value!r}")
+            value = _override(current, value, f"{where}.{key}")
+        elif isinstance(current, tuple) and isinstance(value, list):
+            value = tuple(value)
+        kwargs[key] = value
+    try:
+        return dataclasses.replace(obj, **kwargs)
+    except TypeError as e:  # e.g. a PhaseConfig given as a number
+        raise ValueError(f"world_overrides{where}: {e}") from None
+
+
+def make_world(name: str = "default", overrides: dict | None = None) -> World:
+    """The named world with ``overrides`` applied (validated before any work)."""
+    if name not in WORLDS:
+        raise ValueError(f"unknown world {name!r} (known: {', '.join(WORLDS)})")
+    world = WORLDS[name]
+    if overrides:
+        world = _override(world, overrides, "")
+        # PhaseConfig validates through HistoryConfig; rebuild so its checks run.
+        world = dataclasses.replace(world, history=dataclasses.replace(world.history))
+    return world
