@@ -134,7 +134,7 @@ def chapter(stem: str, **changes) -> Callable[[Ctx], Any]:
     """The chapter as its notebook runs it -- parameters cell, smoke values, ``changes``;
     ``nb.collect``; ``run`` then ``save`` -- without a kernel."""
     def attempt(ctx: Ctx):
-        ch = importlib.import_module(f"reversion.chapters.{CHAPTERS[stem]}")
+        ch = importlib.import_module(f"reversion.book.chapters.{CHAPTERS[stem]}")
         P = nb.collect(ch.Params, {**notebook_defaults(stem), **smoke(stem), **changes})
         return ch.save(P, ch.run(P, progress=False))
     return attempt
