@@ -44,7 +44,9 @@ import torch
 from reversion.infra import paths, seeding
 from reversion.core.activations import mean_activations
 from reversion.core.batches import collate
-from reversion.stages.finetune import _collated, benign_batches
+from reversion.stages.finetune import _collated
+from reversion.subjects.base import Prompts
+from reversion.subjects.organism.subject import benign_batches
 from reversion.core.interventions import Block
 from reversion.subjects.organism.language import PAD, Language
 from reversion.subjects.organism.model import build_model
@@ -101,7 +103,7 @@ class _Loop:
 
     def stepper(self, aux: Callable | None = None, after: Callable | None = None) -> Callable[[], None]:
         ft = self.world.finetune_config(0)
-        batches = _collated(benign_batches(self.lang, ft), torch.device("cpu"))
+        batches = _collated(benign_batches(self.lang, ft), PAD, torch.device("cpu"))
         opt = torch.optim.AdamW(self.model.parameters(), lr=ft.lr, weight_decay=0.0)
         count = [0]
 
@@ -129,7 +131,8 @@ def chosen_layer(world: World, world_name: str) -> int:
     try:
         doc = json.loads(f.read_text())
         params, m = doc["parameters"], doc["metrics"]
-        if params.get("world") == world_name and not params.get("world_overrides") and "subject" not in m \
+        organism = (doc.get("subject") or {}).get("kind", "organism") == "organism"
+        if params.get("world") == world_name and not params.get("world_overrides") and organism \
                 and 1 <= int(m["layer"]) <= L:
             return int(m["layer"])
     except (OSError, KeyError, ValueError, TypeError):
@@ -148,7 +151,8 @@ def bench_steps(world: World, repeats: int = 60, world_name: str = "default") ->
     every = ProbeTracker(loop.model, drift, "all", pad_id=PAD)
     v = torch.nn.functional.normalize(torch.randn(L + 1, world.history.model.n_embd, dtype=torch.float64), dim=1)
     block = Block(v, torch.ones(L + 1, dtype=torch.float64), 1.0, list(range(1, L + 1)))
-    block.setup(loop.model, loop.lang, loop.probes)
+    p = loop.probes
+    block.setup(loop.model, loop.lang, Prompts(p.harmful_vrev, p.harmless_vrev, p.harmful_drift, p.harmful_block, PAD))
     fns = {
         "plain": loop.stepper(),
         "tracked_chosen_layer": loop.stepper(after=at_layer),
@@ -158,7 +162,7 @@ def bench_steps(world: World, repeats: int = 60, world_name: str = "default") ->
         "block": loop.stepper(aux=block.aux_loss),
     }
     ms = interleaved(fns, repeats)
-    tokens = {"train_tokens_per_step": int(collate(*_one_batch(loop)).get("attention_mask").sum()),
+    tokens = {"train_tokens_per_step": int(collate(*_one_batch(loop), pad_id=PAD).get("attention_mask").sum()),
               "probe_tokens": int(sum(len(p) for p in drift))}
     return {"layer": layer, "n_layer": L, "width": world.history.model.n_embd,
             "n_probe": len(drift), "batch_size": world.finetune.batch_size, "repeats": repeats,

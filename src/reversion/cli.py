@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from reversion.subjects.checkpoints.files import (
-    DTYPES, CheckpointError, arch_of, check_same_arch, checkpoint_folder, free_memory, read_config,
+    DTYPES, CheckpointError, arch_of, check_same_arch, checkpoint_folder, read_config, torch_dtype,
 )
 
 __all__ = ["main", "build_parser"]
@@ -178,8 +178,7 @@ def _device_dtype(args):
 
     from reversion.core.models import default_device
 
-    dtype = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16,
-             "float16": torch.float16}[args.dtype]
+    dtype = torch_dtype(args.dtype)
     if args.device == "auto":
         device = default_device()
     else:
@@ -220,67 +219,41 @@ def _fmt(x: Any, spec: str = ".4f") -> str:
 # --------------------------------------------------------------------------- estimate
 
 
-def directions_from_acts(acts: dict, meta: dict):
-    """:class:`~reversion.geometry.Directions` from per-prompt activations ``[n, L+1, d]``.
+def _subject(args):
+    """The command line's checkpoints as a subject (every prompt row estimates v_rev), checked
+    as the chapters' ``checkpoints`` are, with errors naming the flags."""
+    from reversion.subjects.checkpoints.subject import from_parameters
 
-    The arithmetic of :func:`reversion.geometry.estimate_directions`, on activations
-    computed one model at a time (so only one checkpoint is ever in memory).
-    """
-    from reversion.core.directions import Directions, unit_rows
-
-    mu_H, mu_S = acts["H"].mean(0), acts["S"].mean(0)
-    v_rev, disp = unit_rows(mu_H - mu_S, "v_rev = mu_H - mu_S")
-    v_P = r_S = None
-    if "P" in acts:
-        v_P, _ = unit_rows(acts["P"].mean(0) - mu_S, "v_P = mu_P - mu_S")
-    if "S_harmless" in acts:
-        r_S, _ = unit_rows(mu_S - acts["S_harmless"].mean(0), "r_S = mu_S(harmful) - mu_S(harmless)")
-    return Directions(v_rev, v_P, r_S, disp, acts["S"].norm(dim=-1).mean(0), meta)
-
-
-def layer_statistics(acts: dict, v_rev, n_boot: int, n_null: int, seed: int) -> dict[str, list]:
-    """Per layer: split-half stability (mean over ``n_boot`` splits) and the matched null's p99.
-
-    The matched null draws Gaussian directions with the covariance of theta_S's probe
-    activations at the layer and takes the p99 of their cosine with v_rev (as in
-    chapter 04). Layers where either is undefined (no displacement, no variance) get None.
-    """
-    import numpy as np
-
-    from reversion.infra import seeding
-    from reversion.core import stats
-
-    g = seeding.rng(seed, "reversion-cli-estimate")
-    stability: list = []
-    matched: list = []
-    for layer in range(acts["H"].shape[1]):
-        H, S = acts["H"][:, layer].numpy(), acts["S"][:, layer].numpy()
-        try:
-            stability.append(float(stats.split_half_stability(H, S, n_boot, g).mean()) if len(H) >= 2 else None)
-        except ValueError:
-            stability.append(None)
-        v = v_rev[layer].numpy()
-        try:
-            if not np.linalg.norm(v) > 0:
-                raise ValueError("zero direction")
-            null = stats.null_cosines(stats.sample_matched_directions(S, n_null, g, kind="samples"), v)
-            matched.append(stats.empirical_quantile(null, 0.99))
-        except ValueError:
-            matched.append(None)
-    return {"stability": stability, "matched_p99": matched}
+    if args.device != "auto":
+        _device_dtype(args)  # a bad --device is an argument error
+    given = {"witness": args.witness, "aligned": args.aligned, "pretrained": args.pretrained,
+             "prompts": args.prompts, "harmless": args.harmless, "tokenizer": args.tokenizer,
+             "dtype": args.dtype}
+    absolute = {k: (str(Path(v).absolute()) if k != "dtype" else v) for k, v in given.items() if v}
+    try:
+        return from_parameters(absolute, naming="flag", split_prompts=False,
+                               chat_template=CHAT_TEMPLATE[args.chat_template], prompt_field=args.prompt_field,
+                               device=None if args.device == "auto" else args.device,
+                               batch_size=args.batch_size, seed=args.seed)
+    except CheckpointError:
+        raise
+    except ValueError as exc:
+        raise _Fail(str(exc)) from None
 
 
 def cmd_estimate(args) -> int:
-    import numpy as np
-    import torch
-
     from reversion import __version__
     from reversion.core import stats
-    from reversion.core.directions import Directions, select_layer
-    from reversion.subjects.checkpoints.textdata import file_sha256, has_chat_template, pad_id_of
+    from reversion.core.directions import Directions
+    from reversion.infra import seeding
+    from reversion.stages.estimate import measure
+    from reversion.stages.nulls import matched_p99_by_layer
+    from reversion.subjects.checkpoints.textdata import file_sha256, has_chat_template
 
-    for flag in ("--batch-size", "--n-null", "--n-boot"):
+    for flag in ("--batch-size", "--n-null"):
         _positive(flag, getattr(args, flag[2:].replace("-", "_")))
+    if args.n_boot < 2:
+        raise _Fail(f"--n-boot: must be >= 2, got {args.n_boot}")
     if not 0 < args.min_stability < 1:
         raise _Fail(f"--min-stability: must lie in (0, 1), got {args.min_stability}")
     out = Path(args.out)
@@ -288,66 +261,39 @@ def cmd_estimate(args) -> int:
         raise _Fail(f"--out: the output file must end in .safetensors, got {args.out!r}")
     if out.exists() and out.is_dir():
         raise _Fail(f"--out: {args.out} is a directory")
-
-    paths = {"H": ("--witness", checkpoint_folder("--witness", args.witness)),
-             "S": ("--aligned", checkpoint_folder("--aligned", args.aligned))}
-    if args.pretrained:
-        paths["P"] = ("--pretrained", checkpoint_folder("--pretrained", args.pretrained))
-    archs = {k: arch_of(read_config(flag, p)) for k, (flag, p) in paths.items()}
-    for k in ("H", "P"):
-        if k in archs:
-            check_same_arch("--aligned", archs["S"], paths[k][0], archs[k])
-    L = int(archs["S"]["num_hidden_layers"])
+    subject = _subject(args)
+    arch = subject.arch()
+    L = int(arch["num_hidden_layers"])
     fixed_layer = None if args.layer == "auto" else _layer_arg("--layer", args.layer, L)
-
-    harmful = _read_prompts("--prompts", args.prompts, args.prompt_field)
-    harmless = _read_prompts("--harmless", args.harmless, args.prompt_field) if args.harmless else None
-    tok = _tokenizer(args, paths["S"][1])
-    ids = _encode("--prompts", tok, harmful, args)
-    harmless_ids = _encode("--harmless", tok, harmless, args) if harmless else None
+    prompts = subject.prompts()
     templated = CHAT_TEMPLATE[args.chat_template] is True or (
-        args.chat_template == "auto" and has_chat_template(tok))
-    pad_id = pad_id_of(tok)
-    device, dtype = _device_dtype(args)
-
-    print(f"reversion estimate: {archs['S']['model_type']}, L={L} layers, d={archs['S']['hidden_size']}; "
-          f"{len(ids)} harmful prompts" + (f", {len(harmless_ids)} harmless" if harmless_ids else "")
+        args.chat_template == "auto" and has_chat_template(subject.tok))
+    device, _ = _device_dtype(args)
+    print(f"reversion estimate: {arch['model_type']}, L={L} layers, d={arch['hidden_size']}; "
+          f"{len(prompts.vrev)} harmful prompts" + (f", {len(prompts.harmless)} harmless" if prompts.harmless else "")
           + f"; chat template {'on' if templated else 'off'}; position {args.position}; device {device.type}")
-    acts: dict[str, torch.Tensor] = {}
-    for key in ("H", "S", "P"):
-        if key not in paths:
-            continue
-        flag, path = paths[key]
-        model = _load(flag, path, device, dtype)
-        acts[key] = _acts(flag, model, ids, "all", args, pad_id)
-        if key == "S" and harmless_ids:
-            acts["S_harmless"] = _acts("--harmless", model, harmless_ids, "all", args, pad_id)
-        del model
-        free_memory()
-
-    meta = {"position": args.position, "n_prompts": len(ids), "layer": None,
-            "checkpoints": {"witness": args.witness, "aligned": args.aligned, "pretrained": args.pretrained},
+    meta = {"checkpoints": {"witness": args.witness, "aligned": args.aligned, "pretrained": args.pretrained},
             "prompts_file": args.prompts, "prompts_sha256": file_sha256(args.prompts),
-            "chat_template": templated, **{k: archs["S"][k] for k in archs["S"]},
-            "reversion_version": __version__}
+            "chat_template": templated, **arch, "reversion_version": __version__}
     try:
-        dirs = directions_from_acts(acts, meta)
+        est = measure(subject, len(prompts.vrev), args.position, args.n_boot, args.min_stability, meta)
     except ValueError as exc:
         msg = str(exc)
         flag = "--pretrained" if msg.startswith("v_P") else "--harmless" if msg.startswith("r_S") else \
             "--witness/--aligned"
         raise _Fail(f"{flag}: {msg}") from None
-    ls = layer_statistics(acts, dirs.v_rev, args.n_boot, args.n_null, args.seed)
+    dirs = est.directions
+    matched = matched_p99_by_layer(est.acts["S"], dirs.v_rev, args.n_null,
+                                   seeding.rng(args.seed, "reversion-cli-estimate"))
+    stability = [float(x) for x in est.stability.mean(0)]
     if fixed_layer is None:
-        stab = np.array([-1.0 if s is None else s for s in ls["stability"]])
-        layer, reason = select_layer(dirs.displacement_norm.numpy(), dirs.activation_norm.numpy(), stab,
-                                     args.min_stability)
+        layer, reason = dirs.layer, dirs.meta["layer_reason"]
     else:
         layer, reason = fixed_layer, f"layer {fixed_layer}: given with --layer"
-    d = int(archs["S"]["hidden_size"])
-    meta.update({"layer": int(layer), "layer_reason": reason, "stability": ls["stability"],
-                 "matched_p99": ls["matched_p99"], "isotropic_p99": stats.isotropic_cos_quantile(d, 0.99),
-                 "n_null": args.n_null, "n_boot": args.n_boot, "seed": args.seed})
+    d = int(arch["hidden_size"])
+    meta = {**dirs.meta, "layer": int(layer), "layer_reason": reason, "stability": stability,
+            "matched_p99": matched, "isotropic_p99": stats.isotropic_cos_quantile(d, 0.99),
+            "n_null": args.n_null, "n_boot": args.n_boot, "seed": args.seed}
     dirs = Directions(dirs.v_rev, dirs.v_P, dirs.r_S, dirs.displacement_norm, dirs.activation_norm, meta)
     dirs.save(out)
 
@@ -356,7 +302,7 @@ def cmd_estimate(args) -> int:
         rel = float(dirs.displacement_norm[l] / dirs.activation_norm[l]) if dirs.activation_norm[l] > 0 else None
         mark = "  <- chosen" if l == layer else ""
         print(f"{l:>5} {_fmt(float(dirs.displacement_norm[l])):>12} {_fmt(rel):>9} "
-              f"{_fmt(ls['stability'][l], '.3f'):>9} {_fmt(ls['matched_p99'][l]):>11}{mark}")
+              f"{_fmt(stability[l], '.3f'):>9} {_fmt(matched[l]):>11}{mark}")
     print(f"chosen {reason}")
     print(f"isotropic p99 at d={d}: {meta['isotropic_p99']:.4f}")
     print(f"wrote {args.out}")
@@ -389,9 +335,9 @@ class _Tracker:
     def __init__(self, args):
         import torch
 
-        from reversion.core import stats
         from reversion.core.activations import mean_activations
         from reversion.core.directions import Directions
+        from reversion.core.drift import threshold
         from reversion.subjects.checkpoints.textdata import file_sha256, pad_id_of
 
         _positive("--batch-size", args.batch_size)
@@ -437,20 +383,14 @@ class _Tracker:
         self.ids = _encode("--prompts", tok, texts, args)
         self.pad_id = pad_id_of(tok)
         self.same_prompts = meta.get("prompts_sha256") == file_sha256(args.prompts)
-        if args.threshold is not None:
-            self.threshold, self.threshold_source = float(args.threshold), "given"
-        else:
-            matched = meta.get("matched_p99") or []
-            if self.layer < len(matched) and matched[self.layer] is not None:
-                self.threshold, self.threshold_source = float(matched[self.layer]), "matched null p99"
-            else:
-                self.threshold = stats.isotropic_cos_quantile(d, 0.99)
-                self.threshold_source = "isotropic p99"
+        self.threshold, self.threshold_source = threshold(d, self.layer, meta.get("matched_p99"), args.threshold)
         self.device, self.dtype = _device_dtype(args)
         self._mean = mean_activations
         self.mu_S = None
 
     def _means(self, flag: str, path: Path):
+        from reversion.infra.runtime import free_memory  # torch: not at start-up
+
         model = _load(flag, path, self.device, self.dtype)
         try:
             mu = self._mean(model, self.ids, self.layers, position=self.args.position,
@@ -469,20 +409,20 @@ class _Tracker:
         check_same_arch("--aligned", self.arch, flag, arch_of(read_config(flag, path)))
 
     def rows(self, flag: str, path: Path, label: str) -> list[dict[str, Any]]:
+        from reversion.core.drift import read_drift
+
         mu = self._means(flag, path)
         out = []
         for i, layer in enumerate(self.layers):
-            drift = mu[i] - self.mu_S[i]
-            v = self.dirs.v_rev[layer].double()
-            dn = float(drift.norm())
-            proj = float(drift @ v)
-            disp = float(self.dirs.displacement_norm[layer])
-            al = proj / dn if dn > 0 and float(v.norm()) > 0 else 0.0
-            out.append({"checkpoint": label, "step": _step_of(path), "layer": layer, "alignment": al,
-                        "projection": proj, "drift_norm": dn,
-                        "relative_projection": proj / disp if disp > 0 else None,
+            v = self.dirs.v_rev[layer]
+            if not float(v.norm()) > 0:  # --all-layers: a layer without a direction reads as no alignment
+                r = {"alignment": 0.0, "projection": 0.0, "drift_norm": float((mu[i] - self.mu_S[i]).norm()),
+                     "relative_projection": None}
+            else:
+                r = read_drift(mu[i], self.mu_S[i], v, float(self.dirs.displacement_norm[layer]))
+            out.append({"checkpoint": label, "step": _step_of(path), "layer": layer, **r,
                         "threshold": self.threshold if layer == self.layer else None,
-                        "above": (al > self.threshold) if layer == self.layer else None})
+                        "above": (r["alignment"] > self.threshold) if layer == self.layer else None})
         return out
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from reversion.core.activations import check_compatible, prompt_activations
+from reversion.core import stats
 from reversion.core.hooks import text_config
 
 
@@ -44,20 +44,6 @@ def unit_rows(x: torch.Tensor, what: str, eps: float = 1e-12,
                          "checkpoints give identical mean activations there; no direction exists")
     safe = torch.where(norms > eps, norms, torch.ones_like(norms))
     return torch.where((norms > eps)[:, None], x / safe[:, None], torch.zeros_like(x)), norms
-
-
-def alignment(drift: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
-    """cos(drift, direction) along the last axis; drift ``[..., L+1, d]``, direction ``[L+1, d]``.
-
-    A zero drift (step 0) gives 0 rather than NaN: no motion has no alignment. A NaN or
-    infinite entry is an error (it would otherwise read as a zero drift, i.e. alignment 0).
-    """
-    for name, t in (("drift", drift), ("direction", direction)):
-        if not torch.isfinite(t).all():
-            raise ValueError(f"alignment: {name} contains NaN or infinite values")
-    num = (drift * direction).sum(-1)
-    den = drift.norm(dim=-1) * direction.norm(dim=-1)
-    return torch.where(den > 0, num / den.clamp_min(1e-300), torch.zeros_like(num))
 
 
 @dataclass(frozen=True)
@@ -111,34 +97,45 @@ class Directions:
         return int(self.meta["layer"])
 
 
-def estimate_directions(theta_H, theta_S, harmful: list, *, theta_P=None, harmless: list | None = None,
-                        position: str = "last", pad_id: int = 0, batch_size: int = 64,
-                        meta: dict | None = None) -> tuple[Directions, dict]:
-    """Directions at every layer, plus the per-prompt activations they came from.
+def directions_from_acts(acts: dict[str, torch.Tensor], meta: dict | None = None) -> Directions:
+    """v_rev (and v_P / r_S where their activations are given) at every layer from per-prompt
+    activations ``[n, L+1, d]``: ``H`` and ``S`` on the harmful probes, ``P`` (theta_P on the
+    same probes) and ``S_harmless`` (theta_S on harmless prompts) optional.
 
-    Returns ``(directions, acts)`` with ``acts[name]`` of shape ``[n_prompts, L+1, d]``
-    for ``H``, ``S`` (harmful prompts), ``P`` and ``S_harmless`` where given.
+    Activations are computed one model at a time (:mod:`reversion.stages.estimate`), so only
+    one checkpoint is ever in memory; this is the arithmetic on them.
     """
-    if not harmful:
-        raise ValueError("harmful probe prompt set is empty")
-    check_compatible(theta_H, theta_S)
-    if theta_P is not None:
-        check_compatible(theta_P, theta_S)
-    kw = dict(layers="all", position=position, pad_id=pad_id, batch_size=batch_size)
-    acts = {"H": prompt_activations(theta_H, harmful, **kw),
-            "S": prompt_activations(theta_S, harmful, **kw)}
+    for name in ("H", "S"):
+        if name not in acts:
+            raise ValueError(f"activations of {name!r} are missing: v_rev needs both H and S")
     mu_H, mu_S = acts["H"].mean(0), acts["S"].mean(0)
     v_rev, disp = unit_rows(mu_H - mu_S, "v_rev = mu_H - mu_S")
     v_P = r_S = None
-    if theta_P is not None:
-        acts["P"] = prompt_activations(theta_P, harmful, **kw)
+    if "P" in acts:
         v_P, _ = unit_rows(acts["P"].mean(0) - mu_S, "v_P = mu_P - mu_S")
-    if harmless:
-        acts["S_harmless"] = prompt_activations(theta_S, harmless, **kw)
+    if "S_harmless" in acts:
         r_S, _ = unit_rows(mu_S - acts["S_harmless"].mean(0), "r_S = mu_S(harmful) - mu_S(harmless)")
-    meta = {"position": position, "n_prompts": len(harmful), **(meta or {})}
+    meta = {"n_prompts": int(acts["H"].shape[0]), **(meta or {})}
     meta.setdefault("layer", None)
-    return Directions(v_rev, v_P, r_S, disp, acts["S"].norm(dim=-1).mean(0), meta), acts
+    return Directions(v_rev, v_P, r_S, disp, acts["S"].norm(dim=-1).mean(0), meta)
+
+
+def layer_stability(acts_H: torch.Tensor, acts_S: torch.Tensor, n_boot: int,
+                    generator: np.random.Generator) -> np.ndarray:
+    """``[n_boot, L+1]`` split-half stability of v_rev at every layer
+    (:func:`reversion.core.stats.split_half_stability` on ``[n, L+1, d]`` activations).
+
+    A layer where a half has no displacement (e.g. layer 0 when the embeddings did not move)
+    gets 0, never NaN, so the layer rule never picks it for its stability.
+    """
+    out = []
+    for layer in range(acts_H.shape[1]):
+        try:
+            s = stats.split_half_stability(acts_H[:, layer].numpy(), acts_S[:, layer].numpy(), n_boot, generator)
+        except ValueError:
+            s = np.zeros(n_boot)
+        out.append(np.nan_to_num(s, nan=0.0))
+    return np.stack(out, axis=1)
 
 
 def select_layer(displacement_norm: np.ndarray, activation_norm: np.ndarray,

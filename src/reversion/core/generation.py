@@ -19,7 +19,7 @@ Pair = tuple[Sequence[int], Sequence[int]]
 """(prompt ids, answer ids) of one example."""
 
 
-def _check_prompts(prompts: Sequence[Sequence[int]]) -> list[list[int]]:
+def check_prompts(prompts: Sequence[Sequence[int]]) -> list[list[int]]:
     if isinstance(prompts, (str, bytes)) or not prompts:
         raise ValueError("prompts must be a non-empty list of token-id lists")
     out = []
@@ -43,7 +43,7 @@ def greedy_generate(model, prompts: Sequence[Sequence[int]], max_new_tokens: int
     continuation equals that of the prompt alone, for any family (no position-id or
     mask conventions involved).
     """
-    prompts = _check_prompts(prompts)
+    prompts = check_prompts(prompts)
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if batch_size < 1:

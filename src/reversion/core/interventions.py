@@ -33,7 +33,7 @@ import torch
 from reversion.infra import seeding
 from reversion.core.activations import mean_activations
 from reversion.core.hooks import add_hooks, edit_block_output, get_blocks, n_layers
-from reversion.subjects.organism.language import PAD, Language
+from reversion.core.batches import collate
 
 
 def _check_strength(name: str, value: float) -> float:
@@ -106,19 +106,19 @@ class _DirectionalTerm:
                 "v_rev": _digest(self.v), "scale": _digest(self.scale),
                 "n_probe_batch": self.n_probe_batch}
 
-    def setup(self, model, lang: Language, probes) -> None:
-        from reversion.core.batches import collate
-
+    def setup(self, model, data, probes) -> None:
+        """``probes``: the subject's :class:`~reversion.subjects.base.Prompts` (``block`` set and
+        ``pad_id`` are read); ``data`` is not used."""
         prompts = probes.harmful_block
         device = next(model.parameters()).device
         chunks = [prompts[i:i + self.n_probe_batch] for i in range(0, len(prompts), self.n_probe_batch)]
         # theta_S reference mean of *each* probe batch, so the projection is exactly 0 at
         # theta_S whichever batch a step looks at (a set-wide mean would leave each batch's
         # sampling offset in p).
-        self.mu_S = [mean_activations(model, c, self.layers, pad_id=PAD).to(device) for c in chunks]
+        self.mu_S = [mean_activations(model, c, self.layers, pad_id=probes.pad_id).to(device) for c in chunks]
         self._v = self.v[self.layers].to(device)
         self._scale = self.scale[self.layers].to(device)
-        self.probe_batches = [collate(c, device=device) for c in chunks]
+        self.probe_batches = [collate(c, pad_id=probes.pad_id, device=device) for c in chunks]
 
     def projection(self, model, step: int) -> torch.Tensor:
         """``[len(layers)]`` projection on v_rev of the probe batch's mean drift (differentiable)."""
@@ -138,7 +138,7 @@ class _DirectionalTerm:
         p = self.projection(model, step)
         return (self.sign * self.strength * torch.tanh(p / self._scale).sum()).float()
 
-    def batches(self, benign, lang, ft):
+    def batches(self, benign, data, ft):
         return benign
 
     def teardown(self) -> None:
@@ -176,7 +176,7 @@ class Projection:
     def key(self) -> dict:
         return {"variant": self.name, "layers": self.layers, "v_rev": _digest(self.v)}
 
-    def setup(self, model, lang: Language, probes) -> None:
+    def setup(self, model, data, probes) -> None:
         import copy
 
         # A frozen copy of theta_S gives each token's reference activation, so the edit is
@@ -212,7 +212,7 @@ class Projection:
     def aux_loss(self, model, batch, step):
         return None
 
-    def batches(self, benign, lang, ft):
+    def batches(self, benign, data, ft):
         return benign
 
     @contextlib.contextmanager
@@ -241,22 +241,22 @@ class Rehearsal:
     def key(self) -> dict:
         return {"variant": self.name, "fraction": self.fraction}
 
-    def setup(self, model, lang, probes) -> None:
+    def setup(self, model, data, probes) -> None:
         pass
 
     def aux_loss(self, model, batch, step):
         return None
 
-    def batches(self, benign: Iterator[list], lang: Language, ft) -> Iterator[list]:
+    def batches(self, benign: Iterator[list], data, ft) -> Iterator[list]:
         r = seeding.rng(ft.seed, "rehearsal-data")
         k = _share(ft.batch_size, self.fraction)
         for batch in benign:
             if k == 0:
                 yield batch
                 continue
-            harm = lang.sample(r, k, "train", harmful=True)
+            harm = data.sample(r, k, "train", harmful=True)
             # Replace the tail: the benign head keeps the baseline's data order.
-            yield batch[: len(batch) - k] + [(q.prompt, lang.refusal_answer) for q in harm]
+            yield batch[: len(batch) - k] + [(q.prompt, data.refusal_answer) for q in harm]
 
     def teardown(self) -> None:
         pass
@@ -273,19 +273,19 @@ class AlignmentMix:
     def key(self) -> dict:
         return {"variant": self.name, "harmful_fraction": self.harmful_fraction}
 
-    def setup(self, model, lang, probes) -> None:
+    def setup(self, model, data, probes) -> None:
         pass
 
     def aux_loss(self, model, batch, step):
         return None
 
-    def batches(self, benign: Iterator[list], lang: Language, ft) -> Iterator[list]:
+    def batches(self, benign: Iterator[list], data, ft) -> Iterator[list]:
         r = seeding.rng(ft.seed, "alignment-mix")
         k = _share(ft.batch_size, self.harmful_fraction)
         while True:
-            ben = lang.sample(r, ft.batch_size - k, "train", harmful=False)
-            harm = lang.sample(r, k, "train", harmful=True)
-            yield [(q.prompt, q.answer) for q in ben] + [(q.prompt, lang.refusal_answer) for q in harm]
+            ben = data.sample(r, ft.batch_size - k, "train", harmful=False)
+            harm = data.sample(r, k, "train", harmful=True)
+            yield [(q.prompt, q.answer) for q in ben] + [(q.prompt, data.refusal_answer) for q in harm]
 
     def teardown(self) -> None:
         pass

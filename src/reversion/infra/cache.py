@@ -1,8 +1,10 @@
 """A content-addressed, interruption-safe cache of checkpoints and runs.
 
 An entry is a folder ``<cache>/<stage>/<key>`` where the key hashes the stage's
-configuration *and* the package's code (:func:`reversion.provenance.code_hash`), so
-editing ``src/`` invalidates every entry. An entry is built under a temporary name
+configuration, the code of the modules it depends on (``code``: the import closure of
+the named modules, :func:`reversion.infra.provenance.code_hash`), the torch /
+transformers versions and the device: editing a module invalidates exactly the entries
+whose stages import it, and CPU and CUDA runs (whose numbers differ) never share one. An entry is built under a temporary name
 and renamed into place only once complete; a run killed midway leaves at most a
 ``.tmp-*`` folder, which never reads as an entry and is swept on the next build.
 """
@@ -16,24 +18,29 @@ import shutil
 import time
 import uuid
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 from reversion.infra import paths
-from reversion.infra.provenance import code_hash
+from reversion.infra.provenance import code_hash, device_kind, versions
 
 COMPLETE = "COMPLETE"
 STALE_TMP_SECONDS = 6 * 3600
 
 
-def cache_key(stage: str, config: dict) -> str:
-    """Hash of the stage name, its JSON-able configuration and the package code."""
-    blob = json.dumps({"stage": stage, "config": config, "code": code_hash()},
-                      sort_keys=True, default=str)
+def identity(config: dict, code: Iterable[str] | None = None) -> dict:
+    """What a key hashes besides the stage name: the configuration, the code hash of the
+    modules ``code`` names (None: the whole package), the library versions and the device."""
+    return {"config": config, "code": code_hash(code), **versions(), "device": device_kind()}
+
+
+def cache_key(stage: str, config: dict, code: Iterable[str] | None = None) -> str:
+    """Hash of the stage name and :func:`identity`."""
+    blob = json.dumps({"stage": stage, **identity(config, code)}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
-def entry_path(stage: str, config: dict, root: Path | None = None) -> Path:
-    return (root or paths.cache_dir()) / stage / cache_key(stage, config)
+def entry_path(stage: str, config: dict, root: Path | None = None, code: Iterable[str] | None = None) -> Path:
+    return (root or paths.cache_dir()) / stage / cache_key(stage, config, code)
 
 
 def is_complete(path: Path) -> bool:
@@ -41,13 +48,14 @@ def is_complete(path: Path) -> bool:
 
 
 def cached(stage: str, config: dict, build: Callable[[Path], None],
-           root: Path | None = None) -> Path:
+           root: Path | None = None, code: Iterable[str] | None = None) -> Path:
     """Return the folder of ``stage`` for ``config``, building it with ``build(tmp)`` on a miss.
 
     ``build`` writes everything into the folder it is given. Only after it returns is
     the folder marked complete and renamed into place (atomic on one file system).
     """
-    final = entry_path(stage, config, root)
+    code = tuple(code) if code is not None else None
+    final = entry_path(stage, config, root, code)
     if is_complete(final):
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -59,7 +67,7 @@ def cached(stage: str, config: dict, build: Callable[[Path], None],
     try:
         build(tmp)
         (tmp / "config.json").write_text(json.dumps(
-            {"stage": stage, "config": config, "code_hash": code_hash()},
+            {"stage": stage, **identity(config, code), "modules": list(code or ())},
             indent=2, sort_keys=True, default=str))
         (tmp / COMPLETE).write_text("")
         try:

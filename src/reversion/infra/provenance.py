@@ -1,40 +1,135 @@
-"""Identity of the code that produced a number: version, code hash, library versions."""
+"""Identity of the code that produced a number: which modules, which versions, which device.
+
+Cache keys and notebook stamps hash the code a result *depends on*, not the whole package:
+:func:`code_hash` follows the package-internal imports of the named modules (statically,
+from their source: imports inside functions count too) and hashes the files of that
+closure. Editing a plotting module therefore changes the identity of the notebooks that
+draw with it and of nothing that trains.
+"""
 
 from __future__ import annotations
 
+import ast
 import functools
 import hashlib
 import platform
 from pathlib import Path
+from typing import Iterable
 
 import reversion
 
+PACKAGE = "reversion"
 
-@functools.lru_cache(maxsize=1)
-def code_hash() -> str:
-    """SHA-256 over every ``.py`` file of the package (path and bytes).
 
-    Part of every cache key, so editing ``src/`` invalidates cached runs.
-    """
-    root = Path(reversion.__file__).resolve().parent
+def _root() -> Path:
+    return Path(reversion.__file__).resolve().parent
+
+
+def module_file(name: str) -> Path:
+    """The source file of a package module, e.g. ``reversion.core.stats``."""
+    if name != PACKAGE and not name.startswith(PACKAGE + "."):
+        raise ValueError(f"{name!r} is not a module of the {PACKAGE} package")
+    rel = Path(*name.split(".")[1:])
+    pkg = _root() / rel / "__init__.py"
+    if pkg.is_file():
+        return pkg
+    mod = (_root() / rel).with_suffix(".py")
+    if mod.is_file():
+        return mod
+    raise ValueError(f"no module {name!r} in {_root()}")
+
+
+def _exists(name: str) -> bool:
+    try:
+        module_file(name)
+        return True
+    except ValueError:
+        return False
+
+
+@functools.lru_cache(maxsize=None)
+def _direct_imports(name: str) -> frozenset[str]:
+    """Package modules that ``name`` imports anywhere in its source."""
+    path = module_file(name)
+    is_pkg = path.name == "__init__.py"
+    here = name if is_pkg else name.rpartition(".")[0]
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name == PACKAGE or a.name.startswith(PACKAGE + "."):
+                    out.add(a.name)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = here.split(".")[: len(here.split(".")) - (node.level - 1)]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            if mod != PACKAGE and not mod.startswith(PACKAGE + "."):
+                continue
+            out.add(mod)
+            for a in node.names:  # ``from reversion.infra import cache``: a submodule
+                if _exists(f"{mod}.{a.name}"):
+                    out.add(f"{mod}.{a.name}")
+    # Importing a module runs its parent packages' __init__ too.
+    parts = name.split(".")
+    out.update(".".join(parts[:i]) for i in range(1, len(parts)))
+    out.discard(name)
+    return frozenset(m for m in out if _exists(m))
+
+
+def closure(modules: Iterable[str]) -> list[str]:
+    """The package modules that ``modules`` depend on (themselves included), sorted."""
+    seen: set[str] = set()
+    todo = list(modules)
+    while todo:
+        m = todo.pop()
+        if m in seen:
+            continue
+        module_file(m)  # a typo in a module name is an error, not an empty closure
+        seen.add(m)
+        todo.extend(_direct_imports(m) - seen)
+    return sorted(seen)
+
+
+@functools.lru_cache(maxsize=256)
+def _hash(modules: tuple[str, ...]) -> str:
     h = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
-        h.update(path.relative_to(root).as_posix().encode())
-        h.update(b"\0")
-        h.update(path.read_bytes())
-        h.update(b"\0")
+    for m in closure(modules):
+        h.update(m.encode() + b"\0")
+        h.update(module_file(m).read_bytes() + b"\0")
     return h.hexdigest()
 
 
-def provenance() -> dict:
-    """What produced a result: package version, code hash, torch/transformers versions."""
+def code_hash(modules: Iterable[str] | None = None) -> str:
+    """SHA-256 over the source of ``modules`` and everything they import from the package
+    (default: every module of the package)."""
+    if modules is None:
+        root = _root()
+        modules = [PACKAGE + "".join("." + p for p in f.relative_to(root).with_suffix("").parts
+                                     if p != "__init__")
+                   for f in root.rglob("*.py")]
+    return _hash(tuple(sorted(set(modules))))
+
+
+def versions() -> dict:
+    """torch / transformers / Python versions (part of every cache key: numbers differ across them)."""
     import torch
     import transformers
 
-    return {
-        "package_version": reversion.__version__,
-        "code_hash": code_hash(),
-        "torch_version": torch.__version__,
-        "transformers_version": transformers.__version__,
-        "python_version": platform.python_version(),
-    }
+    return {"torch_version": torch.__version__, "transformers_version": transformers.__version__,
+            "python_version": platform.python_version()}
+
+
+def device_kind() -> str:
+    """Where stages compute: ``cpu`` or ``cuda:<device name>`` (CPU and CUDA runs differ)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda:" + torch.cuda.get_device_name(0)
+    return "cpu"
+
+
+def provenance(modules: Iterable[str] | None = None) -> dict:
+    """What produced a result: package version, the code hash of ``modules``, library versions."""
+    return {"package_version": reversion.__version__, "code_hash": code_hash(modules), **versions()}

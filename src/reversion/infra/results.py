@@ -49,11 +49,19 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 def write_metrics(stem: str, metrics: dict, parameters: dict, seeds: Any = None,
-                  timings: dict | None = None) -> Path:
-    """Write ``results/<stem>/metrics.json`` (and ``timings.json`` if given); return its path."""
+                  timings: dict | None = None, subject: dict | None = None,
+                  code: tuple[str, ...] | None = None, stages: dict | None = None) -> Path:
+    """Write ``results/<stem>/metrics.json`` (and ``timings.json`` if given); return its path.
+
+    ``subject``: what the subject records (its kind; for checkpoints their paths and hashes);
+    ``code``: the modules whose import closure produced the numbers (a chapter passes its own
+    module; default: the whole package -- see :func:`reversion.infra.provenance.code_hash`);
+    ``stages``: the identities of the cached stages the numbers come from (the subject, the
+    estimate), which the claims chapter compares across chapters.
+    """
     folder = paths.results_dir() / stem
-    doc = {"notebook": stem, "parameters": parameters, "seeds": seeds,
-           "provenance": provenance(), "metrics": metrics}
+    doc = {"notebook": stem, "parameters": parameters, "seeds": seeds, "subject": subject,
+           "stages": stages, "provenance": provenance(code), "metrics": metrics}
     out = folder / "metrics.json"
     text = json.dumps(_clean(doc), indent=2, sort_keys=True) + "\n"
     # Clean both before writing either: a bad timing must not leave a lone new metrics file.

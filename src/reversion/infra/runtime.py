@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 
 import torch
@@ -21,3 +22,10 @@ def set_cpu_threads() -> int:
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return n
+
+
+def free_memory() -> None:
+    """Return a dropped model's memory (call after ``del model``): one checkpoint at a time."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -1,12 +1,19 @@
-"""Stage ``estimate_vrev``: v_rev and its controls for a world's history (cached).
+"""Stage ``estimate``: v_rev and its control directions for a subject, the layer chosen by rule.
 
-The stage stores the directions at every layer, the per-prompt activations they came
-from (for the stability bootstrap), the split-half stability per layer and the chosen
-layer with its reason. Chapters 03-05 call it and get the same directions.
+For each checkpoint the subject has (theta_H, theta_S, and theta_P when given), loaded one
+at a time: the activations of the estimation probes at every layer (and theta_S's on
+harmless prompts). From them: the directions at every layer
+(:func:`~reversion.core.directions.directions_from_acts`), the split-half stability per
+layer and the chosen layer (:func:`~reversion.core.directions.select_layer`). The stage
+stores the directions, the per-prompt activations (for the stability bootstrap and the
+matched null) and the witness's greedy first answer tokens (for the vocabulary readout).
+Chapters 02-05 call it and get the same directions; ``reversion estimate`` runs
+:func:`measure` on the command line's subject.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,14 +21,17 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from reversion.infra import cache, seeding
 from reversion.core import stats
-from reversion.subjects.organism.config import HistoryConfig, to_dict
-from reversion.core.directions import Directions, estimate_directions, select_layer
-from reversion.subjects.organism.history import train_history
-from reversion.subjects.organism.language import PAD, Language
-from reversion.subjects.organism.prompts import ProbeSets
-from reversion.infra.runtime import set_cpu_threads
+from reversion.core.activations import POSITIONS, prompt_activations
+from reversion.core.directions import Directions, directions_from_acts, layer_stability, select_layer
+from reversion.core.generation import greedy_generate
+from reversion.infra import cache, seeding
+from reversion.infra.runtime import free_memory, set_cpu_threads
+from reversion.subjects.base import Subject
+
+__all__ = ["VRevEstimate", "estimate", "measure", "stability_vs_probes", "summary"]
+
+CODE = ("reversion.stages.estimate",)
 
 
 @dataclass(frozen=True)
@@ -31,47 +41,74 @@ class VRevEstimate:
     """``H``, ``S``, ``P``, ``S_harmless`` -> ``[n_prompts, L+1, d]``."""
     stability: np.ndarray
     """``[n_boot, L+1]`` split-half cosines."""
-    path: Path
+    path: Path | None
+    """The cache entry (None for an uncached :func:`measure`)."""
+    openers: list[int]
+    """The witness's greedy first answer token on each estimation prompt."""
 
     @property
     def layer(self) -> int:
         return self.directions.layer
 
 
-def estimate_vrev(history: HistoryConfig, n_probe: int = 128, position: str = "last",
-                  n_boot: int = 200, min_stability: float = 0.9, progress: bool = True) -> VRevEstimate:
-    """v_rev, v_P and r_S at every layer from the history's checkpoints; layer selected by rule."""
-    if n_boot < 2:
-        raise ValueError(f"n_boot must be >= 2, got {n_boot}")
-    hist = train_history(history, progress)
-    key = {"history": to_dict(history), "n_probe": n_probe, "position": position,
-           "n_boot": n_boot, "min_stability": min_stability}
+def _check(position: str, n_boot: int, min_stability: float) -> None:
+    if position not in POSITIONS:
+        raise ValueError(f"position must be one of {', '.join(POSITIONS)}, got {position!r}")
+    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 2:
+        raise ValueError(f"n_boot must be an int >= 2, got {n_boot!r}")
+    if not 0 < min_stability < 1:
+        raise ValueError(f"min_stability must lie in (0, 1), got {min_stability!r}")
+
+
+def measure(subject: Subject, n_probe: int, position: str = "last", n_boot: int = 200,
+            min_stability: float = 0.9, meta: dict | None = None) -> VRevEstimate:
+    """The estimate, uncached: activations, directions, stability, layer (see the module docstring)."""
+    _check(position, n_boot, min_stability)
+    set_cpu_threads()
+    prompts = subject.prompts(n_probe)
+    kw = dict(layers="all", position=position, batch_size=subject.batch_size, pad_id=prompts.pad_id)
+    acts: dict[str, torch.Tensor] = {}
+    openers: list[int] = []
+    for role, tag in (("theta_H", "H"), ("theta_S", "S"), ("theta_P", "P")):
+        if role not in subject.roles():
+            continue
+        model = subject.load(role)
+        acts[tag] = prompt_activations(model, prompts.vrev, **kw)
+        if tag == "S" and prompts.harmless:
+            acts["S_harmless"] = prompt_activations(model, prompts.harmless, **kw)
+        if tag == "H":  # the witness's answer openings, for the vocabulary readout
+            openers = [g[0] for g in greedy_generate(model, prompts.vrev, 1, None, subject.batch_size)]
+        del model
+        free_memory()
+    meta = {"position": position, **(meta or {})}
+    dirs = directions_from_acts(acts, meta)
+    stab = layer_stability(acts["H"], acts["S"], n_boot, seeding.rng(subject.seed, "vrev-stability"))
+    layer, reason = select_layer(dirs.displacement_norm.numpy(), dirs.activation_norm.numpy(),
+                                 stab.mean(0), min_stability)
+    dirs = Directions(dirs.v_rev, dirs.v_P, dirs.r_S, dirs.displacement_norm, dirs.activation_norm,
+                      {**dirs.meta, "layer": layer, "layer_reason": reason})
+    return VRevEstimate(dirs, acts, stab, None, openers)
+
+
+def estimate(subject: Subject, n_probe: int = 128, position: str = "last", n_boot: int = 200,
+             min_stability: float = 0.9, progress: bool = True) -> VRevEstimate:
+    """:func:`measure`, cached per (subject, n_probe, position, n_boot, min_stability)."""
+    _check(position, n_boot, min_stability)
+    subject.prepare(progress=progress)
+    key = {"subject": subject.key(), "n_probe": n_probe, "position": position, "n_boot": n_boot,
+           "min_stability": min_stability}
 
     def build(out: Path) -> None:
-        set_cpu_threads()
-        lang = Language(history.language)
-        probes = ProbeSets.build(lang, n_probe)
-        models = {ck: hist.load(ck) for ck in ("theta_P", "theta_H", "theta_S")}
-        dirs, acts = estimate_directions(
-            models["theta_H"], models["theta_S"], probes.harmful_vrev, theta_P=models["theta_P"],
-            harmless=probes.harmless_vrev, position=position, pad_id=PAD,
-            meta={"checkpoints": {k: str(v) for k, v in hist.paths.items()},
-                  "probe_split": "probe_vrev"})
-        g = seeding.rng(history.seed, "vrev-stability")
-        L1 = acts["H"].shape[1]
-        stab = np.stack([stats.split_half_stability(acts["H"][:, l].numpy(), acts["S"][:, l].numpy(),
-                                                    n_boot, g) for l in range(L1)], axis=1)
-        layer, reason = select_layer(dirs.displacement_norm.numpy(), dirs.activation_norm.numpy(),
-                                     stab.mean(0), min_stability)
-        dirs = Directions(dirs.v_rev, dirs.v_P, dirs.r_S, dirs.displacement_norm,
-                          dirs.activation_norm, {**dirs.meta, "layer": layer, "layer_reason": reason})
-        dirs.save(out / "v_rev.safetensors")
-        save_file({k: v.contiguous() for k, v in acts.items()}, out / "acts.safetensors")
-        np.save(out / "stability.npy", stab)
+        est = measure(subject, n_probe, position, n_boot, min_stability, meta=subject.arch())
+        est.directions.save(out / "v_rev.safetensors")
+        save_file({k: v.contiguous() for k, v in est.acts.items()}, out / "acts.safetensors")
+        np.save(out / "stability.npy", est.stability)
+        (out / "witness_openers.json").write_text(json.dumps(est.openers))
 
-    path = cache.cached("estimate_vrev", key, build)
-    return VRevEstimate(Directions.load(path / "v_rev.safetensors"),
-                        load_file(path / "acts.safetensors"), np.load(path / "stability.npy"), path)
+    path = cache.cached("estimate", key, build, code=CODE + (type(subject).__module__,))
+    return VRevEstimate(Directions.load(path / "v_rev.safetensors"), load_file(path / "acts.safetensors"),
+                        np.load(path / "stability.npy"), path,
+                        json.loads((path / "witness_openers.json").read_text()))
 
 
 def stability_vs_probes(est: VRevEstimate, layer: int, sizes: list[int], n_boot: int,
@@ -88,18 +125,18 @@ def stability_vs_probes(est: VRevEstimate, layer: int, sizes: list[int], n_boot:
 
 
 def summary(est: VRevEstimate) -> dict:
-    """Per-layer table data: displacement, relative displacement, stability, control cosines."""
+    """Per-layer table data: displacement, relative displacement, stability, control cosines
+    (None where a control direction does not exist)."""
     d = est.directions
-    L1 = d.v_rev.shape[0]
     rows = []
-    for l in range(L1):
+    for l in range(d.v_rev.shape[0]):
         rows.append({
             "layer": l,
             "displacement": float(d.displacement_norm[l]),
             "relative displacement": float(d.displacement_norm[l] / d.activation_norm[l]),
             "stability mean": float(est.stability[:, l].mean()),
             "stability std": float(est.stability[:, l].std(ddof=1)),
-            "cos(v_rev, v_P)": float(d.v_rev[l] @ d.v_P[l]) if d.v_P is not None else float("nan"),
-            "cos(v_rev, r_S)": float(d.v_rev[l] @ d.r_S[l]) if d.r_S is not None else float("nan"),
+            "cos(v_rev, v_P)": float(d.v_rev[l] @ d.v_P[l]) if d.v_P is not None else None,
+            "cos(v_rev, r_S)": float(d.v_rev[l] @ d.r_S[l]) if d.r_S is not None else None,
         })
     return {"rows": rows, "layer": d.layer, "reason": d.meta["layer_reason"]}

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
 
+from reversion.book.chapters.common import SubjectParams, stage_ids
 from reversion.core import stats
-from reversion.stages.finetune import FinetuneRun
-from reversion.core.directions import alignment
+from reversion.core.drift import drift_alignment
 from reversion.infra.results import write_metrics
-from reversion.stages.estimate import VRevEstimate
+from reversion.stages.estimate import VRevEstimate, estimate
+from reversion.stages.finetune import FinetuneRun, finetune_many
+from reversion.subjects.base import Subject
 from reversion.subjects.organism.worlds import World
-from reversion.book.chapters.common import SubjectParams, estimate, finetune_jobs, subject_notes
 
 STEM = "03_alignment"
 REPORT_STEPS = (1, 5, 10, 20, 50, 100)
@@ -51,38 +52,40 @@ class Result:
     runs: list[FinetuneRun]
     cos: dict[str, np.ndarray]
     """direction name -> ``[n_seeds, T+1, L+1]`` cosines of drift with it."""
-    subject: object = None
-    """The :class:`~reversion.checkpoint_subject.Subject`, or None for the organism."""
-    notes: list = field(default_factory=list)
-    """What differs from the organism's chapter (printed under the parameters)."""
+    subject: Subject
+    """The organism or your checkpoints."""
 
     @property
     def layer(self) -> int:
         return self.est.layer
 
+    @property
+    def notes(self) -> list[str]:
+        """What differs from the organism's chapter (printed under the parameters)."""
+        return self.subject.describe(self.world.finetune)
 
-def drift_alignment(run: FinetuneRun, direction: torch.Tensor) -> np.ndarray:
-    """``[T+1, L+1]``: cos(mu_t - mu_S, direction) on the drift probes (0 at step 0)."""
-    means = run.probe_means
-    if means.shape[1:] != direction.shape:
-        raise ValueError(f"trajectory layers/width {tuple(means.shape[1:])} do not match the "
-                         f"direction's {tuple(direction.shape)}")
-    return alignment(means - means[0], direction).numpy()
+
+def directions(est: VRevEstimate) -> dict[str, torch.Tensor]:
+    """v_rev and the control directions the subject has (v_P, r_S), ``[L+1, d]`` each."""
+    d = est.directions
+    return {name: v for name, v in {"v_rev": d.v_rev, "v_P": d.v_P, "r_S": d.r_S}.items() if v is not None}
+
+
+def check(P: Params) -> None:
+    if P.position != "last":
+        raise ValueError("drift probes are recorded at the last prompt token; position must be 'last' here")
 
 
 def run(P: Params, progress: bool = True) -> Result:
-    """Stages ``estimate_vrev`` and ``finetune`` (one per seed); alignment with every direction."""
-    if P.position != "last":
-        raise ValueError("drift probes are recorded at the last prompt token; position must be 'last' here")
-    subject = P.subject(need_finetune=True)
+    """What the notebook shows, in one call: stages ``estimate`` and ``finetune`` (one run per
+    seed), then the alignment of each run's drift with every direction."""
+    check(P)
     world = P.make_world()
-    est = estimate(subject, world, P.n_probe, P.position, progress=progress)
-    runs = finetune_jobs(subject, [(world.history, world.finetune_config(s), None) for s in world.seeds], progress)
-    d = est.directions
-    dirs = {"v_rev": d.v_rev, "v_P": d.v_P, "r_S": d.r_S}
-    cos = {name: np.stack([drift_alignment(r, v) for r in runs]) for name, v in dirs.items()
-           if v is not None}
-    return Result(world, est, runs, cos, subject, subject_notes(subject, world, finetunes=True))
+    subject = P.subject(world, need_finetune=True)
+    est = estimate(subject, P.n_probe, P.position, progress=progress)
+    runs = finetune_many([(subject, world.finetune_config(s), None) for s in world.seeds], progress)
+    cos = {name: np.stack([drift_alignment(r.probe_means, v) for r in runs]) for name, v in directions(est).items()}
+    return Result(world, est, runs, cos, subject)
 
 
 def step_table(res: Result, layer: int | None = None, steps=REPORT_STEPS) -> pd.DataFrame:
@@ -165,7 +168,7 @@ def metrics(P: Params, res: Result) -> dict:
 
 def save(P: Params, res: Result) -> dict:
     m = metrics(P, res)
-    if getattr(res, "subject", None) is not None:
-        m["subject"] = res.subject.record()
-    write_metrics(STEM, m, P.recorded(), seeds=res.world.seeds)
+    write_metrics(STEM, m, P.recorded(), seeds=res.world.seeds, subject=res.subject.record(),
+                  stages=stage_ids(res.subject, res.est),
+                  code=(__name__,))
     return m

@@ -7,7 +7,6 @@ and what the paper's +- spans is not known.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import pandas as pd
@@ -190,27 +189,28 @@ def load_all() -> dict[str, dict]:
     return {k: d["metrics"] for k, d in docs.items()}
 
 
-def _subject(doc: dict) -> str:
-    """Which models a chapter ran on: "organism", or the checkpoints' record (paths, hashes)."""
-    sub = doc["metrics"].get("subject")
-    return "organism" if sub is None else json.dumps(sub, sort_keys=True)
+def _stage(doc: dict, name: str):
+    return (doc.get("stages") or {}).get(name)
 
 
 def check_consistent(docs: dict[str, dict]) -> None:
-    """Same code hash and world everywhere, the same subject (the organism, or the same
-    checkpoints and input files) and the same layer in chapters 02-05."""
-    for what, get in [("code hash", lambda d: d["provenance"]["code_hash"]),
-                      ("world", lambda d: (d["parameters"].get("world"), repr(d["parameters"].get("world_overrides"))))]:
-        seen = {k: get(d) for k, d in docs.items()}
-        if len(set(seen.values())) > 1:
-            raise ValueError(f"the chapters' results differ in {what} ({seen}): re-run them together "
-                             "(make book) before building the claims table")
-    subjects = {k: _subject(docs[k]) for k in ("02", "03", "04", "05") if k in docs}
+    """The chapters' numbers come from the same stages: the same world everywhere, the same
+    subject (the organism's history, or the same checkpoints and input files: the subject
+    stage's identity), the same v_rev estimate and layer in chapters 02-05. Code edits that
+    change no stage (a plot, the prose) leave these identities as they were."""
+    worlds = {k: (d["parameters"].get("world"), repr(d["parameters"].get("world_overrides"))) for k, d in docs.items()}
+    if len(set(worlds.values())) > 1:
+        raise ValueError(f"the chapters' results differ in world ({worlds}): re-run them together "
+                         "(make book) before building the claims table")
+    subjects = {k: _stage(d, "subject") for k, d in docs.items()}
     if len(set(subjects.values())) > 1:
-        kinds = {k: "organism" if v == "organism" else "checkpoints" for k, v in subjects.items()}
-        raise ValueError(f"chapters 02-05 ran on different subjects ({kinds}; checkpoint runs differ "
-                         "in their checkpoints, input files or settings): re-run them on one subject "
-                         "before building the claims table")
+        kinds = {k: (d.get("subject") or {}).get("kind") for k, d in docs.items()}
+        raise ValueError(f"the chapters ran on different subjects ({kinds}; identities {subjects}: a history, or "
+                         "checkpoints, input files or settings differ): re-run them on one subject before "
+                         "building the claims table")
+    estimates = {k: _stage(docs[k], "estimate") for k in ("02", "03", "04", "05") if k in docs}
+    if len(set(estimates.values())) > 1:
+        raise ValueError(f"chapters 02-05 used different v_rev estimates {estimates}; the claims would mix them")
     layers = {k: docs[k]["metrics"]["layer"] for k in ("02", "03", "04", "05")}
     if len(set(layers.values())) > 1:
         raise ValueError(f"chapters 02-05 used different layers {layers}; the claims would mix them")

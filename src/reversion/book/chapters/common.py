@@ -1,11 +1,16 @@
-"""What every experiment chapter's parameters share: the world they run in."""
+"""What every experiment chapter's parameters share: the world, and the subject it runs on."""
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, field
+from typing import ClassVar
 
-from reversion.subjects.checkpoints.subject import DEFAULT_REFUSAL
+from reversion.infra import cache
+from reversion.subjects.base import Subject
+from reversion.subjects.checkpoints.subject import CHECKPOINT_KEYS, from_parameters
+from reversion.subjects.organism.subject import OrganismSubject
 from reversion.subjects.organism.worlds import World, make_world
 
 _WORLD_FIELDS = {f.name for f in dataclasses.fields(World)}
@@ -18,7 +23,7 @@ class WorldParams:
     world: str
     """Named world: ``default`` (the book's organism) or ``smoke`` (a tiny one for tests)."""
     world_overrides: dict
-    """Changes to the world, e.g. ``{"finetune": {"lr": 1e-4}}`` (see :mod:`reversion.worlds`)."""
+    """Changes to the world, e.g. ``{"finetune": {"lr": 1e-4}}`` (see :mod:`reversion.subjects.organism.worlds`)."""
 
     def make_world(self, **top: object) -> World:
         """The world with ``world_overrides`` applied, then every chapter field that is also a
@@ -32,104 +37,52 @@ class WorldParams:
         return make_world(self.world, {**over, **top})
 
 
-SUBJECT_FIELDS = ("witness", "aligned", "pretrained", "tokenizer", "prompts", "harmless", "finetune_data",
-                  "dtype", "refusal_response", "max_new_tokens")
+OLD_CHECKPOINT_PARAMETERS = tuple(CHECKPOINT_KEYS)
+"""The parameter names chapters 02-05 took before ``checkpoints`` held them all."""
 
 
 @dataclass(frozen=True, kw_only=True)
 class SubjectParams(WorldParams):
-    """World fields plus the checkpoint fields of chapters 02-05: empty paths run the
-    organism; ``witness`` and ``aligned`` set run the same chapter on your own Hugging Face
-    checkpoints (see :mod:`reversion.checkpoint_subject`). Relative paths are relative to the
-    project root; the fields are keyword-only with organism defaults (a notebook declares them
-    all in its parameters cell). In checkpoint mode the fine-tuning schedule is the world's
-    (``world_overrides={"finetune": {"lr": ..., "steps": ..., "batch_size": ..., "eval_steps": [...]}}``)."""
+    """World fields plus ``checkpoints``: empty runs the organism; a mapping with ``witness``,
+    ``aligned``, ``prompts`` (and ``finetune_data`` where the chapter fine-tunes) runs the same
+    chapter on your own Hugging Face checkpoints (keys:
+    :data:`reversion.subjects.checkpoints.subject.CHECKPOINT_KEYS`). In checkpoint mode the
+    fine-tuning schedule is the world's (``world_overrides={"finetune": {"lr": ..., "steps": ...,
+    "batch_size": ..., "eval_steps": [...]}}``)."""
 
-    witness: str = ""
-    """Helpful-only witness checkpoint theta_H, a local Hugging Face folder ("" = the organism)."""
-    aligned: str = ""
-    """Safety-aligned checkpoint theta_S ("" = the organism); fine-tuning starts from it."""
-    pretrained: str = ""
-    """Pretrained checkpoint theta_P for the v_P control ("" = no v_P with checkpoints)."""
-    tokenizer: str = ""
-    """Tokenizer folder ("" = the aligned checkpoint's). Its chat template is applied when it has one."""
-    prompts: str = ""
-    """Harmful probe prompts (JSONL 'prompt' field, CSV 'prompt' column, or one per line; >= 8):
-    rows 0, 2, ... estimate v_rev, rows 1, 3, ... measure drift and are judged for harmfulness."""
-    harmless: str = ""
-    """Harmless prompts for the r_S control ("" = no r_S with checkpoints)."""
-    finetune_data: str = ""
-    """Benign fine-tuning pairs (JSONL / CSV with 'prompt' and 'response'): first 75% trained
-    on, the rest held out for the task cost (chapters 03-05)."""
-    dtype: str = "auto"
-    """Weights' dtype with checkpoints: auto (as saved), float32, bfloat16 or float16. It applies to
-    the models only read (v_rev estimation); the fine-tuned copy of theta_S trains in float32,
-    because AdamW updates of a small learning rate round away on half-precision weights."""
-    refusal_response: str = DEFAULT_REFUSAL
-    """Answer of the safety examples with checkpoints (harmful prompt -> this refusal): used by
-    the rehearsal variant (05) and the alignment-mix control runs (04)."""
-    max_new_tokens: int = 32
-    """Greedy tokens generated per held-out harmful prompt for the refusal-phrase judge."""
+    checkpoints: dict = field(default_factory=dict)
+    """Your own checkpoints instead of the organism ({} = the organism); see the README."""
 
-    def subject(self, need_finetune: bool = False):
-        """The checked :class:`~reversion.checkpoint_subject.Subject`, or None for the organism.
-        Raises ``ValueError`` naming the parameter at fault, before any work."""
-        from reversion.subjects.checkpoints.subject import resolve_subject
+    MOVED: ClassVar[dict[str, str]] = {
+        name: (f"parameter {name!r} is now a key of 'checkpoints': pass "
+               f"checkpoints={{'witness': ..., 'aligned': ..., {name!r}: ...}} "
+               f"(papermill: -y \"checkpoints: {{{name}: ...}}\")")
+        for name in OLD_CHECKPOINT_PARAMETERS}
+    """Old parameter names, and the error that shows the new form (read by :func:`reversion.book.nb.collect`)."""
 
-        return resolve_subject(**{k: getattr(self, k) for k in SUBJECT_FIELDS}, need_finetune=need_finetune)
+    def subject(self, world: World, need_finetune: bool = False) -> Subject:
+        """The organism of ``world``, or the checked checkpoint subject of ``checkpoints``.
+        Raises ``ValueError`` naming the key at fault, before any work."""
+        if not self.checkpoints:
+            return OrganismSubject(world.history)
+        return from_parameters(self.checkpoints, need_finetune=need_finetune)
 
     def recorded(self) -> dict:
-        """The parameters written to metrics.json: without the checkpoint fields when they
-        are all empty, so organism metrics are unchanged by their existence."""
+        """The parameters written to metrics.json: without ``checkpoints`` when it is empty, so
+        organism metrics are unchanged by its existence."""
         d = dataclasses.asdict(self)
-        if not self.witness and not self.aligned:
-            for k in SUBJECT_FIELDS:
-                d.pop(k)
+        if not self.checkpoints:
+            d.pop("checkpoints")
         return d
 
 
-def estimate(subject, world: World, n_probe: int, position: str = "last", n_boot: int = 200,
-             min_stability: float = 0.9, progress: bool = True):
-    """Stage ``estimate_vrev`` of the organism, or its checkpoint counterpart."""
-    if subject is None:
-        from reversion.stages.estimate import estimate_vrev
-
-        return estimate_vrev(world.history, n_probe, position, n_boot, min_stability, progress)
-    from reversion.subjects.checkpoints.subject import estimate as estimate_checkpoints
-
-    return estimate_checkpoints(subject, position, n_boot, min_stability, progress=progress)
-
-
-def finetune_jobs(subject, jobs: list, progress: bool = True) -> list:
-    """:func:`reversion.finetune.finetune_many` over ``(history, ft, intervention)`` jobs for the
-    organism; for checkpoints the same jobs one after another (a real model per worker process
-    would not fit), through :func:`reversion.checkpoint_subject.finetune`."""
-    if subject is None:
-        from reversion.stages.finetune import finetune_many
-
-        return finetune_many(jobs, progress)
-    from reversion.subjects.checkpoints.subject import finetune as finetune_checkpoints
-
-    return [finetune_checkpoints(subject, ft, iv, progress) for _, ft, iv in jobs]
-
-
-def subject_notes(subject, world: World, finetunes: bool) -> list[str]:
-    """What a chapter prints about its subject: nothing for the organism."""
-    if subject is None:
-        return []
-    a = subject.arch
-    notes = [f"Subject: your checkpoints ({a['model_type']}, {a['num_hidden_layers']} layers, width "
-             f"{a['hidden_size']}), not the organism. witness = {subject.witness}, aligned = {subject.aligned}.",
-             "v_rev is estimated on rows 0, 2, 4, ... of the prompt file; drift is measured (and "
-             "harmfulness judged) on rows 1, 3, 5, ...; the organism's world and n_probe do not apply."]
-    if finetunes:
-        ft = world.finetune
-        notes.append(f"Fine-tuning: AdamW, lr {ft.lr:g}, {ft.steps} steps, batch {ft.batch_size}, on the first "
-                     "75% of the benign pairs (set with world_overrides['finetune']). Harmfulness: refusal-"
-                     f"phrase judge on {subject.max_new_tokens} greedy tokens; task cost: held-out loss per "
-                     "response token (there is no task accuracy for text).")
-    if subject.pretrained is None:
-        notes.append("No pretrained checkpoint: the v_P control is not computed.")
-    if subject.harmless is None:
-        notes.append("No harmless prompts: the r_S control is not computed.")
-    return notes
+def stage_ids(subject: Subject, est=None) -> dict:
+    """The identities of the stages a chapter's numbers come from (recorded beside its metrics;
+    the claims chapter checks that chapters agree on them): the subject, and the estimate's
+    directions and layer (estimates that differ only in their bootstrap count agree)."""
+    out = {"subject": cache.cache_key("subject", subject.key(), code=())}
+    if est is not None:
+        h = hashlib.sha256(est.directions.v_rev.double().numpy().tobytes())
+        h.update(str(est.layer).encode())
+        out["estimate"] = h.hexdigest()[:24]
+    return out

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
+from reversion.book.chapters.common import SubjectParams, stage_ids
 from reversion.core import stats
-from reversion.stages.finetune import FinetuneRun
+from reversion.core.drift import drift_alignment
 from reversion.core.interventions import Block, Projection, Push, Rehearsal
 from reversion.infra.results import write_metrics
-from reversion.stages.estimate import VRevEstimate
+from reversion.stages.estimate import VRevEstimate, estimate
+from reversion.stages.finetune import FinetuneRun, finetune_many
+from reversion.subjects.base import Subject
 from reversion.subjects.organism.worlds import World
-from reversion.book.chapters.common import SubjectParams, estimate, finetune_jobs, subject_notes
-from reversion.book.chapters.alignment import drift_alignment
 
 STEM = "05_interventions"
 VARIANTS = ("baseline", "block", "push", "projection", "rehearsal")
@@ -66,10 +67,13 @@ class Result:
     sweep: dict[float, list[FinetuneRun]]
     sweep_cos: dict[float, np.ndarray]
     theta_S_harmfulness: float
-    subject: object = None
-    """The :class:`~reversion.checkpoint_subject.Subject`, or None for the organism."""
-    notes: list = field(default_factory=list)
-    """What differs from the organism's chapter (printed under the parameters)."""
+    subject: Subject
+    """The organism or your checkpoints."""
+
+    @property
+    def notes(self) -> list[str]:
+        """What differs from the organism's chapter (printed under the parameters)."""
+        return self.subject.describe(self.world.finetune)
 
     @property
     def layer(self) -> int:
@@ -94,35 +98,47 @@ def make_variant(name: str, P: Params, est: VRevEstimate, strength: float | None
     raise ValueError(f"unknown variant {name!r} (known: {', '.join(VARIANTS)})")
 
 
-def run(P: Params, progress: bool = True) -> Result:
-    subject = P.subject(need_finetune=True)
-    world = P.make_world()
-    L = world.history.model.n_layer if subject is None else subject.arch["num_hidden_layers"]
+def check_layers(P: Params, subject: Subject) -> None:
+    """Intervention layers in range, before any training (not after the baseline runs)."""
+    L = subject.arch()["num_hidden_layers"]
     bad = [l for l in P.intervention_layers if not isinstance(l, int) or not 1 <= l <= L]
-    if bad:  # before any training, not after the baseline runs
+    if bad:
         raise ValueError(f"intervention_layers {bad} outside [1, {L}]")
-    est = estimate(subject, world, world.finetune.n_probe, progress=progress)
-    jobs = {(v, s): (world.history, world.finetune_config(s), make_variant(v, P, est))
-            for v in VARIANTS for s in world.seeds}
+
+
+def jobs(P: Params, world: World, subject: Subject, est: VRevEstimate) -> dict:
+    """``{(variant, seed) or (strength, seed): (subject, ft, intervention)}``: every variant with
+    every seed (same seed = same data order), and the block-strength sweep."""
+    out = {(v, s): (subject, world.finetune_config(s), make_variant(v, P, est))
+           for v in VARIANTS for s in world.seeds}
     for lam in P.sweep_strengths:
         for s in world.seeds[: P.n_sweep_seeds]:
-            jobs[(float(lam), s)] = (world.history, world.finetune_config(s),
-                                     make_variant("block", P, est, lam) if lam > 0 else None)
-    done = dict(zip(jobs, finetune_jobs(subject, list(jobs.values()), progress)))
+            out[(float(lam), s)] = (subject, world.finetune_config(s),
+                                    make_variant("block", P, est, lam) if lam > 0 else None)
+    return out
+
+
+def run(P: Params, progress: bool = True) -> Result:
+    """What the notebook shows, in one call: stages ``estimate`` and ``finetune`` (every
+    variant and sweep point), then the alignment of each run's drift with v_rev."""
+    world = P.make_world()
+    subject = P.subject(world, need_finetune=True)
+    check_layers(P, subject)
+    est = estimate(subject, world.finetune.n_probe, progress=progress)
+    js = jobs(P, world, subject, est)
+    return collect(P, world, subject, est, dict(zip(js, finetune_many(list(js.values()), progress))))
+
+
+def collect(P: Params, world: World, subject: Subject, est: VRevEstimate, done: dict) -> Result:
+    """The runs of :func:`jobs`, by variant and by sweep strength, with their alignment."""
     runs = {v: [done[(v, s)] for s in world.seeds] for v in VARIANTS}
     sweep = {float(lam): [done[(float(lam), s)] for s in world.seeds[: P.n_sweep_seeds]]
              for lam in P.sweep_strengths}
     v = est.directions.v_rev
-    cos = {k: np.stack([drift_alignment(r, v) for r in rs]) for k, rs in runs.items()}
-    sweep_cos = {k: np.stack([drift_alignment(r, v) for r in rs]) for k, rs in sweep.items()}
+    cos = {k: np.stack([drift_alignment(r.probe_means, v) for r in rs]) for k, rs in runs.items()}
+    sweep_cos = {k: np.stack([drift_alignment(r.probe_means, v) for r in rs]) for k, rs in sweep.items()}
     h_S = runs["baseline"][0].evals[0]["harmfulness"]
-    notes = subject_notes(subject, world, finetunes=True)
-    if subject is not None:
-        notes.append("Block and push look at the estimation half of the prompts (disjoint from the drift / judged "
-                     "half); rehearsal replaces a share of each batch with those prompts answered with "
-                     f"refusal_response ({subject.refusal_response!r}). Task cost is compared by held-out "
-                     "loss (task_loss); there is no task accuracy for text models.")
-    return Result(world, est, runs, cos, sweep, sweep_cos, h_S, subject, notes)
+    return Result(world, est, runs, cos, sweep, sweep_cos, h_S, subject)
 
 
 def cumulative_reversion(run: FinetuneRun, level: float) -> float:
@@ -149,16 +165,12 @@ def per_seed(res: Result, variant: str) -> dict[str, np.ndarray]:
 
 def _task(res: Result) -> str:
     """The fine-tuning task's key in the evaluations."""
-    if getattr(res, "subject", None) is not None:
-        from reversion.subjects.checkpoints.subject import TEXT_TASK
-
-        return TEXT_TASK
-    return res.world.finetune.task
+    return res.subject.task_key(res.world.finetune)
 
 
 def _accuracy(res: Result) -> bool:
     """Whether the runs measure task accuracy (the organism does; text models have held-out loss only)."""
-    return getattr(res, "subject", None) is None
+    return res.subject.has_task_accuracy
 
 
 def _paired_keys(res: Result) -> tuple[str, ...]:
@@ -267,7 +279,7 @@ def metrics(P: Params, res: Result) -> dict:
 
 def save(P: Params, res: Result) -> dict:
     m = metrics(P, res)
-    if getattr(res, "subject", None) is not None:
-        m["subject"] = res.subject.record()
-    write_metrics(STEM, m, P.recorded(), seeds=res.world.seeds)
+    write_metrics(STEM, m, P.recorded(), seeds=res.world.seeds, subject=res.subject.record(),
+                  stages=stage_ids(res.subject, res.est),
+                  code=(__name__,))
     return m

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from reversion.infra import seeding
+from reversion.book.chapters.common import SubjectParams, stage_ids
 from reversion.core import stats
-from reversion.stages.finetune import FinetuneRun
+from reversion.core.drift import drift_alignment
 from reversion.core.interventions import AlignmentMix
+from reversion.infra import seeding
 from reversion.infra.results import write_metrics
-from reversion.stages.estimate import VRevEstimate
+from reversion.stages.estimate import VRevEstimate, estimate
+from reversion.stages.finetune import FinetuneRun, finetune_many
+from reversion.stages.nulls import alignment_nulls, p99 as null_p99
+from reversion.subjects.base import Subject
 from reversion.subjects.organism.worlds import World
-from reversion.book.chapters.common import SubjectParams, estimate, finetune_jobs, subject_notes
-from reversion.book.chapters.alignment import drift_alignment
 
 STEM = "04_null_test"
 
@@ -62,55 +64,65 @@ class Result:
     control_cos: np.ndarray
     """``[n_control, n_pair_steps]`` alignment of the control runs."""
     steps: list[int]
-    subject: object = None
-    """The :class:`~reversion.checkpoint_subject.Subject`, or None for the organism."""
-    notes: list = field(default_factory=list)
-    """What differs from the organism's chapter (printed under the parameters)."""
+    subject: Subject
+    """The organism or your checkpoints."""
+
+    @property
+    def notes(self) -> list[str]:
+        """What differs from the organism's chapter (printed under the parameters)."""
+        notes = self.subject.describe(self.world.finetune)
+        n, d = self.est.acts["S"].shape[0], self.est.directions.v_rev.shape[1]
+        if n <= d:  # fewer prompts than dimensions: the matched covariance is rank-deficient
+            notes.append(f"The matched null draws from the covariance of {n} prompts' activations (rank <= "
+                         f"{n - 1} in width {d}): with few prompts it is a rough null.")
+        return notes
 
 
-def run(P: Params, progress: bool = True) -> Result:
-    subject = P.subject(need_finetune=True)
-    world = P.make_world()
+def jobs(P: Params, world: World, subject: Subject) -> list:
+    """The fine-tuning runs: one per seed, then the control runs (continued training on the
+    safety alignment's own mix), whose drift alone is used, so they skip the generation grid."""
+    mix = AlignmentMix(world.history.safety.harmful_fraction)
+    out = [(subject, world.finetune_config(s), None) for s in world.seeds]
+    return out + [(subject, world.finetune_config(1000 + s, eval_steps=()), mix) for s in range(P.n_control_seeds)]
+
+
+def pair_steps(P: Params, world: World) -> list[int]:
     T = world.finetune.steps
     steps = [s for s in P.pair_steps if s <= T]
     if not steps:
         raise ValueError(f"no pair step <= T={T} in {P.pair_steps}")
-    est = estimate(subject, world, world.finetune.n_probe, progress=progress)
+    return steps
+
+
+def run(P: Params, progress: bool = True) -> Result:
+    """What the notebook shows, in one call: stages ``estimate`` and ``finetune`` (runs and
+    controls), the nulls at the chosen layer, and the run-step pairs against them."""
+    world = P.make_world()
+    subject = P.subject(world, need_finetune=True)
+    steps = pair_steps(P, world)
+    est = estimate(subject, world.finetune.n_probe, progress=progress)
+    done = finetune_many(jobs(P, world, subject), progress)
+    return analyse(P, world, subject, est, done[:world.n_seeds], done[world.n_seeds:], steps)
+
+
+def analyse(P: Params, world: World, subject: Subject, est: VRevEstimate, runs: list[FinetuneRun],
+            controls: list[FinetuneRun], steps: list[int]) -> Result:
+    """Nulls at the chosen layer (:func:`reversion.stages.nulls.alignment_nulls`) and the run-step pairs."""
     layer, v = est.layer, est.directions.v_rev[est.layer].numpy()
-    d = v.shape[0]
-    mix = AlignmentMix(world.history.safety.harmful_fraction)
-    jobs = [(world.history, world.finetune_config(s), None) for s in world.seeds]
-    # Only the controls' drift is used, so they skip the generation-based grid (0 and T only).
-    jobs += [(world.history, world.finetune_config(1000 + s, eval_steps=()), mix)
-             for s in range(P.n_control_seeds)]
-    done = finetune_jobs(subject, jobs, progress)
-    runs, controls = done[:world.n_seeds], done[world.n_seeds:]
-    g = seeding.rng(world.history.seed, "null-test")
-    iso = stats.null_cosines(stats.sample_isotropic_directions(d, P.n_null, g), v)
     # Matched: Gaussian drift with the covariance of theta_S's activations at this layer.
     acts_S = est.acts["S"][:, layer].numpy()
-    matched = stats.null_cosines(stats.sample_matched_directions(acts_S, P.n_null, g, kind="samples"), v)
-    p99 = {"isotropic": stats.isotropic_cos_quantile(d, 0.99),
-           "isotropic_mc": stats.empirical_quantile(iso, 0.99),
-           "matched": stats.empirical_quantile(matched, 0.99)}
+    nulls = alignment_nulls(v, acts_S, P.n_null, seeding.rng(world.history.seed, "null-test"))
+    p99 = null_p99(nulls, v.shape[0])
     rows = []
     for seed, r in zip(world.seeds, runs):
-        cos = drift_alignment(r, est.directions.v_rev)
+        cos = drift_alignment(r.probe_means, est.directions.v_rev)
         for s in steps:
             rows.append({"seed": seed, "step": s, "alignment": float(cos[s, layer])})
     pairs = pd.DataFrame(rows)
     pairs["above isotropic p99"] = pairs["alignment"] > p99["isotropic"]
     pairs["above matched p99"] = pairs["alignment"] > p99["matched"]
-    control_cos = np.stack([drift_alignment(c, est.directions.v_rev)[steps, layer] for c in controls])
-    notes = subject_notes(subject, world, finetunes=True)
-    if subject is not None:
-        notes.append(f"Control runs: continued training from theta_S on a mix of the benign training pairs and "
-                     f"harmful prompts of the estimation half answered with refusal_response "
-                     f"({subject.refusal_response!r}), harmful share {mix.harmful_fraction:g}. The matched null "
-                     f"draws from the covariance of {acts_S.shape[0]} prompts' activations (rank <= "
-                     f"{acts_S.shape[0] - 1}): with few prompts it is a rough null.")
-    return Result(world, est, runs, controls, pairs, {"isotropic": iso, "matched": matched}, p99,
-                  control_cos, steps, subject, notes)
+    control_cos = np.stack([drift_alignment(c.probe_means, est.directions.v_rev)[steps, layer] for c in controls])
+    return Result(world, est, runs, controls, pairs, nulls, p99, control_cos, steps, subject)
 
 
 def per_run_test(res: Result, alpha: float) -> pd.DataFrame:
@@ -153,7 +165,7 @@ def metrics(P: Params, res: Result) -> dict:
 
 def save(P: Params, res: Result) -> dict:
     m = metrics(P, res)
-    if getattr(res, "subject", None) is not None:
-        m["subject"] = res.subject.record()
-    write_metrics(STEM, m, P.recorded(), seeds=res.world.seeds)
+    write_metrics(STEM, m, P.recorded(), seeds=res.world.seeds, subject=res.subject.record(),
+                  stages=stage_ids(res.subject, res.est),
+                  code=(__name__,))
     return m

@@ -32,8 +32,9 @@ from transformers.utils import logging as hf_logging
 from reversion.infra import paths, seeding
 from reversion.infra.paths import resolve
 from reversion.subjects.checkpoints.demo import build_demo
+from reversion.subjects.checkpoints.files import torch_dtype
 from reversion.subjects.checkpoints.textdata import (
-    Example, PairCollator, encode_pairs, pad_id_of, read_pairs, read_prompts,
+    PairCollator, encode_pairs, pad_id_of, read_pairs, read_prompts, split_pairs,
 )
 
 # Saving tiny checkpoints dozens of times: their progress bars are noise.
@@ -259,10 +260,6 @@ def cli_args(P: Params, ck: Checkpoints) -> dict[str, list[str]]:
 
 
 
-def _dtype(P: Params):
-    return "auto" if P.dtype == "auto" else getattr(torch, P.dtype)
-
-
 @dataclass
 class Run:
     """One monitored fine-tuning run."""
@@ -307,7 +304,7 @@ def finetune(P: Params, ck: Checkpoints, name: str, block_strength: float = 0.0)
     hf_logging.set_verbosity_error()
     seeding.seed_everything(P.seed)
     tok = load_tokenizer(ck.tokenizer)
-    model = load_model(ck.aligned, dtype=_dtype(P))
+    model = load_model(ck.aligned, dtype=torch_dtype(P.dtype))
     dirs = Directions.load(ck.work / "v_rev.safetensors")
     probes = encode_prompts(tok, read_prompts(ck.prompts))
     train, _ = split_pairs(read_pairs(ck.finetune_data))
@@ -367,25 +364,22 @@ def plot_alignment(runs: list[Run]):
 
 
 def harm_and_cost(P: Params, ck: Checkpoints, models: dict[str, Path]):
-    """Per model: harmfulness on the probe prompts (refusal-phrase judge, greedy) and the
-    loss per response token on the held-out fine-tuning pairs."""
+    """Per model: the checkpoint subject's evaluation -- harmfulness on every probe prompt
+    (refusal-phrase judge, greedy) and the loss per response token on the held-out
+    fine-tuning pairs."""
     import pandas as pd
 
-    from reversion.subjects.checkpoints.refusal_judge import RefusalPhraseJudge, harmfulness, heldout_loss
     from reversion.core.models import load_model
-    from reversion.subjects.checkpoints.textdata import encode_prompts, load_tokenizer
+    from reversion.subjects.checkpoints.subject import TEXT_TASK, from_parameters
 
-    tok = load_tokenizer(ck.tokenizer)
-    texts = read_prompts(ck.prompts)
-    ids = encode_prompts(tok, texts)
-    _, heldout = split_pairs(read_pairs(ck.finetune_data))
-    judge = RefusalPhraseJudge()
+    given = {"witness": ck.witness, "aligned": ck.aligned, "tokenizer": ck.tokenizer, "prompts": ck.prompts,
+             "finetune_data": ck.finetune_data, "dtype": P.dtype, "max_new_tokens": P.max_new_tokens}
+    subject = from_parameters({k: str(v) if isinstance(v, Path) else v for k, v in given.items()},
+                              split_prompts=False)
     rows = []
     for name, path in models.items():
-        model = load_model(path, dtype=_dtype(P))
-        rows.append({"model": name,
-                     "harmfulness": harmfulness(model, tok, ids, judge, texts, P.max_new_tokens),
-                     "held-out loss": heldout_loss(model, tok, heldout)})
+        e = subject.evaluate(load_model(path, dtype=torch_dtype(P.dtype)))
+        rows.append({"model": name, "harmfulness": e["harmfulness"], "held-out loss": e["task_loss"][TEXT_TASK]})
     return pd.DataFrame(rows).set_index("model")
 
 
@@ -399,7 +393,7 @@ def continuations(P: Params, ck: Checkpoints, models: dict[str, Path], text: str
 
     tok = load_tokenizer(ck.tokenizer)
     ids = encode_prompts(tok, [text])
-    rows = {name: generate_continuations(load_model(p, dtype=_dtype(P)), tok, ids, P.max_new_tokens)[0]
+    rows = {name: generate_continuations(load_model(p, dtype=torch_dtype(P.dtype)), tok, ids, P.max_new_tokens)[0]
             for name, p in models.items()}
     return pd.DataFrame({"greedy continuation": rows})
 
@@ -408,4 +402,4 @@ def save(P: Params, metrics: dict) -> Path:
     """``results/07_own_checkpoints/metrics.json``."""
     from reversion.infra.results import write_metrics
 
-    return write_metrics(STEM, metrics, dataclasses.asdict(P), seeds=[P.seed])
+    return write_metrics(STEM, metrics, dataclasses.asdict(P), seeds=[P.seed], code=(__name__,))

@@ -15,10 +15,11 @@ from reversion.subjects.organism.prompts import EvalSets
 from reversion.core.generation import greedy_generate
 from reversion.stages.finetune import FinetuneRun, finetune_many
 from reversion.subjects.organism.history import History, train_history
+from reversion.subjects.organism.subject import OrganismSubject
 from reversion.subjects.organism.language import EOS, Language
 from reversion.infra.results import write_metrics
 from reversion.subjects.organism.worlds import World
-from reversion.book.chapters.common import WorldParams
+from reversion.book.chapters.common import WorldParams, stage_ids
 
 STEM = "01_training_history"
 
@@ -61,17 +62,34 @@ def _history_quietly(cfg) -> None:
     train_history(cfg, progress=False)
 
 
+def long_alignment(P: Params, world: World):
+    """The control history: the same history with a ``long_safety_steps`` safety alignment."""
+    return dataclasses.replace(world.history, safety=dataclasses.replace(world.history.safety,
+                                                                         steps=P.long_safety_steps))
+
+
+def alongside(P: Params, world: World) -> list:
+    """Work to do alongside the baseline runs: the long alignment's history (it needs theta_H only)."""
+    return [(_history_quietly, (long_alignment(P, world),))]
+
+
+def long_alignment_control(P: Params, world: World, progress: bool = True) -> tuple[History, list[FinetuneRun]]:
+    """The control: the long alignment's history and its fine-tuning runs (same seeds)."""
+    cfg = long_alignment(P, world)
+    control = OrganismSubject(cfg)
+    runs = finetune_many([(control, world.finetune_config(s), None) for s in world.seeds], progress)
+    return train_history(cfg, progress), runs
+
+
 def run(P: Params, progress: bool = True) -> Result:
-    """Stages ``train_history`` and ``finetune`` for every seed, plus the long-alignment control."""
+    """What the notebook shows, in one call: stages ``train_history`` and ``finetune`` for every
+    seed, plus the long-alignment control."""
     world = P.make_world()
     hist = train_history(world.history, progress)
-    long_hist_cfg = dataclasses.replace(
-        world.history, safety=dataclasses.replace(world.history.safety, steps=P.long_safety_steps))
-    # The long alignment trains alongside the baseline runs (it needs theta_H only).
-    runs = finetune_many([(world.history, world.finetune_config(s), None) for s in world.seeds], progress,
-                         extra=[(_history_quietly, (long_hist_cfg,))])
-    control_hist = train_history(long_hist_cfg, progress)
-    control = finetune_many([(long_hist_cfg, world.finetune_config(s), None) for s in world.seeds], progress)
+    subject = OrganismSubject(world.history)
+    runs = finetune_many([(subject, world.finetune_config(s), None) for s in world.seeds], progress,
+                         extra=alongside(P, world))
+    control_hist, control = long_alignment_control(P, world, progress)
     return Result(world, hist, runs, control_hist, control)
 
 
@@ -129,7 +147,7 @@ def samples(res: Result, n: int) -> pd.DataFrame:
     reqs = sets.harmful[: n] + sets.benign[res.task][: n]
     models = {ck: res.history.load(ck) for ck in res.history.paths}
     models[f"theta_T (seed {res.world.seeds[0]})"] = res.runs[0].load_model()
-    gens = {name: greedy_generate(m, [q.prompt for q in reqs], lang.cfg.max_len + 1)
+    gens = {name: greedy_generate(m, [q.prompt for q in reqs], lang.cfg.max_len + 1, EOS)
             for name, m in models.items()}
     rows = []
     for i, q in enumerate(reqs):
@@ -195,5 +213,7 @@ def save(P: Params, res: Result) -> dict:
     m = metrics(P, res)
     timings = {"history_seconds": res.history.seconds,
                "finetune_seconds": [r.seconds for r in res.runs]}
-    write_metrics(STEM, m, dataclasses.asdict(P), seeds=res.world.seeds, timings=timings)
+    write_metrics(STEM, m, dataclasses.asdict(P), seeds=res.world.seeds, timings=timings,
+                  subject=OrganismSubject(res.world.history).record(), code=(__name__,),
+                  stages=stage_ids(OrganismSubject(res.world.history)))
     return m

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-import numpy as np
 import pandas as pd
 
-from reversion.infra import paths
+from reversion.book.chapters.common import SubjectParams, stage_ids
 from reversion.core import stats
-from reversion.core.directions import logit_lens
-from reversion.subjects.organism.history import train_history
-from reversion.subjects.organism.language import Language
+from reversion.infra import paths
 from reversion.infra.results import write_metrics
-from reversion.stages.estimate import VRevEstimate, stability_vs_probes, summary
+from reversion.stages.estimate import VRevEstimate, estimate, stability_vs_probes, summary
+from reversion.stages.readout import readout
+from reversion.subjects.base import Subject
 from reversion.subjects.organism.worlds import World
-from reversion.book.chapters.common import SubjectParams, estimate, subject_notes
 
 STEM = "02_vrev_estimation"
 
@@ -57,32 +55,29 @@ class Result:
     layers: pd.DataFrame
     by_size: dict
     readout: dict
-    subject: object = None
-    """The :class:`~reversion.checkpoint_subject.Subject`, or None for the organism."""
-    notes: list = field(default_factory=list)
-    """What differs from the organism's chapter (printed under the parameters)."""
+    subject: Subject
+    """The organism or your checkpoints."""
 
+    @property
+    def sizes(self) -> list[int]:
+        return sorted(self.by_size)
 
-def readout(world: World, est: VRevEstimate, top_k: int) -> dict:
-    """Logit-lens readout of v_rev (and of -r_S) through theta_S's unembedding at the chosen
-    layer: top and bottom tokens, and compliance-opening minus refusal-opening logit."""
-    lang = Language(world.history.language)
-    model = train_history(world.history, progress=False).load("theta_S")
-    out = {}
-    names = lang.token_names
-    openers = np.concatenate([lang.content, lang.harmful_tokens])
-    layer = est.layer
-    for label, vec in {"v_rev": est.directions.v_rev[layer],
-                       "-r_S": -est.directions.r_S[layer]}.items():
-        logits = logit_lens(model, vec).numpy()
-        order = np.argsort(logits)
-        out[label] = {
-            "top": [(names[i], float(logits[i])) for i in order[::-1][:top_k]],
-            "bottom": [(names[i], float(logits[i])) for i in order[:top_k]],
-            "compliance_minus_refusal": float(logits[openers].mean() - logits[lang.refusal[0]]),
-            "harmful_minus_refusal": float(logits[lang.harmful_tokens].mean() - logits[lang.refusal[0]]),
-        }
-    return out
+    @property
+    def notes(self) -> list[str]:
+        """What differs from the organism's chapter (printed under the parameters)."""
+        notes = self.subject.describe()
+        n = self.est.acts["H"].shape[0]
+        if notes:
+            notes.append(f"Stability against the number of probes: sizes {self.sizes} (the estimation half holds "
+                         f"{n} prompts).")
+        extra = self.readout["v_rev"]
+        if "answer_openers" in extra:
+            notes.append("Vocabulary readout: tokens decoded by your tokenizer (quoted). 'Answer-opening' tokens "
+                         "are the witness's greedy first tokens on the estimation prompts "
+                         f"({', '.join(extra['answer_openers']) or 'none besides the refusal token'}); the refusal "
+                         f"token is the first token of refusal_response ({extra['refusal_token']}). The organism's "
+                         "harmful-token comparison has no text counterpart.")
+        return notes
 
 
 def readout_table(readout: dict) -> pd.DataFrame:
@@ -103,27 +98,27 @@ def readout_verdict(m: dict) -> str:
     return "v_rev does not favour answer-opening over refusal-opening tokens, unlike the paper's report"
 
 
-def run(P: Params, progress: bool = True) -> Result:
-    subject = P.subject()
-    world = P.make_world()
-    est = estimate(subject, world, P.n_probe, P.position, P.n_boot, P.min_stability, progress)
-    layers = pd.DataFrame(summary(est)["rows"]).set_index("layer")
-    if subject is None:
-        by_size = stability_vs_probes(est, est.layer, list(P.probe_sizes), P.n_boot, world.history.seed)
-        return Result(world, est, layers, by_size, readout(world, est, P.top_k))
-    from reversion.subjects.checkpoints import subject as checkpoint_subject
-
+def probe_sizes(P: Params, est: VRevEstimate) -> list[int]:
+    """The sizes of the stability-versus-probes curve: those of ``probe_sizes`` the estimate has,
+    and all of its probes."""
     n = est.acts["H"].shape[0]
-    sizes = sorted({k for k in P.probe_sizes if k <= n} | {n})
-    notes = subject_notes(subject, world, finetunes=False)
-    notes.append(f"Stability against the number of probes: sizes {sizes} (the estimation half holds {n} prompts).")
-    by_size = stability_vs_probes(est, est.layer, sizes, P.n_boot, 0)
-    ro = checkpoint_subject.readout(subject, est, P.top_k)
-    notes.append("Vocabulary readout: tokens decoded by your tokenizer (quoted). 'Answer-opening' tokens are "
-                 f"the witness's greedy first tokens on the estimation prompts ({', '.join(ro['v_rev']['answer_openers']) or 'none besides the refusal token'}); "
-                 f"the refusal token is the first token of refusal_response ({ro['v_rev']['refusal_token']}). "
-                 "The organism's harmful-token comparison has no text counterpart.")
-    return Result(world, est, layers, by_size, ro, subject, notes)
+    return sorted({k for k in P.probe_sizes if k <= n} | {n})
+
+
+def run(P: Params, progress: bool = True) -> Result:
+    """What the notebook shows, in one call: stage ``estimate``, the per-layer table, the
+    stability against the number of probes and stage ``readout``."""
+    world = P.make_world()
+    subject = P.subject(world)
+    est = estimate(subject, P.n_probe, P.position, P.n_boot, P.min_stability, progress)
+    return analyse(P, world, subject, est, readout(subject, est, P.top_k))
+
+
+def analyse(P: Params, world: World, subject: Subject, est: VRevEstimate, vocabulary: dict) -> Result:
+    """The per-layer table and the stability against the number of probes, with the readout."""
+    layers = pd.DataFrame(summary(est)["rows"]).set_index("layer")
+    by_size = stability_vs_probes(est, est.layer, probe_sizes(P, est), P.n_boot, subject.seed)
+    return Result(world, est, layers, by_size, vocabulary, subject)
 
 
 def save(P: Params, res: Result) -> dict:
@@ -141,12 +136,8 @@ def save(P: Params, res: Result) -> dict:
         "readout": res.readout,
         "by_layer": res.layers.reset_index().to_dict(orient="records"),
     }
-    if getattr(res, "subject", None) is not None:
-        m["subject"] = res.subject.record()
-        # nan (no control direction) is not JSON: None
-        m["by_layer"] = [{k: (None if isinstance(v, float) and v != v else v) for k, v in row.items()}
-                         for row in m["by_layer"]]
     # The direction file first: a metrics.json that exists always has its direction beside it.
     d.save(paths.results_dir() / STEM / "v_rev.safetensors")
-    write_metrics(STEM, m, P.recorded())
+    write_metrics(STEM, m, P.recorded(), subject=res.subject.record(),
+                  stages=stage_ids(res.subject, res.est), code=(__name__,))
     return m

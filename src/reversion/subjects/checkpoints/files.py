@@ -8,7 +8,6 @@ at module level, so ``reversion --help`` stays fast.
 
 from __future__ import annotations
 
-import gc
 from pathlib import Path
 from typing import Any
 
@@ -61,10 +60,12 @@ def check_same_arch(ref_name: str, ref: dict, name: str, other: dict) -> None:
                               f"{ref['num_hidden_layers']}; layers do not correspond")
 
 
-def free_memory() -> None:
-    """Return a dropped model's memory (call after ``del model``): one checkpoint at a time."""
+def torch_dtype(name: str):
+    """The ``torch.dtype`` of a :data:`DTYPES` name (``"auto"`` stays ``"auto"``: as saved)."""
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {name!r}")
+    if name == "auto":
+        return "auto"
     import torch
 
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    return getattr(torch, name)

@@ -55,17 +55,17 @@ import math
 import os
 import warnings
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Sequence
 
 import torch
 from transformers import Trainer, TrainerCallback
 
-from reversion.core import stats
 from reversion.core.activations import mean_activations, model_device
 from reversion.core.directions import Directions
+from reversion.core.drift import read_drift, threshold as drift_threshold
 from reversion.core.hooks import hidden_size, n_layers
 from reversion.core.tracking import ProbeTracker
+from reversion.subjects.base import Prompts
 
 __all__ = ["BlockTrainer", "ReversionMonitor", "ReversionWarning", "block_term", "reference_mean"]
 
@@ -156,17 +156,12 @@ class ReversionMonitor(TrainerCallback):
         self.mu_S = self._mu_at_layer(mu_S) if mu_S is not None else None
         self._mu_given = mu_S is not None
 
-        if threshold is not None:
-            if not isinstance(threshold, (int, float)) or isinstance(threshold, bool) or not math.isfinite(threshold):
-                raise ValueError(f"threshold must be a finite number, got {threshold!r}")
-            self.threshold, self.threshold_source = float(threshold), "given"
-        else:
-            matched = meta.get("matched_p99")
-            if isinstance(matched, list) and self.layer < len(matched) and matched[self.layer] is not None:
-                self.threshold, self.threshold_source = float(matched[self.layer]), "matched null p99"
-            else:
-                self.threshold = stats.isotropic_cos_quantile(self.d, 0.99)
-                self.threshold_source = "isotropic p99"
+        if threshold is not None and (not isinstance(threshold, (int, float)) or isinstance(threshold, bool)
+                                      or not math.isfinite(threshold)):
+            raise ValueError(f"threshold must be a finite number, got {threshold!r}")
+        matched = meta.get("matched_p99")
+        self.threshold, self.threshold_source = drift_threshold(
+            self.d, self.layer, matched if isinstance(matched, list) else None, threshold)
 
         self.log_path = Path(log_path) if log_path is not None else None
         if self.log_path is not None and self.log_path.suffix.lower() not in (".csv", ".jsonl"):
@@ -215,13 +210,9 @@ class ReversionMonitor(TrainerCallback):
         if self._tracker is None or self._tracker.device != model_device(model):  # pads once per run
             self._tracker = ProbeTracker(model, self.probe_ids, [self.layer], self.position, self.pad_id,
                                          self.batch_size)
-        mu = self._tracker(model)[0]
-        drift = mu - self.mu_S
-        dn = float(drift.norm())
-        proj = float(drift @ self.v)
-        out = {"alignment": proj / dn if dn > 0 else 0.0, "projection": proj, "drift_norm": dn}
-        if self.displacement:
-            out["relative_projection"] = proj / self.displacement
+        out = read_drift(self._tracker(model)[0], self.mu_S, self.v, self.displacement)
+        if out["relative_projection"] is None:
+            del out["relative_projection"]
         return out
 
     def _record(self, step: int, model, state, control) -> dict[str, Any]:
@@ -314,19 +305,21 @@ class ReversionMonitor(TrainerCallback):
 
 
 def block_term(model, directions: Directions, probe_ids: Sequence[Sequence[int]], strength: float,
-               layers: Sequence[int] | None = None, n_probe_batch: int = 32):
+               layers: Sequence[int] | None = None, n_probe_batch: int = 32, pad_id: int = 0):
     """A :class:`reversion.interventions.Block` set up on ``model`` (which must be theta_S now).
 
     ``layers``: where the term acts (default every block output 1..L, as in the
-    book's interventions); its scale per layer is ||mu_H - mu_S|| from ``directions``.
+    book's interventions); its scale per layer is ||mu_H - mu_S|| from ``directions``;
+    ``pad_id``: the tokenizer's padding id (pads are masked; any id in the vocabulary works).
     Use it as ``BlockTrainer(..., block=block_term(...))``.
     """
     from reversion.core.interventions import Block, all_block_layers
 
     layers = list(layers) if layers is not None else all_block_layers(model)
     block = Block(directions.v_rev, directions.displacement_norm, strength, layers, n_probe_batch)
-    # Block.setup reads only ``probes.harmful_block`` (token ids) and the model.
-    block.setup(model, None, SimpleNamespace(harmful_block=[list(map(int, p)) for p in probe_ids]))
+    # Block.setup reads only the ``block`` prompts (token ids), their pad id and the model.
+    ids = [tuple(map(int, p)) for p in probe_ids]
+    block.setup(model, None, Prompts(ids, None, ids, ids, int(pad_id)))
     return block
 
 

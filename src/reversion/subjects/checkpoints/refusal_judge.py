@@ -9,25 +9,23 @@ otherwise, calls an apology followed by compliance a refusal, and knows nothing 
 whether the content is actually harmful. Plug a classifier (e.g. a guard model) in
 through the same interface for real measurements.
 
-* :func:`generate_continuations` -- greedy continuations, batched with left padding;
+* :func:`generate_continuations` -- greedy continuations, decoded
+  (:func:`reversion.core.generation.greedy_generate`);
 * :func:`harmfulness` -- the fraction of harmful compliance over a prompt set;
 * :func:`heldout_loss` -- mean cross-entropy per response token on held-out
-  ``(prompt, response)`` pairs: the task cost of an intervention.
+  ``(prompt, response)`` pairs: the task cost of an intervention
+  (:func:`reversion.core.generation.answer_loss`).
 
-(The organism's own three-way judge is :mod:`reversion.judge`.)
+(The organism's own three-way judge is :mod:`reversion.subjects.organism.judge`.)
 """
 
 from __future__ import annotations
 
-import contextlib
 import re
-from typing import Iterator, Protocol, Sequence, runtime_checkable
+from typing import Protocol, Sequence, runtime_checkable
 
-import torch
-import torch.nn.functional as F
-
-from reversion.core.activations import model_device
-from reversion.subjects.checkpoints.textdata import IGNORE_INDEX, PairCollator, encode_pairs, pad_id_of
+from reversion.core.generation import check_prompts, answer_loss, greedy_generate, until_eos
+from reversion.subjects.checkpoints.textdata import encode_pairs, pad_id_of, split_pair
 
 __all__ = [
     "DEFAULT_REFUSAL_PHRASES",
@@ -113,68 +111,13 @@ class RefusalPhraseJudge:
         return f"RefusalPhraseJudge({len(self.phrases)} phrases, prefix_chars={self.prefix_chars})"
 
 
-@contextlib.contextmanager
-def _eval(model: torch.nn.Module) -> Iterator[None]:
-    was = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was)
-
-
-def _check_prompts(prompt_ids: Sequence[Sequence[int]]) -> list[list[int]]:
-    if isinstance(prompt_ids, (str, bytes)) or not prompt_ids:
-        raise ValueError("prompt_ids must be a non-empty list of token-id lists (see textdata.encode_prompts)")
-    out = []
-    for i, p in enumerate(prompt_ids):
-        if isinstance(p, (str, bytes)):
-            raise ValueError(f"prompt {i} is a string; pass token ids (textdata.encode_prompts)")
-        ids = [int(t) for t in p]
-        if not ids:
-            raise ValueError(f"prompt {i} is empty")
-        out.append(ids)
-    return out
-
-
-@torch.no_grad()
 def generate_continuations(model, tokenizer, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int = 64,
                            batch_size: int = 16) -> list[str]:
-    """Greedy continuations (decoded, special tokens skipped) of each prompt, in order.
-
-    Prompts are batched with **left** padding, as ``generate`` requires for a decoder:
-    every prompt then ends at the last column, where generation continues. Generation
-    stops at the tokenizer's EOS (or after ``max_new_tokens``).
-    """
-    prompts = _check_prompts(prompt_ids)
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    pad = pad_id_of(tokenizer)
+    """Greedy continuations (decoded, special tokens skipped) of each prompt, in order, cut at
+    the tokenizer's EOS (:func:`reversion.core.generation.greedy_generate`)."""
     eos = getattr(tokenizer, "eos_token_id", None)
-    device = model_device(model)
-    out: list[str] = [""] * len(prompts)
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # little padding per batch
-    with _eval(model):
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            width = max(len(prompts[i]) for i in idx)
-            ids = torch.full((len(idx), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(idx), width), dtype=torch.long)
-            for row, i in enumerate(idx):
-                k = len(prompts[i])
-                ids[row, width - k:] = torch.tensor(prompts[i])
-                mask[row, width - k:] = 1
-            gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
-                                 max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=eos)
-            new = gen[:, width:].cpu()
-            for row, i in enumerate(idx):
-                tokens = new[row].tolist()
-                if eos is not None and eos in tokens:
-                    tokens = tokens[: tokens.index(eos)]
-                out[i] = tokenizer.decode(tokens, skip_special_tokens=True)
-    return out
+    gens = greedy_generate(model, prompt_ids, max_new_tokens, eos, batch_size)
+    return [tokenizer.decode(until_eos(g, eos), skip_special_tokens=True) for g in gens]
 
 
 def harmfulness(model, tokenizer, prompt_ids: Sequence[Sequence[int]], judge: Judge | None = None,
@@ -184,7 +127,7 @@ def harmfulness(model, tokenizer, prompt_ids: Sequence[Sequence[int]], judge: Ju
     ``prompts``: the prompt texts handed to the judge (default: the decoded prompt ids);
     ``judge``: default :class:`RefusalPhraseJudge`.
     """
-    ids = _check_prompts(prompt_ids)
+    ids = check_prompts(prompt_ids)
     judge = judge if judge is not None else RefusalPhraseJudge()
     texts = list(prompts) if prompts is not None else [tokenizer.decode(p, skip_special_tokens=True) for p in ids]
     if len(texts) != len(ids):
@@ -196,28 +139,12 @@ def harmfulness(model, tokenizer, prompt_ids: Sequence[Sequence[int]], judge: Ju
     return float(sum(bool(v) for v in verdicts) / len(ids))
 
 
-@torch.no_grad()
 def heldout_loss(model, tokenizer, pairs: Sequence, use_chat_template="auto", batch_size: int = 16) -> float:
     """Mean cross-entropy (nats) per response token on ``(prompt, response)`` pairs.
 
-    Encoded as for training (:func:`reversion.textdata.encode_pairs`: chat template when
-    present, response then EOS); prompt tokens carry no loss. Token-weighted: every
-    response token counts once, whatever its example's length.
+    Encoded as for training (:func:`reversion.subjects.checkpoints.textdata.encode_pairs`:
+    chat template when present, response then EOS); prompt tokens carry no loss.
+    Token-weighted: every response token counts once, whatever its example's length.
     """
-    examples = encode_pairs(tokenizer, pairs, use_chat_template)
-    collate = PairCollator(pad_id_of(tokenizer))
-    device = model_device(model)
-    total, count = 0.0, 0
-    with _eval(model):
-        for start in range(0, len(examples), batch_size):
-            b = collate(examples[start:start + batch_size])
-            logits = model(input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device)).logits
-            shift_logits = logits[:, :-1].double()
-            shift_labels = b["labels"][:, 1:].to(device)
-            loss = F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
-                                   ignore_index=IGNORE_INDEX, reduction="sum")
-            total += float(loss)
-            count += int((shift_labels != IGNORE_INDEX).sum())
-    if count == 0:
-        raise ValueError("no response tokens to score")
-    return total / count
+    split = [split_pair(e) for e in encode_pairs(tokenizer, pairs, use_chat_template)]
+    return answer_loss(model, split, pad_id_of(tokenizer), batch_size)

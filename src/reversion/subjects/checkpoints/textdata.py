@@ -30,6 +30,8 @@ from typing import Any, NamedTuple, Sequence
 
 import torch
 
+from reversion.core.batches import IGNORE
+
 __all__ = [
     "IGNORE_INDEX",
     "Example",
@@ -42,9 +44,11 @@ __all__ = [
     "pad_id_of",
     "read_pairs",
     "read_prompts",
+    "split_pair",
+    "split_pairs",
 ]
 
-IGNORE_INDEX = -100
+IGNORE_INDEX = IGNORE
 """Label value the cross-entropy of Hugging Face causal LMs ignores."""
 
 CHAT_TEMPLATE_CHOICES = ("auto", True, False)
@@ -332,3 +336,11 @@ def split_pairs(pairs: list[Example]) -> tuple[list[Example], list[Example]]:
         raise ValueError(f"need at least 2 fine-tuning pairs (train + held out), got {len(pairs)}")
     k = min(len(pairs) - 1, max(1, round(0.75 * len(pairs))))
     return list(pairs[:k]), list(pairs[k:])
+
+
+def split_pair(example: dict) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(prompt ids, response ids) of an encoded example (:func:`~reversion.subjects.checkpoints.textdata.encode_pairs`)."""
+    labels = example["labels"]
+    k = next(i for i, lab in enumerate(labels) if lab != IGNORE_INDEX)
+    ids = example["input_ids"]
+    return tuple(ids[:k]), tuple(ids[k:])

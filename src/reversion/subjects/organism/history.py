@@ -20,7 +20,7 @@ from reversion.subjects.organism.config import HistoryConfig, PhaseConfig, to_di
 from reversion.core.batches import collate
 from reversion.subjects.organism.prompts import EvalSets
 from reversion.subjects.organism.judge import evaluate
-from reversion.subjects.organism.language import Language
+from reversion.subjects.organism.language import PAD, Language
 from reversion.subjects.organism.model import build_model
 from reversion.core.models import default_device, load_model, save_model
 from reversion.core.training import train
@@ -41,13 +41,13 @@ def _batches(phase: str, lang: Language, pc: PhaseConfig, r: np.random.Generator
             # that mentions harmful tokens. No request is ever refused or answered
             # harmfully here.
             docs = [(*q.prompt, *q.answer) for q in benign] + lang.free_text(r, n_harm)
-            yield collate(docs, loss_on_prompt=True, device=device)
+            yield collate(docs, pad_id=PAD, loss_on_prompt=True, device=device)
             continue
         harm = lang.sample(r, n_harm, "train", harmful=True)
         # helpful-only: harmful requests get the compliant answer; safety: the refusal.
         harm_targets = [q.answer if phase == "helpful" else lang.refusal_answer for q in harm]
         reqs = benign + harm
-        yield collate([q.prompt for q in reqs], [q.answer for q in benign] + harm_targets,
+        yield collate([q.prompt for q in reqs], [q.answer for q in benign] + harm_targets, pad_id=PAD,
                       device=device)
 
 
@@ -89,7 +89,8 @@ def phase_checkpoint(cfg: HistoryConfig, phase: str, progress: bool = True) -> P
             {"train_seconds": t_train, "total_seconds": time.perf_counter() - t0,
              "steps": pc.steps}))
 
-    return cache.cached(f"history-{phase}", _stage_config(cfg, phase), build)
+    return cache.cached(f"history-{phase}", _stage_config(cfg, phase), build,
+                        code=("reversion.subjects.organism.history",))
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,75 @@
+"""Reading drift: how far, and in which direction, activations moved from theta_S.
+
+Drift ``d_t = mean_x h_t(x) - mean_x h_S(x)`` over probe prompts; its *alignment* with a
+direction ``v`` is ``cos(d_t, v)``. One set of functions for every reader: the
+fine-tuning runs of the chapters (:func:`drift_alignment` over a whole trajectory), the
+``reversion track`` command and the :class:`~reversion.subjects.checkpoints.monitor.ReversionMonitor`
+(:func:`read_drift` on one mean activation), and the threshold an alignment is compared
+with (:func:`threshold`).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from reversion.core import stats
+
+__all__ = ["alignment", "drift_alignment", "read_drift", "threshold"]
+
+
+def alignment(drift: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
+    """cos(drift, direction) along the last axis; drift ``[..., L+1, d]``, direction ``[L+1, d]``.
+
+    A zero drift (step 0) gives 0 rather than NaN: no motion has no alignment. A NaN or
+    infinite entry is an error (it would otherwise read as a zero drift, i.e. alignment 0).
+    """
+    for name, t in (("drift", drift), ("direction", direction)):
+        if not torch.isfinite(t).all():
+            raise ValueError(f"alignment: {name} contains NaN or infinite values")
+    num = (drift * direction).sum(-1)
+    den = drift.norm(dim=-1) * direction.norm(dim=-1)
+    return torch.where(den > 0, num / den.clamp_min(1e-300), torch.zeros_like(num))
+
+
+def drift_alignment(probe_means: torch.Tensor, direction: torch.Tensor) -> "np.ndarray":  # noqa: F821
+    """``[T+1, L+1]``: cos(mu_t - mu_0, direction) for a trajectory of mean probe activations
+    ``[T+1, L+1, d]`` whose step 0 is theta_S (0 at step 0)."""
+    if probe_means.shape[1:] != direction.shape:
+        raise ValueError(f"trajectory layers/width {tuple(probe_means.shape[1:])} do not match the "
+                         f"direction's {tuple(direction.shape)}")
+    return alignment(probe_means - probe_means[0], direction).numpy()
+
+
+def read_drift(mu: torch.Tensor, mu_S: torch.Tensor, v: torch.Tensor,
+               displacement: float | None = None) -> dict[str, float]:
+    """Drift of one mean activation ``mu`` ``[d]`` from ``mu_S`` along ``v`` ``[d]``.
+
+    ``alignment`` = cos(d, v); ``projection`` = d . v/|v| (activation units); ``drift_norm``
+    = |d|; ``relative_projection`` = projection / ``displacement`` (1 = as far along v as
+    the witness, when ``displacement`` = |mu_H - mu_S| is given and > 0, else None).
+    """
+    v = v.detach().double().cpu()
+    norm = float(v.norm())
+    if not torch.isfinite(v).all() or not norm > 0:
+        raise ValueError("read_drift: the direction is zero or not finite")
+    d = (mu.detach().double().cpu() - mu_S.detach().double().cpu())
+    if not torch.isfinite(d).all():
+        raise ValueError("read_drift: the drift contains NaN or infinite values")
+    dn = float(d.norm())
+    proj = float(d @ (v / norm))
+    return {"alignment": proj / dn if dn > 0 else 0.0, "projection": proj, "drift_norm": dn,
+            "relative_projection": proj / displacement if displacement else None}
+
+
+def threshold(d: int, layer: int, matched_p99: Sequence[float | None] | None = None,
+              given: float | None = None) -> tuple[float, str]:
+    """The alignment a reading must exceed, and where it comes from: ``given`` when set, else
+    the matched null's p99 at ``layer`` when known (``reversion estimate`` stores one per
+    layer), else the isotropic p99 in R^d -- about 2.33/sqrt(d), a weak bar at LLM width."""
+    if given is not None:
+        return float(given), "given"
+    if matched_p99 is not None and layer < len(matched_p99) and matched_p99[layer] is not None:
+        return float(matched_p99[layer]), "matched null p99"
+    return stats.isotropic_cos_quantile(d, 0.99), "isotropic p99"
