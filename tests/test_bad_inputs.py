@@ -54,7 +54,7 @@ from reversion.book import nb
 from reversion.core import stats
 from reversion.cli import main
 from reversion.core.directions import Directions, alignment, estimate_directions, unit_rows
-from tiny_models import LAYERS, tiny  # noqa: F401  (the fixture, requested lazily)
+from helpers import LAYERS
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTERS = {"01_training_history": "training_history", "02_vrev_estimation": "vrev_estimation",

@@ -26,7 +26,7 @@ from reversion.core.directions import alignment
 from reversion.core.hooks import get_blocks
 from reversion.core.interventions import AlignmentMix, Block, Projection, Push, Rehearsal
 
-from tiny_models import EXAMPLES, make_model, make_tokenizer, save, tiny, write_jsonl  # noqa: F401
+from helpers import EXAMPLES, make_model, make_tokenizer, save, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 FT = FinetuneConfig(steps=3, lr=1e-3, batch_size=4, eval_steps=(0, 1, 3))

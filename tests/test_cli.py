@@ -16,7 +16,7 @@ from reversion.cli import main
 from reversion.core.directions import Directions, estimate_directions
 from reversion.core.models import load_model
 from reversion.subjects.checkpoints.textdata import encode_prompts, load_tokenizer, pad_id_of, read_prompts
-from tiny_models import LAYERS, tiny  # noqa: F401
+from helpers import LAYERS
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--device", "cpu", "--n-null", "200", "--n-boot", "20"]

@@ -12,7 +12,6 @@ from reversion.core.models import load_model
 from reversion.subjects.checkpoints.textdata import (
     encode_pairs, encode_prompts, load_tokenizer, pad_id_of, read_pairs, read_prompts,
 )
-from tiny_models import tiny  # noqa: F401
 
 
 def test_refusal_phrase_judge():

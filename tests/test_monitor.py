@@ -22,7 +22,7 @@ from reversion.subjects.checkpoints.monitor import (
 from reversion.subjects.checkpoints.textdata import (
     PairCollator, encode_pairs, encode_prompts, load_tokenizer, pad_id_of, read_pairs, read_prompts,
 )
-from tiny_models import EXAMPLES, planted_pair, tiny  # noqa: F401
+from helpers import EXAMPLES, planted_pair
 
 
 @pytest.fixture(scope="module")

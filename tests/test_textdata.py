@@ -13,7 +13,7 @@ from reversion.subjects.checkpoints.textdata import (
     IGNORE_INDEX, PairCollator, encode_pairs, encode_prompts, has_chat_template, load_tokenizer, pad_id_of,
     read_pairs, read_prompts,
 )
-from tiny_models import tiny, write_jsonl  # noqa: F401
+from helpers import write_jsonl
 
 
 # --------------------------------------------------------------------------- prompt files

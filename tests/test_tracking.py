@@ -11,7 +11,7 @@ from reversion.subjects.organism.config import ModelConfig
 from reversion.subjects.organism.model import build_model
 from reversion.core.tracking import ProbeTracker
 
-from tiny_models import make_model, make_tokenizer
+from helpers import make_model, make_tokenizer
 
 
 def _prompts(vocab: int, n: int = 23, seed: int = 0) -> list[list[int]]:

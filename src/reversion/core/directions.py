@@ -108,6 +108,15 @@ def directions_from_acts(acts: dict[str, torch.Tensor], meta: dict | None = None
     for name in ("H", "S"):
         if name not in acts:
             raise ValueError(f"activations of {name!r} are missing: v_rev needs both H and S")
+    if acts["H"].shape[0] == 0:
+        raise ValueError("harmful probe prompt set is empty")
+    for name, a in acts.items():
+        if a.ndim != 3 or a.shape[1:] != acts["S"].shape[1:]:
+            raise ValueError(f"activations of {name!r} have shape {tuple(a.shape)}, S has {tuple(acts['S'].shape)}: "
+                             "the models differ in layer count (num_hidden_layers) or width (hidden_size); "
+                             "layers or activations are not comparable")
+    if acts["H"].shape[0] != acts["S"].shape[0] or ("P" in acts and acts["P"].shape[0] != acts["S"].shape[0]):
+        raise ValueError("H, S (and P) must be activations of the same probe prompts")
     mu_H, mu_S = acts["H"].mean(0), acts["S"].mean(0)
     v_rev, disp = unit_rows(mu_H - mu_S, "v_rev = mu_H - mu_S")
     v_P = r_S = None

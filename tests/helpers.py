@@ -1,4 +1,4 @@
-"""Shared tiny text models for the tests of textdata, judges, monitor and the CLI.
+"""Helpers shared by the tests: tiny text models built locally (fixtures: ``conftest.py``).
 
 Everything is built locally in temporary folders -- never downloaded: a byte-level BPE
 tokenizer trained with ``tokenizers`` on the project's example files (wrapped in
@@ -7,7 +7,8 @@ and Llama models built from their configs. A "witness" is the aligned model with
 blocks' weights perturbed (so v_rev exists at every layer >= 1), or, for the planted
 monitor case, the aligned model trained a few steps on a known data set.
 
-Test modules import the fixtures they use: ``from tiny_models import tiny  # noqa: F401``.
+The session fixture ``tiny`` (in ``conftest.py``) builds them once; test modules import the
+helpers they call (``from helpers import EXAMPLES, make_model``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
 import torch
 
 from reversion.subjects.checkpoints import demo
@@ -109,12 +109,6 @@ def build_tiny(root: Path) -> Tiny:
                 EXAMPLES["harmful"], EXAMPLES["harmless"], EXAMPLES["benign"], empty)
 
 
-@pytest.fixture(scope="session")
-def tiny(tmp_path_factory) -> Tiny:
-    """Tokenizers, a GPT-2 and a Llama witness/aligned pair, a wider Llama, prompt files."""
-    return build_tiny(tmp_path_factory.mktemp("tiny-models"))
-
-
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
@@ -136,4 +130,4 @@ def planted_pair(root: Path, family: str = "llama", steps: int = 30, lr: float =
 
 
 __all__ = ["Pair", "Tiny", "build_tiny", "make_model", "make_tokenizer", "perturbed",
-           "planted_pair", "save", "tiny", "write_jsonl"]
+           "planted_pair", "save", "write_jsonl"]
