@@ -18,9 +18,11 @@ from reversion.book import build as book
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def write_notebook(path: Path, body: str, defaults: str = "x = 1") -> Path:
+def write_notebook(path: Path, body: str, defaults: str = "x = 1", reads: list[str] | None = None) -> Path:
     nb = new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    if reads:
+        nb.metadata["reversion"] = {"reads": reads}
     nb.cells = [
         new_markdown_cell("# Demo"),
         new_code_cell(defaults, metadata={"tags": ["parameters"]}),
@@ -104,22 +106,37 @@ def test_execute_then_up_to_date_then_params_change(project):
     assert not any("injected-parameters" in c.metadata.get("tags", []) for c in nb.cells)
 
 
-def test_source_change_and_upstream_chapters(project):
+WRITES = ("import os, json, pathlib\n"
+          "f = pathlib.Path(os.environ['REVERSION_RESULTS']) / '01_a' / 'metrics.json'\n"
+          "f.parent.mkdir(parents=True, exist_ok=True)\n"
+          "f.write_text(json.dumps({'metrics': {'x': x}}))\n")
+
+
+def test_a_chapter_reruns_when_what_it_reads_changes(project, isolated):
+    """Stamps follow outputs, not upstream stamps: a chapter that reads chapter 01's results
+    re-executes when they change, not when chapter 01 merely re-ran; one that reads nothing
+    of chapter 01 never re-executes for it."""
     nbs, out, run = project
-    write_notebook(nbs / "01_a.ipynb", "print(x)")
-    write_notebook(nbs / "02_b.ipynb", "print(x + 1)")
+    write_notebook(nbs / "01_a.ipynb", WRITES)
+    write_notebook(nbs / "02_b.ipynb", "print(x + 1)", reads=["01_a"])
+    write_notebook(nbs / "03_c.ipynb", "print(x + 2)")
 
     assert all(r.executed for r in run().values())
     assert not any(r.executed for r in run().values())
 
     # Editing chapter 02 re-executes only 02.
-    write_notebook(nbs / "02_b.ipynb", "print(x + 2)")
+    write_notebook(nbs / "02_b.ipynb", "print(x + 3)", reads=["01_a"])
     runs = run()
-    assert not runs["01_a"].executed and runs["02_b"].executed
+    assert [s for s, r in runs.items() if r.executed] == ["02_b"]
 
-    # Changing chapter 01 re-executes 01 and every later chapter.
+    # Chapter 01 re-runs to the same output (an edit that changes no number): 02 stays.
+    write_notebook(nbs / "01_a.ipynb", WRITES + "# a comment\n")
+    runs = run()
+    assert [s for s, r in runs.items() if r.executed] == ["01_a"]
+
+    # Chapter 01 writes other numbers: 02, which reads them, re-executes; 03 does not.
     runs = run(parameters={"01_a": {"x": 5}})
-    assert runs["01_a"].executed and runs["02_b"].executed
+    assert [s for s, r in runs.items() if r.executed] == ["01_a", "02_b"]
 
     # stems= restricts what runs; unknown stems are an error.
     runs = run(stems=["02_b"], force=True)
@@ -128,6 +145,20 @@ def test_source_change_and_upstream_chapters(project):
         run(stems=["03_missing"])
     with pytest.raises(ValueError, match="03_missing"):
         run(parameters={"03_missing": {"x": 1}})
+
+
+def test_stamp_follows_the_package_modules_a_notebook_imports(tmp_path):
+    """A notebook's code identity is the import closure of the package modules its cells
+    import: a plotting module is in the closure of a page that imports it, and in no
+    stage's (so editing it retrains nothing)."""
+    from reversion.infra.provenance import closure
+
+    plots_page = write_notebook(tmp_path / "a.ipynb", "from reversion.book import plots\nfrom reversion.core.drift import alignment")
+    plain_page = write_notebook(tmp_path / "b.ipynb", "from reversion.core.drift import alignment")
+    assert "reversion.book.plots" in book.notebook_modules(plots_page)
+    assert "reversion.book.plots" not in closure(book.notebook_modules(plain_page))
+    for stage in ("reversion.stages.finetune", "reversion.stages.estimate", "reversion.subjects.organism.history"):
+        assert not [m for m in closure([stage]) if m.startswith("reversion.book")], stage
 
 
 def test_failure_leaves_no_stamp_and_no_output(project):

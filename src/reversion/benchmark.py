@@ -13,8 +13,8 @@ Measured:
 * drift tracking at the chosen layer every step, and at every layer, against the same
   fine-tuning loop without it (target: <= 5% per step);
 * the block objective against the baseline step (target: <= 25%);
-* activation extraction (:func:`~reversion.activations.mean_activations` and
-  :class:`~reversion.tracking.ProbeTracker`) against a plain
+* activation extraction (:func:`~reversion.core.activations.mean_activations` and
+  :class:`~reversion.core.tracking.ProbeTracker`) against a plain
   ``output_hidden_states=True`` forward over the same prompts (target: at least as fast);
 * the whole book from an empty cache and again with nothing changed (targets: 10 min
   and 60 s), and the peak memory of the build's process tree (target: 2 GiB);

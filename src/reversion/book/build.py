@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from reversion.infra.paths import project_root
-from reversion.infra.provenance import code_hash
 
 #: Tag papermill puts on the cell it injects with the run's parameters.
 INJECTED_TAG = "injected-parameters"
@@ -111,34 +110,77 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
 
 
-def notebook_stamp(
-    notebook: Path, parameters: Mapping[str, Any] | None, upstream: Iterable[str] = ()
-) -> str:
+def notebook_modules(notebook: Path) -> list[str]:
+    """The package modules a notebook's code cells import (``from reversion.x import y``)."""
+    import ast
+
+    from reversion.infra.provenance import PACKAGE, module_file
+
+    found: set[str] = set()
+    for cell in json.loads(Path(notebook).read_text()).get("cells", []):
+        if cell.get("cell_type") != "code":
+            continue
+        source = "".join(cell.get("source", []))
+        try:
+            tree = ast.parse(source)
+        except SyntaxError:  # IPython magics: no import of ours to find there
+            continue
+        for node in ast.walk(tree):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            for n in names:
+                if n == PACKAGE or n.startswith(PACKAGE + "."):
+                    try:
+                        module_file(n)
+                        found.add(n)
+                    except ValueError:
+                        pass  # a name imported from a module, not a module
+    return sorted(found)
+
+
+def notebook_reads(notebook: Path) -> list[str]:
+    """The earlier chapters whose results a notebook reads (metadata ``reversion.reads``)."""
+    meta = json.loads(Path(notebook).read_bytes()).get("metadata", {}).get("reversion", {})
+    return list(meta.get("reads", []))
+
+
+def notebook_stamp(notebook: Path, parameters: Mapping[str, Any] | None) -> str:
     """SHA-256 over what decides a notebook's executed copy.
 
-    * the notebook source bytes,
-    * the canonical JSON of its papermill parameters,
-    * :func:`reversion.provenance.code_hash` (every ``.py`` of the package),
-    * the stamps of the lower-numbered chapters (``upstream``): chapter numbers give
-      the dependencies, so re-executing chapter 01 re-executes 02, 03, ... as well;
-    * the bytes of the files the notebook's metadata lists under ``reversion.inputs``
-      (paths from the project root), e.g. the Performance page's benchmark file.
+    * the notebook source bytes and the canonical JSON of its papermill parameters;
+    * the code it runs: :func:`reversion.infra.provenance.code_hash` of the package modules
+      its cells import, with everything they import (so a plotting edit re-executes the
+      pages that plot with it, and nothing else);
+    * the *outputs* it reads from earlier chapters: the bytes of ``results/<stem>/metrics.json``
+      of each chapter its metadata lists under ``reversion.reads`` (read when the stamp is
+      taken, after those chapters ran) -- an earlier chapter that re-ran to the same numbers
+      does not re-execute this one;
+    * the bytes of the files its metadata lists under ``reversion.inputs`` (paths from the
+      project root), e.g. the Performance page's benchmark file.
     """
+    from reversion.infra import paths
+    from reversion.infra.provenance import code_hash
+
     h = hashlib.sha256()
     h.update(b"notebook\0")
     raw = Path(notebook).read_bytes()
     h.update(raw)
-    for rel in json.loads(raw).get("metadata", {}).get("reversion", {}).get("inputs", []):
+    meta = json.loads(raw).get("metadata", {}).get("reversion", {})
+    for rel in meta.get("inputs", []):
         f = project_root() / rel
         h.update(b"\0input\0" + rel.encode() + b"\0")
+        h.update(f.read_bytes() if f.is_file() else b"<missing>")
+    for stem in meta.get("reads", []):
+        f = paths.results_dir() / stem / "metrics.json"
+        h.update(b"\0reads\0" + stem.encode() + b"\0")
         h.update(f.read_bytes() if f.is_file() else b"<missing>")
     h.update(b"\0parameters\0")
     h.update(canonical_json(dict(parameters or {})).encode())
     h.update(b"\0code\0")
-    h.update(code_hash().encode())
-    for up in upstream:
-        h.update(b"\0upstream\0")
-        h.update(up.encode())
+    h.update(code_hash(notebook_modules(notebook)).encode())
     return h.hexdigest()
 
 
@@ -292,14 +334,12 @@ def execute_notebooks(
     log_dir = out_dir / LOG_DIR_NAME
 
     runs: list[NotebookRun] = []
-    upstream: list[str] = []
     for source in notebooks:
         stem = source.stem
-        params = dict(parameters.get(stem, {}))
-        stamp = notebook_stamp(source, params, upstream)
-        upstream.append(stamp)
         if wanted is not None and stem not in wanted:
             continue
+        params = dict(parameters.get(stem, {}))
+        stamp = notebook_stamp(source, params)  # after the chapters it reads have run
 
         target = out_dir / source.name
         stamp_file = _stamp_path(out_dir, stem)

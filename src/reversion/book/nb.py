@@ -28,7 +28,7 @@ def _user_ns() -> dict:
 
     ip = get_ipython()
     if ip is None:
-        raise RuntimeError("reversion.nb works inside a notebook (IPython) only")
+        raise RuntimeError("reversion.book.nb works inside a notebook (IPython) only")
     return ip.user_ns
 
 
@@ -92,7 +92,7 @@ def parameters(schema: type[T]) -> T:
     """The chapter's parameters: every name defined since :func:`begin`."""
     ns = _user_ns()
     if _SNAPSHOT_KEY not in ns:
-        raise RuntimeError("call reversion.nb.begin() in the notebook's first cell")
+        raise RuntimeError("call reversion.book.nb.begin() in the notebook's first cell")
     before = ns[_SNAPSHOT_KEY]
     values = {k: v for k, v in ns.items()
               if k not in before and not k.startswith("_") and k not in ("In", "Out")}

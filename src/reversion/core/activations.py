@@ -20,7 +20,7 @@ unpadded forward of that prompt alone (up to float rounding). Position rules:
 Everything is returned as float64 on the CPU; the forward itself runs in the
 model's dtype on the model's device, through the backbone (``model.base_model``,
 e.g. ``GPT2Model``), which yields the same hidden states without computing the
-LM head's logits. Hooks on the blocks (``reversion.hooks.add_hooks``) apply.
+LM head's logits. Hooks on the blocks (``reversion.core.hooks.add_hooks``) apply.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """History-defined directions in activation space, and alignment of drift with them.
 
 All directions are per layer, ``[L+1, d]`` (layer convention of
-:mod:`reversion.activations`: 0 = embeddings, L = after the final norm).
+:mod:`reversion.core.activations`: 0 = embeddings, L = after the final norm).
 
 * ``v_rev  = normalize(mu_H - mu_S)`` on harmful probe prompts: from the aligned model
   back toward the helpful-only witness;

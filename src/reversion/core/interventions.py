@@ -18,7 +18,7 @@ changes one thing:
   mix itself (continued safety training) instead of the benign task.
 
 Each is a plain object with ``aux_loss(model, batch, step)`` and ``batches(...)``, so it
-drops into any training loop (see :mod:`reversion.finetune`).
+drops into any training loop (see :mod:`reversion.stages.finetune`).
 """
 
 from __future__ import annotations

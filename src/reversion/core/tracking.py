@@ -1,6 +1,6 @@
 """Mean probe activations cheap enough to measure at every training step.
 
-:func:`reversion.activations.mean_activations` is the general tool: it validates and
+:func:`reversion.core.activations.mean_activations` is the general tool: it validates and
 pads the prompts on every call and runs the whole model. A tracker that runs each
 step of a fine-tuning run does that work once: :class:`ProbeTracker` pads the
 prompts into length-sorted batches at construction, runs under ``inference_mode``,

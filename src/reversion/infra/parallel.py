@@ -1,6 +1,6 @@
 """Independent cached stages on several CPU cores.
 
-A fine-tuning run of the organism is single-threaded (see :mod:`reversion.runtime`),
+A fine-tuning run of the organism is single-threaded (see :mod:`reversion.infra.runtime`),
 so on a 2-core machine one run at a time leaves a core idle. :func:`run_all` builds
 independent cache entries in worker processes; the caller then reads them back from
 the cache, in its own order. Each run seeds itself and uses one thread, so the
@@ -93,7 +93,7 @@ def run_all(calls: Sequence[Call], progress: bool = True, desc: str = "runs",
             ex.shutdown(wait=True)
         else:
             # A failure or an interrupt: do not wait minutes for the runs in flight. What they
-            # leave is a .tmp-* folder, which never reads as an entry (see reversion.cache).
+            # leave is a .tmp-* folder, which never reads as an entry (see reversion.infra.cache).
             procs = list(ex._processes.values()) if getattr(ex, "_processes", None) else []
             ex.shutdown(wait=False, cancel_futures=True)
             for p in procs:

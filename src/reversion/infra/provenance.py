@@ -47,10 +47,21 @@ def _exists(name: str) -> bool:
         return False
 
 
-@functools.lru_cache(maxsize=None)
+def _stamp(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_mtime_ns, st.st_size
+
+
 def _direct_imports(name: str) -> frozenset[str]:
-    """Package modules that ``name`` imports anywhere in its source."""
+    """Package modules that ``name`` imports anywhere in its source (cached per file version:
+    a long-lived process, e.g. a test that edits a module, sees the edit)."""
     path = module_file(name)
+    return _parse_imports(name, str(path), _stamp(path))
+
+
+@functools.lru_cache(maxsize=None)
+def _parse_imports(name: str, path_str: str, stamp: tuple[int, int]) -> frozenset[str]:
+    path = Path(path_str)
     is_pkg = path.name == "__init__.py"
     here = name if is_pkg else name.rpartition(".")[0]
     out: set[str] = set()
@@ -92,12 +103,17 @@ def closure(modules: Iterable[str]) -> list[str]:
     return sorted(seen)
 
 
-@functools.lru_cache(maxsize=256)
 def _hash(modules: tuple[str, ...]) -> str:
+    mods = closure(modules)
+    return _hash_files(tuple((m, str(module_file(m)), _stamp(module_file(m))) for m in mods))
+
+
+@functools.lru_cache(maxsize=256)
+def _hash_files(files: tuple[tuple[str, str, tuple[int, int]], ...]) -> str:
     h = hashlib.sha256()
-    for m in closure(modules):
+    for m, path, _ in files:
         h.update(m.encode() + b"\0")
-        h.update(module_file(m).read_bytes() + b"\0")
+        h.update(Path(path).read_bytes() + b"\0")
     return h.hexdigest()
 
 

@@ -1,7 +1,7 @@
 """Book page "Run it on your own checkpoints" (``notebooks/07_own_checkpoints.ipynb``).
 
 The page runs the whole text-model workflow -- ``reversion estimate``, the
-:class:`~reversion.monitor.ReversionMonitor` in a ``transformers.Trainer`` run,
+:class:`~reversion.subjects.checkpoints.monitor.ReversionMonitor` in a ``transformers.Trainer`` run,
 ``reversion track`` over the run's checkpoints, harmfulness and task cost -- on
 checkpoints given as local paths. With the paths left empty it builds **tiny random
 demo models** in a scratch folder of the cache: a small Llama (or GPT-2) and a byte-level BPE
@@ -149,7 +149,7 @@ def prepare(P: Params, workdir: Path | None = None) -> Checkpoints:
     """The checkpoints and inputs to use, in a working folder.
 
     The default folder is a scratch folder, ``<cache>/07_own_checkpoints/work`` (see
-    :func:`reversion.paths.cache_dir`), emptied at the start of every run.
+    :func:`reversion.infra.paths.cache_dir`), emptied at the start of every run.
 
     The prompt files are copied to ``WORK/inputs/`` so that every command the page shows
     runs as printed from the working folder. Empty checkpoint paths build the demo models.
@@ -289,7 +289,7 @@ def finetune(P: Params, ck: Checkpoints, name: str, block_strength: float = 0.0)
 
     Checkpoints are saved every ``monitor_every`` steps (weights only) so that
     ``reversion track`` can re-measure them; with ``block_strength > 0`` the loss adds
-    the bounded block term (:class:`~reversion.monitor.BlockTrainer`).
+    the bounded block term (:class:`~reversion.subjects.checkpoints.monitor.BlockTrainer`).
     """
     import warnings
 

@@ -39,7 +39,7 @@ drift barely off-random already passes it; prefer the matched null or a threshol
 your own.
 
 :class:`BlockTrainer` adds the bounded block term of
-:class:`reversion.interventions.Block` (``+strength * sum_l tanh(p_l / s_l)``) to the
+:class:`reversion.core.interventions.Block` (``+strength * sum_l tanh(p_l / s_l)``) to the
 Trainer's loss; :func:`block_term` builds and sets one up for a text model.
 
 Scope: single-process or DDP training (the probe forward runs on the main process
@@ -87,10 +87,10 @@ def reference_mean(model, probe_ids: Sequence[Sequence[int]], layer: int, positi
 class ReversionMonitor(TrainerCallback):
     """A ``TrainerCallback`` recording the alignment of activation drift with v_rev.
 
-    ``directions``: a :class:`~reversion.geometry.Directions` (its ``layer``, matched
+    ``directions``: a :class:`~reversion.core.directions.Directions` (its ``layer``, matched
     null and displacement are used) or a v_rev tensor ``[d]`` or ``[L+1, d]`` (then
     ``layer`` is required); ``probe_ids``: harmful probe prompts as token ids
-    (:func:`reversion.textdata.encode_prompts`); ``mu_S``: theta_S's mean activation
+    (:func:`reversion.subjects.checkpoints.textdata.encode_prompts`); ``mu_S``: theta_S's mean activation
     ``[d]`` at the layer or ``[L+1, d]`` (None: computed from the model at train begin);
     ``every``: check every k optimizer steps; ``threshold``: alignment above which a
     check counts (None: see the module docstring); ``patience``: checks in a row above
@@ -136,7 +136,7 @@ class ReversionMonitor(TrainerCallback):
             else:
                 raise ValueError(f"v_rev must be [d] or [L+1, d], got shape {tuple(directions.shape)}")
         else:
-            raise TypeError(f"directions must be a reversion.geometry.Directions or a tensor, "
+            raise TypeError(f"directions must be a reversion.core.directions.Directions or a tensor, "
                             f"got {type(directions).__name__}")
         v = v.detach().double().cpu()
         norm = float(v.norm())
@@ -306,7 +306,7 @@ class ReversionMonitor(TrainerCallback):
 
 def block_term(model, directions: Directions, probe_ids: Sequence[Sequence[int]], strength: float,
                layers: Sequence[int] | None = None, n_probe_batch: int = 32, pad_id: int = 0):
-    """A :class:`reversion.interventions.Block` set up on ``model`` (which must be theta_S now).
+    """A :class:`reversion.core.interventions.Block` set up on ``model`` (which must be theta_S now).
 
     ``layers``: where the term acts (default every block output 1..L, as in the
     book's interventions); its scale per layer is ||mu_H - mu_S|| from ``directions``;

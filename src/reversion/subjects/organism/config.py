@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 TASKS = ("reverse", "rotate", "swap", "sort")
-"""The benign tasks of the synthetic language (see :mod:`reversion.language`)."""
+"""The benign tasks of the synthetic language (see :mod:`reversion.subjects.organism.language`)."""
 
 
 def _check_int(name: str, value: Any, lo: int | None = None, hi: int | None = None) -> None:
