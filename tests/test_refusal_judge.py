@@ -1,4 +1,5 @@
-"""Judges, greedy generation with left padding, harmfulness and held-out loss (reversion.judges)."""
+"""The refusal-phrase judge, greedy continuations, harmfulness and held-out loss
+(reversion.subjects.checkpoints.refusal_judge)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from reversion.core.models import load_model
 from reversion.subjects.checkpoints.textdata import (
     encode_pairs, encode_prompts, load_tokenizer, pad_id_of, read_pairs, read_prompts,
 )
+
+from helpers import perturbed
 
 
 def test_refusal_phrase_judge():
@@ -35,15 +38,22 @@ def test_refusal_phrase_judge():
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
-def test_left_padded_batches_match_single_prompts(tiny, family):
-    model = load_model(getattr(tiny, family).aligned, device="cpu")
+@pytest.mark.parametrize("batch_size", [2, 16])
+def test_batched_continuations_match_single_prompts(tiny, family, batch_size):
+    """Prompts of mixed lengths, several of the same length (batched together, split across
+    batches when batch_size=2): every continuation, in order, is that of the prompt alone."""
+    # Strongly perturbed: the tiny random GPT-2 alone repeats the last prompt token (a special
+    # token, decoded as ''), which would make every continuation equal.
+    model = perturbed(load_model(getattr(tiny, family).aligned, device="cpu"), scale=2.0).eval()
     tok = load_tokenizer(tiny.tokenizer)
-    texts = read_prompts(tiny.harmful)[:5]
-    ids = encode_prompts(tok, texts)
-    assert len({len(i) for i in ids}) > 1  # different lengths: padding is exercised
-    batched = generate_continuations(model, tok, ids, max_new_tokens=6, batch_size=5)
+    ids = encode_prompts(tok, read_prompts(tiny.harmful))
+    lengths = [len(i) for i in ids]
+    assert len(set(lengths)) > 1  # different lengths
+    assert max(lengths.count(n) for n in lengths) > 2  # a length group larger than one batch of 2
+    batched = generate_continuations(model, tok, ids, max_new_tokens=6, batch_size=batch_size)
     single = [generate_continuations(model, tok, [i], max_new_tokens=6, batch_size=1)[0] for i in ids]
     assert batched == single
+    assert len(set(batched)) > 1  # the prompts' continuations differ: the order is checked
     assert all(isinstance(c, str) for c in batched)
     assert model.training is False
 
