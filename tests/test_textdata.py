@@ -1,4 +1,4 @@
-"""Prompt files, fine-tuning pairs, tokenizers and chat templates (reversion.textdata)."""
+"""Prompt files, fine-tuning pairs, tokenizers and chat templates (reversion.subjects.checkpoints.textdata)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from reversion.core.batches import IGNORE
 from reversion.subjects.checkpoints import demo
 from reversion.subjects.checkpoints.textdata import (
     IGNORE_INDEX, PairCollator, encode_pairs, encode_prompts, has_chat_template, load_tokenizer, pad_id_of,
-    read_pairs, read_prompts,
+    read_pairs, read_prompts, split_pair, split_pairs,
 )
+
 from helpers import write_jsonl
 
 
@@ -149,3 +151,20 @@ def test_encode_pairs_and_collator(tiny):
         assert batch["attention_mask"][i].sum() == k
         assert torch.all(batch["labels"][i, k:] == IGNORE_INDEX)
         assert torch.all(batch["input_ids"][i, k:] == pad_id_of(tok))
+
+
+def test_split_pairs_in_file_order_and_split_pair(tiny):
+    pairs = read_pairs(tiny.benign)
+    train, held = split_pairs(pairs)
+    assert train + held == pairs  # file order, nothing lost
+    assert len(train) == round(0.75 * len(pairs)) and held
+    assert split_pairs(pairs[:2]) == ([pairs[0]], [pairs[1]])  # always at least one of each
+    with pytest.raises(ValueError, match="at least 2"):
+        split_pairs(pairs[:1])
+    tok = load_tokenizer(tiny.tokenizer)
+    for e, p_ids in zip(encode_pairs(tok, pairs[:3]), encode_prompts(tok, [p.prompt for p in pairs[:3]])):
+        prompt, answer = split_pair(e)
+        assert list(prompt) == p_ids  # the prompt is exactly the label-free head
+        assert list(prompt + answer) == e["input_ids"]
+        assert answer[-1] == tok.eos_token_id
+    assert IGNORE_INDEX == IGNORE
