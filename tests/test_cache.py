@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from reversion.infra import cache
-from reversion.infra.provenance import code_hash
+from reversion.infra.provenance import code_hash, device_kind, versions
 
 
 @pytest.fixture
@@ -52,7 +52,8 @@ def test_miss_builds_then_hit_returns_without_building(root):
     assert (p1 / "data.txt").read_text() == "payload"
     assert (p1 / "sub" / "more.txt").is_file()
     meta = json.loads((p1 / "config.json").read_text())
-    assert meta == {"stage": "stage", "config": cfg, "code_hash": code_hash()}
+    assert meta == {"stage": "stage", "config": cfg, "code": code_hash(), **versions(),
+                    "device": device_kind(), "modules": []}
     assert entries(root / "stage") == [p1.name]   # no temporary folder left
     p2 = cache.cached("stage", cfg, b)
     assert p2 == p1 and b.calls == 1
@@ -86,13 +87,46 @@ def test_explicit_root_argument(tmp_path, root):
 def test_code_hash_change_invalidates(root, monkeypatch):
     b = Builder()
     p1 = cache.cached("stage", {"a": 1}, b)
-    monkeypatch.setattr(cache, "code_hash", lambda: "0" * 64)
+    monkeypatch.setattr(cache, "code_hash", lambda *a, **k: "0" * 64)
     p2 = cache.cached("stage", {"a": 1}, b)
     assert b.calls == 2 and p2 != p1
-    assert json.loads((p2 / "config.json").read_text())["code_hash"] == "0" * 64
+    assert json.loads((p2 / "config.json").read_text())["code"] == "0" * 64
     monkeypatch.undo()
     monkeypatch.setenv("REVERSION_CACHE", str(root))
     assert cache.cached("stage", {"a": 1}, b) == p1 and b.calls == 2  # old code: old entry
+
+
+def test_key_hashes_the_code_of_the_named_modules_only(root):
+    """``code`` names the modules a stage depends on: their import closure is hashed (and
+    recorded), so a different module set is a different entry, and the key is the same
+    whichever order the modules are named in."""
+    b = Builder()
+    p_all = cache.cached("stage", {"a": 1}, b)
+    p_stats = cache.cached("stage", {"a": 1}, b, code=("reversion.core.stats",))
+    p_drift = cache.cached("stage", {"a": 1}, b, code=("reversion.core.drift",))
+    assert b.calls == 3 and len({p_all, p_stats, p_drift}) == 3
+    meta = json.loads((p_stats / "config.json").read_text())
+    assert meta["code"] == code_hash(["reversion.core.stats"]) != code_hash()
+    assert meta["modules"] == ["reversion.core.stats"]
+    # core.drift imports core.stats: naming both hashes the same closure as naming drift.
+    assert cache.cached("stage", {"a": 1}, b, code=("reversion.core.stats", "reversion.core.drift")) == p_drift
+    both = ("reversion.core.stats", "reversion.core.batches")
+    p1 = cache.cached("stage", {"a": 1}, b, code=both)
+    assert cache.cached("stage", {"a": 1}, b, code=both[::-1]) == p1 and b.calls == 4
+    assert p1 == cache.entry_path("stage", {"a": 1}, code=both)
+
+
+def test_key_depends_on_the_library_versions_and_the_device(root, monkeypatch):
+    """CPU and CUDA runs (or two torch versions) give different numbers: never one entry."""
+    b = Builder()
+    p1 = cache.cached("stage", {"a": 1}, b)
+    monkeypatch.setattr(cache, "device_kind", lambda: "cuda:Imaginary GPU")
+    p2 = cache.cached("stage", {"a": 1}, b)
+    assert p2 != p1 and json.loads((p2 / "config.json").read_text())["device"] == "cuda:Imaginary GPU"
+    monkeypatch.setattr(cache, "versions", lambda: {"torch_version": "0.0", "transformers_version": "0.0",
+                                                    "python_version": "0.0"})
+    p3 = cache.cached("stage", {"a": 1}, b)
+    assert b.calls == 3 and len({p1, p2, p3}) == 3
 
 
 def test_exception_in_build_leaves_nothing(root):
