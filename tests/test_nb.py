@@ -1,13 +1,17 @@
-"""Notebook parameters: unknown, missing and mistyped names are refused before any work."""
+"""Notebook parameters: unknown, missing and mistyped names are refused before any work; the
+parameters that chapters 02-05's ``checkpoints`` mapping replaced are refused with the new form."""
 
 from __future__ import annotations
 
 import typing
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
+from reversion.book.chapters import alignment, interventions, null_test, vrev_estimation
 from reversion.book.nb import collect
+from reversion.subjects.checkpoints.subject import CHECKPOINT_KEYS
 
 
 @dataclass(frozen=True)
@@ -120,3 +124,49 @@ def test_schema_post_init_runs():
     with pytest.raises(ValueError, match="n must be >= 1"):
         collect(Checked, {"n": 0})
 
+
+
+# --------------------------------------------------------------------------- chapters 02-05: checkpoints
+
+ROOT = Path(__file__).resolve().parents[1]
+CHAPTERS = {"02_vrev_estimation": vrev_estimation, "03_alignment": alignment, "04_null_test": null_test,
+            "05_interventions": interventions}
+
+
+def notebook_defaults(stem: str) -> dict:
+    """The values of a chapter notebook's own parameters cell."""
+    import nbformat
+
+    nb = nbformat.read(str(ROOT / "notebooks" / f"{stem}.ipynb"), as_version=4)
+    (cell,) = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    scratch: dict = {}
+    exec(cell.source, scratch)
+    return {k: v for k, v in scratch.items() if not k.startswith("_")}
+
+
+@pytest.mark.parametrize("stem", CHAPTERS)
+def test_chapter_defaults_build_and_checkpoints_default_to_the_organism(stem):
+    values = notebook_defaults(stem)
+    assert values["checkpoints"] == {}
+    P = collect(CHAPTERS[stem].Params, values)
+    assert P.checkpoints == {}
+    assert "checkpoints" not in P.recorded()  # organism metrics are unchanged by the parameter
+    with_ckpt = collect(CHAPTERS[stem].Params, {**values, "checkpoints": {"witness": "w"}})
+    assert with_ckpt.recorded()["checkpoints"] == {"witness": "w"}
+    with pytest.raises(ValueError, match=r"parameter 'checkpoints' must be"):
+        collect(CHAPTERS[stem].Params, {**values, "checkpoints": "path/to/witness"})
+
+
+@pytest.mark.parametrize("stem", CHAPTERS)
+@pytest.mark.parametrize("old", CHECKPOINT_KEYS)
+def test_old_checkpoint_parameter_shows_the_new_form(stem, old):
+    """Each of the ten parameters that ``checkpoints`` replaced is refused with the new form,
+    alone or among the chapter's own values (not as a bare unknown name)."""
+    schema = CHAPTERS[stem].Params
+    for values in ({**notebook_defaults(stem), old: "x"}, {old: "x"}):
+        with pytest.raises(ValueError) as e:
+            collect(schema, values)
+        msg = str(e.value)
+        assert f"parameter {old!r} is now a key of 'checkpoints'" in msg
+        assert "checkpoints={" in msg and repr(old) in msg.split("checkpoints={")[1]  # the new form
+        assert "unknown parameter" not in msg
