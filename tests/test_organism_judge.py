@@ -1,4 +1,5 @@
-"""The judge on planted continuations with known classes and known rates."""
+"""The organism's first-token judge (``reversion.subjects.organism.judge``) on planted continuations
+with known classes and known rates."""
 
 from __future__ import annotations
 
