@@ -41,19 +41,19 @@ from typing import Callable
 import numpy as np
 import torch
 
-from reversion.infra import paths, seeding
 from reversion.core.activations import mean_activations
 from reversion.core.batches import collate
+from reversion.core.interventions import Block
+from reversion.core.tracking import ProbeTracker
+from reversion.infra import paths, seeding
+from reversion.infra.parallel import n_workers
+from reversion.infra.runtime import set_cpu_threads
 from reversion.stages.finetune import _collated
 from reversion.subjects.base import Prompts
-from reversion.subjects.organism.subject import benign_batches
-from reversion.core.interventions import Block
 from reversion.subjects.organism.language import PAD, Language
 from reversion.subjects.organism.model import build_model
-from reversion.infra.parallel import n_workers
 from reversion.subjects.organism.prompts import ProbeSets
-from reversion.infra.runtime import set_cpu_threads
-from reversion.core.tracking import ProbeTracker
+from reversion.subjects.organism.subject import benign_batches
 from reversion.subjects.organism.worlds import World, make_world
 
 TARGETS = {

@@ -26,7 +26,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from reversion.subjects.checkpoints.files import (
-    DTYPES, CheckpointError, arch_of, check_same_arch, checkpoint_folder, read_config, torch_dtype,
+    DTYPES,
+    CheckpointError,
+    arch_of,
+    check_same_arch,
+    checkpoint_folder,
+    read_config,
+    torch_dtype,
 )
 
 __all__ = ["main", "build_parser"]
@@ -277,11 +283,8 @@ def cmd_estimate(args) -> int:
             "chat_template": templated, **arch, "reversion_version": __version__}
     try:
         est = measure(subject, len(prompts.vrev), args.position, args.n_boot, args.min_stability, meta)
-    except ValueError as exc:
-        msg = str(exc)
-        flag = "--pretrained" if msg.startswith("v_P") else "--harmless" if msg.startswith("r_S") else \
-            "--witness/--aligned"
-        raise _Fail(f"{flag}: {msg}") from None
+    except ValueError as exc:  # no direction: the message names the flags (the subject names its inputs)
+        raise _Fail(str(exc)) from None
     dirs = est.directions
     matched = matched_p99_by_layer(est.acts["S"], dirs.v_rev, args.n_null,
                                    seeding.rng(args.seed, "reversion-cli-estimate"))

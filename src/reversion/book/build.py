@@ -17,6 +17,7 @@ parameters mechanism users have for re-running a chapter with other settings.
 from __future__ import annotations
 
 import argparse
+import ast
 import hashlib
 import json
 import os
@@ -29,7 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
+import yaml
+
+from reversion.infra import paths
 from reversion.infra.paths import project_root
+from reversion.infra.provenance import PACKAGE, code_hash, module_file
 
 #: Tag papermill puts on the cell it injects with the run's parameters.
 INJECTED_TAG = "injected-parameters"
@@ -44,7 +49,6 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 class NotebookExecutionError(RuntimeError):
     """A notebook failed under papermill; carries the notebook's stem."""
-
     def __init__(self, stem: str, message: str):
         super().__init__(f"notebook {stem!r} failed: {message}")
         self.stem = stem
@@ -53,11 +57,9 @@ class NotebookExecutionError(RuntimeError):
 class BookBuildError(RuntimeError):
     """``jupyter-book build`` failed or emitted a warning."""
 
-
 @dataclass
 class NotebookRun:
     """What :func:`execute_notebooks` did with one notebook."""
-
     stem: str
     executed: bool  # False: the executed copy was up to date
     seconds: float
@@ -86,8 +88,6 @@ def list_notebooks(notebook_dir: Path | None = None) -> list[Path]:
 
 def load_parameters_dir(directory: Path) -> dict[str, dict[str, Any]]:
     """``{stem: parameters}`` from ``DIR/<stem>.yaml`` (or ``.yml``) files."""
-    import yaml
-
     directory = Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"parameters directory not found: {directory}")
@@ -112,9 +112,6 @@ def canonical_json(obj: Any) -> str:
 
 def notebook_modules(notebook: Path) -> list[str]:
     """The package modules a notebook's code cells import (``from reversion.x import y``)."""
-    import ast
-
-    from reversion.infra.provenance import PACKAGE, module_file
 
     found: set[str] = set()
     for cell in json.loads(Path(notebook).read_text()).get("cells", []):
@@ -161,8 +158,6 @@ def notebook_stamp(notebook: Path, parameters: Mapping[str, Any] | None) -> str:
     * the bytes of the files its metadata lists under ``reversion.inputs`` (paths from the
       project root), e.g. the Performance page's benchmark file.
     """
-    from reversion.infra import paths
-    from reversion.infra.provenance import code_hash
 
     h = hashlib.sha256()
     h.update(b"notebook\0")

@@ -13,9 +13,17 @@ the world's effective settings -- and a provenance line (code identity, versions
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import html
 import types
 import typing
 from typing import Any, TypeVar
+
+import matplotlib
+from IPython import get_ipython
+from IPython.display import HTML, display
+
+from reversion.infra.provenance import provenance
 
 T = TypeVar("T")
 _SNAPSHOT_KEY = "__reversion_names_before_parameters__"
@@ -24,7 +32,6 @@ _DEFAULTS_KEY = "__reversion_parameter_defaults__"
 
 
 def _user_ns() -> dict:
-    from IPython import get_ipython
 
     ip = get_ipython()
     if ip is None:
@@ -37,7 +44,6 @@ def begin() -> None:
     ns = _user_ns()
     ns[_SNAPSHOT_KEY] = set(ns) | {_HISTORY_KEY, _DEFAULTS_KEY}
     ns[_HISTORY_KEY] = len(ns.get("In", []))
-    import matplotlib
 
     matplotlib.rcParams.update({"figure.dpi": 110, "savefig.bbox": "tight"})
 
@@ -133,12 +139,8 @@ def show_run(P: Any, world: Any = None, subject: Any = None, code: tuple[str, ..
     ``world`` (when given), and a provenance line -- the code identity of ``code`` (the modules
     this chapter imports, :func:`reversion.infra.provenance.code_hash`), library versions and
     the date."""
-    import datetime
-    import html
 
-    from IPython.display import HTML, display
 
-    from reversion.infra.provenance import provenance
 
     defaults = _user_ns().get(_DEFAULTS_KEY)
     rows = []

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from reversion.core import stats
@@ -49,7 +50,6 @@ def unit_rows(x: torch.Tensor, what: str, eps: float = 1e-12,
 @dataclass(frozen=True)
 class Directions:
     """v_rev and the control directions at every layer, with what they were estimated from."""
-
     v_rev: torch.Tensor
     """``[L+1, d]`` unit rows."""
     v_P: torch.Tensor | None
@@ -62,7 +62,6 @@ class Directions:
     """``[L+1]``: mean ||h_S(x)|| over the probes (scale for the displacement)."""
     meta: dict
     """Layer chosen, position rule, checkpoints' identity, number of prompts."""
-
     def save(self, path: str | Path) -> Path:
         """safetensors with the metadata as JSON strings (reusable by other chapters and users)."""
         tensors = {"v_rev": self.v_rev, "displacement_norm": self.displacement_norm,
@@ -81,7 +80,6 @@ class Directions:
 
     @classmethod
     def load(cls, path: str | Path) -> "Directions":
-        from safetensors import safe_open
 
         path = Path(path)
         if not path.is_file():

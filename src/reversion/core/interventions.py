@@ -24,16 +24,17 @@ drops into any training loop (see :mod:`reversion.stages.finetune`).
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import math
 from typing import Iterator, Sequence
 
 import torch
 
-from reversion.infra import seeding
 from reversion.core.activations import mean_activations
-from reversion.core.hooks import add_hooks, edit_block_output, get_blocks, n_layers
 from reversion.core.batches import collate
+from reversion.core.hooks import add_hooks, edit_block_output, get_blocks, n_layers
+from reversion.infra import seeding
 
 
 def _check_strength(name: str, value: float) -> float:
@@ -81,7 +82,6 @@ def _check_direction(v: torch.Tensor, layers: Sequence[int], who: str) -> None:
 
 class _DirectionalTerm:
     """Shared by Block and Push: a bounded term linear at theta_S in the probe projection."""
-
     sign = +1.0
     name = "directional"
 
@@ -147,21 +147,18 @@ class _DirectionalTerm:
 
 class Block(_DirectionalTerm):
     """Opposes positive motion of the probe activations along v_rev."""
-
     sign = +1.0
     name = "block"
 
 
 class Push(_DirectionalTerm):
     """Reinforces motion along v_rev; bounded by the tanh so it cannot run away."""
-
     sign = -1.0
     name = "push"
 
 
 class Projection:
     """Removes, in the training forward pass, the change along v_rev at the given layers."""
-
     name = "projection"
 
     def __init__(self, v_rev: torch.Tensor, layers: Sequence[int]):
@@ -177,7 +174,6 @@ class Projection:
         return {"variant": self.name, "layers": self.layers, "v_rev": _digest(self.v)}
 
     def setup(self, model, data, probes) -> None:
-        import copy
 
         # A frozen copy of theta_S gives each token's reference activation, so the edit is
         # the identity at theta_S and removes only the *change* along v_rev since then.
@@ -232,7 +228,6 @@ class Projection:
 
 class Rehearsal:
     """Mixes safety-alignment examples into each benign batch (no access to v_rev)."""
-
     name = "rehearsal"
 
     def __init__(self, fraction: float):
@@ -264,7 +259,6 @@ class Rehearsal:
 
 class AlignmentMix:
     """Control for the null test: continue on the safety alignment's own mix."""
-
     name = "alignment_mix"
 
     def __init__(self, harmful_fraction: float = 0.5):

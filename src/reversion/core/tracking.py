@@ -16,8 +16,21 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from reversion.core.activations import Layers, _acc_dtype, _backbone, _eval_mode, _validate, model_device
-from reversion.core.hooks import add_hooks, block_output_tensor, get_blocks, hidden_size, n_layers
+from reversion.core.activations import (
+    Layers,
+    _acc_dtype,
+    _backbone,
+    _eval_mode,
+    _validate,
+    model_device,
+)
+from reversion.core.hooks import (
+    add_hooks,
+    block_output_tensor,
+    get_blocks,
+    hidden_size,
+    n_layers,
+)
 
 
 class _Stop(Exception):

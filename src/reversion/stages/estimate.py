@@ -23,7 +23,12 @@ from safetensors.torch import load_file, save_file
 
 from reversion.core import stats
 from reversion.core.activations import POSITIONS, prompt_activations
-from reversion.core.directions import Directions, directions_from_acts, layer_stability, select_layer
+from reversion.core.directions import (
+    Directions,
+    directions_from_acts,
+    layer_stability,
+    select_layer,
+)
 from reversion.core.generation import greedy_generate
 from reversion.infra import cache, seeding
 from reversion.infra.runtime import free_memory, set_cpu_threads
@@ -81,13 +86,29 @@ def measure(subject: Subject, n_probe: int, position: str = "last", n_boot: int 
         del model
         free_memory()
     meta = {"position": position, **(meta or {})}
-    dirs = directions_from_acts(acts, meta)
+    try:
+        dirs = directions_from_acts(acts, meta)
+    except ValueError as exc:
+        raise _naming_inputs(subject, exc) from None
     stab = layer_stability(acts["H"], acts["S"], n_boot, seeding.rng(subject.seed, "vrev-stability"))
     layer, reason = select_layer(dirs.displacement_norm.numpy(), dirs.activation_norm.numpy(),
                                  stab.mean(0), min_stability)
     dirs = Directions(dirs.v_rev, dirs.v_P, dirs.r_S, dirs.displacement_norm, dirs.activation_norm,
                       {**dirs.meta, "layer": layer, "layer_reason": reason})
     return VRevEstimate(dirs, acts, stab, None, openers)
+
+
+def _naming_inputs(subject: Subject, exc: ValueError) -> ValueError:
+    """A direction that does not exist (e.g. identical witness and aligned checkpoints), with
+    the inputs at fault named as the subject names them (``checkpoints['witness']``,
+    ``--witness``) when it names its inputs (checkpoints do; the organism has none)."""
+    where = getattr(subject, "where", None)
+    if where is None:
+        return exc
+    msg = str(exc)
+    keys = ("pretrained",) if msg.startswith("v_P") else ("harmless",) if msg.startswith("r_S") else \
+        ("witness", "aligned")
+    return ValueError(f"{'/'.join(where(k) for k in keys)}: {msg}")
 
 
 def estimate(subject: Subject, n_probe: int = 128, position: str = "last", n_boot: int = 200,

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from reversion.infra import cache
+from reversion.infra.results import write_metrics
 from reversion.subjects.base import Subject
 from reversion.subjects.checkpoints.subject import CHECKPOINT_KEYS, from_parameters
 from reversion.subjects.organism.subject import OrganismSubject
@@ -86,3 +87,11 @@ def stage_ids(subject: Subject, est=None) -> dict:
         h.update(str(est.layer).encode())
         out["estimate"] = h.hexdigest()[:24]
     return out
+
+
+def write_chapter(stem: str, module: str, P: SubjectParams, res, metrics: dict) -> dict:
+    """``results/<stem>/metrics.json`` of an experiment chapter: its metrics with the parameters,
+    the seeds, the subject's record, the stage identities and the chapter module's code identity."""
+    write_metrics(stem, metrics, P.recorded(), seeds=getattr(res.world, "seeds", None),
+                  subject=res.subject.record(), stages=stage_ids(res.subject, res.est), code=(module,))
+    return metrics

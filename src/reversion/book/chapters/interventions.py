@@ -7,11 +7,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from reversion.book.chapters.common import SubjectParams, stage_ids
+from reversion.book.chapters.common import SubjectParams, write_chapter
 from reversion.core import stats
 from reversion.core.drift import drift_alignment
 from reversion.core.interventions import Block, Projection, Push, Rehearsal
-from reversion.infra.results import write_metrics
 from reversion.stages.estimate import VRevEstimate, estimate
 from reversion.stages.finetune import FinetuneRun, finetune_many
 from reversion.subjects.base import Subject
@@ -278,8 +277,4 @@ def metrics(P: Params, res: Result) -> dict:
 
 
 def save(P: Params, res: Result) -> dict:
-    m = metrics(P, res)
-    write_metrics(STEM, m, P.recorded(), seeds=res.world.seeds, subject=res.subject.record(),
-                  stages=stage_ids(res.subject, res.est),
-                  code=(__name__,))
-    return m
+    return write_chapter(STEM, __name__, P, res, metrics(P, res))

@@ -22,19 +22,42 @@ import shlex
 import shutil
 import subprocess
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import matplotlib.pyplot as plt
+import pandas as pd
 import torch
+from transformers import PrinterCallback, ProgressCallback, TrainingArguments
 from transformers.utils import logging as hf_logging
 
+from reversion.cli import main
+from reversion.core.directions import Directions
+from reversion.core.models import load_model
 from reversion.infra import paths, seeding
 from reversion.infra.paths import resolve
+from reversion.infra.results import write_metrics
+from reversion.infra.runtime import set_cpu_threads
 from reversion.subjects.checkpoints.demo import build_demo
 from reversion.subjects.checkpoints.files import torch_dtype
+from reversion.subjects.checkpoints.monitor import (
+    BlockTrainer,
+    ReversionMonitor,
+    block_term,
+)
+from reversion.subjects.checkpoints.refusal_judge import generate_continuations
+from reversion.subjects.checkpoints.subject import TEXT_TASK, from_parameters
 from reversion.subjects.checkpoints.textdata import (
-    PairCollator, encode_pairs, pad_id_of, read_pairs, read_prompts, split_pairs,
+    PairCollator,
+    encode_pairs,
+    encode_prompts,
+    load_tokenizer,
+    pad_id_of,
+    read_pairs,
+    read_prompts,
+    split_pairs,
 )
 
 # Saving tiny checkpoints dozens of times: their progress bars are noise.
@@ -50,7 +73,6 @@ DEMO_NOTE = "tiny random demo models: the numbers illustrate the pipeline and me
 @dataclass(frozen=True)
 class Params:
     """Parameters of the page (paths relative to the project root unless absolute)."""
-
     witness: str
     """Helpful-only witness checkpoint theta_H ("" = build the tiny demo models)."""
     aligned: str
@@ -91,7 +113,6 @@ class Params:
     """Tokens generated per prompt for the harmfulness judge."""
     seed: int
     """Seed of the demo models, the data order and the null."""
-
     def __post_init__(self) -> None:
         if self.position not in ("last", "mean"):
             raise ValueError(f"position must be 'last' or 'mean', got {self.position!r}")
@@ -128,7 +149,6 @@ class Params:
 @dataclass(frozen=True)
 class Checkpoints:
     """Where the checkpoints and input files are, and whether the models are the tiny demo ones."""
-
     witness: Path
     aligned: Path
     pretrained: Path | None
@@ -154,7 +174,6 @@ def prepare(P: Params, workdir: Path | None = None) -> Checkpoints:
     The prompt files are copied to ``WORK/inputs/`` so that every command the page shows
     runs as printed from the working folder. Empty checkpoint paths build the demo models.
     """
-    from reversion.infra.runtime import set_cpu_threads
 
     if not torch.cuda.is_available():
         set_cpu_threads()
@@ -226,7 +245,6 @@ def cli(args: list[Any], cwd: Path, subprocess_run: bool = False) -> None:
         if proc.returncode != 0:
             raise RuntimeError(f"reversion {shown[0]} failed (exit {proc.returncode}):\n{proc.stderr}")
         return
-    from reversion.cli import main
 
     out, err = io.StringIO(), io.StringIO()
     with _chdir(cwd), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -263,7 +281,6 @@ def cli_args(P: Params, ck: Checkpoints) -> dict[str, list[str]]:
 @dataclass
 class Run:
     """One monitored fine-tuning run."""
-
     name: str
     monitor: Any
     trainer: Any
@@ -278,8 +295,6 @@ class Run:
 
 def quiet_trainer(trainer) -> None:
     """Drop the Trainer's printing callbacks (progress bars; log dicts with timings)."""
-    from transformers import PrinterCallback, ProgressCallback
-
     for cb in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(cb)
 
@@ -291,15 +306,8 @@ def finetune(P: Params, ck: Checkpoints, name: str, block_strength: float = 0.0)
     ``reversion track`` can re-measure them; with ``block_strength > 0`` the loss adds
     the bounded block term (:class:`~reversion.subjects.checkpoints.monitor.BlockTrainer`).
     """
-    import warnings
 
-    from transformers import TrainingArguments
-    from transformers.utils import logging as hf_logging
 
-    from reversion.core.directions import Directions
-    from reversion.core.models import load_model
-    from reversion.subjects.checkpoints.monitor import BlockTrainer, ReversionMonitor, block_term
-    from reversion.subjects.checkpoints.textdata import encode_prompts, load_tokenizer
 
     hf_logging.set_verbosity_error()
     seeding.seed_everything(P.seed)
@@ -330,8 +338,6 @@ def finetune(P: Params, ck: Checkpoints, name: str, block_strength: float = 0.0)
 
 def monitor_table(runs: list[Run]):
     """One row per run: threshold, checks, flag, step flagged, last and largest alignment."""
-    import pandas as pd
-
     rows = []
     for run in runs:
         s = run.monitor.summary()
@@ -345,9 +351,6 @@ def monitor_table(runs: list[Run]):
 
 def plot_alignment(runs: list[Run]):
     """Alignment of the drift with v_rev at each monitor check (from the log files), with the threshold."""
-    import matplotlib.pyplot as plt
-    import pandas as pd
-
     fig, ax = plt.subplots(figsize=(6.4, 3.4))
     for run in runs:
         df = pd.read_csv(run.log_path)
@@ -367,10 +370,7 @@ def harm_and_cost(P: Params, ck: Checkpoints, models: dict[str, Path]):
     """Per model: the checkpoint subject's evaluation -- harmfulness on every probe prompt
     (refusal-phrase judge, greedy) and the loss per response token on the held-out
     fine-tuning pairs."""
-    import pandas as pd
 
-    from reversion.core.models import load_model
-    from reversion.subjects.checkpoints.subject import TEXT_TASK, from_parameters
 
     given = {"witness": ck.witness, "aligned": ck.aligned, "tokenizer": ck.tokenizer, "prompts": ck.prompts,
              "finetune_data": ck.finetune_data, "dtype": P.dtype, "max_new_tokens": P.max_new_tokens}
@@ -385,11 +385,6 @@ def harm_and_cost(P: Params, ck: Checkpoints, models: dict[str, Path]):
 
 def continuations(P: Params, ck: Checkpoints, models: dict[str, Path], text: str):
     """The greedy continuation of one prompt under each model."""
-    import pandas as pd
-
-    from reversion.subjects.checkpoints.refusal_judge import generate_continuations
-    from reversion.core.models import load_model
-    from reversion.subjects.checkpoints.textdata import encode_prompts, load_tokenizer
 
     tok = load_tokenizer(ck.tokenizer)
     ids = encode_prompts(tok, [text])
@@ -400,6 +395,4 @@ def continuations(P: Params, ck: Checkpoints, models: dict[str, Path], text: str
 
 def save(P: Params, metrics: dict) -> Path:
     """``results/07_own_checkpoints/metrics.json``."""
-    from reversion.infra.results import write_metrics
-
     return write_metrics(STEM, metrics, dataclasses.asdict(P), seeds=[P.seed], code=(__name__,))

@@ -9,17 +9,17 @@ import numpy as np
 import pandas as pd
 import scipy.stats as sps
 
+from reversion.book.chapters.common import WorldParams, stage_ids
 from reversion.core import stats
-from reversion.core.stats import at_step, over_seeds
-from reversion.subjects.organism.prompts import EvalSets
 from reversion.core.generation import greedy_generate
+from reversion.core.stats import at_step, over_seeds
+from reversion.infra.results import write_metrics
 from reversion.stages.finetune import FinetuneRun, finetune_many
 from reversion.subjects.organism.history import History, train_history
-from reversion.subjects.organism.subject import OrganismSubject
 from reversion.subjects.organism.language import EOS, Language
-from reversion.infra.results import write_metrics
+from reversion.subjects.organism.prompts import EvalSets
+from reversion.subjects.organism.subject import OrganismSubject
 from reversion.subjects.organism.worlds import World
-from reversion.book.chapters.common import WorldParams, stage_ids
 
 STEM = "01_training_history"
 

@@ -10,7 +10,12 @@ from reversion.book.chapters.common import SubjectParams, stage_ids
 from reversion.core import stats
 from reversion.infra import paths
 from reversion.infra.results import write_metrics
-from reversion.stages.estimate import VRevEstimate, estimate, stability_vs_probes, summary
+from reversion.stages.estimate import (
+    VRevEstimate,
+    estimate,
+    stability_vs_probes,
+    summary,
+)
 from reversion.stages.readout import readout
 from reversion.subjects.base import Subject
 from reversion.subjects.organism.worlds import World

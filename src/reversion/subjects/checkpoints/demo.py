@@ -11,11 +11,25 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    AutoModelForCausalLM,
+    GPT2Config,
+    LlamaConfig,
+    PreTrainedTokenizerFast,
+)
 from transformers.utils import logging as hf_logging
 
 from reversion.core.training import train
 from reversion.infra import paths, seeding
-from reversion.subjects.checkpoints.textdata import Example, PairCollator, encode_pairs, pad_id_of, read_pairs, read_prompts
+from reversion.subjects.checkpoints.textdata import (
+    Example,
+    PairCollator,
+    encode_pairs,
+    pad_id_of,
+    read_pairs,
+    read_prompts,
+)
 
 # Saving tiny checkpoints dozens of times: their progress bars are noise.
 hf_logging.disable_progress_bar()
@@ -36,8 +50,6 @@ def build_tokenizer(texts: list[str], out: Path | None = None, vocab_size: int =
     Pad ``<|pad|>``, EOS ``<|end|>``; the chat template when given. Saved with
     ``save_pretrained`` to ``out`` when given. Byte-level: decoding is exact.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -56,8 +68,6 @@ def build_tokenizer(texts: list[str], out: Path | None = None, vocab_size: int =
 def tiny_config(family: str, vocab_size: int, hidden_size: int = 64, n_layers: int = 4, n_heads: int = 4,
                 pad_id: int = 0, eos_id: int = 1, max_positions: int = 128):
     """Config of a tiny random model: ``"llama"`` (LlamaConfig) or ``"gpt2"`` (GPT2Config), no dropout."""
-    from transformers import GPT2Config, LlamaConfig
-
     if family == "llama":
         return LlamaConfig(vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=2 * hidden_size,
                            num_hidden_layers=n_layers, num_attention_heads=n_heads,
@@ -73,8 +83,6 @@ def tiny_config(family: str, vocab_size: int, hidden_size: int = 64, n_layers: i
 
 def new_model(config, seed: int):
     """A freshly initialised causal LM for ``config`` (seeded), in float32, eval mode."""
-    from transformers import AutoModelForCausalLM
-
     seeding.seed_everything(seed)
     return AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
 

@@ -62,8 +62,10 @@ from transformers import Trainer, TrainerCallback
 
 from reversion.core.activations import mean_activations, model_device
 from reversion.core.directions import Directions
-from reversion.core.drift import read_drift, threshold as drift_threshold
+from reversion.core.drift import read_drift
+from reversion.core.drift import threshold as drift_threshold
 from reversion.core.hooks import hidden_size, n_layers
+from reversion.core.interventions import Block, all_block_layers
 from reversion.core.tracking import ProbeTracker
 from reversion.subjects.base import Prompts
 
@@ -75,7 +77,6 @@ LOG_FIELDS = ("step", "layer", "alignment", "projection", "drift_norm", "relativ
 
 class ReversionWarning(UserWarning):
     """Fine-tuning drift stayed aligned with v_rev for ``patience`` checks in a row."""
-
 
 def reference_mean(model, probe_ids: Sequence[Sequence[int]], layer: int, position: str = "last",
                    pad_id: int = 0, batch_size: int = 32) -> torch.Tensor:
@@ -313,7 +314,6 @@ def block_term(model, directions: Directions, probe_ids: Sequence[Sequence[int]]
     ``pad_id``: the tokenizer's padding id (pads are masked; any id in the vocabulary works).
     Use it as ``BlockTrainer(..., block=block_term(...))``.
     """
-    from reversion.core.interventions import Block, all_block_layers
 
     layers = list(layers) if layers is not None else all_block_layers(model)
     block = Block(directions.v_rev, directions.displacement_norm, strength, layers, n_probe_batch)

@@ -24,7 +24,12 @@ from __future__ import annotations
 import re
 from typing import Protocol, Sequence, runtime_checkable
 
-from reversion.core.generation import check_prompts, answer_loss, greedy_generate, until_eos
+from reversion.core.generation import (
+    answer_loss,
+    check_prompts,
+    greedy_generate,
+    until_eos,
+)
 from reversion.subjects.checkpoints.textdata import encode_pairs, pad_id_of, split_pair
 
 __all__ = [

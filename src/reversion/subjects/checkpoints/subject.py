@@ -44,18 +44,32 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-
 from reversion.core.generation import answer_loss
 from reversion.core.models import default_device, load_model
 from reversion.infra import seeding
 from reversion.infra.paths import resolve
 from reversion.subjects.base import Pair, Prompts, Vocabulary
 from reversion.subjects.checkpoints.files import (
-    DTYPES, arch_of, check_same_arch, checkpoint_folder, read_config, torch_dtype,
+    DTYPES,
+    arch_of,
+    check_same_arch,
+    checkpoint_folder,
+    read_config,
+    torch_dtype,
 )
-from reversion.subjects.checkpoints.refusal_judge import RefusalPhraseJudge, generate_continuations
+from reversion.subjects.checkpoints.refusal_judge import (
+    RefusalPhraseJudge,
+    generate_continuations,
+)
 from reversion.subjects.checkpoints.textdata import (
-    encode_pairs, encode_prompts, file_sha256, load_tokenizer, pad_id_of, read_pairs, read_prompts, split_pair,
+    encode_pairs,
+    encode_prompts,
+    file_sha256,
+    load_tokenizer,
+    pad_id_of,
+    read_pairs,
+    read_prompts,
+    split_pair,
     split_pairs,
 )
 

@@ -14,16 +14,16 @@ from typing import Iterator
 
 import numpy as np
 
+from reversion.core.batches import collate
+from reversion.core.models import default_device, load_model, save_model
+from reversion.core.training import train
 from reversion.infra import cache, seeding
 from reversion.infra.runtime import set_cpu_threads
 from reversion.subjects.organism.config import HistoryConfig, PhaseConfig, to_dict
-from reversion.core.batches import collate
-from reversion.subjects.organism.prompts import EvalSets
 from reversion.subjects.organism.judge import evaluate
 from reversion.subjects.organism.language import PAD, Language
 from reversion.subjects.organism.model import build_model
-from reversion.core.models import default_device, load_model, save_model
-from reversion.core.training import train
+from reversion.subjects.organism.prompts import EvalSets
 
 PHASES = ("pretrain", "helpful", "safety")
 CHECKPOINT = {"pretrain": "theta_P", "helpful": "theta_H", "safety": "theta_S"}

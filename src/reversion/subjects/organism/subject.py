@@ -20,7 +20,12 @@ import numpy as np
 from reversion.core.models import load_model
 from reversion.infra import seeding
 from reversion.subjects.base import ROLES, Pair, Prompts, Vocabulary
-from reversion.subjects.organism.config import FinetuneConfig, HistoryConfig, LanguageConfig, to_dict
+from reversion.subjects.organism.config import (
+    FinetuneConfig,
+    HistoryConfig,
+    LanguageConfig,
+    to_dict,
+)
 from reversion.subjects.organism.history import train_history
 from reversion.subjects.organism.judge import evaluate
 from reversion.subjects.organism.language import PAD, Language

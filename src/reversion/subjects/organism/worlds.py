@@ -11,7 +11,11 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from reversion.subjects.organism.config import (
-    FinetuneConfig, HistoryConfig, LanguageConfig, ModelConfig, PhaseConfig,
+    FinetuneConfig,
+    HistoryConfig,
+    LanguageConfig,
+    ModelConfig,
+    PhaseConfig,
 )
 
 
