@@ -154,15 +154,8 @@ def show_run(P: Any, world: Any = None, subject: Any = None, code: tuple[str, ..
                     f"<td>{how}</td></tr>")
     table = ("<table><thead><tr><th>parameter</th><th>value</th><th></th></tr></thead><tbody>"
              + "".join(rows) + "</tbody></table>") if rows else "<p>This page has no parameters of its own.</p>"
-    if subject is not None:
-        if subject.kind == "organism":
-            what = ("the model organism of this world (<code>checkpoints = {}</code>; set it to run this "
-                    "chapter on your own models: README, \"Your own checkpoints\")")
-        else:
-            a = subject.arch()
-            what = (f"your checkpoints ({html.escape(str(a.get('model_type')))}, {a.get('num_hidden_layers')} layers, "
-                    f"width {a.get('hidden_size')})")
-        table += f"<p>Subject: {what}.</p>"
+    if subject:
+        table += f"<p>Subject: {html.escape(subject.title())}.</p>"
     world_html = ""
     if world is not None:
         items = "".join(f"<tr><td><code>{k}</code></td><td><code>{html.escape(repr(v))}</code></td></tr>"

@@ -107,6 +107,9 @@ class Subject(Protocol):
     def prepare(self, progress: bool = True) -> None:
         """Make the checkpoints exist (train the organism's history; check files)."""
 
+    def title(self) -> str:
+        """One line naming the subject for a page's reader."""
+
     def describe(self, ft=None) -> list[str]:
         """How a chapter's measurements differ from the organism's (printed under the
         parameters; empty for the organism). ``ft``: the chapter fine-tunes with it."""

@@ -223,6 +223,11 @@ class CheckpointSubject:
             raise ValueError(f"{self.where('finetune_data')} is empty: this chapter fine-tunes theta_S and needs "
                              "a benign fine-tuning set (JSONL or CSV with 'prompt' and 'response')")
 
+    def title(self) -> str:
+        a = self.arch()
+        return (f"your checkpoints ({a.get('model_type')}, {a.get('num_hidden_layers')} layers, width "
+                f"{a.get('hidden_size')}): witness {self.witness}, aligned {self.aligned}")
+
     def describe(self, ft=None) -> list[str]:
         """How a chapter's measurements on these checkpoints differ from the organism's."""
         a = self.arch()

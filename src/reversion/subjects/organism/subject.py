@@ -92,6 +92,11 @@ class OrganismSubject:
     def prepare(self, progress: bool = True) -> None:
         train_history(self.history, progress)
 
+    def title(self) -> str:
+        m = self.history.model
+        return (f"the model organism (GPT-2, {m.n_layer} layers, width {m.n_embd}; history seed {self.history.seed}). "
+                "Set the parameter checkpoints to run this chapter on your own models (README, 'Your own checkpoints')")
+
     def describe(self, ft: FinetuneConfig | None = None) -> list[str]:
         return []  # the organism's chapters describe it themselves
 
