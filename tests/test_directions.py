@@ -1,22 +1,24 @@
-"""v_rev and its geometry: planted directions with known answers, nulls, layer rule, readout.
+"""Directions (``reversion.core.directions``): planted directions with known answers, the
+layer-stability bootstrap, the layer rule, save/load and the vocabulary readout.
 
 Every direction here is planted so that the right answer is known exactly:
 
 * a vector ``delta`` added to one block's MLP output bias shifts the residual stream of
   every token by exactly ``delta`` after that block, so ``mu_H - mu_S = delta`` there;
 * identical checkpoints have no direction at all (an error, not a NaN);
-* a drift built as ``cos t * v + sin t * w`` (``w`` orthogonal to ``v``) has alignment ``cos t``;
 * the layer rule is fed invented profiles whose answer is read off by eye;
 * the vocabulary readout is checked against the models' own final norm and unembedding.
 
-The tiny models are random and untrained; nothing here needs the organism except the
-last block of tests, which trains the ``smoke`` world in a temporary cache.
+Activations are computed one model at a time (``prompt_activations``) and the directions
+from them (``directions_from_acts``), as the estimate stage does; :func:`estimate_directions`
+below is that pipeline on in-memory models. The tiny models are random and untrained.
+Alignment of drift with a direction is ``test_drift.py``; the organism's estimate stage
+``test_estimate.py``.
 """
 
 from __future__ import annotations
 
 import copy
-import math
 
 import numpy as np
 import pytest
@@ -30,10 +32,15 @@ from transformers import (
     LlamaForCausalLM,
 )
 
-from reversion.stages import estimate as vrev_mod
+from reversion.core import stats
 from reversion.core.activations import prompt_activations
 from reversion.core.directions import (
-    Directions, alignment, estimate_directions, logit_lens, select_layer, unit_rows,
+    Directions,
+    directions_from_acts,
+    layer_stability,
+    logit_lens,
+    select_layer,
+    unit_rows,
 )
 from reversion.infra.runtime import set_cpu_threads
 
@@ -51,13 +58,6 @@ def one_thread():
     yield
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(det, warn_only=warn)
-
-
-@pytest.fixture(autouse=True)
-def private_dirs(tmp_path, monkeypatch):
-    """Nothing touches the project's cache or results."""
-    monkeypatch.setenv("REVERSION_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("REVERSION_RESULTS", str(tmp_path / "results"))
 
 
 def tiny_gpt2(seed: int = 0, n_embd: int = D, n_layer: int = L) -> GPT2LMHeadModel:
@@ -114,6 +114,18 @@ def blind_blocks_from(model: GPT2LMHeadModel, first: int) -> GPT2LMHeadModel:
             blk.ln_1.weight.zero_()
             blk.ln_2.weight.zero_()
     return model
+
+
+def estimate_directions(theta_H, theta_S, harmful, *, theta_P=None, harmless=None, position="last"):
+    """The estimate stage's arithmetic on in-memory models: per-model activations of the
+    prompts at every layer, then :func:`directions_from_acts`. Returns ``(directions, acts)``."""
+    kw = dict(layers="all", position=position)
+    acts = {"H": prompt_activations(theta_H, harmful, **kw), "S": prompt_activations(theta_S, harmful, **kw)}
+    if theta_P is not None:
+        acts["P"] = prompt_activations(theta_P, harmful, **kw)
+    if harmless:
+        acts["S_harmless"] = prompt_activations(theta_S, harmless, **kw)
+    return directions_from_acts(acts, {"position": position}), acts
 
 
 # --------------------------------------------------------------------------- planted v_rev
@@ -197,22 +209,70 @@ def test_identical_checkpoints_have_no_direction(prompts):
         estimate_directions(copy.deepcopy(base), base, prompts)
 
 
+MISMATCH = r"differ in layer count \(num_hidden_layers\) or width \(hidden_size\)"
+
+
 def test_models_of_different_width_are_rejected(prompts):
-    with pytest.raises(ValueError, match="hidden size"):
+    with pytest.raises(ValueError, match=MISMATCH):
         estimate_directions(tiny_gpt2(n_embd=32), tiny_gpt2(n_embd=16), prompts)
-    with pytest.raises(ValueError, match="hidden size"):
+    with pytest.raises(ValueError, match=MISMATCH):
         estimate_directions(tiny_gpt2(), tiny_gpt2(), prompts, theta_P=tiny_gpt2(n_embd=16))
 
 
 def test_models_of_different_depth_are_rejected(prompts):
-    with pytest.raises(ValueError, match="layer count"):
+    with pytest.raises(ValueError, match=MISMATCH):
         estimate_directions(tiny_gpt2(n_layer=3), tiny_gpt2(n_layer=2), prompts)
+    with pytest.raises(ValueError, match=MISMATCH):
+        estimate_directions(tiny_gpt2(n_layer=3), tiny_gpt2(n_layer=3), prompts, theta_P=tiny_gpt2(n_layer=2))
 
 
 def test_empty_prompts_are_rejected():
     base = tiny_gpt2()
     with pytest.raises(ValueError, match="empty"):
         estimate_directions(base, base, [])
+    # and activations of no prompt at all, should they reach the arithmetic
+    none = torch.zeros(0, L + 1, D, dtype=torch.float64)
+    with pytest.raises(ValueError, match="harmful probe prompt set is empty"):
+        directions_from_acts({"H": none, "S": none})
+
+
+def _acts(n: int, seed: int, layers: int = L + 1, d: int = D) -> torch.Tensor:
+    return torch.randn(n, layers, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def test_directions_from_acts_is_the_normalized_difference_of_means():
+    """Known answer on invented activations: v_rev, v_P, r_S are the normalized differences of
+    the means, the displacement is the norm of mu_H - mu_S, the activation norm theta_S's mean
+    per-prompt norm; metadata passes through with the prompt count."""
+    H, S, P, Sh = _acts(5, 0), _acts(5, 1), _acts(5, 2), _acts(7, 3)
+    dirs = directions_from_acts({"H": H, "S": S, "P": P, "S_harmless": Sh}, {"position": "mean", "x": 1})
+    diff = H.mean(0) - S.mean(0)
+    torch.testing.assert_close(dirs.v_rev, diff / diff.norm(dim=-1, keepdim=True))
+    torch.testing.assert_close(dirs.displacement_norm, diff.norm(dim=-1))
+    vp = P.mean(0) - S.mean(0)
+    torch.testing.assert_close(dirs.v_P, vp / vp.norm(dim=-1, keepdim=True))
+    rs = S.mean(0) - Sh.mean(0)       # harmless prompts may be as many as they like
+    torch.testing.assert_close(dirs.r_S, rs / rs.norm(dim=-1, keepdim=True))
+    torch.testing.assert_close(dirs.activation_norm, S.norm(dim=-1).mean(0))
+    assert dirs.meta == {"n_prompts": 5, "position": "mean", "x": 1, "layer": None}
+    assert directions_from_acts({"H": H, "S": S}, {"layer": 2}).layer == 2   # a given layer is kept
+
+
+def test_directions_from_acts_refuses_incomplete_or_unpaired_activations():
+    H, S = _acts(5, 0), _acts(5, 1)
+    for missing in ({"H": H}, {"S": S}, {"H": H, "P": S}):
+        with pytest.raises(ValueError, match="missing: v_rev needs both H and S"):
+            directions_from_acts(missing)
+    with pytest.raises(ValueError, match="same probe prompts"):
+        directions_from_acts({"H": H, "S": _acts(4, 1)})
+    with pytest.raises(ValueError, match="same probe prompts"):
+        directions_from_acts({"H": H, "S": S, "P": _acts(6, 2)})
+    with pytest.raises(ValueError, match=MISMATCH):
+        directions_from_acts({"H": H, "S": S[:, 0]})  # not [n, L+1, d]
+    nan = S.clone()
+    nan[:, 2, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"non-finite values .* layer\(s\) \[2\]"):
+        directions_from_acts({"H": H, "S": nan})
 
 
 def test_unit_rows_exempts_only_the_layers_it_is_told():
@@ -225,41 +285,39 @@ def test_unit_rows_exempts_only_the_layers_it_is_told():
     assert torch.isfinite(v).all()
 
 
-# --------------------------------------------------------------------------- alignment
+# --------------------------------------------------------------------------- layer stability
 
 
-def _orthonormal_pair(d: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    q, _ = torch.linalg.qr(torch.randn(d, 2, generator=g, dtype=torch.float64))
-    return q[:, 0], q[:, 1]
+def test_layer_stability_of_a_planted_shift_is_one_where_it_acts_and_zero_where_nothing_moved(prompts, delta):
+    base = blind_blocks_from(tiny_gpt2(), 1)
+    _, acts = estimate_directions(plant(base, 0, delta), base, prompts)
+    stab = layer_stability(acts["H"], acts["S"], 25, np.random.default_rng(0))
+    assert stab.shape == (25, L + 1) and np.isfinite(stab).all()
+    # every prompt moved by exactly delta at layers 1 and 2: every half agrees
+    np.testing.assert_allclose(stab[:, 1:3], 1.0, atol=1e-9)
+    # the embeddings did not move: 0 (never NaN, so the layer rule never takes it for stable)
+    assert np.all(stab[:, 0] == 0.0)
+    assert np.all(np.abs(stab[:, L]) <= 1.0)
 
 
-@pytest.mark.parametrize("theta", [0.0, 0.3, math.pi / 3, math.pi / 2, 2.0, math.pi])
-def test_alignment_recovers_a_planted_angle(theta):
-    v, w = _orthonormal_pair(D, seed=7)
-    direction = torch.stack([v, v, v])           # [L+1, d]
-    drift = torch.stack([(math.cos(theta) * v + math.sin(theta) * w) * s for s in (1e-3, 1.0, 50.0)])
-    got = alignment(drift, direction)
-    torch.testing.assert_close(got, torch.full((3,), math.cos(theta), dtype=torch.float64),
-                               atol=1e-12, rtol=0)
-
-
-def test_alignment_is_batched_over_steps_and_scale_free_in_the_direction():
-    v, w = _orthonormal_pair(D, seed=8)
-    thetas = torch.linspace(0, math.pi, 5, dtype=torch.float64)
-    drift = (torch.cos(thetas)[:, None] * v + torch.sin(thetas)[:, None] * w)[:, None, :]  # [T, 1, d]
-    got = alignment(drift, 4.0 * v[None, :])
-    torch.testing.assert_close(got, torch.cos(thetas)[:, None], atol=1e-12, rtol=0)
-
-
-def test_zero_drift_and_zero_direction_give_zero_not_nan():
-    v, _ = _orthonormal_pair(D, seed=9)
-    direction = torch.stack([torch.zeros(D, dtype=torch.float64), v])
-    drift = torch.stack([torch.stack([v, torch.zeros(D, dtype=torch.float64)]),  # step with zero drift at layer 1
-                         torch.stack([v, v])])
-    got = alignment(drift, direction)
-    assert not torch.isnan(got).any()
-    torch.testing.assert_close(got, torch.tensor([[0.0, 0.0], [0.0, 1.0]], dtype=torch.float64))
+def test_layer_stability_without_a_direction_is_noise_and_with_one_is_high():
+    """Null: H and S independent draws of the same distribution give cosines spread about 0
+    (~1/sqrt(d)); planted: the same noise plus a shift of 3x the per-prompt noise per
+    coordinate gives halves that agree."""
+    n, d = 40, 64
+    g = torch.Generator().manual_seed(0)
+    S = torch.randn(n, 3, d, generator=g, dtype=torch.float64)
+    H = torch.randn(n, 3, d, generator=g, dtype=torch.float64)
+    shift = torch.zeros(3, d, dtype=torch.float64)
+    shift[2] = 3.0 * torch.randn(d, generator=g, dtype=torch.float64)
+    stab = layer_stability(H + shift, S, 200, np.random.default_rng(1))
+    assert abs(stab[:, 1].mean()) < 0.1 and stab[:, 1].std() < 0.3        # no direction
+    assert stab[:, 2].mean() > 0.95                                       # planted
+    # column l is the split-half stability at layer l, drawn layer after layer from one generator
+    gen = np.random.default_rng(1)
+    for layer in range(3):
+        want = stats.split_half_stability(H[:, layer] + shift[layer], S[:, layer], 200, gen)
+        np.testing.assert_array_equal(stab[:, layer], want)
 
 
 # --------------------------------------------------------------------------- save / load
@@ -434,51 +492,3 @@ def test_a_direction_along_one_tokens_unembedding_reads_out_that_token(family):
         top2 = torch.topk(logits, 2).values
         assert top2[0] - top2[1] > 1e-2
         assert int(logit_lens(model, -v).argmin()) == k
-
-
-# --------------------------------------------------------------------------- organism (smoke)
-
-
-@pytest.fixture
-def smoke_history():
-    from reversion.subjects.organism.worlds import make_world
-
-    return make_world("smoke").history
-
-
-def test_estimate_vrev_on_the_smoke_world_is_cached_and_picks_an_intermediate_layer(smoke_history, monkeypatch):
-    n_boot = 12
-    est = vrev_mod.estimate_vrev(smoke_history, n_probe=16, n_boot=n_boot, progress=False)
-    Lw = smoke_history.model.n_layer
-    d = smoke_history.model.n_embd
-    assert 1 <= est.layer <= Lw - 1
-    assert est.stability.shape == (n_boot, Lw + 1)
-    assert np.all(np.abs(est.stability) <= 1.0)
-    assert est.directions.v_rev.shape == (Lw + 1, d)
-    assert torch.allclose(est.directions.v_rev[1:].norm(dim=-1), torch.ones(Lw, dtype=torch.float64))
-    for k in ("H", "S", "P", "S_harmless"):
-        assert est.acts[k].shape == (16, Lw + 1, d)
-    # the stored direction is the normalized difference of the stored activations' means
-    diff = est.acts["H"].mean(0) - est.acts["S"].mean(0)
-    torch.testing.assert_close(est.directions.v_rev[1:], diff[1:] / diff[1:].norm(dim=-1, keepdim=True))
-    # the stored layer is the rule applied to the stored profile
-    assert est.layer == select_layer(est.directions.displacement_norm.numpy(),
-                                     est.directions.activation_norm.numpy(), est.stability.mean(0))[0]
-    assert set(est.directions.meta["checkpoints"]) == {"theta_P", "theta_H", "theta_S"}
-
-    def no_rebuild(*a, **k):
-        raise AssertionError("estimate_vrev recomputed a cached entry")
-
-    monkeypatch.setattr(vrev_mod, "estimate_directions", no_rebuild)
-    again = vrev_mod.estimate_vrev(smoke_history, n_probe=16, n_boot=n_boot, progress=False)
-    assert again.path == est.path
-    assert again.layer == est.layer
-    for name in ("v_rev", "v_P", "r_S", "displacement_norm", "activation_norm"):
-        assert torch.equal(getattr(again.directions, name), getattr(est.directions, name))
-    assert np.array_equal(again.stability, est.stability)
-    assert again.directions.meta == est.directions.meta
-
-
-def test_estimate_vrev_rejects_too_few_bootstrap_splits(smoke_history):
-    with pytest.raises(ValueError, match="n_boot"):
-        vrev_mod.estimate_vrev(smoke_history, n_probe=16, n_boot=1, progress=False)
