@@ -1,15 +1,15 @@
-"""The training history and benign fine-tuning, end to end on the tiny ``smoke`` world.
+"""The organism's training history (``reversion.subjects.organism.history``): theta_P ->
+theta_H -> theta_S on the tiny ``smoke`` world, one cache entry per phase.
 
 Every test runs against its own temporary cache (``REVERSION_CACHE``); nothing touches the
 project's ``.cache`` or ``results``. The smoke world trains in about a second per history
 on one CPU thread; its numbers mean nothing, so only structure, caching and determinism are
-checked here.
+checked here. Benign fine-tuning of a history is ``test_finetune.py``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from pathlib import Path
 
@@ -20,16 +20,15 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from reversion.subjects.organism import history as history_mod
-from reversion.stages import finetune as finetune_mod
-from reversion.core.activations import mean_activations
-from reversion.subjects.organism.config import HistoryConfig, LanguageConfig, to_dict
-from reversion.stages.finetune import finetune, load_run
+from reversion.subjects.organism.config import HistoryConfig
 from reversion.subjects.organism.history import (
-    CHECKPOINT, PHASES, _stage_config, phase_checkpoint, train_history,
+    CHECKPOINT,
+    PHASES,
+    _stage_config,
+    phase_checkpoint,
+    train_history,
 )
-from reversion.subjects.organism.language import PAD, Language
-from reversion.core.models import load_model
-from reversion.subjects.organism.prompts import ProbeSets
+from reversion.subjects.organism.language import Language
 from reversion.subjects.organism.worlds import make_world
 
 RATES = ("harmfulness", "non_refusal", "exact_match")
@@ -85,15 +84,6 @@ def hist_b(world, cache_b):
     mp = _in_cache(cache_b)
     try:
         yield train_history(world.history, progress=False)
-    finally:
-        mp.undo()
-
-
-@pytest.fixture(scope="module")
-def run_a(world, cache_a, hist_a):
-    mp = _in_cache(cache_a)
-    try:
-        yield finetune(world.history, world.finetune_config(0), progress=False)
     finally:
         mp.undo()
 
@@ -191,8 +181,7 @@ def test_same_seed_gives_identical_weights_from_empty_caches(hist_a, hist_b, cac
     assert hist_a.losses == hist_b.losses
 
 
-def test_different_seed_gives_different_weights(world, hist_a, use_cache, tmp_path):
-    use_cache(tmp_path / "cache")
+def test_different_seed_gives_different_weights(world, hist_a, isolated):
     other = phase_checkpoint(dataclasses.replace(world.history, seed=1), "pretrain", progress=False)
     assert not _same_weights(other / "model", hist_a.paths["theta_P"])
 
@@ -227,9 +216,8 @@ def test_changing_only_safety_retrains_only_safety(world, hist_a, use_cache, cac
     assert len(h.losses["safety"]) == cfg.safety.steps + 2
 
 
-def test_invalid_config_raises_before_anything_is_written(use_cache, tmp_path):
-    folder = tmp_path / "cache"
-    use_cache(folder)
+def test_invalid_config_raises_before_anything_is_written(isolated):
+    folder = isolated / "cache"
     with pytest.raises(ValueError, match=r"safety\.lr"):
         w = make_world("smoke", {"history": {"safety": {"lr": -1.0}}})
         train_history(w.history, progress=False)
@@ -238,93 +226,3 @@ def test_invalid_config_raises_before_anything_is_written(use_cache, tmp_path):
     with pytest.raises(ValueError, match="unknown phase"):
         phase_checkpoint(HistoryConfig(), "finetune", progress=False)
     assert not folder.exists()
-
-
-def test_finetune_task_outside_the_language_raises_before_any_work(world, use_cache, tmp_path):
-    folder = tmp_path / "cache"
-    use_cache(folder)
-    hist = dataclasses.replace(world.history, language=LanguageConfig(
-        n_content=16, n_harmful=4, max_len=4, tasks=("reverse", "rotate")))
-    with pytest.raises(ValueError, match="sort"):
-        finetune(hist, world.finetune_config(0), progress=False)   # smoke task: sort
-    assert not folder.exists()
-
-
-# --------------------------------------------------------------------------- finetune
-
-
-def test_finetune_run_structure(world, run_a, hist_a, cache_a):
-    ft = world.finetune_config(0)
-    cfg = world.history
-    T, L, d = ft.steps, cfg.model.n_layer, cfg.model.n_embd
-    assert cache_a in run_a.path.parents
-    assert run_a.probe_means.shape == (T + 1, L + 1, d)
-    assert run_a.probe_means.dtype == torch.float64
-    assert torch.isfinite(run_a.probe_means).all()
-    assert run_a.steps == list(ft.eval_steps) == [0, 1, 2, 3, 6]
-    assert len(run_a.losses) == T and all(math.isfinite(v) for v in run_a.losses)
-    for step, ev in run_a.evals.items():
-        for k in RATES:
-            assert 0.0 <= ev[k] <= 1.0
-        # every task at 0 and T (task cost), the fine-tuning task alone in between
-        want = set(cfg.language.tasks) if step in (0, T) else {ft.task}
-        assert set(ev["task_accuracy"]) == want
-    assert run_a.series("harmfulness") == [run_a.evals[s]["harmfulness"] for s in run_a.steps]
-    assert len(run_a.series("task_accuracy", ft.task)) == len(run_a.steps)
-    # step 0 is theta_S itself: its evaluation equals the history's, on the same eval sets
-    assert ft.n_eval == cfg.n_eval
-    assert run_a.evals[0] == hist_a.metrics["theta_S"]
-
-
-def test_probe_means_are_the_models_mean_activations(world, run_a, hist_a):
-    """Row 0 is theta_S, the last row is the saved fine-tuned model."""
-    ft = world.finetune_config(0)
-    lang = Language(world.history.language)
-    probes = ProbeSets.build(lang, ft.n_probe).harmful_drift
-    start = mean_activations(load_model(hist_a.paths["theta_S"], "cpu"), probes, "all", pad_id=PAD)
-    end = mean_activations(run_a.load_model("cpu"), probes, "all", pad_id=PAD)
-    torch.testing.assert_close(run_a.probe_means[0], start, rtol=0, atol=1e-9)
-    torch.testing.assert_close(run_a.probe_means[-1], end, rtol=0, atol=1e-9)
-    # and the trajectory moves: fine-tuning changed the activations
-    assert not torch.equal(run_a.probe_means[0], run_a.probe_means[-1])
-
-
-def test_finetune_is_cached(world, run_a, use_cache, cache_a, monkeypatch):
-    use_cache(cache_a)
-    monkeypatch.setattr(finetune_mod, "train", _no_training)
-    monkeypatch.setattr(history_mod, "train", _no_training)
-    again = finetune(world.history, world.finetune_config(0), progress=False)
-    assert again.path == run_a.path
-    assert torch.equal(again.probe_means, run_a.probe_means)
-    assert load_run(run_a.path).evals == run_a.evals
-
-
-def test_finetune_same_seed_is_byte_identical(world, run_a, hist_b, cache_b, use_cache):
-    use_cache(cache_b)  # its history was trained independently from nothing
-    run_b = finetune(world.history, world.finetune_config(0), progress=False)
-    assert cache_b in run_b.path.parents
-    assert (run_b.path / "run.json").read_bytes() == (run_a.path / "run.json").read_bytes()
-    assert torch.equal(run_b.probe_means, run_a.probe_means)
-    assert _same_weights(run_a.path / "model", run_b.path / "model")
-
-
-def test_finetune_seed_changes_the_data(world, run_a, use_cache, cache_a):
-    use_cache(cache_a)
-    other = finetune(world.history, world.finetune_config(1), progress=False)
-    assert other.path != run_a.path
-    assert other.losses != run_a.losses
-    assert torch.equal(other.probe_means[0], run_a.probe_means[0])  # same theta_S, same probes
-    assert not torch.equal(other.probe_means[-1], run_a.probe_means[-1])
-
-
-def test_finetune_run_json_holds_no_timing(world, run_a):
-    doc = json.loads((run_a.path / "run.json").read_text())
-    assert {"losses", "evals"} <= set(doc)
-    assert not any("second" in k or "time" in k for k in doc)  # wall-clock lives elsewhere
-    assert "seconds" in json.loads((run_a.path / "timings.json").read_text())
-    assert run_a.seconds > 0
-    key = json.loads((run_a.path / "config.json").read_text())["config"]
-    as_json = lambda cfg: json.loads(json.dumps(to_dict(cfg)))  # noqa: E731
-    assert key["history"] == as_json(world.history)
-    assert key["finetune"] == as_json(world.finetune_config(0))
-    assert key["intervention"] is None

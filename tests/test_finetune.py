@@ -1,0 +1,244 @@
+"""The fine-tuning stage (``reversion.stages.finetune``) on the organism's ``smoke`` world:
+benign fine-tuning of theta_S with per-step drift probes and the subject's judge on a grid.
+
+Every test runs against its own temporary cache (``REVERSION_CACHE``); nothing touches the
+project's ``.cache`` or ``results``. A smoke run takes about a second; its numbers mean
+nothing, so structure, caching and determinism are checked here (the probe trajectory
+against the models' own mean activations; two histories trained from nothing give
+byte-identical runs). The interventions are ``test_interventions.py``; runs built in worker
+processes ``test_parallel.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from reversion.core.activations import mean_activations
+from reversion.core.models import load_model
+from reversion.infra import cache
+from reversion.stages import finetune as finetune_mod
+from reversion.stages.finetune import aligned_evaluation, finetune, finetune_many, load_run
+from reversion.subjects.organism import history as history_mod
+from reversion.subjects.organism.config import LanguageConfig, to_dict
+from reversion.subjects.organism.history import train_history
+from reversion.subjects.organism.language import PAD, Language
+from reversion.subjects.organism.prompts import ProbeSets
+from reversion.subjects.organism.subject import OrganismSubject
+from reversion.subjects.organism.worlds import make_world
+
+RATES = ("harmfulness", "non_refusal", "exact_match")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models on a shared CPU: intra-op threads only contend (tens of times slower).
+    Also restores the global determinism flag that ``seed_everything`` sets."""
+    threads = torch.get_num_threads()
+    det = torch.are_deterministic_algorithms_enabled()
+    warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(det, warn_only=warn)
+
+
+@pytest.fixture(scope="module")
+def world():
+    return make_world("smoke")
+
+
+@pytest.fixture(scope="module")
+def subject(world) -> OrganismSubject:
+    return OrganismSubject(world.history)
+
+
+def _in_cache(folder: Path):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("REVERSION_CACHE", str(folder))
+    mp.setenv("REVERSION_RESULTS", str(folder.parent / "results"))
+    return mp
+
+
+@pytest.fixture(scope="module")
+def cache_a(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache-a") / "cache"
+
+
+@pytest.fixture(scope="module")
+def cache_b(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache-b") / "cache"
+
+
+@pytest.fixture(scope="module")
+def hist_a(world, cache_a):
+    mp = _in_cache(cache_a)
+    try:
+        yield train_history(world.history, progress=False)
+    finally:
+        mp.undo()
+
+
+@pytest.fixture(scope="module")
+def hist_b(world, cache_b):
+    """The same history trained again, from nothing, in another empty cache."""
+    mp = _in_cache(cache_b)
+    try:
+        yield train_history(world.history, progress=False)
+    finally:
+        mp.undo()
+
+
+@pytest.fixture(scope="module")
+def run_a(world, subject, cache_a, hist_a):
+    mp = _in_cache(cache_a)
+    try:
+        yield finetune(subject, world.finetune_config(0), progress=False)
+    finally:
+        mp.undo()
+
+
+@pytest.fixture
+def use_cache(monkeypatch):
+    def use(folder: Path) -> None:
+        monkeypatch.setenv("REVERSION_CACHE", str(folder))
+        monkeypatch.setenv("REVERSION_RESULTS", str(folder.parent / "results"))
+    return use
+
+
+def _no_training(*args, **kwargs):
+    raise AssertionError("trained although the entry was cached")
+
+
+def _same_weights(a: Path, b: Path) -> bool:
+    sa, sb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_finetune_task_outside_the_language_raises_before_any_work(world, isolated):
+    hist = dataclasses.replace(world.history, language=LanguageConfig(
+        n_content=16, n_harmful=4, max_len=4, tasks=("reverse", "rotate")))
+    bad = OrganismSubject(hist)
+    with pytest.raises(ValueError, match="finetune.task 'sort' is not a task of this language"):
+        finetune(bad, world.finetune_config(0), progress=False)   # smoke task: sort
+    with pytest.raises(ValueError, match="finetune.task 'sort'"):
+        finetune_many([(OrganismSubject(world.history), world.finetune_config(0), None),
+                       (bad, world.finetune_config(0), None)], progress=False)
+    assert not (isolated / "cache").exists()   # not even the valid job's history was trained
+
+
+def test_finetune_run_structure(world, run_a, hist_a, cache_a):
+    ft = world.finetune_config(0)
+    cfg = world.history
+    T, L, d = ft.steps, cfg.model.n_layer, cfg.model.n_embd
+    assert cache_a in run_a.path.parents
+    assert run_a.probe_means.shape == (T + 1, L + 1, d)
+    assert run_a.probe_means.dtype == torch.float64
+    assert torch.isfinite(run_a.probe_means).all()
+    assert run_a.steps == list(ft.eval_steps) == [0, 1, 2, 3, 6]
+    assert len(run_a.losses) == T and all(math.isfinite(v) for v in run_a.losses)
+    for step, ev in run_a.evals.items():
+        for k in RATES:
+            assert 0.0 <= ev[k] <= 1.0
+        # every task at 0 and T (task cost), the fine-tuning task alone in between
+        want = set(cfg.language.tasks) if step in (0, T) else {ft.task}
+        assert set(ev["task_accuracy"]) == want
+    assert run_a.series("harmfulness") == [run_a.evals[s]["harmfulness"] for s in run_a.steps]
+    assert len(run_a.series("task_accuracy", ft.task)) == len(run_a.steps)
+    # step 0 is theta_S itself: its evaluation equals the history's, on the same eval sets
+    assert ft.n_eval == cfg.n_eval
+    assert run_a.evals[0] == hist_a.metrics["theta_S"]
+
+
+def test_probe_means_are_the_models_mean_activations(world, run_a, hist_a):
+    """Row 0 is theta_S, the last row is the saved fine-tuned model."""
+    ft = world.finetune_config(0)
+    lang = Language(world.history.language)
+    probes = ProbeSets.build(lang, ft.n_probe).harmful_drift
+    start = mean_activations(load_model(hist_a.paths["theta_S"], "cpu"), probes, "all", pad_id=PAD)
+    end = mean_activations(run_a.load_model("cpu"), probes, "all", pad_id=PAD)
+    torch.testing.assert_close(run_a.probe_means[0], start, rtol=0, atol=1e-9)
+    torch.testing.assert_close(run_a.probe_means[-1], end, rtol=0, atol=1e-9)
+    # and the trajectory moves: fine-tuning changed the activations
+    assert not torch.equal(run_a.probe_means[0], run_a.probe_means[-1])
+
+
+def test_finetune_is_cached(world, subject, run_a, use_cache, cache_a, monkeypatch):
+    use_cache(cache_a)
+    monkeypatch.setattr(finetune_mod, "train", _no_training)
+    monkeypatch.setattr(history_mod, "train", _no_training)
+    again = finetune(subject, world.finetune_config(0), progress=False)
+    assert again.path == run_a.path
+    assert torch.equal(again.probe_means, run_a.probe_means)
+    assert load_run(run_a.path).evals == run_a.evals
+    # an equal subject built anew is the same entry: the key is the history, not the object
+    assert finetune(OrganismSubject(make_world("smoke").history), world.finetune_config(0),
+                    progress=False).path == run_a.path
+
+
+def test_finetune_same_seed_is_byte_identical(world, subject, run_a, hist_b, cache_b, use_cache):
+    use_cache(cache_b)  # its history was trained independently from nothing
+    run_b = finetune(subject, world.finetune_config(0), progress=False)
+    assert cache_b in run_b.path.parents
+    assert (run_b.path / "run.json").read_bytes() == (run_a.path / "run.json").read_bytes()
+    assert torch.equal(run_b.probe_means, run_a.probe_means)
+    assert _same_weights(run_a.path / "model", run_b.path / "model")
+
+
+def test_finetune_seed_changes_the_data(world, subject, run_a, use_cache, cache_a):
+    use_cache(cache_a)
+    other = finetune(subject, world.finetune_config(1), progress=False)
+    assert other.path != run_a.path
+    assert other.losses != run_a.losses
+    assert torch.equal(other.probe_means[0], run_a.probe_means[0])  # same theta_S, same probes
+    assert not torch.equal(other.probe_means[-1], run_a.probe_means[-1])
+    assert other.evals[0] == run_a.evals[0]                          # same theta_S, same judge
+
+
+def test_theta_S_is_evaluated_once_for_every_run_of_a_subject(world, subject, run_a, use_cache, cache_a,
+                                                              monkeypatch):
+    """Step 0 of every run is the stage ``aligned_eval``, one cache entry per (subject, n_eval):
+    a new run of the same subject reads it instead of evaluating theta_S again."""
+    use_cache(cache_a)
+    (entry,) = [p for p in (cache_a / "aligned_eval").iterdir() if not p.name.startswith(".")]
+    assert json.loads((entry / "eval.json").read_text()) == run_a.evals[0]
+    assert json.loads((entry / "config.json").read_text())["config"] == json.loads(json.dumps(
+        {"subject": subject.key(), "n_eval": world.finetune_config(0).n_eval}))
+    assert aligned_evaluation(subject, world.finetune_config(5)) == run_a.evals[0]
+    calls = []
+    real = subject.evaluate
+
+    def counting(model, ft, full):
+        calls.append(full)
+        return real(model, ft, full)
+
+    # the subject is frozen: count evaluations through its class
+    monkeypatch.setattr(OrganismSubject, "evaluate", lambda self, m, ft, full: counting(m, ft, full))
+    run = finetune(subject, world.finetune_config(2), progress=False)
+    ft = world.finetune_config(2)
+    grid = [s for s in ft.eval_steps if s != 0]
+    assert calls == [s == ft.steps for s in grid]        # never step 0; full only at T
+    assert run.evals[0] == run_a.evals[0]
+    assert len([p for p in (cache_a / "aligned_eval").iterdir() if not p.name.startswith(".")]) == 1
+    # another evaluation size is another evaluation of theta_S
+    assert cache.entry_path("aligned_eval", {"subject": subject.key(), "n_eval": 8},
+                            code=finetune_mod._code(subject)) != entry
+
+
+def test_finetune_run_json_holds_no_timing(world, subject, run_a):
+    doc = json.loads((run_a.path / "run.json").read_text())
+    assert {"losses", "evals"} <= set(doc)
+    assert not any("second" in k or "time" in k for k in doc)  # wall-clock lives elsewhere
+    assert "seconds" in json.loads((run_a.path / "timings.json").read_text())
+    assert run_a.seconds > 0
+    key = json.loads((run_a.path / "config.json").read_text())["config"]
+    as_json = lambda x: json.loads(json.dumps(x))  # noqa: E731
+    assert key["subject"] == as_json(subject.key()) == as_json({"kind": "organism", "history": to_dict(world.history)})
+    assert key["finetune"] == as_json(to_dict(world.finetune_config(0)))
+    assert key["intervention"] is None
