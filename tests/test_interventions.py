@@ -1,4 +1,5 @@
-"""Fine-tuning interventions on the ``smoke`` organism: each does the one thing it claims.
+"""Fine-tuning interventions (``reversion.core.interventions``) on the ``smoke`` organism: each
+does the one thing it claims.
 
 * strength 0 is the baseline, bit for bit;
 * block lowers and push raises the probes' motion along v_rev, far beyond float noise;
@@ -9,7 +10,10 @@
 * bad strengths, fractions and layers are refused before any work.
 
 Everything trains in its own temporary cache (``REVERSION_CACHE``); a fine-tuning run of the
-smoke world is six steps (under a second on one CPU thread).
+smoke world is six steps (under a second on one CPU thread). Runs go through the fine-tuning
+stage (``reversion.stages.finetune``) on an ``OrganismSubject``; the block/push/projection
+objects are set up on the subject's prompt sets (``Prompts``: block set and pad id) and the
+rehearsal/alignment mix draw from its training data (the organism's language).
 """
 
 from __future__ import annotations
@@ -22,17 +26,24 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from reversion.core.activations import mean_activations
 from reversion.book.chapters import interventions as ch05
 from reversion.core.batches import collate
-from reversion.stages.finetune import FinetuneRun, benign_batches, finetune
-from reversion.subjects.organism.history import train_history
 from reversion.core.hooks import get_blocks
-from reversion.core.interventions import AlignmentMix, Block, Projection, Push, Rehearsal, all_block_layers
-from reversion.subjects.organism.language import BOS, EOS, PAD, SEP, Language, apply_task
-from reversion.subjects.organism.prompts import ProbeSets
+from reversion.core.interventions import (
+    AlignmentMix,
+    Block,
+    Projection,
+    Push,
+    Rehearsal,
+    all_block_layers,
+)
 from reversion.infra.runtime import set_cpu_threads
-from reversion.stages.estimate import estimate_vrev
+from reversion.stages.estimate import estimate
+from reversion.stages.finetune import FinetuneRun, finetune
+from reversion.subjects.base import TrainingData
+from reversion.subjects.organism.history import train_history
+from reversion.subjects.organism.language import BOS, EOS, PAD, SEP, Language, apply_task
+from reversion.subjects.organism.subject import OrganismSubject, benign_batches
 from reversion.subjects.organism.worlds import make_world
 
 STRONG = 3.0
@@ -86,8 +97,19 @@ def ft(world):
 
 
 @pytest.fixture(scope="module")
+def subject(world) -> OrganismSubject:
+    return OrganismSubject(world.history)
+
+
+@pytest.fixture(scope="module")
 def lang(world):
     return Language(world.history.language)
+
+
+@pytest.fixture(scope="module")
+def probes(subject, world):
+    """The subject's prompt sets, as the fine-tuning stage hands them to an intervention."""
+    return subject.prompts(world.finetune.n_probe)
 
 
 @pytest.fixture(scope="module")
@@ -96,8 +118,8 @@ def hist(world, module_env):
 
 
 @pytest.fixture(scope="module")
-def est(world, hist, module_env):
-    return estimate_vrev(world.history, world.finetune.n_probe, progress=False)
+def est(world, subject, hist, module_env):
+    return estimate(subject, world.finetune.n_probe, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +128,7 @@ def layers(hist):
 
 
 def _run(world, ft, intervention=None) -> FinetuneRun:
-    return finetune(world.history, ft, intervention, progress=False)
+    return finetune(OrganismSubject(world.history), ft, intervention, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -179,9 +201,8 @@ def test_block_lowers_and_push_raises_the_motion_along_v_rev(strong_runs, est, l
 
 
 def test_block_projection_is_zero_at_theta_S_and_ordered_after_training(strong_runs, est, hist, lang,
-                                                                           world, layers):
+                                                                           probes, layers):
     d = est.directions
-    probes = ProbeSets.build(lang, world.finetune.n_probe)
     term = Block(d.v_rev, d.displacement_norm, STRONG, layers)
     theta_S = hist.load("theta_S")
     term.setup(theta_S, lang, probes)
@@ -205,14 +226,13 @@ def _tokens(batch) -> torch.Tensor:
     return batch["attention_mask"].bool()
 
 
-def test_projection_removes_only_the_change_along_v_rev_while_training(est, hist, lang, world):
+def test_projection_removes_only_the_change_along_v_rev_while_training(est, hist, lang, probes):
     d = est.directions
     layer = est.layer
     v = d.v_rev[layer]
-    probes = ProbeSets.build(lang, world.finetune.n_probe)
     model = hist.load("theta_S")
     theta_S = copy.deepcopy(model)
-    batch = collate(probes.harmful_drift, [lang.refusal_answer] * len(probes.harmful_drift))
+    batch = collate(probes.drift, [lang.refusal_answer] * len(probes.drift), pad_id=PAD)
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
     real = _tokens(batch)
     with torch.no_grad():
@@ -276,6 +296,15 @@ def _is_real_harmful_request(lang: Language, prompt) -> bool:
     in_vocab = all(lang.is_harmful_token(t) or t in set(lang.content.tolist()) for t in inputs)
     return (in_vocab and 1 <= n_harm <= 2 and lang.cfg.min_len <= len(inputs) <= lang.cfg.max_len
             and lang.split_of(tasks[p[1]], inputs) == "train")
+
+
+def test_the_subject_hands_interventions_its_language_and_its_prompt_sets(subject, lang, probes, world):
+    data = subject.training_data()
+    assert isinstance(data, TrainingData) and data.cfg == lang.cfg and data.refusal_answer == lang.refusal_answer
+    assert probes.harmful_block == probes.block and probes.pad_id == PAD
+    assert len(probes.block) == world.finetune.n_probe
+    # the block set is disjoint from the drift probes the runs are measured on
+    assert not set(probes.block) & set(probes.drift)
 
 
 @pytest.mark.parametrize("fraction", [0.25, 0.5, 1.0])
@@ -438,7 +467,7 @@ def test_sweep_table_of_an_empty_sweep_is_empty(world):
     P = ch05.Params(world="smoke", world_overrides={}, n_seeds=2, block_strength=1.0, push_strength=1.0,
                     rehearsal_fraction=0.25, intervention_layers=[], sweep_strengths=[], n_sweep_seeds=1)
     assert P.sweep_strengths == []
-    res = SimpleNamespace(world=world, sweep={}, sweep_cos={}, layer=1)
+    res = SimpleNamespace(world=world, sweep={}, sweep_cos={}, layer=1, subject=OrganismSubject(world.history))
     table = ch05.sweep_table(res)
     assert len(table) == 0
 
