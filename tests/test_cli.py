@@ -13,9 +13,13 @@ import pytest
 import torch
 
 from reversion.cli import main
-from reversion.core.directions import Directions, estimate_directions
+from reversion.core.activations import mean_activations, prompt_activations
+from reversion.core.directions import Directions, layer_stability
 from reversion.core.models import load_model
+from reversion.infra import seeding
+from reversion.stages.nulls import matched_p99_by_layer
 from reversion.subjects.checkpoints.textdata import encode_prompts, load_tokenizer, pad_id_of, read_prompts
+
 from helpers import LAYERS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,21 +97,42 @@ def test_estimate_in_process(tiny, tmp_path, family, capsys):
     assert d.v_P is None and d.r_S is None
 
 
-def test_estimate_equals_geometry_estimate_directions(tiny, tmp_path):
-    """The CLI loads one model at a time but computes what geometry.estimate_directions does."""
+def test_estimate_equals_the_directions_computed_by_hand(tiny, tmp_path):
+    """The CLI loads one model at a time; its file holds what the definitions give: v_rev =
+    normalize(mu_H - mu_S), v_P = normalize(mu_P - mu_S), r_S = normalize(mu_S(harmful) -
+    mu_S(harmless)) from mean activations (a running sum: another code path than the CLI's
+    per-prompt activations), the split-half stability and the matched null's p99 per layer
+    from their named seeds."""
     out = tmp_path / "v.safetensors"
     assert estimate(tiny, "llama", out, "--pretrained", tiny.llama.witness, "--harmless", tiny.harmless) == 0
     tok = load_tokenizer(tiny.tokenizer)
     ids = encode_prompts(tok, read_prompts(tiny.harmful))
     harmless = encode_prompts(tok, read_prompts(tiny.harmless))
+    pad = pad_id_of(tok)
     H, S = (load_model(p, device="cpu") for p in (tiny.llama.witness, tiny.llama.aligned))
-    ref, _ = estimate_directions(H, S, ids, theta_P=H, harmless=harmless, pad_id=pad_id_of(tok))
+    mu_H, mu_S = (mean_activations(m, ids, "all", pad_id=pad) for m in (H, S))
+    mu_S_harmless = mean_activations(S, harmless, "all", pad_id=pad)
+
+    def unit(x):
+        n = x.norm(dim=-1, keepdim=True)
+        return torch.where(n > 0, x / n.clamp_min(1e-300), torch.zeros_like(x))
+
     got = Directions.load(out)
-    assert torch.allclose(got.v_rev, ref.v_rev, atol=1e-10)
-    assert torch.allclose(got.v_P, ref.v_P, atol=1e-10)
-    assert torch.allclose(got.r_S, ref.r_S, atol=1e-10)
-    assert torch.allclose(got.displacement_norm, ref.displacement_norm, atol=1e-10)
-    assert torch.allclose(got.activation_norm, ref.activation_norm, atol=1e-10)
+    assert torch.allclose(got.v_rev, unit(mu_H - mu_S), atol=1e-10)
+    assert torch.allclose(got.v_P, unit(mu_H - mu_S), atol=1e-10)  # theta_P = theta_H here
+    assert torch.allclose(got.r_S, unit(mu_S - mu_S_harmless), atol=1e-10)
+    assert torch.allclose(got.displacement_norm, (mu_H - mu_S).norm(dim=-1), atol=1e-10)
+    acts_H, acts_S = (prompt_activations(m, ids, "all", pad_id=pad) for m in (H, S))
+    assert torch.allclose(got.activation_norm, acts_S.norm(dim=-1).mean(0), atol=1e-10)
+    stability = layer_stability(acts_H, acts_S, 20, seeding.rng(0, "vrev-stability")).mean(0)
+    assert got.meta["stability"] == pytest.approx(stability.tolist(), abs=1e-9)
+    matched = matched_p99_by_layer(acts_S, got.v_rev, 200, seeding.rng(0, "reversion-cli-estimate"))
+    assert got.meta["matched_p99"] == pytest.approx(matched, abs=1e-9)
+    # Another --seed, another null and bootstrap; the directions do not move.
+    other = tmp_path / "seed1.safetensors"
+    assert estimate(tiny, "llama", other, "--seed", "1") == 0
+    d1 = Directions.load(other)
+    assert torch.equal(d1.v_rev, got.v_rev) and d1.meta["matched_p99"] != got.meta["matched_p99"]
 
 
 def test_estimate_with_controls_fixed_layer_and_no_template(tiny, tmp_path):
@@ -152,8 +177,12 @@ def test_estimate_argument_errors(tiny, tmp_path, capsys):
           "not found")
     fails(capsys, [*base[:-4], "--out", tmp_path / "v.pt", "--witness", W, "--aligned", A], "--out",
           ".safetensors")
-    fails(capsys, [*base, "--witness", A, "--aligned", A], "--witness/--aligned", "zero-norm displacement")
-    fails(capsys, [*base, "--witness", W, "--aligned", A, "--pretrained", A], "--pretrained", "v_P")
+    fails(capsys, [*base, "--witness", A, "--aligned", A], "--witness/--aligned: v_rev = mu_H - mu_S: "
+          "zero-norm displacement")
+    fails(capsys, [*base, "--witness", W, "--aligned", A, "--pretrained", A], "--pretrained: v_P")
+    fails(capsys, [*base, "--witness", W, "--aligned", A, "--n-boot", "1"], "--n-boot", ">= 2", "got 1")
+    fails(capsys, [*base, "--witness", W, "--aligned", A, "--min-stability", "1"], "--min-stability", "(0, 1)")
+    fails(capsys, [*base, "--witness", W, "--aligned", A, "--n-null", "0"], "--n-null", ">= 1")
     fails(capsys, [*base, "--witness", W, "--aligned", A, "--chat-template", "on", "--tokenizer",
                    tiny.plain_tokenizer], "--prompts", "no chat template")
     assert not (tmp_path / "v.safetensors").exists()
@@ -167,7 +196,9 @@ def test_error_exit_status_from_the_module(tmp_path):
     proc = run_module("estimate", "--witness", tmp_path / "nowhere", "--aligned", tmp_path,
                       "--prompts", tmp_path / "p.jsonl", "--out", tmp_path / "v.safetensors")
     assert proc.returncode == 2
-    assert "reversion estimate: error: --witness: path not found" in proc.stderr
+    # Both are bad; the aligned checkpoint (the reference every other one is checked against) comes first.
+    assert "reversion estimate: error: --aligned: " in proc.stderr
+    assert "is not a Hugging Face checkpoint folder (no config.json)" in proc.stderr
     assert proc.stdout == ""
 
 
