@@ -1,4 +1,5 @@
-"""Runs built in worker processes are the runs built here, number for number."""
+"""Runs built in worker processes (``reversion.infra.parallel``, through the fine-tuning stage's
+``finetune_many``) are the runs built here, number for number."""
 
 from __future__ import annotations
 
@@ -6,15 +7,22 @@ import pytest
 import torch
 
 from reversion.infra import parallel
+from reversion.stages import finetune as finetune_mod
 from reversion.stages.finetune import finetune_many
+from reversion.subjects.organism.subject import OrganismSubject
 from reversion.subjects.organism.worlds import make_world
 
 
-def _runs(monkeypatch, tmp, workers: str):
+def _world():
+    return make_world("smoke", {"finetune": {"steps": 3, "eval_steps": [0, 3]}})
+
+
+def _runs(monkeypatch, tmp, workers: str, subject_cls=OrganismSubject):
     monkeypatch.setenv("REVERSION_CACHE", str(tmp))
     monkeypatch.setenv("REVERSION_WORKERS", workers)
-    w = make_world("smoke", {"finetune": {"steps": 3, "eval_steps": [0, 3]}})
-    jobs = [(w.history, w.finetune_config(s), None) for s in (0, 1, 0)]  # a duplicate: built once
+    w = _world()
+    s = subject_cls(w.history)
+    jobs = [(s, w.finetune_config(k), None) for k in (0, 1, 0)]  # a duplicate: built once
     return finetune_many(jobs, progress=False)
 
 
@@ -28,6 +36,32 @@ def test_parallel_runs_equal_sequential_runs(tmp_path, monkeypatch):
     assert not torch.equal(par[0].probe_means, par[1].probe_means)
     assert par[0].path == par[2].path
     assert len(list((tmp_path / "par" / "finetune").glob("[!.]*"))) == 2
+
+
+class SerialOrganism(OrganismSubject):
+    """The organism, as a subject whose runs must not build in worker processes (a real model)."""
+
+    parallel = False
+
+
+def test_a_subject_that_forbids_workers_is_built_here_with_the_same_numbers(tmp_path, monkeypatch):
+    seen = []
+    real = parallel.run_all
+
+    def spy(calls, progress=True, desc="runs", workers=None):
+        seen.append((len(list(calls)), workers))
+        return real(calls, progress, desc, workers)
+
+    monkeypatch.setattr(finetune_mod.parallel, "run_all", spy)
+    par = _runs(monkeypatch, tmp_path / "par", "2")
+    assert seen == [(2, None)]                                  # the two missing runs, in workers
+    seen.clear()
+    ser = _runs(monkeypatch, tmp_path / "ser", "2", SerialOrganism)
+    assert seen == [(0, 1)]                                     # nothing sent to a worker
+    for a, b in zip(par, ser):
+        assert torch.equal(a.probe_means, b.probe_means)
+        assert a.losses == b.losses and a.evals == b.evals
+    assert ser[0].path == ser[2].path != ser[1].path
 
 
 def _boom(x):
