@@ -1,4 +1,4 @@
-"""ReversionMonitor inside a real transformers.Trainer run, and BlockTrainer (reversion.monitor)."""
+"""ReversionMonitor inside a real transformers.Trainer run, and BlockTrainer (reversion.subjects.checkpoints.monitor)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ import pytest
 import torch
 from transformers import Trainer, TrainingArguments
 
+from reversion.cli import main
 from reversion.core import stats
 from reversion.core.activations import mean_activations
-from reversion.cli import main
-from reversion.core.directions import Directions, alignment
+from reversion.core.directions import Directions
+from reversion.core.drift import alignment, read_drift, threshold
 from reversion.core.models import load_model
 from reversion.subjects.checkpoints.monitor import (
     BlockTrainer, ReversionMonitor, ReversionWarning, block_term, reference_mean,
@@ -22,6 +23,7 @@ from reversion.subjects.checkpoints.monitor import (
 from reversion.subjects.checkpoints.textdata import (
     PairCollator, encode_pairs, encode_prompts, load_tokenizer, pad_id_of, read_pairs, read_prompts,
 )
+
 from helpers import EXAMPLES, planted_pair
 
 
@@ -100,9 +102,14 @@ def test_monitor_values_match_a_direct_measurement(planted, tmp_path):
     layer = planted["dirs"].layer
     mu_t = mean_activations(trainer.model, planted["probes"], "all", pad_id=pad_id_of(planted["tok"]))
     expected = float(alignment(mu_t - mu_S, planted["dirs"].v_rev)[layer])
+    read = read_drift(mu_t[layer], mu_S[layer], planted["dirs"].v_rev[layer],
+                      float(planted["dirs"].displacement_norm[layer]))
+    assert read["alignment"] == pytest.approx(expected, abs=1e-12)
     last = [h for h in trainer.state.log_history if "reversion/alignment" in h][-1]
     assert last["step"] == 3
     assert last["reversion/alignment"] == pytest.approx(expected, abs=1e-9)
+    for key in ("projection", "drift_norm", "relative_projection"):
+        assert last[f"reversion/{key}"] == pytest.approx(read[key], abs=1e-9)
     lines = [json.loads(x) for x in (tmp_path / "m.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines] == [0, 3] and lines[-1]["alignment"] == pytest.approx(expected, abs=1e-9)
     assert not mon.flagged
@@ -150,6 +157,10 @@ def test_threshold_defaults(planted):
     assert m.threshold == pytest.approx(stats.isotropic_cos_quantile(d, 0.99))
     t = ReversionMonitor(dirs.v_rev[layer], probes, layer=layer, threshold=0.5)
     assert (t.threshold, t.threshold_source, t.displacement) == (0.5, "given", None)
+    # The rule is the one ``reversion track`` uses (core.drift.threshold).
+    for mon, matched, given in ((ReversionMonitor(dirs, probes), dirs.meta["matched_p99"], None), (m, None, None),
+                                (t, dirs.meta["matched_p99"], 0.5)):
+        assert (mon.threshold, mon.threshold_source) == threshold(d, layer, matched, given)
 
 
 def test_monitor_argument_errors(planted, tiny, tmp_path):
@@ -192,7 +203,8 @@ def test_block_trainer_zero_strength_is_the_baseline_and_blocking_opposes_motion
     for name, strength in (("plain", None), ("zero", 0.0), ("block", 5.0)):
         trainer = _trainer(planted, tmp_path / name, cls=BlockTrainer, steps=4)
         if strength is not None:
-            trainer.block = block_term(trainer.model, planted["dirs"], planted["probes"], strength)
+            trainer.block = block_term(trainer.model, planted["dirs"], planted["probes"], strength,
+                                       pad_id=pad_id_of(planted["tok"]))
         mon = ReversionMonitor(planted["dirs"], planted["probes"], every=4, threshold=0.99,
                                pad_id=pad_id_of(planted["tok"])).attach(trainer)
         trainer.train()
