@@ -1,13 +1,13 @@
 """A run killed at a random moment leaves nothing that later reads as complete; the rerun
 finishes with the same numbers.
 
-For real: a subprocess runs a smoke-world fine-tuning (``finetune(world.history,
+For real: a subprocess runs a smoke-world fine-tuning (``finetune(OrganismSubject(world.history),
 world.finetune_config(0))``), or chapter 03's ``run`` + ``save`` with the parameters its
 notebook gets (parameters cell, then ``notebooks/params/smoke/03_alignment.yaml``, through
-``reversion.nb.collect``), with the cache and the results in a temporary folder, and dies
+``reversion.book.nb.collect``), with the cache and the results in a temporary folder, and dies
 of SIGKILL at a moment drawn from a seeded numpy generator (one seed per case):
 
-* inside a cache build (history training, v_rev estimate, fine-tuning): a delay after the
+* inside a cache build (history training, the ``estimate`` stage, fine-tuning): a delay after the
   build starts, uniform over how long that build took in an uninterrupted reference run
   (module fixture, timed first). The child arms the kill itself (``setitimer``), so the
   test's own scheduling on a busy machine does not move it; a delay that outlasts the
@@ -28,14 +28,17 @@ complete, and its numbers -- ``metrics.json``; the fine-tuning run's ``run.json`
 trajectory and weights -- are byte-identical to the reference's. (Two uninterrupted runs
 agreeing is ``tests/test_reproducibility.py``'s test.)
 
-The child announces its moments by wrapping ``reversion.cache.cached`` (and, for the write
+The child announces its moments by wrapping ``reversion.infra.cache.cached`` (and, for the write
 case, ``open``) in its own process; the package is not changed. ``REVERSION_WORKERS=1``:
 builds run in the child itself, so that its announcements and the kill cover them. If
 ``src/`` changes while the test runs (cache keys and provenance then differ), it skips.
+The stages a run builds: ``history-pretrain``/``-helpful``/``-safety``, ``aligned_eval`` (theta_S's
+evaluation, step 0 of every run), ``finetune``, and for chapter 03 ``estimate``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import queue
@@ -51,9 +54,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from reversion.infra import cache, provenance
+import reversion
+from reversion.infra import cache
 
 ROOT = Path(__file__).resolve().parents[1]
+SRC = Path(reversion.__file__).resolve().parent
 STEM = "03_alignment"
 
 CHILD = r'''
@@ -78,12 +83,12 @@ def mark(*words):
         signal.setitimer(signal.ITIMER_REAL, max(at, 1e-6))
 
 
-from reversion import cache, paths
+from reversion.infra import cache, paths
 
 _cached = cache.cached
 
 
-def cached(stage, config, build, root=None):
+def cached(stage, config, build, root=None, code=None):
     """``cache.cached`` announcing the builds it starts and finishes."""
     built = []
 
@@ -95,7 +100,7 @@ def cached(stage, config, build, root=None):
             mark("clamped")
             die()
 
-    path = _cached(stage, config, announced, root)
+    path = _cached(stage, config, announced, root, code)
     if built:
         mark("end", stage)
     return path
@@ -137,22 +142,23 @@ if kill_at == "write":
 
     io.open = builtins.open = cut_open
 
-from reversion.history import train_history
+from reversion.subjects.organism.history import train_history
 
 if workload == "finetune":
-    from reversion.finetune import finetune
-    from reversion.worlds import make_world
+    from reversion.stages.finetune import finetune
+    from reversion.subjects.organism.subject import OrganismSubject
+    from reversion.subjects.organism.worlds import make_world
 
     world = make_world("smoke")
     mark("ready")
     train_history(world.history, progress=False)
     mark("history")
-    run = finetune(world.history, world.finetune_config(0), progress=False)
+    run = finetune(OrganismSubject(world.history), world.finetune_config(0), progress=False)
     mark("run", run.path.relative_to(paths.cache_dir()).as_posix())
 else:
     import yaml
-    from reversion import nb
-    from reversion.chapters import alignment as ch
+    from reversion.book import nb
+    from reversion.book.chapters import alignment as ch
 
     cells = json.loads((project / "notebooks" / "03_alignment.ipynb").read_text())["cells"]
     (cell,) = [c for c in cells if "parameters" in c["metadata"].get("tags", [])]
@@ -302,9 +308,9 @@ def load(stage: str, entry: Path) -> None:
     """Read an entry the way the package reads it."""
     from safetensors.torch import load_file
 
-    from reversion.stages.finetune import load_run
     from reversion.core.directions import Directions
     from reversion.core.models import load_model
+    from reversion.stages.finetune import load_run
 
     assert json.loads((entry / "config.json").read_text())["stage"] == stage
     if stage.startswith("history-"):
@@ -312,12 +318,13 @@ def load(stage: str, entry: Path) -> None:
         load_model(entry / "model", "cpu")
     elif stage == "finetune":
         load_run(entry).load_model("cpu")
-    elif stage == "theta_S_eval":
+    elif stage == "aligned_eval":
         assert isinstance(json.loads((entry / "eval.json").read_text())["harmfulness"], float)
-    elif stage == "estimate_vrev":
+    elif stage == "estimate":
         Directions.load(entry / "v_rev.safetensors")
         load_file(entry / "acts.safetensors")
         np.load(entry / "stability.npy")
+        assert isinstance(json.loads((entry / "witness_openers.json").read_text()), list)
     else:
         pytest.fail(f"unexpected stage {stage}")
 
@@ -347,7 +354,11 @@ def assert_nothing_reads_as_complete_unless_it_is(base: Path, ref: Path) -> Coun
 
 
 def fresh_code_hash() -> str:
-    return provenance.code_hash.__wrapped__()
+    """The package's source as it is on disk now (``provenance.code_hash`` caches per process)."""
+    h = hashlib.sha256()
+    for f in sorted(SRC.rglob("*.py")):
+        h.update(f.relative_to(SRC).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()
 
 
 @pytest.fixture(scope="module")
@@ -370,7 +381,7 @@ KILLS = [
     # training takes the same path as the fine-tuning's: left out for time.)
     pytest.param("finetune", "start history-helpful", 0, id="finetune-during-history-training"),
     pytest.param("finetune", "start finetune", 1, id="finetune-during-fine-tuning"),
-    pytest.param("chapter03", "start estimate_vrev", 2, id="chapter03-during-vrev-estimation"),
+    pytest.param("chapter03", "start estimate", 2, id="chapter03-during-vrev-estimation"),
     pytest.param("chapter03", "write", 3, id="chapter03-during-result-writing"),
 ]
 
@@ -412,7 +423,7 @@ def test_killed_run_leaves_no_false_entry_and_the_rerun_matches(reference, tmp_p
             (ref / "results" / STEM / "metrics.json").read_bytes()
     else:
         assert final == Counter({"history-pretrain": 1, "history-helpful": 1, "history-safety": 1,
-                                 "theta_S_eval": 1, "finetune": 1})
+                                 "aligned_eval": 1, "finetune": 1})
         (run_path,) = [m[1] for _, m in rerun.marks if m[0] == "run"]
         ours, theirs = tmp_path / "cache" / run_path, ref / "cache" / run_path
         for name in ("run.json", "trajectory.safetensors", "model/model.safetensors"):
