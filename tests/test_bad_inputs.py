@@ -12,19 +12,23 @@ case whose validation were removed would do work, write, and fail here.
 Categories (prefix of the id):
 
 * ``nb-``  -- notebooks through papermill (a kernel start each, so few): an unknown
-  parameter (papermill only warns; ``reversion.nb.collect`` refuses it), a wrong type,
+  parameter (papermill only warns; ``reversion.book.nb.collect`` refuses it), a wrong type,
   values out of range in a chapter's ``Params`` (chapter 04's alpha, chapter 05's
   intervention strength and layers).
 * ``api-`` -- the package: worlds and their overrides (unknown world, unknown field,
   wrong types, n_seeds 0), configurations (T < 1, negative learning rate), chapter
-  parameters (NaN strength, NaN alpha, n_seeds 0), and the geometry of activations:
-  NaN or empty activations given to ``reversion.activations``, ``reversion.geometry``
-  and ``reversion.stats``, a layer out of range, a zero-norm v_rev (identical witness
-  and aligned checkpoints).
+  parameters (NaN strength, NaN alpha, n_seeds 0), chapters 02-05's ``checkpoints``
+  mapping (an old parameter name, a missing or unknown key, no fine-tuning set where the
+  chapter fine-tunes, checkpoints of different widths: the message names the key,
+  ``checkpoints['aligned']``), and the geometry of activations: NaN or empty activations
+  given to ``reversion.core.activations``, ``reversion.core.directions``,
+  ``reversion.core.drift`` and ``reversion.core.stats``, a layer out of range, a zero-norm
+  v_rev (identical witness and aligned checkpoints, through stage ``estimate``, which caches).
 * ``cli-`` -- ``reversion estimate|track`` in-process through ``reversion.cli.main``
   (exit status 2, the message names the flag): missing, corrupt (garbage config.json,
   truncated weights) and mismatched checkpoints (width, family), empty and missing
-  prompt files, a layer out of range, identical checkpoints (zero-norm v_rev), a missing
+  prompt files, a layer out of range, identical checkpoints (zero-norm v_rev), too few
+  bootstrap draws, a missing
   direction file, one with the wrong layer count, one whose v_rev is zero or NaN at its layer.
 
 Also part of this catalogue, by reference: the seven papermill cases of chapter 01 in
@@ -51,9 +55,11 @@ import torch
 import yaml
 
 from reversion.book import nb
-from reversion.core import stats
 from reversion.cli import main
-from reversion.core.directions import Directions, alignment, estimate_directions, unit_rows
+from reversion.core import stats
+from reversion.core.directions import Directions, directions_from_acts, unit_rows
+from reversion.core.drift import alignment
+
 from helpers import LAYERS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -132,12 +138,33 @@ def nb_case(id: str, stem: str, changes: dict, match: str) -> Case:
 
 def chapter(stem: str, **changes) -> Callable[[Ctx], Any]:
     """The chapter as its notebook runs it -- parameters cell, smoke values, ``changes``;
-    ``nb.collect``; ``run`` then ``save`` -- without a kernel."""
+    ``nb.collect``; ``run`` then ``save`` -- without a kernel. A callable value is called
+    with the case's context (e.g. for the tiny models' paths)."""
     def attempt(ctx: Ctx):
         ch = importlib.import_module(f"reversion.book.chapters.{CHAPTERS[stem]}")
-        P = nb.collect(ch.Params, {**notebook_defaults(stem), **smoke(stem), **changes})
+        given = {k: v(ctx) if callable(v) else v for k, v in changes.items()}
+        P = nb.collect(ch.Params, {**notebook_defaults(stem), **smoke(stem), **given})
         return ch.save(P, ch.run(P, progress=False))
     return attempt
+
+
+def tiny_checkpoints(**changes) -> Callable[[Ctx], dict]:
+    """The chapters' ``checkpoints`` mapping for the tiny Llama pair, with ``changes``."""
+    def value(ctx: Ctx) -> dict:
+        t = ctx.tiny
+        return {"witness": str(t.llama.witness), "aligned": str(t.llama.aligned), "prompts": str(t.harmful),
+                **changes}
+    return value
+
+
+def estimate_on_identical_checkpoints(ctx: Ctx):
+    """Stage ``estimate`` (which caches what it measures) on witness = aligned."""
+    from reversion.stages.estimate import estimate
+    from reversion.subjects.checkpoints.subject import from_parameters
+
+    same = str(ctx.tiny.llama.aligned)
+    subject = from_parameters({"witness": same, "aligned": same, "prompts": str(ctx.tiny.harmful)})
+    return estimate(subject, n_boot=4, progress=False)
 
 
 def finetune_with(**changes) -> Callable[[Ctx], Any]:
@@ -195,12 +222,8 @@ def acts_no_prompts(ctx: Ctx):
 
 
 def directions_from_no_prompts(ctx: Ctx):
-    m = tiny_model(ctx)
-    return estimate_directions(m, m, [])
-
-
-def directions_from_identical_checkpoints(ctx: Ctx):
-    return estimate_directions(tiny_model(ctx), tiny_model(ctx), tiny_ids(ctx))
+    none = torch.empty(0, LAYERS + 1, 8, dtype=torch.float64)
+    return directions_from_acts({"H": none, "S": none})
 
 
 def unit_rows_of_nan(ctx: Ctx):
@@ -323,6 +346,21 @@ CASES = [
     Case("api-04-alpha-nan", chapter("04_null_test", alpha=NAN), r"alpha must lie in \(0, 0\.5\), got nan"),
     Case("api-03-position-mean", chapter("03_alignment", position="mean"), r"position must be 'last' here"),
 
+    # package: chapters 02-05 on checkpoints (the ``checkpoints`` mapping), before any work
+    Case("api-03-old-checkpoint-parameter", chapter("03_alignment", witness="models/witness"),
+         r"parameter 'witness' is now a key of 'checkpoints': pass checkpoints=\{"),
+    Case("api-02-checkpoints-aligned-missing", chapter("02_vrev_estimation", checkpoints={"witness": "models/w"}),
+         r"checkpoints\['aligned'\] missing: give both"),
+    Case("api-03-checkpoints-unknown-key",
+         chapter("03_alignment", checkpoints={"witness": "w", "aligned": "a", "prompt": "p.jsonl"}),
+         r"checkpoints: unknown key\(s\) 'prompt' \(known: witness"),
+    Case("api-04-checkpoints-no-finetune-data", chapter("04_null_test", checkpoints=tiny_checkpoints()),
+         r"checkpoints\['finetune_data'\] is empty: this chapter fine-tunes"),
+    Case("api-05-checkpoints-different-widths",
+         chapter("05_interventions", checkpoints=lambda c: tiny_checkpoints(witness=str(c.tiny.llama_wide),
+                                                                            finetune_data=str(c.tiny.benign))(c)),
+         r"checkpoints\['witness'\]: width \(hidden_size\) 48 differs from checkpoints\['aligned'\]'s 32"),
+
     # package: activations and the geometry / statistics of them
     Case("api-activations-nan", acts_with_nan, r"non-finite activations \(NaN or inf\) at layer 1"),
     Case("api-activations-layer-out-of-range", acts_layer_out_of_range,
@@ -332,8 +370,9 @@ CASES = [
     Case("api-geometry-nan-displacement", unit_rows_of_nan,
          r"v_rev = mu_H - mu_S: non-finite values \(NaN or inf\) at layer\(s\) \[1\]"),
     Case("api-geometry-nan-drift", alignment_of_nan_drift, r"alignment: drift contains NaN"),
-    Case("api-geometry-zero-v_rev-identical-checkpoints", directions_from_identical_checkpoints,
-         r"v_rev = mu_H - mu_S: zero-norm displacement at layer\(s\) \[1, 2\]"),
+    Case("api-estimate-zero-v_rev-identical-checkpoints", estimate_on_identical_checkpoints,
+         r"checkpoints\['witness'\]/checkpoints\['aligned'\]: v_rev = mu_H - mu_S: zero-norm displacement "
+         r"at layer\(s\) \[1, 2\]"),
     Case("api-stats-nan-activations", stability_of_nan_acts, r"acts_b contains NaN or infinite values"),
     Case("api-stats-empty-activations", null_of_empty_acts, r"cov_or_samples is empty"),
     Case("api-stats-zero-v_rev", cosine_with_zero_v_rev, r"b has zero norm: cosine is undefined"),
@@ -363,6 +402,8 @@ CASES = [
              r"--witness/--aligned: v_rev = mu_H - mu_S: zero-norm displacement"),
     cli_case("cli-estimate-n-null-zero", estimate(None, None, None, "--n-null", "0"),
              r"--n-null: must be >= 1, got 0"),
+    cli_case("cli-estimate-n-boot-one", estimate(None, None, None, "--n-boot", "1"),
+             r"--n-boot: must be >= 2, got 1"),
 
     # command line: reversion track
     cli_case("cli-track-missing-directions", track(directions=lambda c: c.tmp / "none.safetensors"),
@@ -393,10 +434,8 @@ def files_under(folder: Path) -> list[Path]:
 
 
 @pytest.fixture
-def ctx(tmp_path, monkeypatch, request) -> Ctx:
-    monkeypatch.setenv("REVERSION_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("REVERSION_RESULTS", str(tmp_path / "results"))
-    return Ctx(tmp_path, lambda: request.getfixturevalue("tiny"))
+def ctx(isolated, request) -> Ctx:
+    return Ctx(isolated, lambda: request.getfixturevalue("tiny"))
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=c.marks) for c in CASES])
@@ -420,10 +459,10 @@ def test_bad_input_is_refused_and_writes_nothing(case: Case, ctx: Ctx, capsys):
         assert files_under(ctx.tmp / folder) == [], f"{folder} written"
 
 
-def test_a_good_track_still_writes_its_file(tiny, tmp_path, monkeypatch):
+def test_a_good_track_still_writes_its_file(tiny, isolated):
     """The positive control of the track cases: the same command line, valid, writes --out
     (the file now appears with the first rows, not before the models load)."""
-    monkeypatch.setenv("REVERSION_CACHE", str(tmp_path / "cache"))
+    tmp_path = isolated
     ctx = Ctx(tmp_path, lambda: tiny)
     argv = [str(a) for a in track()(ctx)]
     assert main(argv) == 0
