@@ -11,6 +11,7 @@ import pytest
 
 from reversion import benchmark
 from reversion.book.chapters import performance
+from reversion.infra import results
 
 
 def test_interleaved_medians_recover_known_durations():
@@ -46,10 +47,12 @@ def smoke_results(tmp_path_factory):
 
 
 def _chapter02(folder, world: str, layer: int, subject: bool = False, overrides: dict | None = None):
-    f = folder / "02_vrev_estimation" / "metrics.json"
-    f.parent.mkdir(parents=True, exist_ok=True)
-    m = {"layer": layer, **({"subject": {"kind": "checkpoints"}} if subject else {})}
-    f.write_text(json.dumps({"metrics": m, "parameters": {"world": world, "world_overrides": overrides or {}}}))
+    """Chapter 02's metrics.json, written by the writer the chapters use (the subject's record at
+    the top of the document), into ``REVERSION_RESULTS`` = ``folder``."""
+    path = results.write_metrics("02_vrev_estimation", {"layer": layer},
+                                 {"world": world, "world_overrides": overrides or {}},
+                                 subject={"kind": "checkpoints" if subject else "organism"})
+    assert path.parent.parent == folder
 
 
 def test_chosen_layer_is_chapter_02s_only_for_the_same_world(tmp_path, monkeypatch):
