@@ -14,12 +14,9 @@ from reversion.infra.provenance import code_hash
 
 
 @pytest.fixture
-def out(tmp_path, monkeypatch) -> Path:
+def out(isolated) -> Path:
     """An empty results folder; the project's own results are never touched."""
-    r = tmp_path / "results"
-    monkeypatch.setenv("REVERSION_RESULTS", str(r))
-    monkeypatch.setenv("REVERSION_CACHE", str(tmp_path / "cache"))
-    return r
+    return isolated / "results"
 
 
 METRICS = {"harmfulness": {"mean": 0.25, "std": 0.05, "n": 5}, "steps": [0, 1, 2]}
@@ -39,6 +36,27 @@ def test_writes_metrics_with_parameters_seeds_and_provenance(out):
     assert prov["torch_version"] == torch.__version__
     assert {"package_version", "transformers_version", "python_version"} <= set(prov)
     assert sorted(p.name for p in path.parent.iterdir()) == ["metrics.json"]  # no tmp, no timings
+
+
+def test_subject_stages_and_code_are_recorded(out):
+    """The subject's record and the stage identities sit at the top of the document; ``code``
+    names the modules whose import closure the provenance hashes (default: the package)."""
+    subject = {"kind": "checkpoints", "witness": "/m/w", "hash": "abc"}
+    stages = {"subject": "0" * 24, "estimate": "1" * 24}
+    p = results.write_metrics("02_demo", METRICS, PARAMS, seeds=[0], subject=subject,
+                              code=("reversion.core.stats",), stages=stages)
+    doc = json.loads(p.read_text())
+    assert doc["subject"] == subject and doc["stages"] == stages
+    assert set(doc) == {"notebook", "parameters", "seeds", "subject", "stages", "provenance", "metrics"}
+    assert doc["provenance"]["code_hash"] == code_hash(["reversion.core.stats"]) != code_hash()
+    # absent: recorded as null, the file still deterministic
+    plain = json.loads(results.write_metrics("02_plain", METRICS, PARAMS).read_text())
+    assert plain["subject"] is None and plain["stages"] is None
+    # the module named decides the provenance, hence the bytes
+    first = p.read_bytes()
+    results.write_metrics("02_demo", METRICS, PARAMS, seeds=[0], subject=subject,
+                          code=("reversion.core.batches",), stages=stages)
+    assert p.read_bytes() != first
 
 
 def test_bytes_are_deterministic(out):

@@ -1,4 +1,4 @@
-"""Statistics against known answers: closed forms, Monte-Carlo, planted signals."""
+"""Statistics (``reversion.core.stats``) against known answers: closed forms, Monte-Carlo, planted signals."""
 
 from __future__ import annotations
 
@@ -392,3 +392,30 @@ def test_auc_above_linear_ramp_closed_form():
         S.auc_above([1.0, 2.0, 3.0], [0.0, 2.0, 1.0], 0.0)
     with pytest.raises(ValueError, match="at least 2 steps"):
         S.auc_above([1.0], [0.0], 0.0)
+
+
+# --------------------------------------------------------------------------- over seeds
+
+
+def test_over_seeds_is_the_mean_and_sample_std_per_step():
+    series = [[0.0, 1.0, 4.0], [2.0, 3.0, 4.0], [4.0, 8.0, 4.0]]   # 3 seeds x 3 steps
+    mean, std = S.over_seeds(series)
+    np.testing.assert_allclose(mean, [2.0, 4.0, 4.0])
+    np.testing.assert_allclose(std, [2.0, math.sqrt(13.0), 0.0])    # ddof=1: 8/2, 26/2
+    mean1, std1 = S.over_seeds([[0.5, 0.25]])                       # one seed: no spread, not NaN
+    np.testing.assert_array_equal(mean1, [0.5, 0.25])
+    np.testing.assert_array_equal(std1, [0.0, 0.0])
+    for bad in ([], [1.0, 2.0], [[[1.0]]]):
+        with pytest.raises(ValueError, match=r"expected \[n_seeds, n_steps\]"):
+            S.over_seeds(bad)
+
+
+def test_at_step_aggregates_one_grid_point_over_seeds():
+    steps = [0, 1, 5, 10]                                            # an uneven grid
+    series = [[0.1, 0.2, 0.3, 0.9], [0.1, 0.4, 0.5, 0.7]]
+    assert S.at_step(series, steps, 10) == S.aggregate([0.9, 0.7])
+    got = S.at_step(series, steps, 5)                               # the grid point, not index 5
+    assert got["mean"] == pytest.approx(0.4) and got["n"] == 2
+    assert got["std"] == pytest.approx(math.sqrt(0.02))
+    with pytest.raises(ValueError, match=r"step 3 is not on the grid \[0, 1, 5, 10\]"):
+        S.at_step(series, steps, 3)
