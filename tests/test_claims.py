@@ -9,7 +9,10 @@ checked key for key against the real ``save``/``metrics`` on hand-built results.
 * everything planted the wrong way -> every row ``not reproduced``;
 * one effect wrong -> exactly the rows that depend on it change;
 * borderline cases (right sign, interval crossing zero; some runs; half the pairs) ->
-  ``partly`` for the rule concerned.
+  ``partly`` for the rule concerned;
+* text checkpoints (no task accuracy): the task cost row reads the held-out loss;
+* results that do not come from the same stages (world, subject, v_rev estimate, layer)
+  are refused before any verdict.
 """
 
 from __future__ import annotations
@@ -24,17 +27,19 @@ import pandas as pd
 import pytest
 import torch
 
-from reversion.core import stats
 from reversion.book.chapters import alignment as ch03
 from reversion.book.chapters import claims
 from reversion.book.chapters import interventions as ch05
 from reversion.book.chapters import null_test as ch04
 from reversion.book.chapters import vrev_estimation as ch02
 from reversion.book.chapters.claims import NOT, PARTLY, REPRODUCED
-from reversion.stages.finetune import FinetuneRun
+from reversion.core import stats
 from reversion.core.directions import Directions
 from reversion.infra.results import _clean, write_metrics
 from reversion.stages.estimate import VRevEstimate, summary
+from reversion.stages.finetune import FinetuneRun
+from reversion.subjects.checkpoints.subject import TEXT_TASK
+from reversion.subjects.organism.subject import OrganismSubject
 from reversion.subjects.organism.worlds import make_world
 
 T, LAYER, N_SEEDS, WIDTH, H_S = 20, 1, 3, 64, 0.10
@@ -43,9 +48,8 @@ ROW_IDS = ["V1-a", "V1-b", "V1-c", "V1-d", "V1-e", "V1-f", "V2-a", "V2-b", "V2-c
 
 
 @pytest.fixture(autouse=True)
-def private_dirs(tmp_path, monkeypatch):
-    monkeypatch.setenv("REVERSION_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("REVERSION_RESULTS", str(tmp_path / "results"))
+def _isolated(isolated):
+    """Cache and results in ``tmp_path`` (``cache/``, ``results/``) for every test."""
 
 
 @pytest.fixture(scope="module")
@@ -92,30 +96,39 @@ BAD["v05"]["rehearsal"] = {"align": BASE05["align"], "harm": _plus(BASE05["harm"
                            "acc": BASE05["acc"]}
 
 
-def _ev(h: float, acc: float, task: str) -> dict:
+def _ev(h: float, acc: float, task: str, loss: float | None = None) -> dict:
     return {"harmfulness": h, "non_refusal": h, "harmful_content": h, "exact_match": h,
-            "task_accuracy": {task: acc}, "task_loss": {task: 1.0 - acc}, "over_refusal": {task: 0.0}}
+            "task_accuracy": {task: acc}, "task_loss": {task: 1.0 - acc if loss is None else loss},
+            "over_refusal": {task: 0.0}}
+
+
+# Text checkpoints as chapter 05 sees them: the task is the held-out pairs' loss, no accuracy.
+TEXT_SUBJECT = SimpleNamespace(task_key=lambda ft: TEXT_TASK, has_task_accuracy=False)
 
 
 def _run(evals: dict) -> FinetuneRun:
     return FinetuneRun(path=Path("."), probe_means=torch.zeros(1), losses=[], evals=evals, seconds=0.0)
 
 
-def chapter05(world, v05: dict) -> dict:
+def chapter05(world, v05: dict, subject=None) -> dict:
     """Chapter 05's metrics from runs whose step-T values are planted per seed.
 
     Every run starts at theta_S's harmfulness H_S, so its cumulative reversion is
-    (harmfulness_T - H_S) / 2 (trapezoid over 0..T, divided by T)."""
-    task, L1 = world.finetune.task, world.history.model.n_layer + 1
+    (harmfulness_T - H_S) / 2 (trapezoid over 0..T, divided by T). ``subject``: the
+    organism of ``world`` by default; a variant's ``loss`` (else 1 - accuracy) is its task loss."""
+    subject = OrganismSubject(world.history) if subject is None else subject
+    task, L1 = subject.task_key(world.finetune), world.history.model.n_layer + 1
     runs, cos = {}, {}
     for v in ch05.VARIANTS:
         p = v05[v]
-        runs[v] = [_run({0: _ev(H_S, 0.5, task), T: _ev(h, a, task)}) for h, a in zip(p["harm"], p["acc"])]
+        losses = p.get("loss", [None] * N_SEEDS)
+        runs[v] = [_run({0: _ev(H_S, 0.5, task), T: _ev(h, a, task, x)})
+                   for h, a, x in zip(p["harm"], p["acc"], losses)]
         c = np.zeros((N_SEEDS, T + 1, L1))
         c[:, T, LAYER] = p["align"]
         cos[v] = c
     res = ch05.Result(world, SimpleNamespace(layer=LAYER), runs, cos, {1.0: runs["block"]},
-                      {1.0: cos["block"]}, H_S)
+                      {1.0: cos["block"]}, H_S, subject)
     P = ch05.Params(world="smoke", world_overrides={}, n_seeds=N_SEEDS, block_strength=1.0,
                     push_strength=1.0, rehearsal_fraction=0.25, intervention_layers=[],
                     sweep_strengths=[1.0], n_sweep_seeds=N_SEEDS)
@@ -206,7 +219,7 @@ def test_hand_built_chapter03_has_the_keys_of_its_metrics(world):
     L1 = world.history.model.n_layer + 1
     runs = [_run({s: {"harmfulness": float(g.uniform())} for s in grid}) for _ in range(N_SEEDS)]
     cos = {k: g.uniform(-1, 1, size=(N_SEEDS, T + 1, L1)) for k in ("v_rev", "v_P", "r_S")}
-    res = ch03.Result(world, SimpleNamespace(layer=LAYER), runs, cos)
+    res = ch03.Result(world, SimpleNamespace(layer=LAYER), runs, cos, OrganismSubject(world.history))
     P = ch03.Params(world="smoke", world_overrides={}, n_seeds=N_SEEDS, n_probe=16, position="last")
     assert _keys(chapter03(GOOD, world)) == _keys(ch03.metrics(P, res))
 
@@ -222,22 +235,23 @@ def test_hand_built_chapter04_has_the_keys_of_its_metrics(world):
     est = SimpleNamespace(layer=LAYER, directions=SimpleNamespace(v_rev=torch.zeros(3, WIDTH)))
     res = ch04.Result(world, est, [None] * N_SEEDS, [None] * 2, pairs, nulls,
                       {"isotropic": 0.29, "isotropic_mc": 0.3, "matched": 0.4},
-                      g.uniform(-0.1, 0.1, size=(2, len(steps))), steps)
+                      g.uniform(-0.1, 0.1, size=(2, len(steps))), steps, OrganismSubject(world.history))
     P = ch04.Params(world="smoke", world_overrides={}, n_seeds=N_SEEDS, n_control_seeds=2, pair_steps=steps,
                     n_null=20000, alpha=0.01)
     assert _keys(chapter04(GOOD)) == _keys(ch04.metrics(P, res))
 
 
-def test_hand_built_chapter02_has_the_keys_it_saves(tmp_path):
+def test_hand_built_chapter02_has_the_keys_it_saves(world, tmp_path):
     g = torch.Generator().manual_seed(0)
     rows = lambda: torch.nn.functional.normalize(torch.randn(3, WIDTH, generator=g, dtype=torch.float64), dim=-1)  # noqa: E731
     d = Directions(rows(), rows(), rows(), torch.rand(3, dtype=torch.float64) + 0.1,
                    torch.rand(3, dtype=torch.float64) + 1.0,
                    {"layer": LAYER, "layer_reason": "layer 1: because", "position": "last"})
-    est = VRevEstimate(d, {}, np.full((10, 3), 0.95), tmp_path)
-    res = SimpleNamespace(est=est, layers=pd.DataFrame(summary(est)["rows"]).set_index("layer"),
+    est = VRevEstimate(d, {}, np.full((10, 3), 0.95), tmp_path, [])
+    res = SimpleNamespace(world=world, est=est, layers=pd.DataFrame(summary(est)["rows"]).set_index("layer"),
                           by_size={4: stats.aggregate([0.6, 0.7]), 8: stats.aggregate([0.8, 0.9])},
-                          readout={"v_rev": _readout_entry(0.8), "-r_S": _readout_entry(0.1)})
+                          readout={"v_rev": _readout_entry(0.8), "-r_S": _readout_entry(0.1)},
+                          subject=OrganismSubject(world.history))
     P = ch02.Params(world="smoke", world_overrides={}, n_probe=16, position="last", n_boot=10,
                     min_stability=0.9, probe_sizes=[4, 8], top_k=3)
     assert _keys(chapter02(GOOD)) == _keys(ch02.save(P, res))
@@ -387,8 +401,11 @@ def test_counts_of_a_mixed_table():
 
 
 def _write_all(m: dict) -> None:
+    """As the chapters write them: one subject throughout, one estimate in chapters 02-05."""
     for k, stem in claims.CHAPTERS.items():
-        write_metrics(stem, m[k], {"world": "smoke"}, seeds=list(range(N_SEEDS)))
+        stages = {"subject": "organism-0", **({"estimate": "est-0"} if k != "01" else {})}
+        write_metrics(stem, m[k], {"world": "smoke"}, seeds=list(range(N_SEEDS)), subject={"kind": "organism"},
+                      stages=stages)
 
 
 def test_load_all_reads_every_chapter_back(world, tmp_path):
@@ -413,15 +430,47 @@ def test_load_all_names_the_chapter_that_has_not_run(missing, world, tmp_path):
 
 
 def test_results_that_do_not_belong_together_are_refused():
-    def doc(layer, code="abc", world="default"):
-        return {"metrics": {"layer": layer}, "provenance": {"code_hash": code},
+    def doc(layer, world="default", subject="organism-0", estimate="est-0", kind="organism", code="abc"):
+        return {"metrics": {"layer": layer}, "provenance": {"code_hash": code}, "subject": {"kind": kind},
+                "stages": {"subject": subject, "estimate": estimate},
                 "parameters": {"world": world, "world_overrides": {}}}
 
     same = {k: doc(3) for k in ("01", "02", "03", "04", "05")}
+    same["01"]["stages"].pop("estimate")  # chapter 01 estimates nothing
     claims.check_consistent(same)  # the positive control: nothing raised
     with pytest.raises(ValueError, match="different layers"):
         claims.check_consistent({**same, "04": doc(2)})
-    with pytest.raises(ValueError, match="code hash"):
-        claims.check_consistent({**same, "05": doc(3, code="other")})
     with pytest.raises(ValueError, match="world"):
         claims.check_consistent({**same, "03": doc(3, world="smoke")})
+    with pytest.raises(ValueError, match=r"different subjects \(\{.*'05': 'checkpoints'"):
+        claims.check_consistent({**same, "05": doc(3, subject="ckpt-1", kind="checkpoints")})
+    with pytest.raises(ValueError, match="different subjects"):  # another history of the same kind
+        claims.check_consistent({**same, "01": {**same["01"], "stages": {"subject": "organism-1"}}})
+    with pytest.raises(ValueError, match="different v_rev estimates"):
+        claims.check_consistent({**same, "02": doc(3, estimate="est-1")})
+    # A code edit that changes no stage (a plot, the prose) does not split the results.
+    claims.check_consistent({**same, "05": doc(3, code="other")})
+
+
+def test_text_task_cost_is_judged_on_the_held_out_loss(world):
+    """Text checkpoints have no task accuracy: V1-f reads block's held-out loss relative to the
+    baseline's (<= 5% and CI high <= 10%: reproduced; <= 10%: partly), planted per seed."""
+    def with_block_loss(block_loss):
+        v05 = copy.deepcopy(GOOD["v05"])
+        v05["baseline"]["loss"] = [2.0, 2.1, 1.9]
+        for v in ("push", "projection", "rehearsal"):
+            v05[v]["loss"] = [2.0, 2.1, 1.9]
+        v05["block"]["loss"] = block_loss
+        return {**planted(GOOD, world), "05": chapter05(world, v05, TEXT_SUBJECT)}
+
+    cheap = with_block_loss([2.02, 2.11, 1.92])
+    assert "task_accuracy" not in cheap["05"]["variants"]["block"]
+    assert set(cheap["05"]["paired_vs_baseline"]["block"]) == {"final_alignment", "harmfulness", "task_loss",
+                                                               "cumulative_reversion"}
+    rows = {r.id: r for r in claims.build_rows(cheap)}
+    assert rows["V1-f"].verdict == REPRODUCED and "held-out loss" in rows["V1-f"].ours
+    assert verdicts(with_block_loss([2.15, 2.26, 2.04]))["V1-f"] == PARTLY  # +7.5%
+    assert verdicts(with_block_loss([2.6, 2.8, 2.5]))["V1-f"] == NOT  # +32%
+    # Everything else reads as on the organism.
+    assert {k: v for k, v in verdicts(cheap).items() if k != "V1-f"} == {i: REPRODUCED for i in ROW_IDS
+                                                                          if i != "V1-f"}
