@@ -2,7 +2,9 @@
 
 * ``isolated`` -- ``REVERSION_CACHE`` and ``REVERSION_RESULTS`` in a fresh temporary folder,
   so a test never reads or writes the project's ``.cache/`` or ``results/``;
-* ``tiny`` -- tiny local text models and prompt files (session-scoped: built once).
+* ``tiny`` -- tiny local text models and prompt files (session-scoped: built once);
+* ``demo`` -- the tiny demo history of chapter 07 (Llama: pretrained, witness, aligned,
+  tokenizer; session-scoped), on which the checkpoint subject and chapters 02-05 run.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
+from reversion.subjects.checkpoints import demo as demo_models
 
 from helpers import Tiny, build_tiny
 
@@ -26,3 +30,10 @@ def isolated(tmp_path: Path, monkeypatch) -> Path:
 def tiny(tmp_path_factory) -> Tiny:
     """Tokenizers, a GPT-2 and a Llama witness/aligned pair, a wider Llama, prompt files."""
     return build_tiny(tmp_path_factory.mktemp("tiny-models"))
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory) -> dict[str, Path]:
+    """The tiny demo history of chapter 07 (Llama): pretrained, witness, aligned, tokenizer
+    (:func:`reversion.subjects.checkpoints.demo.build_demo`, 30 steps per phase)."""
+    return demo_models.build_demo(tmp_path_factory.mktemp("demo"), "llama", seed=0, steps=30)

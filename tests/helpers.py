@@ -26,7 +26,7 @@ from reversion.core.hooks import get_blocks
 from reversion.subjects.checkpoints.textdata import read_pairs, read_prompts
 
 EXAMPLES = demo.example_files()
-# Tiny models gain nothing from a second thread (see reversion.runtime).
+# Tiny models gain nothing from a second thread (see reversion.infra.runtime).
 set_cpu_threads()
 
 HIDDEN = 32

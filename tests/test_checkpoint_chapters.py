@@ -16,18 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from reversion.subjects.checkpoints import demo as demo_models
-
 from helpers import EXAMPLES
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="session")
-def demo(tmp_path_factory) -> dict[str, Path]:
-    """The tiny demo history of chapter 07 (Llama): pretrained, witness, aligned, tokenizer."""
-    return demo_models.build_demo(tmp_path_factory.mktemp("demo"), "llama", seed=0, steps=30)
-
 
 # --------------------------------------------------------------------------- chapters 02-05
 

@@ -40,12 +40,6 @@ from helpers import EXAMPLES, make_model, make_tokenizer, save, write_jsonl
 FT = FinetuneConfig(steps=3, lr=1e-3, batch_size=4, eval_steps=(0, 1, 3))
 
 
-@pytest.fixture(scope="session")
-def demo(tmp_path_factory) -> dict[str, Path]:
-    """The tiny demo history of chapter 07 (Llama): pretrained, witness, aligned, tokenizer."""
-    return demo_models.build_demo(tmp_path_factory.mktemp("demo"), "llama", seed=0, steps=30)
-
-
 def checkpoints_of(demo, **changes) -> dict:
     base = dict(witness=str(demo["witness"]), aligned=str(demo["aligned"]), prompts=str(EXAMPLES["harmful"]),
                 finetune_data=str(EXAMPLES["benign"]), max_new_tokens=8)
