@@ -182,7 +182,8 @@ def _iter_batches(
     batch_size: int,
     pad_id: int,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield ``(indices [B], acts [B, n_layers, d] float64 CPU)`` batch by batch."""
+    """Yield ``(indices [B], acts [B, n_layers, d])`` batch by batch, on the model's device in
+    the accumulation dtype (float64; float32 on MPS): callers reduce there and move once."""
     n_total = n_layers(model)
     device = model_device(model)
     acc = _acc_dtype(device)
@@ -223,7 +224,6 @@ def _iter_batches(
                 acts = torch.stack(
                     [hs[layer].to(acc).masked_fill(~m, 0.0).sum(dim=1) / denom for layer in layer_list], dim=1
                 )
-            acts = acts.to("cpu", torch.float64)  # [B, n_layers, d]
 
             if not torch.isfinite(acts).all():
                 for j, layer in enumerate(layer_list):
@@ -248,7 +248,7 @@ def prompt_activations(
     ids, layer_list, pad_id = _validate(model, prompts, layers, position, batch_size, pad_id)
     out = torch.empty((len(ids), len(layer_list), hidden_size(model)), dtype=torch.float64)
     for idx, acts in _iter_batches(model, ids, layer_list, position, batch_size, pad_id):
-        out[idx] = acts
+        out[idx] = acts.to("cpu", torch.float64)
     return out
 
 
@@ -262,13 +262,15 @@ def mean_activations(
 ) -> torch.Tensor:
     """Mean activation over prompts ``[len(layers), d]``, float64 on the CPU.
 
-    Keeps a running float64 sum, so memory does not grow with the number of prompts.
+    Keeps a running float64 sum on the model's device (one transfer at the end, not one per
+    batch), so memory does not grow with the number of prompts.
     """
     ids, layer_list, pad_id = _validate(model, prompts, layers, position, batch_size, pad_id)
-    total = torch.zeros((len(layer_list), hidden_size(model)), dtype=torch.float64)  # running sum
+    device = model_device(model)
+    total = torch.zeros((len(layer_list), hidden_size(model)), dtype=_acc_dtype(device), device=device)
     for _, acts in _iter_batches(model, ids, layer_list, position, batch_size, pad_id):
         total += acts.sum(dim=0)
-    return total / len(ids)
+    return (total / len(ids)).to("cpu", torch.float64)
 
 
 def check_same_width(model_a: nn.Module, model_b: nn.Module) -> int:

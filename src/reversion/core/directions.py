@@ -61,7 +61,9 @@ class Directions:
     activation_norm: torch.Tensor
     """``[L+1]``: mean ||h_S(x)|| over the probes (scale for the displacement)."""
     meta: dict
-    """Layer chosen, position rule, checkpoints' identity, number of prompts."""
+    """Layer chosen and why, position rule, number of prompts, the architecture (and, from
+    ``reversion estimate``, the checkpoint paths, stability and matched p99 per layer)."""
+
     def save(self, path: str | Path) -> Path:
         """safetensors with the metadata as JSON strings (reusable by other chapters and users)."""
         tensors = {"v_rev": self.v_rev, "displacement_norm": self.displacement_norm,

@@ -82,12 +82,14 @@ class ProbeTracker:
             raise ValueError(f"model has {n_layers(model)} layers of width {hidden_size(model)}; "
                              f"the tracker was built for {self.L} of width {self.d}")
         backbone = _backbone(model)
-        total = torch.zeros((len(self.layers), self.d), dtype=torch.float64)
+        # Summed on the model's device; one transfer per call, not one per batch.
+        total = torch.zeros((len(self.layers), self.d), dtype=_acc_dtype(self.device), device=self.device)
         with torch.inference_mode(), _eval_mode(model):
             for x, attn, last, mask in self.batches:
                 sums = self._early(model, backbone, x, attn, last, mask) if self.early else \
                     self._full(backbone, x, attn, last, mask)
-                total += torch.stack(sums).to("cpu", torch.float64)
+                total += torch.stack(sums)
+        total = total.to("cpu", torch.float64)
         if not torch.isfinite(total).all():
             bad = [l for l, row in zip(self.layers, total) if not torch.isfinite(row).all()]
             raise ValueError(f"non-finite activations (NaN or inf) at layer(s) {bad}")
