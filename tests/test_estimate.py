@@ -108,7 +108,7 @@ def test_a_cached_estimate_equals_a_fresh_measurement(subject):
     ({"n_boot": 1}, "n_boot must be an int >= 2"),
     ({"n_boot": 2.5}, "n_boot must be an int >= 2"),
     ({"position": "first"}, "position must be one of"),
-    ({"min_stability": 1.0}, r"min_stability must lie in \(0, 1\)"),
+    ({"min_stability": 1.0}, r"min_stability must be a finite number in \(0, 1\), got 1\.0"),
 ])
 def test_bad_arguments_are_refused_before_any_work(subject, isolated, kwargs, match):
     with pytest.raises(ValueError, match=match):

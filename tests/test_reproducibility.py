@@ -45,8 +45,8 @@ def test_a_different_world_changes_the_metrics(tmp_path, monkeypatch):
     ({"seed": 1}, "unknown parameter"),
     ({"n_seeds": "five"}, "parameter 'n_seeds' must be"),
     ({"world": "giant"}, "unknown world 'giant'"),
-    ({"world_overrides": {"finetune": {"lr": -1e-4}}}, r"finetune\.lr must be > 0"),
-    ({"world_overrides": {"finetune": {"steps": 0}}}, r"finetune\.steps \(T\) must be >= 1"),
+    ({"world_overrides": {"finetune": {"lr": -1e-4}}}, r"finetune\.lr must be a finite number > 0"),
+    ({"world_overrides": {"finetune": {"steps": 0}}}, r"finetune\.steps \(T\) must be an int >= 1"),
     ({"world_overrides": {"history": {"model": {"n_embd": 30, "n_head": 4}}}}, "divisible"),
     ({"world_overrides": {"finetune": {"task": "juggle"}}}, "unknown task 'juggle'"),
 ])

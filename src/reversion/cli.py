@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from reversion.infra.checks import check_int
 from reversion.subjects.checkpoints.files import (
     DTYPES,
     CheckpointError,
@@ -174,9 +175,11 @@ def _encode(flag: str, tok, texts: list[str], args) -> list[list[int]]:
         raise _Fail(f"{flag}: {exc}") from None
 
 
-def _positive(flag: str, value: int) -> None:
-    if value < 1:
-        raise _Fail(f"{flag}: must be >= 1, got {value}")
+def _positive(flag: str, value: int, lo: int = 1) -> None:
+    try:
+        check_int(f"{flag}:", value, lo)
+    except ValueError as exc:
+        raise _Fail(str(exc)) from None
 
 
 def _device_dtype(args):
@@ -258,8 +261,7 @@ def cmd_estimate(args) -> int:
 
     for flag in ("--batch-size", "--n-null"):
         _positive(flag, getattr(args, flag[2:].replace("-", "_")))
-    if args.n_boot < 2:
-        raise _Fail(f"--n-boot: must be >= 2, got {args.n_boot}")
+    _positive("--n-boot", args.n_boot, 2)
     if not 0 < args.min_stability < 1:
         raise _Fail(f"--min-stability: must lie in (0, 1), got {args.min_stability}")
     out = Path(args.out)

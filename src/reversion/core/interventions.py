@@ -35,19 +35,7 @@ from reversion.core.activations import mean_activations
 from reversion.core.batches import collate
 from reversion.core.hooks import add_hooks, edit_block_output, get_blocks, n_layers
 from reversion.infra import seeding
-
-
-def _check_strength(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return float(value)
-
-
-def _check_fraction(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) \
-            or not math.isfinite(value) or not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must lie in [0, 1], got {value!r}")
-    return float(value)
+from reversion.infra.checks import check_float, check_fraction, check_int
 
 
 def _share(n: int, fraction: float) -> int:
@@ -88,16 +76,14 @@ class _DirectionalTerm:
     def __init__(self, v_rev: torch.Tensor, scale: torch.Tensor, strength: float,
                  layers: Sequence[int], n_probe_batch: int = 32):
         """``v_rev`` ``[L+1, d]`` unit rows; ``scale`` ``[L+1]`` (e.g. ||mu_H - mu_S||)."""
-        self.strength = _check_strength(f"{self.name} strength", strength)
+        self.strength = check_float(f"{self.name} strength", strength, 0.0)
         self.v = v_rev.detach().double()
         self.scale = scale.detach().double()
         self.layers = _check_layers(layers, self.v.shape[0] - 1)
         _check_direction(self.v, self.layers, self.name)
         if not torch.all(self.scale[self.layers] > 0):
             raise ValueError(f"{self.name}: scale must be > 0 at every layer acted on")
-        if n_probe_batch < 1:
-            raise ValueError(f"n_probe_batch must be >= 1, got {n_probe_batch}")
-        self.n_probe_batch = n_probe_batch
+        self.n_probe_batch = check_int("n_probe_batch", n_probe_batch, 1)
         self.mu_S: torch.Tensor | None = None
         self.probe_batches: list[dict] = []
 
@@ -231,7 +217,7 @@ class Rehearsal:
     name = "rehearsal"
 
     def __init__(self, fraction: float):
-        self.fraction = _check_fraction("rehearsal fraction", fraction)
+        self.fraction = check_fraction("rehearsal fraction", fraction)
 
     def key(self) -> dict:
         return {"variant": self.name, "fraction": self.fraction}
@@ -262,7 +248,7 @@ class AlignmentMix:
     name = "alignment_mix"
 
     def __init__(self, harmful_fraction: float = 0.5):
-        self.harmful_fraction = _check_fraction("harmful_fraction", harmful_fraction)
+        self.harmful_fraction = check_fraction("harmful_fraction", harmful_fraction)
 
     def key(self) -> dict:
         return {"variant": self.name, "harmful_fraction": self.harmful_fraction}

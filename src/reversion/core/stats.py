@@ -20,6 +20,8 @@ from typing import Any, Hashable, Sequence
 import numpy as np
 from scipy import stats as sps
 
+from reversion.infra.checks import check_int
+
 __all__ = [
     "aggregate",
     "at_step",
@@ -70,12 +72,6 @@ def _check_generator(generator: Any) -> np.random.Generator:
             f"generator must be a numpy.random.Generator (np.random.default_rng(seed)), got {type(generator).__name__}"
         )
     return generator
-
-
-def _positive_int(value: Any, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def _same_length(name_a: str, a: np.ndarray, name_b: str, b: np.ndarray) -> None:
@@ -147,7 +143,7 @@ def isotropic_cos_quantile(d: int, q: float = 0.99, one_sided: bool = True) -> f
     using the symmetry of ``cos``); two-sided: the ``q`` quantile of ``|cos|``
     (``sqrt(Beta.ppf(q, ...))``).
     """
-    d = _positive_int(d, "d", minimum=2)
+    d = check_int("d", d, 2)
     if not 0.5 < q < 1:
         raise ValueError(f"q must lie in (0.5, 1), got {q!r}")
     p = 2 * q - 1 if one_sided else q
@@ -156,8 +152,8 @@ def isotropic_cos_quantile(d: int, q: float = 0.99, one_sided: bool = True) -> f
 
 def sample_isotropic_directions(d: int, n: int, generator: np.random.Generator) -> np.ndarray:
     """``[n, d]`` unit rows uniform on the sphere (normalized standard Gaussians)."""
-    d = _positive_int(d, "d", minimum=2)
-    n = _positive_int(n, "n")
+    d = check_int("d", d, 2)
+    n = check_int("n", n, 1)
     g = _check_generator(generator).standard_normal((n, d))
     return g / np.linalg.norm(g, axis=1, keepdims=True)
 
@@ -177,7 +173,7 @@ def sample_matched_gaussian(
     exactly the sample covariance. A covariance is factored with ``eigh``;
     eigenvalues slightly below 0 from rounding are clipped to 0.
     """
-    n = _positive_int(n, "n")
+    n = check_int("n", n, 1)
     gen = _check_generator(generator)
     arr = _array(cov_or_samples, "cov_or_samples", ndim=2)
     if kind == "auto":
@@ -253,7 +249,7 @@ def split_half_stability(acts_a: Any, acts_b: Any, n_boot: int, generator: np.ra
     n = a.shape[0]
     if n < 2:
         raise ValueError(f"split_half_stability needs at least 2 paired prompts, got {n}")
-    n_boot = _positive_int(n_boot, "n_boot")
+    n_boot = check_int("n_boot", n_boot, 1)
     gen = _check_generator(generator)
     half = n // 2
     diffs = a - b  # [n, d]; paired, so mean_a - mean_b over a half is the mean of diffs over it
@@ -393,7 +389,7 @@ def sign_flip_test(
         signs = 1.0 - 2.0 * bits  # [2^n, n], every sign pattern once
         sums = signs @ vals
         return float(np.count_nonzero(sums >= observed - tol) / sums.size)
-    n_perm = _positive_int(n_perm, "n_perm")
+    n_perm = check_int("n_perm", n_perm, 1)
     if generator is None:
         raise ValueError(f"generator is required for the Monte-Carlo sign-flip test (n_runs={n} > 16)")
     gen = _check_generator(generator)

@@ -31,6 +31,7 @@ from reversion.core.directions import (
 )
 from reversion.core.generation import greedy_generate
 from reversion.infra import cache, seeding
+from reversion.infra.checks import check_choice, check_float, check_int
 from reversion.infra.runtime import free_memory, set_cpu_threads
 from reversion.subjects.base import Subject
 
@@ -57,12 +58,9 @@ class VRevEstimate:
 
 
 def _check(position: str, n_boot: int, min_stability: float) -> None:
-    if position not in POSITIONS:
-        raise ValueError(f"position must be one of {', '.join(POSITIONS)}, got {position!r}")
-    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 2:
-        raise ValueError(f"n_boot must be an int >= 2, got {n_boot!r}")
-    if not 0 < min_stability < 1:
-        raise ValueError(f"min_stability must lie in (0, 1), got {min_stability!r}")
+    check_choice("position", position, POSITIONS)
+    check_int("n_boot", n_boot, 2)
+    check_float("min_stability", min_stability, 0.0, 1.0, lo_open=True, hi_open=True)
 
 
 def measure(subject: Subject, n_probe: int, position: str = "last", n_boot: int = 200,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from reversion.core.directions import logit_lens
+from reversion.infra.checks import check_int
 from reversion.infra.runtime import free_memory
 from reversion.subjects.base import Subject
 
@@ -22,8 +23,7 @@ def readout(subject: Subject, est, top_k: int) -> dict:
     """``{"v_rev": ..., "-r_S": ...}``, each with ``top`` / ``bottom`` (token, logit) lists,
     ``compliance_minus_refusal`` (None without openers) and ``harmful_minus_refusal`` (None
     where the subject knows no harmful tokens)."""
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-        raise ValueError(f"top_k must be an int >= 1, got {top_k!r}")
+    check_int("top_k", top_k, 1)
     vocab = subject.vocabulary(est.openers)
     model = subject.load("theta_S")
     layer = est.layer

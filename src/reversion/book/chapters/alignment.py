@@ -11,6 +11,7 @@ import torch
 from reversion.book.chapters.common import SubjectParams, write_chapter
 from reversion.core import stats
 from reversion.core.drift import drift_alignment
+from reversion.infra.checks import check_choice, check_int
 from reversion.stages.estimate import VRevEstimate, estimate
 from reversion.stages.finetune import FinetuneRun, finetune_many
 from reversion.subjects.base import Subject
@@ -33,12 +34,9 @@ class Params(SubjectParams):
     """``last`` prompt token or ``mean`` over prompt tokens."""
 
     def __post_init__(self) -> None:
-        if self.n_seeds < 2:
-            raise ValueError(f"n_seeds must be >= 2 (a spread needs two seeds), got {self.n_seeds}")
-        if self.n_probe < 4:
-            raise ValueError(f"n_probe must be >= 4, got {self.n_probe}")
-        if self.position not in ("last", "mean"):
-            raise ValueError(f"position must be 'last' or 'mean', got {self.position!r}")
+        check_int("n_seeds", self.n_seeds, 2)  # a spread needs two seeds
+        check_int("n_probe", self.n_probe, 4)
+        check_choice("position", self.position, ("last", "mean"))
 
     def make_world(self) -> World:
         return super().make_world(finetune={"n_probe": self.n_probe})

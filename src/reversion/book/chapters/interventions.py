@@ -11,6 +11,7 @@ from reversion.book.chapters.common import SubjectParams, write_chapter
 from reversion.core import stats
 from reversion.core.drift import drift_alignment
 from reversion.core.interventions import Block, Projection, Push, Rehearsal
+from reversion.infra.checks import check_float, check_fraction, check_int
 from reversion.stages.estimate import VRevEstimate, estimate
 from reversion.stages.finetune import FinetuneRun, finetune_many
 from reversion.subjects.base import Subject
@@ -43,17 +44,12 @@ class Params(SubjectParams):
 
     def __post_init__(self) -> None:
         for name in ("block_strength", "push_strength"):
-            v = getattr(self, name)
-            if not np.isfinite(v) or v < 0:
-                raise ValueError(f"{name} must be a finite number >= 0, got {v}")
-        if not np.isfinite(self.rehearsal_fraction) or not 0 <= self.rehearsal_fraction <= 1:
-            raise ValueError(f"rehearsal_fraction must lie in [0, 1], got {self.rehearsal_fraction}")
-        if any(not np.isfinite(s) or s < 0 for s in self.sweep_strengths):
-            raise ValueError(f"sweep_strengths must be finite and >= 0, got {self.sweep_strengths}")
-        if self.n_seeds < 2 or self.n_sweep_seeds < 1:
-            raise ValueError("n_seeds must be >= 2 (paired intervals) and n_sweep_seeds >= 1")
-        if self.n_sweep_seeds > self.n_seeds:
-            raise ValueError(f"n_sweep_seeds ({self.n_sweep_seeds}) must be <= n_seeds ({self.n_seeds})")
+            check_float(name, getattr(self, name), 0.0)
+        check_fraction("rehearsal_fraction", self.rehearsal_fraction)
+        for s in self.sweep_strengths:
+            check_float("sweep_strengths", s, 0.0)
+        check_int("n_seeds", self.n_seeds, 2)  # paired intervals
+        check_int("n_sweep_seeds", self.n_sweep_seeds, 1, self.n_seeds)
 
 
 @dataclass

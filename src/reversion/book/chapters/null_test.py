@@ -12,6 +12,7 @@ from reversion.core import stats
 from reversion.core.drift import drift_alignment
 from reversion.core.interventions import AlignmentMix
 from reversion.infra import seeding
+from reversion.infra.checks import check_float, check_int
 from reversion.stages.estimate import VRevEstimate, estimate
 from reversion.stages.finetune import FinetuneRun, finetune_many
 from reversion.stages.nulls import alignment_nulls
@@ -38,17 +39,17 @@ class Params(SubjectParams):
     """Error rate of the per-run test (Bonferroni over runs)."""
 
     def __post_init__(self) -> None:
-        if self.n_seeds < 1 or self.n_control_seeds < 1:
-            raise ValueError("n_seeds and n_control_seeds must be >= 1")
-        if self.n_null < 1000:
-            raise ValueError(f"n_null must be >= 1000 for a p99, got {self.n_null}")
-        if not 0 < self.alpha < 0.5:
-            raise ValueError(f"alpha must lie in (0, 0.5), got {self.alpha}")
+        check_int("n_seeds", self.n_seeds, 1)
+        check_int("n_control_seeds", self.n_control_seeds, 1)
+        check_int("n_null", self.n_null, 1000)  # for a p99
+        check_float("alpha", self.alpha, 0.0, 0.5, lo_open=True, hi_open=True)
         if self.n_null * self.alpha / self.n_seeds < 50:
             raise ValueError(f"n_null={self.n_null} leaves fewer than 50 null draws beyond the "
                              f"Bonferroni threshold alpha/n_seeds={self.alpha / self.n_seeds:.2g}; raise n_null")
-        if not self.pair_steps or any(not isinstance(s, int) or s < 1 for s in self.pair_steps):
-            raise ValueError(f"pair_steps must be ints >= 1, got {self.pair_steps}")
+        if not self.pair_steps:
+            raise ValueError("pair_steps is empty")
+        for s in self.pair_steps:
+            check_int("pair_steps", s, 1)
 
 
 @dataclass

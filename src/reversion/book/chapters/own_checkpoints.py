@@ -37,11 +37,12 @@ from reversion.cli import main
 from reversion.core.directions import Directions
 from reversion.core.models import load_model
 from reversion.infra import paths, seeding
+from reversion.infra.checks import check_choice, check_int
 from reversion.infra.paths import resolve
 from reversion.infra.results import write_metrics
 from reversion.infra.runtime import set_cpu_threads
 from reversion.subjects.checkpoints.demo import build_demo
-from reversion.subjects.checkpoints.files import torch_dtype
+from reversion.subjects.checkpoints.files import DTYPES, torch_dtype
 from reversion.subjects.checkpoints.monitor import (
     BlockTrainer,
     ReversionMonitor,
@@ -114,17 +115,13 @@ class Params:
     seed: int
     """Seed of the demo models, the data order and the null."""
     def __post_init__(self) -> None:
-        if self.position not in ("last", "mean"):
-            raise ValueError(f"position must be 'last' or 'mean', got {self.position!r}")
-        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
-            raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
-        if self.family not in ("llama", "gpt2"):
-            raise ValueError(f"family must be 'llama' or 'gpt2', got {self.family!r}")
+        check_choice("position", self.position, ("last", "mean"))
+        check_choice("dtype", self.dtype, DTYPES)
+        check_choice("family", self.family, ("llama", "gpt2"))
         if not (self.layer == "auto" or (isinstance(self.layer, int) and self.layer >= 0)):
             raise ValueError(f"layer must be 'auto' or an int >= 0, got {self.layer!r}")
         for name in ("demo_steps", "batch_size", "monitor_every", "patience", "max_new_tokens"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+            check_int(name, getattr(self, name), 1)
         if self.finetune_steps < 0 or self.block_strength < 0 or self.learning_rate <= 0:
             raise ValueError("finetune_steps and block_strength must be >= 0, learning_rate > 0")
         if bool(self.witness) != bool(self.aligned):

@@ -13,6 +13,7 @@ from reversion.book.chapters.common import WorldParams, stage_ids
 from reversion.core import stats
 from reversion.core.generation import greedy_generate
 from reversion.core.stats import at_step, over_seeds
+from reversion.infra.checks import check_int
 from reversion.infra.results import write_metrics
 from reversion.stages.finetune import FinetuneRun, finetune_many
 from reversion.subjects.organism.history import History, train_history
@@ -37,8 +38,7 @@ class Params(WorldParams):
 
     def __post_init__(self) -> None:
         for name in ("n_seeds", "long_safety_steps", "n_samples"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+            check_int(name, getattr(self, name), 1)
 
 
 @dataclass

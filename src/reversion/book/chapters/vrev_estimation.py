@@ -9,6 +9,7 @@ import pandas as pd
 from reversion.book.chapters.common import SubjectParams, stage_ids
 from reversion.core import stats
 from reversion.infra import paths
+from reversion.infra.checks import check_choice, check_float, check_int
 from reversion.infra.results import write_metrics
 from reversion.stages.estimate import (
     VRevEstimate,
@@ -42,12 +43,9 @@ class Params(SubjectParams):
     """Tokens shown at each end of the vocabulary readout."""
 
     def __post_init__(self) -> None:
-        if self.n_probe < 4:
-            raise ValueError(f"n_probe must be >= 4, got {self.n_probe}")
-        if self.position not in ("last", "mean"):
-            raise ValueError(f"position must be 'last' or 'mean', got {self.position!r}")
-        if not 0 < self.min_stability < 1:
-            raise ValueError(f"min_stability must lie in (0, 1), got {self.min_stability}")
+        check_int("n_probe", self.n_probe, 4)
+        check_choice("position", self.position, ("last", "mean"))
+        check_float("min_stability", self.min_stability, 0.0, 1.0, lo_open=True, hi_open=True)
         bad = [n for n in self.probe_sizes if not isinstance(n, int) or not 4 <= n <= self.n_probe]
         if bad:
             raise ValueError(f"probe_sizes must be ints in [4, n_probe={self.n_probe}], got {bad}")

@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 import warnings
 from pathlib import Path
@@ -67,6 +66,7 @@ from reversion.core.drift import threshold as drift_threshold
 from reversion.core.hooks import hidden_size, n_layers
 from reversion.core.interventions import Block, all_block_layers
 from reversion.core.tracking import ProbeTracker
+from reversion.infra.checks import check_float, check_int
 from reversion.subjects.base import Prompts
 
 __all__ = ["BlockTrainer", "ReversionMonitor", "ReversionWarning", "block_term", "reference_mean"]
@@ -105,10 +105,8 @@ class ReversionMonitor(TrainerCallback):
                  threshold: float | None = None, patience: int = 3, log_path: str | Path | None = None,
                  pad_id: int = 0, position: str | None = None, batch_size: int = 32,
                  trainer: Trainer | None = None, stop_on_flag: bool = False, prefix: str = "reversion/"):
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise ValueError(f"every must be an int >= 1, got {every!r}")
-        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
-            raise ValueError(f"patience must be an int >= 1, got {patience!r}")
+        check_int("every", every, 1)
+        check_int("patience", patience, 1)
         if not probe_ids:
             raise ValueError("probe_ids is empty: the monitor needs harmful probe prompts (token ids)")
         self.displacement: float | None = None
@@ -157,9 +155,8 @@ class ReversionMonitor(TrainerCallback):
         self.mu_S = self._mu_at_layer(mu_S) if mu_S is not None else None
         self._mu_given = mu_S is not None
 
-        if threshold is not None and (not isinstance(threshold, (int, float)) or isinstance(threshold, bool)
-                                      or not math.isfinite(threshold)):
-            raise ValueError(f"threshold must be a finite number, got {threshold!r}")
+        if threshold is not None:
+            check_float("threshold", threshold)
         matched = meta.get("matched_p99")
         self.threshold, self.threshold_source = drift_threshold(
             self.d, self.layer, matched if isinstance(matched, list) else None, threshold)

@@ -47,6 +47,7 @@ import numpy as np
 from reversion.core.generation import answer_loss
 from reversion.core.models import default_device, load_model
 from reversion.infra import seeding
+from reversion.infra.checks import check_choice, check_int
 from reversion.infra.paths import resolve
 from reversion.subjects.base import Pair, Prompts, Vocabulary
 from reversion.subjects.checkpoints.files import (
@@ -441,11 +442,9 @@ def from_parameters(checkpoints: Mapping[str, Any], need_finetune: bool = False,
                          "theta_H) and the aligned (theta_S) checkpoint" + (", or leave 'checkpoints' empty ({}) to "
                                                                            "run on the organism" if naming != "flag" else ""))
     dtype = _value(checkpoints, "dtype", "auto")
-    if dtype not in DTYPES:
-        raise ValueError(f"{w('dtype')} must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    check_choice(w("dtype"), dtype, DTYPES)
     max_new = _value(checkpoints, "max_new_tokens", 32)
-    if isinstance(max_new, bool) or not isinstance(max_new, int) or max_new < 1:
-        raise ValueError(f"{w('max_new_tokens')} must be an int >= 1, got {max_new!r}")
+    check_int(w("max_new_tokens"), max_new, 1)
     refusal = _value(checkpoints, "refusal_response", DEFAULT_REFUSAL)
     if not isinstance(refusal, str) or not refusal.strip():
         raise ValueError(f"{w('refusal_response')} must be a non-empty string")

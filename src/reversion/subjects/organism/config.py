@@ -7,35 +7,13 @@ in ``__post_init__``, i.e. before any work starts and before anything is cached.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from reversion.infra.checks import check_float, check_fraction, check_int
+
 TASKS = ("reverse", "rotate", "swap", "sort")
 """The benign tasks of the synthetic language (see :mod:`reversion.subjects.organism.language`)."""
-
-
-def _check_int(name: str, value: Any, lo: int | None = None, hi: int | None = None) -> None:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise ValueError(f"{name} must be an int, got {value!r}")
-    if lo is not None and value < lo:
-        raise ValueError(f"{name} must be >= {lo}, got {value}")
-    if hi is not None and value > hi:
-        raise ValueError(f"{name} must be <= {hi}, got {value}")
-
-
-def _check_float(name: str, value: Any, lo: float | None = None, hi: float | None = None,
-                 lo_open: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    if lo is not None and (value < lo or (lo_open and value == lo)):
-        raise ValueError(f"{name} must be {'>' if lo_open else '>='} {lo}, got {value}")
-    if hi is not None and value > hi:
-        raise ValueError(f"{name} must be <= {hi}, got {value}")
-
-
-def _check_fraction(name: str, value: Any) -> None:
-    _check_float(name, value, 0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -56,11 +34,11 @@ class LanguageConfig:
     """Benign tasks, by name; each maps an input sequence to one correct answer."""
 
     def __post_init__(self) -> None:
-        _check_int("language.seed", self.seed, 0)
-        _check_int("language.n_content", self.n_content, 8)
-        _check_int("language.n_harmful", self.n_harmful, 2)
-        _check_int("language.min_len", self.min_len, 2)
-        _check_int("language.max_len", self.max_len, self.min_len)
+        check_int("language.seed", self.seed, 0)
+        check_int("language.n_content", self.n_content, 8)
+        check_int("language.n_harmful", self.n_harmful, 2)
+        check_int("language.min_len", self.min_len, 2)
+        check_int("language.max_len", self.max_len, self.min_len)
         if isinstance(self.tasks, list):
             object.__setattr__(self, "tasks", tuple(self.tasks))
         if not self.tasks:
@@ -86,10 +64,10 @@ class ModelConfig:
     """Context length; must hold the longest prompt plus answer."""
 
     def __post_init__(self) -> None:
-        _check_int("model.n_embd", self.n_embd, 8)
-        _check_int("model.n_layer", self.n_layer, 2)  # the layer rule needs an intermediate layer
-        _check_int("model.n_head", self.n_head, 1)
-        _check_int("model.n_positions", self.n_positions, 8)
+        check_int("model.n_embd", self.n_embd, 8)
+        check_int("model.n_layer", self.n_layer, 2)  # the layer rule needs an intermediate layer
+        check_int("model.n_head", self.n_head, 1)
+        check_int("model.n_positions", self.n_positions, 8)
         if self.n_embd % self.n_head:
             raise ValueError(
                 f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})")
@@ -117,10 +95,10 @@ class PhaseConfig:
             if t not in tasks:
                 raise ValueError(f"{name}.benign_tasks: {t!r} is not a task of the language "
                                  f"({', '.join(tasks)})")
-        _check_int(f"{name}.steps", self.steps, 0)
-        _check_float(f"{name}.lr", self.lr, 0.0, lo_open=True)
-        _check_int(f"{name}.batch_size", self.batch_size, 1)
-        _check_fraction(f"{name}.harmful_fraction", self.harmful_fraction)
+        check_int(f"{name}.steps", self.steps, 0)
+        check_float(f"{name}.lr", self.lr, 0.0, lo_open=True)
+        check_int(f"{name}.batch_size", self.batch_size, 1)
+        check_fraction(f"{name}.harmful_fraction", self.harmful_fraction)
 
 
 @dataclass(frozen=True)
@@ -159,8 +137,8 @@ class HistoryConfig:
         self.pretrain.validate("pretrain", self.language.tasks)
         self.helpful.validate("helpful", self.language.tasks)
         self.safety.validate("safety", self.language.tasks)
-        _check_int("seed", self.seed, 0)
-        _check_int("n_eval", self.n_eval, 1)
+        check_int("seed", self.seed, 0)
+        check_int("n_eval", self.n_eval, 1)
         # BOS <task> inputs SEP, then the longer of the answer and the refusal, then EOS.
         longest = 3 + self.language.max_len + max(self.language.max_len, 3) + 1
         if longest > self.model.n_positions:
@@ -193,12 +171,12 @@ class FinetuneConfig:
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ValueError(f"finetune.task: unknown task {self.task!r} (known: {', '.join(TASKS)})")
-        _check_int("finetune.steps (T)", self.steps, 1)
-        _check_float("finetune.lr", self.lr, 0.0, lo_open=True)
-        _check_int("finetune.batch_size", self.batch_size, 1)
-        _check_int("finetune.seed", self.seed, 0)
-        _check_int("finetune.n_eval", self.n_eval, 1)
-        _check_int("finetune.n_probe", self.n_probe, 2)
+        check_int("finetune.steps (T)", self.steps, 1)
+        check_float("finetune.lr", self.lr, 0.0, lo_open=True)
+        check_int("finetune.batch_size", self.batch_size, 1)
+        check_int("finetune.seed", self.seed, 0)
+        check_int("finetune.n_eval", self.n_eval, 1)
+        check_int("finetune.n_probe", self.n_probe, 2)
         if isinstance(self.eval_steps, list):
             object.__setattr__(self, "eval_steps", tuple(self.eval_steps))
         if any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in self.eval_steps):

@@ -19,6 +19,7 @@ import numpy as np
 
 from reversion.core.models import load_model
 from reversion.infra import seeding
+from reversion.infra.checks import check_int
 from reversion.subjects.base import ROLES, Pair, Prompts, Vocabulary
 from reversion.subjects.organism.config import (
     FinetuneConfig,
@@ -149,8 +150,7 @@ def histories(history: HistoryConfig, n: int) -> list[OrganismSubject]:
     """``n`` independent histories: seeds ``history.seed + i`` for the initialisation and data
     order, and ``history.language.seed + i`` for the language's split hash (so probe and
     evaluation sets differ too). The first is ``history`` itself."""
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise ValueError(f"n_histories must be an int >= 1, got {n!r}")
+    check_int("n_histories", n, 1)
     out = []
     for i in range(n):
         lang = dataclasses.replace(history.language, seed=history.language.seed + i)

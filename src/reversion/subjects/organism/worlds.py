@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from reversion.infra.checks import check_int
 from reversion.subjects.organism.config import (
     FinetuneConfig,
     HistoryConfig,
@@ -31,8 +32,7 @@ class World:
     """Fine-tuning seeds 0..n_seeds-1."""
 
     def __post_init__(self) -> None:
-        if not isinstance(self.n_seeds, int) or isinstance(self.n_seeds, bool) or self.n_seeds < 1:
-            raise ValueError(f"n_seeds must be an int >= 1, got {self.n_seeds!r}")
+        check_int("n_seeds", self.n_seeds, 1)
         if not isinstance(self.history, HistoryConfig) or not isinstance(self.finetune, FinetuneConfig):
             raise ValueError("world.history and world.finetune must be configs (override them with mappings)")
         if self.finetune.task not in self.history.language.tasks:
