@@ -32,7 +32,7 @@ BENCH_ARGS ?=
 # Extra arguments for pytest (e.g. PYTEST_ARGS="-k book -x").
 PYTEST_ARGS ?=
 
-.PHONY: help venv mathjax book test test-browser test-all benchmark clean requirements
+.PHONY: help venv mathjax book test test-slow test-browser test-all benchmark clean requirements
 
 help: ## list the targets
 	@echo "reversion -- make targets:"
@@ -73,6 +73,9 @@ book: venv mathjax ## execute the notebooks (papermill, default parameters) and 
 # and make fails on any non-zero exit status, so it is never taken for success.
 test: venv ## run the fast tests and the notebook tests (papermill + nbval at smoke parameters)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-slow: venv ## only the tests marked slow (end-to-end notebook runs; CI runs them after make test)
+	$(PY) -m pytest -m slow $(PYTEST_ARGS)
 
 test-browser: venv mathjax ## only the browser tests: the book at smoke parameters in headless Chromium
 	$(PY) -m pytest tests/test_browser.py $(PYTEST_ARGS)

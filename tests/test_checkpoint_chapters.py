@@ -70,6 +70,7 @@ def chapter_runs(demo, tmp_path_factory):
 
 
 @pytest.mark.notebooks
+@pytest.mark.slow  # papermill end to end; the stages on the subject: test_checkpoint_subject.py
 @pytest.mark.parametrize("stem", CHAPTERS)
 def test_chapter_runs_on_checkpoints(chapter_runs, demo, stem):
     doc = chapter_runs["docs"][stem]
@@ -102,6 +103,7 @@ def test_chapter_runs_on_checkpoints(chapter_runs, demo, stem):
 
 
 @pytest.mark.notebooks
+@pytest.mark.slow  # papermill end to end; the stages on the subject: test_checkpoint_subject.py
 def test_claims_refuse_to_mix_subjects_or_estimates(chapter_runs):
     from reversion.book.chapters.claims import check_consistent
 
@@ -119,6 +121,7 @@ def test_claims_refuse_to_mix_subjects_or_estimates(chapter_runs):
 
 
 @pytest.mark.notebooks
+@pytest.mark.slow  # papermill end to end; the stages on the subject: test_checkpoint_subject.py
 @pytest.mark.parametrize("params, message", [
     (lambda demo: checkpoint_params(demo, aligned=""), r"checkpoints\['aligned'\] missing: give both"),
     (lambda demo: {**checkpoint_params(demo), "aligned": str(demo["aligned"])},

@@ -27,6 +27,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# End to end (two smoke builds of the whole book, about two minutes): the stamp logic it
+# exercises is covered fast by test_book.py (closure, reads) and test_layout.py; CI runs it.
+pytestmark = [pytest.mark.slow, pytest.mark.notebooks]
+
 
 def _copy_project(dst: Path) -> Path:
     for name in ("pyproject.toml",):

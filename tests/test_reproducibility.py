@@ -16,7 +16,10 @@ ROOT = Path(__file__).resolve().parents[1]
 NB = ROOT / "notebooks" / "01_training_history.ipynb"
 SMOKE = yaml.safe_load((ROOT / "notebooks" / "params" / "smoke" / "01_training_history.yaml").read_text())
 
-pytestmark = pytest.mark.notebooks
+# Whole-notebook runs (about two minutes in all). Fast counterparts: byte-identical runs and
+# histories in test_finetune.py / test_organism_history.py, bad parameters in test_bad_inputs.py
+# and test_nb.py. CI runs these too (make test-slow).
+pytestmark = [pytest.mark.notebooks, pytest.mark.slow]
 
 
 def _run(tmp: Path, monkeypatch, **params) -> Path:
