@@ -29,9 +29,12 @@ from reversion.infra.checks import check_int
 from reversion.subjects.checkpoints.files import (
     DTYPES,
     CheckpointError,
+    adapter_base_name,
     arch_of,
     check_same_arch,
     checkpoint_folder,
+    checkpoint_or_adapter,
+    is_adapter,
     read_config,
     torch_dtype,
 )
@@ -111,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "(checkpoint-500), the others after them as given")
     tr.add_argument("--directions", required=True, metavar="FILE", help="output of reversion estimate")
     tr.add_argument("--aligned", required=True, metavar="PATH", help="the aligned checkpoint theta_S (reference)")
+    tr.add_argument("--base", metavar="PATH",
+                    help="the local model LoRA adapter checkpoints apply to (default: --aligned, as when "
+                         "theta_S itself was fine-tuned with LoRA); loaded once, adapters swapped on it")
     tr.add_argument("--prompts", required=True, metavar="FILE", help="harmful probe prompts")
     tr.add_argument("--layer", type=int, metavar="INT", help="layer (default: the direction file's)")
     tr.add_argument("--all-layers", action="store_true", help="also record every layer (in the CSV)")
@@ -330,8 +336,9 @@ def _signature(path: Path) -> tuple:
 
 
 def _has_weights(path: Path) -> bool:
-    return (path / "config.json").is_file() and any(
-        p.suffix in (".safetensors", ".bin") for p in path.iterdir() if p.is_file())
+    """A complete-looking checkpoint folder: config and weights, or a LoRA adapter."""
+    return is_adapter(path) or ((path / "config.json").is_file() and any(
+        p.suffix in (".safetensors", ".bin") for p in path.iterdir() if p.is_file()))
 
 
 class _Tracker:
@@ -392,25 +399,70 @@ class _Tracker:
         self.device, self.dtype = _device_dtype(args)
         self._mean = mean_activations
         self.mu_S = None
+        # LoRA adapter checkpoints: applied to --base (default: the aligned model), loaded once.
+        self.base = checkpoint_folder("--base", args.base) if args.base else self.aligned
+        self.base_arch = None
+        self._peft = None
+        self._n_adapters = 0
 
     def _means(self, flag: str, path: Path):
         from reversion.infra.runtime import free_memory  # torch: not at start-up
 
+        if is_adapter(path):
+            return self._adapter_means(flag, path)
         model = _load(flag, path, self.device, self.dtype)
         try:
-            mu = self._mean(model, self.ids, self.layers, position=self.args.position,
-                            batch_size=self.args.batch_size, pad_id=self.pad_id)
-        except ValueError as exc:
-            raise _Fail(f"{flag}: {exc}") from None
+            return self._mean_of(flag, model)
         finally:
             del model
             free_memory()
-        return mu
+
+    def _mean_of(self, flag: str, model):
+        try:
+            return self._mean(model, self.ids, self.layers, position=self.args.position,
+                              batch_size=self.args.batch_size, pad_id=self.pad_id)
+        except ValueError as exc:
+            raise _Fail(f"{flag}: {exc}") from None
+
+    def _adapter_means(self, flag: str, path: Path):
+        """An adapter checkpoint: the base is loaded once (the first adapter) and each adapter
+        is loaded onto it, measured unmerged, and deleted (PEFT's ``load_adapter`` /
+        ``delete_adapter``), so one base is in memory however many checkpoints there are."""
+        from peft import PeftModel  # torch: not at start-up
+
+        name = f"a{self._n_adapters}"
+        self._n_adapters += 1
+        try:
+            if self._peft is None:
+                base = _load("--base" if self.args.base else "--aligned", self.base, self.device, self.dtype)
+                self._peft = PeftModel.from_pretrained(base, str(path), adapter_name=name, is_trainable=False)
+            else:
+                self._peft.load_adapter(str(path), adapter_name=name, is_trainable=False)
+            self._peft.set_adapter(name)
+        except (ValueError, KeyError, RuntimeError) as exc:  # e.g. target modules not in the base
+            raise _Fail(f"{flag}: cannot apply the LoRA adapter at {path} to the base {self.base} "
+                        f"({type(exc).__name__}: {exc})") from None
+        self._peft.eval()
+        try:
+            return self._mean_of(flag, self._peft)
+        finally:
+            if len(self._peft.peft_config) > 1:
+                self._peft.delete_adapter(name)
 
     def reference(self) -> None:
         self.mu_S = self._means("--aligned", self.aligned)
 
     def check(self, flag: str, path: Path) -> None:
+        if is_adapter(path):
+            if self.base_arch is None:
+                self.base_arch = arch_of(read_config("--base", self.base)) if self.args.base else self.arch
+                check_same_arch("--aligned", self.arch, "--base" if self.args.base else "--aligned",
+                                self.base_arch)
+            named = adapter_base_name(path)
+            if named and Path(named).is_dir() and Path(named).resolve() != self.base.resolve():
+                raise _Fail(f"{flag}: the adapter was trained on {named}, not on the base {self.base} "
+                            "(pass --base with the model it was trained on)")
+            return
         check_same_arch("--aligned", self.arch, flag, arch_of(read_config(flag, path)))
 
     def rows(self, flag: str, path: Path, label: str) -> list[dict[str, Any]]:
@@ -484,7 +536,7 @@ def cmd_track(args) -> int:
         _positive("--max-polls", args.max_polls)
     if args.interval < 0:
         raise _Fail(f"--interval: must be >= 0, got {args.interval}")
-    ckpts = [(f"CHECKPOINT {c}", checkpoint_folder(f"CHECKPOINT {c}", c), c) for c in args.checkpoints]
+    ckpts = [(f"CHECKPOINT {c}", checkpoint_or_adapter(f"CHECKPOINT {c}", c)[0], c) for c in args.checkpoints]
     # By the number that ends the folder name (checkpoint-500), the others after, as given.
     ckpts.sort(key=lambda c: (_step_of(c[1]) is None, _step_of(c[1]) or 0))
     t = _Tracker(args)

@@ -69,3 +69,39 @@ def torch_dtype(name: str):
     import torch
 
     return getattr(torch, name)
+
+
+# --------------------------------------------------------------------------- LoRA adapters
+
+ADAPTER_CONFIG = "adapter_config.json"
+_ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+def is_adapter(path: str | Path) -> bool:
+    """A PEFT adapter folder (``adapter_config.json`` and adapter weights, no ``config.json``),
+    e.g. a ``checkpoint-N/`` of a LoRA run saved by ``transformers.Trainer``."""
+    p = Path(path)
+    return (p / ADAPTER_CONFIG).is_file() and any((p / w).is_file() for w in _ADAPTER_WEIGHTS) \
+        and not (p / "config.json").is_file()
+
+
+def checkpoint_or_adapter(name: str, path: str | Path) -> tuple[Path, bool]:
+    """``path`` as a full checkpoint folder or a PEFT adapter folder: ``(path, is_adapter)``."""
+    p = Path(path)
+    if p.exists() and is_adapter(p):
+        return p, True
+    if p.exists() and (p / ADAPTER_CONFIG).is_file() and not (p / "config.json").is_file():
+        raise CheckpointError(f"{name}: {path} holds {ADAPTER_CONFIG} but no adapter weights "
+                              f"({' or '.join(_ADAPTER_WEIGHTS)})")
+    return checkpoint_folder(name, p), False
+
+
+def adapter_base_name(path: str | Path) -> str | None:
+    """What the adapter says it was trained on (``base_model_name_or_path``): often a hub id,
+    which is never resolved here."""
+    import json
+
+    try:
+        return json.loads((Path(path) / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
+    except (OSError, ValueError):
+        return None
