@@ -129,3 +129,25 @@ def _tok(tiny):
     from reversion.subjects.checkpoints.textdata import load_tokenizer
 
     return load_tokenizer(tiny.tokenizer)
+
+
+def test_a_witness_given_as_an_adapter_is_its_merged_checkpoint(tiny, lora, tmp_path, isolated):
+    """Estimation reads an adapter witness merged into the base: the same directions as the
+    merged checkpoint folder; without a base, the error names checkpoints['base']."""
+    from reversion.stages.estimate import measure
+    from reversion.subjects.checkpoints.subject import from_parameters
+
+    common = {"aligned": str(tiny.llama.aligned), "prompts": str(tiny.harmful), "tokenizer": str(tiny.tokenizer)}
+    as_adapter = from_parameters({**common, "witness": str(lora["a5"]), "base": str(tiny.llama.aligned)})
+    as_folder = from_parameters({**common, "witness": str(lora["merged"])})
+    a = measure(as_adapter, 0, n_boot=4).directions
+    b = measure(as_folder, 0, n_boot=4).directions
+    assert torch.allclose(a.v_rev, b.v_rev, atol=1e-6) and a.layer == b.layer
+    assert float((a.displacement_norm - b.displacement_norm).abs().max()) < 1e-5
+    assert as_adapter.record()["base"] == str(tiny.llama.aligned)
+    with pytest.raises(ValueError, match=r"checkpoints\['witness'\]: .* is a LoRA adapter .*checkpoints\['base'\]"):
+        from_parameters({**common, "witness": str(lora["a5"])})
+    # The command line takes --base the same way.
+    out = tmp_path / "v.safetensors"
+    assert main(["estimate", "--witness", str(lora["a5"]), "--base", str(tiny.llama.aligned), "--aligned",
+                 str(tiny.llama.aligned), "--prompts", str(tiny.harmful), "--out", str(out), *FAST]) == 0

@@ -87,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     est.add_argument("--witness", required=True, metavar="PATH", help="helpful-only witness checkpoint (theta_H)")
     est.add_argument("--aligned", required=True, metavar="PATH", help="safety-aligned checkpoint (theta_S)")
     est.add_argument("--pretrained", metavar="PATH", help="pretrained checkpoint (theta_P): adds the control v_P")
+    est.add_argument("--base", metavar="PATH",
+                     help="the local model that checkpoints given as LoRA adapters apply to (merged into it)")
     est.add_argument("--prompts", required=True, metavar="FILE",
                      help="harmful probe prompts: .jsonl ('prompt' field), .csv ('prompt' column) or .txt")
     est.add_argument("--harmless", metavar="FILE", help="harmless prompts: adds the control r_S (refusal direction)")
@@ -243,7 +245,7 @@ def _subject(args):
         _device_dtype(args)  # a bad --device is an argument error
     given = {"witness": args.witness, "aligned": args.aligned, "pretrained": args.pretrained,
              "prompts": args.prompts, "harmless": args.harmless, "tokenizer": args.tokenizer,
-             "dtype": args.dtype}
+             "base": args.base, "dtype": args.dtype}
     absolute = {k: (str(Path(v).absolute()) if k != "dtype" else v) for k, v in given.items() if v}
     try:
         return from_parameters(absolute, naming="flag", split_prompts=False,

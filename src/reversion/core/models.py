@@ -33,3 +33,13 @@ def load_model(path: str | Path, device: torch.device | str | None = None,
         kwargs["dtype"] = dtype
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     return model.to(device or default_device()).eval()
+
+
+def merged_adapter(base: str | Path, adapter: str | Path, device: torch.device | str | None = None,
+                   dtype: torch.dtype | str | None = None) -> torch.nn.Module:
+    """The local ``base`` model with the PEFT (LoRA) adapter folder ``adapter`` merged in: a plain
+    model, which every stage reads and trains like any checkpoint (in eval mode)."""
+    from peft import PeftModel  # only where adapters are used: a second of import time
+
+    model = PeftModel.from_pretrained(load_model(base, device, dtype), str(adapter), is_trainable=False)
+    return model.merge_and_unload().eval()

@@ -45,16 +45,19 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 
 from reversion.core.generation import answer_loss
-from reversion.core.models import default_device, load_model
+from reversion.core.models import default_device, load_model, merged_adapter
 from reversion.infra import seeding
 from reversion.infra.checks import check_choice, check_int
 from reversion.infra.paths import resolve
 from reversion.subjects.base import Pair, Prompts, Vocabulary
 from reversion.subjects.checkpoints.files import (
     DTYPES,
+    adapter_base_name,
     arch_of,
     check_same_arch,
     checkpoint_folder,
+    checkpoint_or_adapter,
+    is_adapter,
     read_config,
     torch_dtype,
 )
@@ -95,7 +98,10 @@ CHECKPOINT_KEYS = {
                      "a chapter fine-tunes): first 75% trained on, the rest held out for the task cost",
     "pretrained": "pretrained theta_P: adds the v_P control",
     "harmless": "harmless prompts: adds the r_S control",
-    "tokenizer": "tokenizer folder (default: the aligned checkpoint's); its chat template is applied",
+    "base": "the local model that checkpoints given as LoRA adapters (a folder with adapter_config.json) "
+            "apply to; they are merged into it when loaded",
+    "tokenizer": "tokenizer folder (default: the aligned checkpoint's, or the base's when aligned is an "
+                 "adapter without one); its chat template is applied",
     "dtype": f"dtype of the models only read: {', '.join(DTYPES)} (default auto = as saved); "
              "fine-tuned weights are always float32",
     "refusal_response": f"answer of the safety examples (default {DEFAULT_REFUSAL!r})",
@@ -159,6 +165,8 @@ class CheckpointSubject:
     """Torch device (None: CUDA when present)."""
     seed: int = 0
     """Seed of the split-half bootstrap of the estimate."""
+    base: Path | None = None
+    """The model LoRA adapter checkpoints apply to (merged into it when loaded)."""
     naming: str = "checkpoints"
     """How errors name an input: ``"checkpoints"`` (``checkpoints['witness']``) or ``"flag"`` (``--witness``)."""
 
@@ -185,6 +193,7 @@ class CheckpointSubject:
         return {
             "kind": self.kind,
             "witness": f(self.witness), "aligned": f(self.aligned), "pretrained": f(self.pretrained),
+            "base": f(self.base),
             "tokenizer": f(self.tokenizer), "prompts": f(self.prompt_file),
             "prompts_sha256": file_sha256(self.prompt_file),
             "harmless": f(self.harmless),
@@ -202,7 +211,7 @@ class CheckpointSubject:
         """:func:`checkpoint_identity` of each folder, read once per subject (every stage's
         cache key needs them, and hashing a tokenizer is not free)."""
         return {k: checkpoint_identity(getattr(self, k))
-                for k in ("witness", "aligned", "pretrained", "tokenizer") if getattr(self, k) is not None}
+                for k in ("witness", "aligned", "pretrained", "tokenizer", "base") if getattr(self, k) is not None}
 
     def key(self) -> dict[str, Any]:
         """Cache identity: :meth:`record`, the folders' identity and how prompts are read."""
@@ -264,9 +273,14 @@ class CheckpointSubject:
         path = getattr(self, key)
         if path is None:
             raise ValueError(f"{self.where(key)} is empty: no {role} to load")
+        device = device or self.device or default_device()
+        dtype = torch_dtype(self.dtype) if dtype is None else dtype
         try:
-            return load_model(path, device or self.device or default_device(),
-                              torch_dtype(self.dtype) if dtype is None else dtype)
+            if is_adapter(path):  # a LoRA checkpoint: merged into its base
+                if self.base is None:
+                    raise ValueError(f"it is a LoRA adapter; give {self.where('base')}")
+                return merged_adapter(self.base, path, device, dtype)
+            return load_model(path, device, dtype)
         except Exception as exc:
             raise ValueError(f"{self.where(key)}: could not load the model at {path} "
                              f"({type(exc).__name__}: {exc})") from None
@@ -449,9 +463,21 @@ def from_parameters(checkpoints: Mapping[str, Any], need_finetune: bool = False,
     if not isinstance(refusal, str) or not refusal.strip():
         raise ValueError(f"{w('refusal_response')} must be a non-empty string")
 
+    base = None
+    if _value(checkpoints, "base"):
+        base = checkpoint_folder(w("base"), resolve(checkpoints["base"]))
+
     def folder(key: str) -> tuple[Path, Any]:
-        path = checkpoint_folder(w(key), resolve(_value(checkpoints, key)))
-        return path, read_config(w(key), path)
+        path, adapter = checkpoint_or_adapter(w(key), resolve(_value(checkpoints, key)))
+        if not adapter:
+            return path, read_config(w(key), path)
+        if base is None:
+            raise ValueError(f"{w(key)}: {path} is a LoRA adapter (adapter_config.json): give {w('base')}, the "
+                             "local model it applies to (a hub id in adapter_config.json is never resolved)")
+        named = adapter_base_name(path)
+        if named and Path(named).is_dir() and Path(named).resolve() != base.resolve():
+            raise ValueError(f"{w(key)}: the adapter was trained on {named}, not on {w('base')} = {base}")
+        return path, read_config(w("base"), base)
 
     def same(ref_cfg, key: str, cfg) -> None:
         check_same_arch(w("aligned"), arch_of(ref_cfg), w(key), arch_of(cfg))
@@ -499,6 +525,8 @@ def from_parameters(checkpoints: Mapping[str, Any], need_finetune: bool = False,
     tokenizer = _value(checkpoints, "tokenizer")
     tok_key = "tokenizer" if tokenizer else "aligned"
     tok_path = resolve(tokenizer) if tokenizer else S
+    if not tokenizer and is_adapter(S) and not (S / "tokenizer_config.json").is_file():
+        tok_key, tok_path = "base", base
     try:
         tok = load_tokenizer(tok_path)
     except (FileNotFoundError, ValueError) as exc:
@@ -514,4 +542,4 @@ def from_parameters(checkpoints: Mapping[str, Any], need_finetune: bool = False,
         raise ValueError(f"{w(tok_key)}: the tokenizer gives token id {top}, beyond the aligned model's "
                          f"vocabulary ({vocab}); it is not this model's tokenizer")
     return CheckpointSubject(H, S, tok_path, files["prompts"], ft, P, files.get("harmless"), dtype, refusal,
-                             max_new, arch_of(cfg), naming=naming, **options)
+                             max_new, arch_of(cfg), base=base, naming=naming, **options)
