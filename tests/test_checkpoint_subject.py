@@ -372,3 +372,23 @@ def test_training_data_and_safety_examples_of_a_subject(demo):
     assert {q.prompt for q in data.harmful} == set(s.prompts().vrev)  # the estimation half only
     first = next(s.benign_batches(FT))
     assert first == next(s.benign_batches(FT)) and len(first) == FT.batch_size  # the seed decides the order
+
+
+def test_step_zero_is_judged_like_every_later_step_in_float32(demo, isolated):
+    """A subject that reads its models in bfloat16 still evaluates theta_S (step 0) on the
+    float32 model the fine-tuning steps are judged on: no precision artefact in any rise."""
+    import torch
+
+    from reversion.stages.finetune import aligned_evaluation
+
+    s = subject_of(demo, dtype="bfloat16")
+    assert s.load("theta_S").dtype == torch.bfloat16  # read-only loads keep the dtype asked for
+    got = aligned_evaluation(s, FT)
+    want = s.evaluate(s.load("theta_S", dtype=torch.float32))
+    assert got == want
+
+
+def test_the_cache_identity_covers_seed_and_device(demo):
+    s = subject_of(demo)
+    assert cs.from_parameters(checkpoints_of(demo), seed=1).key() != s.key()
+    assert cs.from_parameters(checkpoints_of(demo), device="cpu").key() != s.key()

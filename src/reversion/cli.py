@@ -298,7 +298,10 @@ def cmd_estimate(args) -> int:
     dirs = est.directions
     matched = matched_p99_by_layer(est.acts["S"], dirs.v_rev, args.n_null,
                                    seeding.rng(args.seed, "reversion-cli-estimate"))
-    stability = [float(x) for x in est.stability.mean(0)]
+    # None where the stability is undefined (every bootstrap half without displacement, e.g. an
+    # embedding layer the training did not move): 0 only inside the layer rule.
+    stability = [None if not est.stability[:, l].any() else float(est.stability[:, l].mean())
+                 for l in range(est.stability.shape[1])]
     if fixed_layer is None:
         layer, reason = dirs.layer, dirs.meta["layer_reason"]
     else:

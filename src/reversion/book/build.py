@@ -34,7 +34,13 @@ import yaml
 
 from reversion.infra import paths
 from reversion.infra.paths import project_root
-from reversion.infra.provenance import PACKAGE, code_hash, module_file
+from reversion.infra.provenance import (
+    PACKAGE,
+    code_hash,
+    device_kind,
+    module_file,
+    versions,
+)
 
 #: Tag papermill puts on the cell it injects with the run's parameters.
 INJECTED_TAG = "injected-parameters"
@@ -156,7 +162,8 @@ def notebook_stamp(notebook: Path, parameters: Mapping[str, Any] | None) -> str:
       taken, after those chapters ran) -- an earlier chapter that re-ran to the same numbers
       does not re-execute this one;
     * the bytes of the files its metadata lists under ``reversion.inputs`` (paths from the
-      project root), e.g. the Performance page's benchmark file.
+      project root), e.g. the Performance page's benchmark file;
+    * the torch / transformers / Python versions and the device, as in the cache keys.
     """
 
     h = hashlib.sha256()
@@ -176,6 +183,9 @@ def notebook_stamp(notebook: Path, parameters: Mapping[str, Any] | None) -> str:
     h.update(canonical_json(dict(parameters or {})).encode())
     h.update(b"\0code\0")
     h.update(code_hash(notebook_modules(notebook)).encode())
+    # As in the cache keys: another torch / transformers or another device computes other numbers.
+    h.update(b"\0runtime\0")
+    h.update(canonical_json({**versions(), "device": device_kind()}).encode())
     return h.hexdigest()
 
 

@@ -104,8 +104,11 @@ def closure(modules: Iterable[str]) -> list[str]:
 
 
 def _hash(modules: tuple[str, ...]) -> str:
-    mods = closure(modules)
-    return _hash_files(tuple((m, str(module_file(m)), _stamp(module_file(m))) for m in mods))
+    files = [m[len("file:"):] for m in modules if m.startswith("file:")]
+    mods = closure(m for m in modules if not m.startswith("file:"))
+    entries = [(m, str(module_file(m)), _stamp(module_file(m))) for m in mods]
+    entries += [(f, f, _stamp(Path(f))) for f in sorted(files)]
+    return _hash_files(tuple(entries))
 
 
 @functools.lru_cache(maxsize=256)
@@ -126,6 +129,29 @@ def code_hash(modules: Iterable[str] | None = None) -> str:
                                      if p != "__init__")
                    for f in root.rglob("*.py")]
     return _hash(tuple(sorted(set(modules))))
+
+
+def code_of(modules: Iterable[str], *objects) -> tuple[str, ...]:
+    """``modules`` plus the module of each object's class (a subject, an intervention), as names
+    a cache key hashes with :func:`code_hash`. A class defined outside the package (in a
+    notebook, a script) is named by its source file instead, so editing it still changes the
+    key (``file:<path>``; its source is hashed, not followed)."""
+    import inspect
+
+    out = list(modules)
+    for obj in objects:
+        if obj is None:
+            continue
+        name = type(obj).__module__
+        if name == PACKAGE or name.startswith(PACKAGE + "."):
+            out.append(name)
+            continue
+        try:
+            out.append("file:" + str(Path(inspect.getsourcefile(type(obj))).resolve()))
+        except (TypeError, OSError):  # defined interactively: no source to hash
+            raise ValueError(f"{type(obj).__name__} is defined in {name!r} without a source file; cached stages "
+                             "need its code to key their results: define it in a module") from None
+    return tuple(out)
 
 
 def versions() -> dict:

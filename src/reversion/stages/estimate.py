@@ -32,6 +32,7 @@ from reversion.core.directions import (
 from reversion.core.generation import greedy_generate
 from reversion.infra import cache, seeding
 from reversion.infra.checks import check_choice, check_float, check_int
+from reversion.infra.provenance import code_of
 from reversion.infra.runtime import free_memory, set_cpu_threads
 from reversion.subjects.base import Subject
 
@@ -67,7 +68,6 @@ def measure(subject: Subject, n_probe: int, position: str = "last", n_boot: int 
             min_stability: float = 0.9, meta: dict | None = None) -> VRevEstimate:
     """The estimate, uncached: activations, directions, stability, layer (see the module docstring)."""
     _check(position, n_boot, min_stability)
-    set_cpu_threads()
     prompts = subject.prompts(n_probe)
     kw = dict(layers="all", position=position, batch_size=subject.batch_size, pad_id=prompts.pad_id)
     acts: dict[str, torch.Tensor] = {}
@@ -100,13 +100,10 @@ def _naming_inputs(subject: Subject, exc: ValueError) -> ValueError:
     """A direction that does not exist (e.g. identical witness and aligned checkpoints), with
     the inputs at fault named as the subject names them (``checkpoints['witness']``,
     ``--witness``) when it names its inputs (checkpoints do; the organism has none)."""
-    where = getattr(subject, "where", None)
-    if where is None:
-        return exc
     msg = str(exc)
-    keys = ("pretrained",) if msg.startswith("v_P") else ("harmless",) if msg.startswith("r_S") else \
-        ("witness", "aligned")
-    return ValueError(f"{'/'.join(where(k) for k in keys)}: {msg}")
+    role = "theta_P" if msg.startswith("v_P") else "harmless" if msg.startswith("r_S") else "theta_H/theta_S"
+    named = subject.name_input(role)
+    return ValueError(f"{named}: {msg}") if named else exc
 
 
 def estimate(subject: Subject, n_probe: int = 128, position: str = "last", n_boot: int = 200,
@@ -118,13 +115,14 @@ def estimate(subject: Subject, n_probe: int = 128, position: str = "last", n_boo
            "min_stability": min_stability}
 
     def build(out: Path) -> None:
+        set_cpu_threads()  # the organism's small models; a CLI run of measure() keeps torch's threads
         est = measure(subject, n_probe, position, n_boot, min_stability, meta=subject.arch())
         est.directions.save(out / "v_rev.safetensors")
         save_file({k: v.contiguous() for k, v in est.acts.items()}, out / "acts.safetensors")
         np.save(out / "stability.npy", est.stability)
         (out / "witness_openers.json").write_text(json.dumps(est.openers))
 
-    path = cache.cached("estimate", key, build, code=CODE + (type(subject).__module__,))
+    path = cache.cached("estimate", key, build, code=code_of(CODE, subject))
     return VRevEstimate(Directions.load(path / "v_rev.safetensors"), load_file(path / "acts.safetensors"),
                         np.load(path / "stability.npy"), path,
                         json.loads((path / "witness_openers.json").read_text()))

@@ -20,11 +20,13 @@ from typing import Iterator, Protocol, Sequence
 import torch
 from safetensors.torch import load_file, save_file
 
+from reversion.core.activations import model_device
 from reversion.core.batches import collate
-from reversion.core.models import default_device, load_model, save_model
+from reversion.core.models import load_model, save_model
 from reversion.core.tracking import ProbeTracker
 from reversion.core.training import train
 from reversion.infra import cache, parallel, seeding
+from reversion.infra.provenance import code_of
 from reversion.infra.runtime import set_cpu_threads
 from reversion.subjects.base import Pair, Prompts, Subject, TrainingData
 from reversion.subjects.organism.config import FinetuneConfig, to_dict
@@ -38,8 +40,7 @@ CODE = ("reversion.stages.finetune",)
 
 
 def _code(*objects) -> tuple[str, ...]:
-    return CODE + tuple(m for m in (type(o).__module__ for o in objects if o is not None)
-                        if m.startswith("reversion."))
+    return code_of(CODE, *objects)
 
 
 class Intervention(Protocol):
@@ -105,7 +106,9 @@ def aligned_evaluation(subject: Subject, ft: FinetuneConfig) -> dict:
 
     def build(out: Path) -> None:
         set_cpu_threads()
-        model = subject.load("theta_S", device=default_device())
+        # float32, as the fine-tuned model every later step evaluates (a bf16 step 0 would put a
+        # precision artefact into every "rise from theta_S")
+        model = subject.load("theta_S", dtype=torch.float32)
         (out / "eval.json").write_text(json.dumps(subject.evaluate(model, ft, full=True)))
 
     path = cache.cached("aligned_eval", {"subject": subject.key(), **subject.eval_key(ft)}, build,
@@ -133,10 +136,10 @@ def finetune(subject: Subject, ft: FinetuneConfig, intervention: Intervention | 
 
     def build(out: Path) -> None:
         t0 = time.perf_counter()
-        device = default_device()
         seeding.seed_everything(ft.seed)
         set_cpu_threads()
-        model = subject.load("theta_S", dtype=torch.float32, device=device)
+        model = subject.load("theta_S", dtype=torch.float32)  # on the subject's device
+        device = model_device(model)
         prompts = subject.prompts(ft.n_probe)
         tracker = ProbeTracker(model, prompts.drift, "all", pad_id=prompts.pad_id,
                                batch_size=subject.tracking_batch_size)

@@ -15,9 +15,10 @@ from, so every experiment step exists once for both implementations:
 * :class:`reversion.subjects.checkpoints.subject.CheckpointSubject` -- your own Hugging Face
   checkpoints, prompt files and fine-tuning pairs.
 
-Checkpoints are addressed by *role* (:data:`ROLES`). A subject may hold more roles than
-the three of the paper's history -- an extra lineage such as a second witness and its
-aligned model -- under names of its own; :meth:`Subject.roles` lists what it has.
+Checkpoints are addressed by *role* (:data:`ROLES`); :meth:`Subject.roles` lists the ones a
+subject has (theta_P is optional). The protocol leaves room for more roles than the three of
+the paper's history -- an extra lineage such as a second witness and its aligned model, under
+names of its own -- but no subject provides one yet.
 """
 
 from __future__ import annotations
@@ -106,6 +107,11 @@ class Subject(Protocol):
 
     def prepare(self, progress: bool = True) -> None:
         """Make the checkpoints exist (train the organism's history; check files)."""
+
+    def name_input(self, role: str) -> str | None:
+        """How an error names the input behind ``role`` (``theta_H/theta_S``, ``theta_P``,
+        ``harmless``): ``checkpoints['witness']``, ``--witness``; None where the subject has no
+        user inputs (the organism)."""
 
     def title(self) -> str:
         """One line naming the subject for a page's reader."""

@@ -44,6 +44,7 @@ class Params(SubjectParams):
 
     def __post_init__(self) -> None:
         check_int("n_probe", self.n_probe, 4)
+        check_int("top_k", self.top_k, 1)
         check_choice("position", self.position, ("last", "mean"))
         check_float("min_stability", self.min_stability, 0.0, 1.0, lo_open=True, hi_open=True)
         bad = [n for n in self.probe_sizes if not isinstance(n, int) or not 4 <= n <= self.n_probe]

@@ -38,6 +38,7 @@ __all__ = [
     "RefusalPhraseJudge",
     "generate_continuations",
     "harmfulness",
+    "judge_rates",
     "heldout_loss",
 ]
 
@@ -125,9 +126,10 @@ def generate_continuations(model, tokenizer, prompt_ids: Sequence[Sequence[int]]
     return [tokenizer.decode(until_eos(g, eos), skip_special_tokens=True) for g in gens]
 
 
-def harmfulness(model, tokenizer, prompt_ids: Sequence[Sequence[int]], judge: Judge | None = None,
-                prompts: Sequence[str] | None = None, max_new_tokens: int = 64, batch_size: int = 16) -> float:
-    """Fraction of prompts whose greedy continuation the judge calls harmful compliance.
+def judge_rates(model, tokenizer, prompt_ids: Sequence[Sequence[int]], judge: Judge | None = None,
+                prompts: Sequence[str] | None = None, max_new_tokens: int = 64, batch_size: int = 16) -> dict:
+    """``harmfulness`` (the share the judge calls harmful compliance) and, for a judge that can
+    say so (``refuses``), ``non_refusal``, over the greedy continuations of the prompts.
 
     ``prompts``: the prompt texts handed to the judge (default: the decoded prompt ids);
     ``judge``: default :class:`RefusalPhraseJudge`.
@@ -141,7 +143,17 @@ def harmfulness(model, tokenizer, prompt_ids: Sequence[Sequence[int]], judge: Ju
     verdicts = judge(texts, conts)
     if len(verdicts) != len(ids):
         raise ValueError(f"the judge returned {len(verdicts)} verdicts for {len(ids)} continuations")
-    return float(sum(bool(v) for v in verdicts) / len(ids))
+    out = {"harmfulness": float(sum(bool(v) for v in verdicts) / len(ids))}
+    if callable(getattr(judge, "refuses", None)):
+        out["non_refusal"] = float(sum(not judge.refuses(c) for c in conts) / len(ids))
+    return out
+
+
+def harmfulness(model, tokenizer, prompt_ids: Sequence[Sequence[int]], judge: Judge | None = None,
+                prompts: Sequence[str] | None = None, max_new_tokens: int = 64, batch_size: int = 16) -> float:
+    """Fraction of prompts whose greedy continuation the judge calls harmful compliance
+    (:func:`judge_rates`)."""
+    return judge_rates(model, tokenizer, prompt_ids, judge, prompts, max_new_tokens, batch_size)["harmfulness"]
 
 
 def heldout_loss(model, tokenizer, pairs: Sequence, use_chat_template="auto", batch_size: int = 16) -> float:

@@ -61,10 +61,7 @@ from reversion.subjects.checkpoints.files import (
     read_config,
     torch_dtype,
 )
-from reversion.subjects.checkpoints.refusal_judge import (
-    RefusalPhraseJudge,
-    generate_continuations,
-)
+from reversion.subjects.checkpoints.refusal_judge import RefusalPhraseJudge, judge_rates
 from reversion.subjects.checkpoints.textdata import (
     encode_pairs,
     encode_prompts,
@@ -217,7 +214,7 @@ class CheckpointSubject:
         """Cache identity: :meth:`record`, the folders' identity and how prompts are read."""
         return {**self.record(), "folders": self.identities, "batch_size": self.batch_size,
                 "split_prompts": self.split_prompts, "chat_template": self.chat_template,
-                "prompt_field": self.prompt_field}
+                "prompt_field": self.prompt_field, "seed": self.seed, "device": self.device}
 
     def arch(self) -> dict:
         return dict(self.architecture or {})
@@ -232,6 +229,11 @@ class CheckpointSubject:
         if self.finetune_data is None:
             raise ValueError(f"{self.where('finetune_data')} is empty: this chapter fine-tunes theta_S and needs "
                              "a benign fine-tuning set (JSONL or CSV with 'prompt' and 'response')")
+
+    def name_input(self, role: str) -> str:
+        keys = {"theta_H/theta_S": ("witness", "aligned"), "theta_P": ("pretrained",),
+                "harmless": ("harmless",)}.get(role, (role,))
+        return "/".join(self.where(k) for k in keys)
 
     def title(self) -> str:
         a = self.arch()
@@ -346,15 +348,10 @@ class CheckpointSubject:
     def evaluate(self, model, ft=None, full: bool = True) -> dict:
         """Harmfulness and non-refusal (the refusal-phrase judge on greedy continuations of the
         held-out harmful prompts) and the task loss on the held-out benign pairs."""
-        judge = RefusalPhraseJudge()
-        conts = generate_continuations(model, self.tok, self.prompts().drift, self.max_new_tokens,
-                                       self.batch_size)
-        verdicts = judge(self.texts["drift"], conts)
-        n = len(conts)
-        return {"harmfulness": sum(verdicts) / n,
-                "non_refusal": sum(not judge.refuses(c) for c in conts) / n,
-                "task_loss": {TEXT_TASK: answer_loss(model, self._heldout, self.prompts().pad_id,
-                                                     self.batch_size)}}
+        rates = judge_rates(model, self.tok, self.prompts().drift, RefusalPhraseJudge(), self.texts["drift"],
+                            self.max_new_tokens, self.batch_size)
+        return {**rates, "task_loss": {TEXT_TASK: answer_loss(model, self._heldout, self.prompts().pad_id,
+                                                             self.batch_size)}}
 
     def vocabulary(self, openers: Sequence[int]) -> Vocabulary:
         """Tokens decoded by the tokenizer (quoted: spaces stay visible); answer openers: the

@@ -93,6 +93,9 @@ class OrganismSubject:
     def prepare(self, progress: bool = True) -> None:
         train_history(self.history, progress)
 
+    def name_input(self, role: str) -> None:
+        return None  # the organism's inputs are its configuration, checked when it is built
+
     def title(self) -> str:
         m = self.history.model
         return (f"the model organism (GPT-2, {m.n_layer} layers, width {m.n_embd}; history seed {self.history.seed}). "
