@@ -52,8 +52,7 @@ from reversion.stages.finetune import _collated
 from reversion.subjects.base import Prompts
 from reversion.subjects.organism.language import PAD, Language
 from reversion.subjects.organism.model import build_model
-from reversion.subjects.organism.prompts import ProbeSets
-from reversion.subjects.organism.subject import benign_batches
+from reversion.subjects.organism.subject import OrganismSubject, benign_batches
 from reversion.subjects.organism.worlds import World, make_world
 
 TARGETS = {
@@ -90,7 +89,7 @@ class _Loop:
 
     world: World
     model: torch.nn.Module
-    probes: ProbeSets
+    probes: Prompts
     lang: Language
 
     @classmethod
@@ -98,7 +97,7 @@ class _Loop:
         lang = Language(world.history.language)
         seeding.seed_everything(seed)
         model = build_model(world.history.model, lang.vocab_size)
-        probes = ProbeSets.build(lang, n_probe or world.finetune.n_probe)
+        probes = OrganismSubject(world.history).prompts(n_probe or world.finetune.n_probe)
         return cls(world, model, probes, lang)
 
     def stepper(self, aux: Callable | None = None, after: Callable | None = None) -> Callable[[], None]:
@@ -146,13 +145,12 @@ def bench_steps(world: World, repeats: int = 60, world_name: str = "default") ->
     layer = chosen_layer(world, world_name)
     L = world.history.model.n_layer
     loop = _Loop.build(world)
-    drift = loop.probes.harmful_drift
+    drift = loop.probes.drift
     at_layer = ProbeTracker(loop.model, drift, [layer], pad_id=PAD)
     every = ProbeTracker(loop.model, drift, "all", pad_id=PAD)
     v = torch.nn.functional.normalize(torch.randn(L + 1, world.history.model.n_embd, dtype=torch.float64), dim=1)
     block = Block(v, torch.ones(L + 1, dtype=torch.float64), 1.0, list(range(1, L + 1)))
-    p = loop.probes
-    block.setup(loop.model, loop.lang, Prompts(p.harmful_vrev, p.harmless_vrev, p.harmful_drift, p.harmful_block, PAD))
+    block.setup(loop.model, loop.lang, loop.probes)
     fns = {
         "plain": loop.stepper(),
         "tracked_chosen_layer": loop.stepper(after=at_layer),
@@ -182,7 +180,7 @@ def bench_extraction(world: World, n_probe: int = 512, repeats: int = 15) -> dic
     set_cpu_threads()
     loop = _Loop.build(world, n_probe)
     model = loop.model.eval()
-    prompts = loop.probes.harmful_vrev
+    prompts = loop.probes.vrev
 
     def plain() -> torch.Tensor:
         total = None
@@ -221,10 +219,10 @@ def bench_scaling(world: World, widths=(32, 64, 128, 256), n_probes=(16, 64, 128
     for kind, value, mc, n_probe in cases:
         w = dataclasses.replace(world, history=dataclasses.replace(world.history, model=mc))
         loop = _Loop.build(w, n_probe)
-        tracker = ProbeTracker(loop.model, loop.probes.harmful_drift, "all", pad_id=PAD)
+        tracker = ProbeTracker(loop.model, loop.probes.drift, "all", pad_id=PAD)
         ms = interleaved({"step": loop.stepper(), "tracking": lambda: tracker(loop.model)}, repeats)
         rows.append({"vary": kind, "value": value, "width": mc.n_embd,
-                     "n_probe": len(loop.probes.harmful_drift), "step_ms": ms["step"],
+                     "n_probe": len(loop.probes.drift), "step_ms": ms["step"],
                      "tracking_ms": ms["tracking"], "overhead": ms["tracking"] / ms["step"]})
     return rows
 
@@ -237,7 +235,7 @@ def profile_step(world: World, layer: int, steps: int = 40) -> str | None:
         return None
     set_cpu_threads()
     loop = _Loop.build(world)
-    tracker = ProbeTracker(loop.model, loop.probes.harmful_drift, [layer], pad_id=PAD)
+    tracker = ProbeTracker(loop.model, loop.probes.drift, [layer], pad_id=PAD)
     step = loop.stepper(after=tracker)
     step()
     prof = Profiler(interval=0.0005)

@@ -89,9 +89,10 @@ def stage_ids(subject: Subject, est=None) -> dict:
     return out
 
 
-def write_chapter(stem: str, module: str, P: SubjectParams, res, metrics: dict) -> dict:
+def write_chapter(stem: str, module: str, P: SubjectParams, res, metrics: dict, fine_tunes: bool = True) -> dict:
     """``results/<stem>/metrics.json`` of an experiment chapter: its metrics with the parameters,
-    the seeds, the subject's record, the stage identities and the chapter module's code identity."""
-    write_metrics(stem, metrics, P.recorded(), seeds=getattr(res.world, "seeds", None),
+    the fine-tuning seeds (where it fine-tunes), the subject's record, the stage identities and
+    the chapter module's code identity."""
+    write_metrics(stem, metrics, P.recorded(), seeds=res.world.seeds if fine_tunes else None,
                   subject=res.subject.record(), stages=stage_ids(res.subject, res.est), code=(module,))
     return metrics

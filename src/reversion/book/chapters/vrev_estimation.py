@@ -6,11 +6,10 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from reversion.book.chapters.common import SubjectParams, stage_ids
+from reversion.book.chapters.common import SubjectParams, write_chapter
 from reversion.core import stats
 from reversion.infra import paths
 from reversion.infra.checks import check_choice, check_float, check_int
-from reversion.infra.results import write_metrics
 from reversion.stages.estimate import (
     VRevEstimate,
     estimate,
@@ -142,6 +141,4 @@ def save(P: Params, res: Result) -> dict:
     }
     # The direction file first: a metrics.json that exists always has its direction beside it.
     d.save(paths.results_dir() / STEM / "v_rev.safetensors")
-    write_metrics(STEM, m, P.recorded(), subject=res.subject.record(),
-                  stages=stage_ids(res.subject, res.est), code=(__name__,))
-    return m
+    return write_chapter(STEM, __name__, P, res, m, fine_tunes=False)
