@@ -32,7 +32,7 @@ from reversion.stages.readout import readout
 from reversion.subjects.checkpoints import demo as demo_models
 from reversion.subjects.checkpoints import subject as cs
 from reversion.subjects.checkpoints.textdata import read_prompts
-from reversion.subjects.organism.config import FinetuneConfig
+from reversion.core.training import FinetuneConfig
 from reversion.subjects.organism.subject import OrganismSubject
 
 from helpers import EXAMPLES, make_model, make_tokenizer, save, write_jsonl

@@ -27,7 +27,8 @@ def test_defaults_are_valid_and_json_ready():
 
 
 @pytest.mark.parametrize("make, match", [
-    (lambda: FinetuneConfig(task="bogus"), r"finetune\.task.*'bogus'"),
+    (lambda: World(finetune=FinetuneConfig(task="bogus")), r"finetune\.task .bogus. is not a task of this language"),
+    (lambda: FinetuneConfig(task=""), r"finetune\.task must be a task name"),
     (lambda: LanguageConfig(tasks=("x",)), r"language\.tasks.*'x'"),
     (lambda: LanguageConfig(tasks=("sort", "sort")), r"language\.tasks.*duplicates"),
     (lambda: LanguageConfig(tasks=()), r"language\.tasks"),

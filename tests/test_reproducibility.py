@@ -51,7 +51,7 @@ def test_a_different_world_changes_the_metrics(tmp_path, monkeypatch):
     ({"world_overrides": {"finetune": {"lr": -1e-4}}}, r"finetune\.lr must be a finite number > 0"),
     ({"world_overrides": {"finetune": {"steps": 0}}}, r"finetune\.steps \(T\) must be an int >= 1"),
     ({"world_overrides": {"history": {"model": {"n_embd": 30, "n_head": 4}}}}, "divisible"),
-    ({"world_overrides": {"finetune": {"task": "juggle"}}}, "unknown task 'juggle'"),
+    ({"world_overrides": {"finetune": {"task": "juggle"}}}, "finetune.task 'juggle' is not a task of this language"),
 ])
 def test_bad_parameters_fail_before_any_work(tmp_path, monkeypatch, params, message):
     with pytest.raises(pm.PapermillExecutionError, match=message):

@@ -11,6 +11,7 @@ steps; its evaluation of theta_S (step 0 of every run) is a stage of its own, ca
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -24,12 +25,11 @@ from reversion.core.activations import model_device
 from reversion.core.batches import collate
 from reversion.core.models import load_model, save_model
 from reversion.core.tracking import ProbeTracker
-from reversion.core.training import train
+from reversion.core.training import FinetuneConfig, train
 from reversion.infra import cache, parallel, seeding
 from reversion.infra.provenance import code_of
 from reversion.infra.runtime import set_cpu_threads
 from reversion.subjects.base import Pair, Prompts, Subject, TrainingData
-from reversion.subjects.organism.config import FinetuneConfig, to_dict
 
 __all__ = ["FinetuneRun", "Intervention", "Job", "aligned_evaluation", "finetune", "finetune_many",
            "load_run", "train_with", "write_run"]
@@ -95,7 +95,7 @@ Job = tuple[Subject, FinetuneConfig, "Intervention | None"]
 
 
 def _key(subject: Subject, ft: FinetuneConfig, intervention: Intervention | None) -> dict:
-    return {"subject": subject.key(), "finetune": to_dict(ft),
+    return {"subject": subject.key(), "finetune": dataclasses.asdict(ft),
             "intervention": intervention.key() if intervention is not None else None}
 
 

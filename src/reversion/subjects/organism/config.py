@@ -10,6 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from reversion.core.training import FinetuneConfig  # noqa: F401 -- a world's fine-tuning, with its history
 from reversion.infra.checks import check_float, check_fraction, check_int
 
 TASKS = ("reverse", "rotate", "swap", "sort")
@@ -145,47 +146,6 @@ class HistoryConfig:
             raise ValueError(
                 f"model.n_positions ({self.model.n_positions}) is shorter than the longest "
                 f"sequence ({longest}) for language.max_len={self.language.max_len}")
-
-
-@dataclass(frozen=True)
-class FinetuneConfig:
-    """Benign fine-tuning from theta_S on one harmless task."""
-
-    task: str = "sort"
-    """The benign fine-tuning task (no harmful prompt anywhere in its data)."""
-    steps: int = 100
-    """T, the number of optimizer steps."""
-    lr: float = 3e-4
-    """Learning rate (AdamW, constant)."""
-    batch_size: int = 32
-    """Sequences per step."""
-    seed: int = 0
-    """Fine-tuning seed: data order. Every variant with this seed sees the same batches."""
-    eval_steps: tuple[int, ...] = (0, 1, 2, 3, 4, 5, 10, 15, 20, 30, 50, 75, 100)
-    """Steps at which generation-based metrics are evaluated (see :attr:`grid`)."""
-    n_eval: int = 200
-    """Held-out harmful prompts judged at each evaluation step (and benign prompts per task)."""
-    n_probe: int = 128
-    """Drift-probe prompts whose mean activations are recorded at every step."""
-
-    def __post_init__(self) -> None:
-        if self.task not in TASKS:
-            raise ValueError(f"finetune.task: unknown task {self.task!r} (known: {', '.join(TASKS)})")
-        check_int("finetune.steps (T)", self.steps, 1)
-        check_float("finetune.lr", self.lr, 0.0, lo_open=True)
-        check_int("finetune.batch_size", self.batch_size, 1)
-        check_int("finetune.seed", self.seed, 0)
-        check_int("finetune.n_eval", self.n_eval, 1)
-        check_int("finetune.n_probe", self.n_probe, 2)
-        if isinstance(self.eval_steps, list):
-            object.__setattr__(self, "eval_steps", tuple(self.eval_steps))
-        if any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in self.eval_steps):
-            raise ValueError(f"finetune.eval_steps must be ints >= 0, got {self.eval_steps}")
-
-    @property
-    def grid(self) -> tuple[int, ...]:
-        """Evaluation steps actually used: ``eval_steps`` up to T, plus 0 and T."""
-        return tuple(sorted({s for s in self.eval_steps if s <= self.steps} | {0, self.steps}))
 
 
 def to_dict(cfg: Any) -> dict:
