@@ -12,10 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers import Tiny, build_tiny, in_cache
 
 from reversion.subjects.checkpoints import demo as demo_models
-
-from helpers import Tiny, build_tiny
+from reversion.subjects.organism.history import train_history
 
 
 @pytest.fixture
@@ -37,3 +37,32 @@ def demo(tmp_path_factory) -> dict[str, Path]:
     """The tiny demo history of chapter 07 (Llama): pretrained, witness, aligned, tokenizer
     (:func:`reversion.subjects.checkpoints.demo.build_demo`, 30 steps per phase)."""
     return demo_models.build_demo(tmp_path_factory.mktemp("demo"), "llama", seed=0, steps=30)
+
+
+@pytest.fixture(scope="module")
+def cache_a(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache-a") / "cache"
+
+
+@pytest.fixture(scope="module")
+def cache_b(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache-b") / "cache"
+
+
+@pytest.fixture(scope="module")
+def hist_a(world, cache_a):
+    mp = in_cache(cache_a)
+    try:
+        yield train_history(world.history, progress=False)
+    finally:
+        mp.undo()
+
+
+@pytest.fixture(scope="module")
+def hist_b(world, cache_b):
+    """The same history trained again, from nothing, in another empty cache."""
+    mp = in_cache(cache_b)
+    try:
+        yield train_history(world.history, progress=False)
+    finally:
+        mp.undo()

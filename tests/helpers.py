@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
-from reversion.subjects.checkpoints import demo
-from reversion.infra.runtime import set_cpu_threads
 from reversion.core.hooks import get_blocks
+from reversion.infra.runtime import set_cpu_threads
+from reversion.subjects.checkpoints import demo
 from reversion.subjects.checkpoints.textdata import read_pairs, read_prompts
 
 EXAMPLES = demo.example_files()
@@ -129,5 +129,16 @@ def planted_pair(root: Path, family: str = "llama", steps: int = 30, lr: float =
     return root / "witness", root / "aligned", tok
 
 
+def in_cache(folder: Path):
+    """A ``pytest.MonkeyPatch`` pointing the cache at ``folder`` (results beside it); ``undo()`` it.
+    For module- or session-scoped fixtures, where the function-scoped ``isolated`` cannot serve."""
+    import pytest
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv("REVERSION_CACHE", str(folder))
+    mp.setenv("REVERSION_RESULTS", str(folder.parent / "results"))
+    return mp
+
+
 __all__ = ["Pair", "Tiny", "build_tiny", "make_model", "make_tokenizer", "perturbed",
-           "planted_pair", "save", "write_jsonl"]
+           "in_cache", "planted_pair", "save", "write_jsonl"]

@@ -18,16 +18,21 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import in_cache
 from safetensors.torch import load_file
 
 from reversion.core.activations import mean_activations
 from reversion.core.models import load_model
 from reversion.infra import cache
 from reversion.stages import finetune as finetune_mod
-from reversion.stages.finetune import aligned_evaluation, finetune, finetune_many, load_run
+from reversion.stages.finetune import (
+    aligned_evaluation,
+    finetune,
+    finetune_many,
+    load_run,
+)
 from reversion.subjects.organism import history as history_mod
 from reversion.subjects.organism.config import LanguageConfig, to_dict
-from reversion.subjects.organism.history import train_history
 from reversion.subjects.organism.language import PAD, Language
 from reversion.subjects.organism.prompts import ProbeSets
 from reversion.subjects.organism.subject import OrganismSubject
@@ -59,45 +64,9 @@ def subject(world) -> OrganismSubject:
     return OrganismSubject(world.history)
 
 
-def _in_cache(folder: Path):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("REVERSION_CACHE", str(folder))
-    mp.setenv("REVERSION_RESULTS", str(folder.parent / "results"))
-    return mp
-
-
-@pytest.fixture(scope="module")
-def cache_a(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("cache-a") / "cache"
-
-
-@pytest.fixture(scope="module")
-def cache_b(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("cache-b") / "cache"
-
-
-@pytest.fixture(scope="module")
-def hist_a(world, cache_a):
-    mp = _in_cache(cache_a)
-    try:
-        yield train_history(world.history, progress=False)
-    finally:
-        mp.undo()
-
-
-@pytest.fixture(scope="module")
-def hist_b(world, cache_b):
-    """The same history trained again, from nothing, in another empty cache."""
-    mp = _in_cache(cache_b)
-    try:
-        yield train_history(world.history, progress=False)
-    finally:
-        mp.undo()
-
-
 @pytest.fixture(scope="module")
 def run_a(world, subject, cache_a, hist_a):
-    mp = _in_cache(cache_a)
+    mp = in_cache(cache_a)
     try:
         yield finetune(subject, world.finetune_config(0), progress=False)
     finally:

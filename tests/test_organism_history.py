@@ -52,42 +52,6 @@ def world():
     return make_world("smoke")
 
 
-def _in_cache(folder: Path):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("REVERSION_CACHE", str(folder))
-    mp.setenv("REVERSION_RESULTS", str(folder.parent / "results"))
-    return mp
-
-
-@pytest.fixture(scope="module")
-def cache_a(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("cache-a") / "cache"
-
-
-@pytest.fixture(scope="module")
-def cache_b(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("cache-b") / "cache"
-
-
-@pytest.fixture(scope="module")
-def hist_a(world, cache_a):
-    mp = _in_cache(cache_a)
-    try:
-        yield train_history(world.history, progress=False)
-    finally:
-        mp.undo()
-
-
-@pytest.fixture(scope="module")
-def hist_b(world, cache_b):
-    """The same history trained again, from nothing, in another empty cache."""
-    mp = _in_cache(cache_b)
-    try:
-        yield train_history(world.history, progress=False)
-    finally:
-        mp.undo()
-
-
 @pytest.fixture
 def use_cache(monkeypatch):
     def use(folder: Path) -> None:
