@@ -4,7 +4,9 @@
   so a test never reads or writes the project's ``.cache/`` or ``results/``;
 * ``tiny`` -- tiny local text models and prompt files (session-scoped: built once);
 * ``demo`` -- the tiny demo history of chapter 07 (Llama: pretrained, witness, aligned,
-  tokenizer; session-scoped), on which the checkpoint subject and chapters 02-05 run.
+  tokenizer; session-scoped), on which the checkpoint subject and chapters 02-05 run;
+* ``cache_a`` / ``cache_b`` and ``hist_a`` / ``hist_b`` -- per test module, the module's
+  ``world`` history trained in two separate empty caches (cache and determinism tests).
 """
 
 from __future__ import annotations
