@@ -184,6 +184,12 @@ class CheckpointSubject:
 
     def record(self) -> dict[str, Any]:
         """Paths, file hashes and architecture (written beside a chapter's metrics)."""
+        return dict(self._record)
+
+    @functools.cached_property
+    def _record(self) -> dict[str, Any]:
+        # Read once per subject, like :attr:`identities`: every stage's cache key holds it, and
+        # hashing the input files on each key would read them again for every run of a chapter.
         def f(p: Path | None) -> str | None:
             return None if p is None else p.as_posix()
 
