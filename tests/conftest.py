@@ -5,6 +5,10 @@
 * ``tiny`` -- tiny local text models and prompt files (session-scoped: built once);
 * ``demo`` -- the tiny demo history of chapter 07 (Llama: pretrained, witness, aligned,
   tokenizer; session-scoped), on which the checkpoint subject and chapters 02-05 run;
+* ``one_thread`` -- one torch thread for a module's tiny models (a second one only contends),
+  and the global determinism flags that ``seed_everything`` sets restored afterwards
+  (``pytestmark = pytest.mark.usefixtures("one_thread")``);
+* ``world`` -- the smoke world (a module may define its own);
 * ``cache_a`` / ``cache_b`` and ``hist_a`` / ``hist_b`` -- per test module, the module's
   ``world`` history trained in two separate empty caches (cache and determinism tests).
 """
@@ -14,10 +18,29 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from helpers import Tiny, build_tiny, in_cache
 
+from reversion.infra.runtime import set_cpu_threads
 from reversion.subjects.checkpoints import demo as demo_models
 from reversion.subjects.organism.history import train_history
+from reversion.subjects.organism.worlds import make_world
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    det = torch.are_deterministic_algorithms_enabled()
+    warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    set_cpu_threads()
+    yield
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(det, warn_only=warn)
+
+
+@pytest.fixture(scope="module")
+def world():
+    return make_world("smoke")
 
 
 @pytest.fixture

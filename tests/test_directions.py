@@ -42,22 +42,11 @@ from reversion.core.directions import (
     select_layer,
     unit_rows,
 )
-from reversion.infra.runtime import set_cpu_threads
+
+# One torch thread and the determinism flags restored afterwards (conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 VOCAB, D, L = 40, 32, 3
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a shared CPU: a second intra-op thread only contends. Also restores the
-    global determinism flag that the organism's stages set (``seed_everything``)."""
-    threads = torch.get_num_threads()
-    det = torch.are_deterministic_algorithms_enabled()
-    warn = torch.is_deterministic_algorithms_warn_only_enabled()
-    set_cpu_threads()
-    yield
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(det, warn_only=warn)
 
 
 def tiny_gpt2(seed: int = 0, n_embd: int = D, n_layer: int = L) -> GPT2LMHeadModel:

@@ -16,27 +16,16 @@ import pytest
 import torch
 
 from reversion.core.directions import logit_lens, select_layer
-from reversion.infra.runtime import set_cpu_threads
 from reversion.stages import estimate as estimate_mod
 from reversion.stages.estimate import estimate, measure, stability_vs_probes, summary
 from reversion.stages.readout import readout
 from reversion.subjects.organism.subject import OrganismSubject
 from reversion.subjects.organism.worlds import make_world
 
+# One torch thread and the determinism flags restored afterwards (conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 N_PROBE, N_BOOT = 16, 12
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a shared CPU: a second intra-op thread only contends. Also restores the
-    global determinism flag that the organism's stages set (``seed_everything``)."""
-    threads = torch.get_num_threads()
-    det = torch.are_deterministic_algorithms_enabled()
-    warn = torch.is_deterministic_algorithms_warn_only_enabled()
-    set_cpu_threads()
-    yield
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(det, warn_only=warn)
 
 
 @pytest.fixture

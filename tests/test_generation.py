@@ -17,17 +17,11 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 from reversion.core.generation import answer_loss, greedy_generate, until_eos
-from reversion.infra.runtime import set_cpu_threads
+
+# One torch thread and the determinism flags restored afterwards (conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 VOCAB = 48
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    set_cpu_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 def _model(family: str):

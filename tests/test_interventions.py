@@ -37,29 +37,17 @@ from reversion.core.interventions import (
     Rehearsal,
     all_block_layers,
 )
-from reversion.infra.runtime import set_cpu_threads
 from reversion.stages.estimate import estimate
 from reversion.stages.finetune import FinetuneRun, finetune
 from reversion.subjects.base import TrainingData
 from reversion.subjects.organism.history import train_history
 from reversion.subjects.organism.language import BOS, EOS, PAD, SEP, Language, apply_task
 from reversion.subjects.organism.subject import OrganismSubject, benign_batches
-from reversion.subjects.organism.worlds import make_world
+
+# One torch thread and the determinism flags restored afterwards (conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 STRONG = 3.0
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread (tiny models; a second thread only contends); restore the global
-    determinism flag that ``seed_everything`` sets."""
-    threads = torch.get_num_threads()
-    det = torch.are_deterministic_algorithms_enabled()
-    warn = torch.is_deterministic_algorithms_warn_only_enabled()
-    set_cpu_threads()
-    yield
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(det, warn_only=warn)
 
 
 @pytest.fixture(scope="module")
@@ -84,11 +72,6 @@ def module_env(root):
 @pytest.fixture(autouse=True)
 def private_dirs(root, monkeypatch):
     _env(monkeypatch, root)
-
-
-@pytest.fixture(scope="module")
-def world():
-    return make_world("smoke")
 
 
 @pytest.fixture(scope="module")

@@ -31,25 +31,10 @@ from reversion.subjects.organism.history import (
 from reversion.subjects.organism.language import Language
 from reversion.subjects.organism.worlds import make_world
 
+# One torch thread and the determinism flags restored afterwards (conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 RATES = ("harmfulness", "non_refusal", "exact_match")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a shared CPU: intra-op threads only contend (tens of times slower).
-    Also restores the global determinism flag that ``seed_everything`` sets."""
-    threads = torch.get_num_threads()
-    det = torch.are_deterministic_algorithms_enabled()
-    warn = torch.is_deterministic_algorithms_warn_only_enabled()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(det, warn_only=warn)
-
-
-@pytest.fixture(scope="module")
-def world():
-    return make_world("smoke")
 
 
 @pytest.fixture

@@ -22,11 +22,6 @@ from reversion.subjects.organism.worlds import make_world
 
 
 @pytest.fixture(scope="module")
-def world():
-    return make_world("smoke")
-
-
-@pytest.fixture(scope="module")
 def subject(world) -> OrganismSubject:
     return OrganismSubject(world.history)
 
