@@ -144,12 +144,6 @@ def notebook_modules(notebook: Path) -> list[str]:
     return sorted(found)
 
 
-def notebook_reads(notebook: Path) -> list[str]:
-    """The earlier chapters whose results a notebook reads (metadata ``reversion.reads``)."""
-    meta = json.loads(Path(notebook).read_bytes()).get("metadata", {}).get("reversion", {})
-    return list(meta.get("reads", []))
-
-
 def notebook_stamp(notebook: Path, parameters: Mapping[str, Any] | None) -> str:
     """SHA-256 over what decides a notebook's executed copy.
 

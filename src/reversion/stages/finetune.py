@@ -29,7 +29,7 @@ from reversion.core.training import FinetuneConfig, train
 from reversion.infra import cache, parallel, seeding
 from reversion.infra.provenance import code_of
 from reversion.infra.runtime import set_cpu_threads
-from reversion.subjects.base import Pair, Prompts, Subject, TrainingData
+from reversion.subjects.base import Pair, Prompts, Subject, TrainingData, identity
 
 __all__ = ["FinetuneRun", "Intervention", "Job", "aligned_evaluation", "finetune", "finetune_many",
            "load_run", "train_with", "write_run"]
@@ -206,7 +206,7 @@ def finetune_many(jobs: Sequence[Job], progress: bool = True,
     jobs = [tuple(j) for j in jobs]
     for s, ft, _ in jobs:
         s.check(ft)
-    subjects = list({cache.cache_key("subject", s.key()): s for s, _, _ in jobs}.values())
+    subjects = list({identity(s): s for s, _, _ in jobs}.values())
     for s in subjects:
         s.prepare(progress=progress)
     missing = {}

@@ -29,6 +29,8 @@ from typing import Any, Iterator, Protocol, Sequence, runtime_checkable
 import numpy as np
 import torch
 
+from reversion.infra import cache
+
 ROLES = ("theta_P", "theta_H", "theta_S")
 """The paper's checkpoints: pretrained, helpful-only witness, safety-aligned."""
 
@@ -170,3 +172,9 @@ class Vocabulary:
 
     def name(self, i: int) -> str:
         return self.names(int(i)) if callable(self.names) else self.names[int(i)]
+
+
+def identity(subject: Subject) -> str:
+    """A short, code-independent identity of a subject (its :meth:`Subject.key` hashed): two
+    subjects with equal identities compute the same numbers from the same stages."""
+    return cache.cache_key("subject", subject.key(), code=())

@@ -7,9 +7,8 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from reversion.infra import cache
 from reversion.infra.results import write_metrics
-from reversion.subjects.base import Subject
+from reversion.subjects.base import Subject, identity
 from reversion.subjects.checkpoints.subject import CHECKPOINT_KEYS, from_parameters
 from reversion.subjects.organism.subject import OrganismSubject
 from reversion.subjects.organism.worlds import World, make_world
@@ -81,7 +80,7 @@ def stage_ids(subject: Subject, est=None) -> dict:
     """The identities of the stages a chapter's numbers come from (recorded beside its metrics;
     the claims chapter checks that chapters agree on them): the subject, and the estimate's
     directions and layer (estimates that differ only in their bootstrap count agree)."""
-    out = {"subject": cache.cache_key("subject", subject.key(), code=())}
+    out = {"subject": identity(subject)}
     if est is not None:
         h = hashlib.sha256(est.directions.v_rev.double().numpy().tobytes())
         h.update(str(est.layer).encode())
