@@ -6,7 +6,6 @@ python3), never the real chapters.  Each execution starts a kernel (~1 s).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import nbformat

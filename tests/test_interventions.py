@@ -168,10 +168,12 @@ def strong_runs(world, ft, est, layers, baseline, module_env):
 def test_block_lowers_and_push_raises_the_motion_along_v_rev(strong_runs, est, layers):
     d = est.directions
     runs = strong_runs
-    # same start (theta_S) and the same first batch: the task loss at step 1 is untouched
+    # same start (theta_S) and the same first batch: the task loss at step 1 is untouched.
+    # The baseline trains in a group (reversion.core.grouped), a model-touching variant alone:
+    # the same arithmetic in another order, equal to float32 rounding.
     for name in ("block", "push"):
-        assert torch.equal(runs[name].probe_means[0], runs["baseline"].probe_means[0])
-        assert runs[name].losses[0] == runs["baseline"].losses[0]
+        torch.testing.assert_close(runs[name].probe_means[0], runs["baseline"].probe_means[0], rtol=0, atol=1e-6)
+        assert runs[name].losses[0] == pytest.approx(runs["baseline"].losses[0], rel=1e-6)
         assert runs[name].losses[1:] != runs["baseline"].losses[1:]
     for layer in layers:
         m = {k: _motion(r, d.v_rev, layer) for k, r in runs.items()}
@@ -258,7 +260,8 @@ def test_projection_removes_only_the_change_along_v_rev_while_training(est, hist
 
 def test_projection_run_starts_like_the_baseline_then_differs(world, ft, est, baseline):
     run = _run(world, ft, Projection(est.directions.v_rev, [est.layer]))
-    assert torch.equal(run.probe_means[0], baseline.probe_means[0])
+    # alone against a grouped baseline: equal to float32 rounding (see above)
+    torch.testing.assert_close(run.probe_means[0], baseline.probe_means[0], rtol=0, atol=1e-6)
     assert run.evals[0] == baseline.evals[0]  # step-0 evaluation precedes the hooks
     assert abs(run.losses[0] - baseline.losses[0]) < 1e-5  # identity at theta_S
     assert run.losses[-1] != baseline.losses[-1]  # but the training forward is edited after that

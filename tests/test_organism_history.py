@@ -113,7 +113,7 @@ def test_second_call_is_a_cache_hit(world, hist_a, use_cache, cache_a, monkeypat
     use_cache(cache_a)
     mtimes = {k: ((p / "model.safetensors").stat().st_mtime_ns, p.parent.stat().st_mtime_ns)
               for k, p in hist_a.paths.items()}
-    monkeypatch.setattr(history_mod, "train", _no_training)
+    monkeypatch.setattr(history_mod, "_build_phase", _no_training)
     again = train_history(world.history, progress=False)
     assert again.paths == hist_a.paths
     assert again.metrics == hist_a.metrics and again.losses == hist_a.losses
@@ -148,13 +148,13 @@ def test_stage_keys_depend_on_upstream_phases_only(world):
 def test_changing_only_safety_retrains_only_safety(world, hist_a, use_cache, cache_a, monkeypatch):
     use_cache(cache_a)
     calls = []
-    real = history_mod.train
+    real = history_mod._build_phase
 
-    def counting(*args, **kwargs):
-        calls.append(kwargs.get("desc"))
-        return real(*args, **kwargs)
+    def counting(cfgs, phase, *args, **kwargs):
+        calls.append(phase)
+        return real(cfgs, phase, *args, **kwargs)
 
-    monkeypatch.setattr(history_mod, "train", counting)
+    monkeypatch.setattr(history_mod, "_build_phase", counting)
     cfg = world.history
     longer = dataclasses.replace(cfg, safety=dataclasses.replace(cfg.safety, steps=cfg.safety.steps + 2))
     h = train_history(longer, progress=False)

@@ -1,5 +1,8 @@
 """Runs built in worker processes (``reversion.infra.parallel``, through the fine-tuning stage's
-``finetune_many``) are the runs built here, number for number."""
+``finetune_many``) are the runs built here, number for number.
+
+The organism's runs train in groups (``tests/test_grouped.py`` checks groups built in workers);
+these tests use it as an ungrouped subject -- a real model's path, one run per worker."""
 
 from __future__ import annotations
 
@@ -17,7 +20,13 @@ def _world():
     return make_world("smoke", {"finetune": {"steps": 3, "eval_steps": [0, 3]}})
 
 
-def _runs(monkeypatch, tmp, workers: str, subject_cls=OrganismSubject):
+class UngroupedOrganism(OrganismSubject):
+    """The organism, trained one run at a time (as a real model is)."""
+
+    grouped = False
+
+
+def _runs(monkeypatch, tmp, workers: str, subject_cls=UngroupedOrganism):
     monkeypatch.setenv("REVERSION_CACHE", str(tmp))
     monkeypatch.setenv("REVERSION_WORKERS", workers)
     w = _world()
@@ -38,7 +47,7 @@ def test_parallel_runs_equal_sequential_runs(tmp_path, monkeypatch):
     assert len(list((tmp_path / "par" / "finetune").glob("[!.]*"))) == 2
 
 
-class SerialOrganism(OrganismSubject):
+class SerialOrganism(UngroupedOrganism):
     """The organism, as a subject whose runs must not build in worker processes (a real model)."""
 
     parallel = False

@@ -40,19 +40,23 @@ from typing import Callable
 
 import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from reversion.core.activations import mean_activations
 from reversion.core.batches import collate
+from reversion.core.grouped import GroupedGPT2, stack_batches, stack_prompts
 from reversion.core.interventions import Block
 from reversion.core.tracking import ProbeTracker
 from reversion.infra import paths, seeding
 from reversion.infra.parallel import n_workers
 from reversion.infra.runtime import set_cpu_threads
+from reversion.stages import finetune as ftm
 from reversion.stages.finetune import _collated
 from reversion.subjects.base import Prompts
 from reversion.subjects.organism.language import PAD, Language
 from reversion.subjects.organism.model import build_model
-from reversion.subjects.organism.subject import OrganismSubject, benign_batches
+from reversion.subjects.organism.history import train_histories
+from reversion.subjects.organism.subject import OrganismSubject, benign_batches, histories
 from reversion.subjects.organism.worlds import World, make_world
 
 TARGETS = {
@@ -62,6 +66,10 @@ TARGETS = {
     "book_cold_seconds": 600.0,
     "book_warm_seconds": 60.0,
     "book_peak_memory_gib": 2.0,
+    "seeds_batched_to_one_seed": 1.5,
+    "seeds_batched_to_one_per_worker": 0.4,
+    "histories_batched_to_one_history": 1.5,
+    "workload_seconds": 240.0,
 }
 
 
@@ -165,6 +173,109 @@ def bench_steps(world: World, repeats: int = 60, world_name: str = "default") ->
     return {"layer": layer, "n_layer": L, "width": world.history.model.n_embd,
             "n_probe": len(drift), "batch_size": world.finetune.batch_size, "repeats": repeats,
             "ms": ms, "overhead": {k: ms[k] / ms["plain"] - 1 for k in ms if k != "plain"}, **tokens}
+
+
+def matmul_gflops(threads: int, n: int = 512, repeats: int = 20) -> float:
+    """The machine's float32 matrix rate (GFLOP/s) with ``threads`` torch threads: an ``n x n``
+    product, the yardstick of every floor on the page."""
+    set_cpu_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    ms = interleaved({"mm": lambda: a @ b}, repeats)["mm"]
+    return 2 * n ** 3 / (ms / 1000) / 1e9
+
+
+def run_flops(world: World) -> dict:
+    """Matrix FLOPs (``torch.utils.flop_counter``; attention's small share is not counted) of one
+    fine-tuning run's pieces, on a fresh model: a training step (forward and backward), a drift
+    tracking forward, an evaluation of the fine-tuning task; and of one history's training steps."""
+    loop = _Loop.build(world)
+    group = GroupedGPT2([loop.model])
+    ft = world.finetune_config(0)
+    subject = OrganismSubject(world.history)
+    widths = subject.pad_widths()
+
+    def count(fn) -> int:
+        with FlopCounterMode(display=False) as fc:
+            fn()
+        return int(fc.get_total_flops())
+
+    ids, labels = stack_batches([collate(*_one_batch(loop), pad_id=PAD)], PAD, widths[1])
+    step = count(lambda: group.losses(ids, labels).sum().backward())
+    pid, plen = stack_prompts([loop.probes.drift], PAD, width=widths[0])
+    track = count(lambda: group.last_token_means(pid, plen, range(group.L + 1)))
+    ev = count(lambda: group.run_work([subject.eval_work(ft, False)], widths))
+    full = count(lambda: group.run_work([subject.eval_work(ft, True)], widths))
+    per_run = ft.steps * (step + track) + track + (len(ft.grid) - 2) * ev + full
+    h = world.history
+    tokens = {p: getattr(h, p).batch_size * getattr(h, p).steps for p in ("pretrain", "helpful", "safety")}
+    history = int(sum(tokens.values()) / ft.batch_size * step)  # same width per sequence
+    return {"step": step, "track": track, "eval": ev, "eval_full": full, "run": per_run, "history": history}
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def bench_batched(world: World, n_seeds: int = 5, n_histories: int = 3, log: Callable[[str], None] = print) -> dict:
+    """Batched runs against the same runs one at a time, each from an empty cache.
+
+    * fine-tuning: one seed alone; ``n_seeds`` seeds as one group; the same number of seeds the
+      way the package built them before batching (one run per worker process, two workers);
+    * histories: one history; ``n_histories`` independent histories as groups;
+    * the science workload: ``n_histories`` histories with ``n_seeds`` seeds each, evaluated on the
+      usual grid, from nothing.
+
+    Floors: the counted matrix FLOPs at the machine's matrix rate on every core.
+    """
+    cores = n_workers()
+    rate = matmul_gflops(cores) * 1e9
+    flops = run_flops(world)
+    saved = os.environ.get("REVERSION_CACHE")
+    out: dict = {"cores": cores, "matmul_gflops_all_cores": rate / 1e9, "matmul_gflops_one_core": matmul_gflops(1),
+                 "flops": flops, "n_seeds": n_seeds, "n_histories": n_histories, "seconds": {}}
+    sec = out["seconds"]
+    subs = histories(world.history, n_histories)
+    try:
+        with tempfile.TemporaryDirectory(prefix="reversion-bench-batched-") as tmp:
+            os.environ["REVERSION_CACHE"] = f"{tmp}/one"
+            log("  one history ...")
+            sec["one_history"] = _timed(lambda: train_histories([world.history], progress=False))
+            s0 = subs[0]
+            log("  fine-tuning: one seed, a group, one run per worker ...")
+            sec["one_seed"] = _timed(lambda: ftm.finetune_many([(s0, world.finetune_config(100), None)], progress=False))
+            sec["seeds_batched"] = _timed(lambda: ftm.finetune_many(
+                [(s0, world.finetune_config(200 + i), None) for i in range(n_seeds)], progress=False))
+            real = ftm._groupable
+            ftm._groupable = lambda *a: False
+            try:
+                sec["seeds_one_per_worker"] = _timed(lambda: ftm.finetune_many(
+                    [(s0, world.finetune_config(300 + i), None) for i in range(n_seeds)], progress=False))
+            finally:
+                ftm._groupable = real
+            os.environ["REVERSION_CACHE"] = f"{tmp}/many"
+            log(f"  {n_histories} histories and {n_histories} x {n_seeds} runs ...")
+            sec["histories_batched"] = _timed(lambda: train_histories([s.history for s in subs], progress=False))
+            sec["workload_runs"] = _timed(lambda: ftm.finetune_many(
+                [(s, world.finetune_config(i), None) for s in subs for i in range(n_seeds)], progress=False))
+    finally:
+        if saved is None:
+            os.environ.pop("REVERSION_CACHE", None)
+        else:
+            os.environ["REVERSION_CACHE"] = saved
+    sec["workload"] = sec["histories_batched"] + sec["workload_runs"]
+    floor = {"one_seed": flops["run"] / rate, "seeds_batched": n_seeds * flops["run"] / rate,
+             "one_history": flops["history"] / rate, "histories_batched": n_histories * flops["history"] / rate}
+    floor["workload"] = floor["histories_batched"] + n_histories * floor["seeds_batched"]
+    out["floor_seconds"] = floor
+    out["ratio"] = {
+        "seeds_batched_to_one_seed": sec["seeds_batched"] / sec["one_seed"],
+        "seeds_batched_to_one_per_worker": sec["seeds_batched"] / sec["seeds_one_per_worker"],
+        "histories_batched_to_one_history": sec["histories_batched"] / sec["one_history"],
+        **{f"{k}_to_floor": sec[k] / floor[k] for k in floor},
+    }
+    return out
 
 
 def _one_batch(loop: _Loop):
@@ -322,7 +433,7 @@ def _commit() -> str | None:
 
 
 def run(out: Path, book: bool = True, world: str = "default", repeats: int = 60,
-        log: Callable[[str], None] = print) -> dict:
+        log: Callable[[str], None] = print, batched: bool = True) -> dict:
     """Every benchmark; the JSON written to ``out`` (and profiles beside it)."""
     w = make_world(world)
     res: dict = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": _commit(),
@@ -333,6 +444,9 @@ def run(out: Path, book: bool = True, world: str = "default", repeats: int = 60,
     res["extraction"] = bench_extraction(w)
     log("scaling ...")
     res["scaling"] = bench_scaling(w)
+    if batched:
+        log("batched runs (minutes) ...")
+        res["batched"] = bench_batched(w, log=log)
     if res["steps"]["overhead"]["tracked_chosen_layer"] > TARGETS["tracking_chosen_layer_overhead"]:
         log("profiling the tracked step ...")
         text = profile_step(w, res["steps"]["layer"])

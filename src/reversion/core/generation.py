@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Sequence
 
+from dataclasses import dataclass
+
 import torch
 
 from reversion.core.activations import model_device
@@ -117,3 +119,23 @@ def answer_loss(model, pairs: Sequence[Pair], pad_id: int, batch_size: int = 256
     if count == 0:
         raise ValueError("no answer tokens to score")
     return total / count
+
+
+@dataclass(frozen=True)
+class EvalWork:
+    """The model computations of one evaluation, named so that many models can share them
+    (:func:`run_work` for one model; :meth:`reversion.core.grouped.GroupedGPT2.run_work` for a group)."""
+
+    gens: dict[str, list[Sequence[int]]]
+    """Name -> prompts to continue greedily."""
+    pairs: dict[str, list[Pair]]
+    """Name -> (prompt, answer) pairs whose mean answer loss is scored."""
+    max_new_tokens: int
+    eos_id: int | None
+    pad_id: int
+
+
+def run_work(model, work: EvalWork) -> tuple[dict[str, list[list[int]]], dict[str, float]]:
+    """``(continuations, answer losses)`` of ``work`` for one model."""
+    cont = {k: greedy_generate(model, v, work.max_new_tokens, work.eos_id) for k, v in work.gens.items()}
+    return cont, {k: answer_loss(model, v, work.pad_id) for k, v in work.pairs.items()}

@@ -87,6 +87,11 @@ class _DirectionalTerm:
         self.mu_S: torch.Tensor | None = None
         self.probe_batches: list[dict] = []
 
+    @property
+    def batches_only(self) -> bool:
+        """At strength 0 the term is absent: the run trains (in a group) as the baseline does."""
+        return self.strength == 0.0
+
     def key(self) -> dict:
         return {"variant": self.name, "strength": self.strength, "layers": self.layers,
                 "v_rev": _digest(self.v), "scale": _digest(self.scale),
@@ -215,6 +220,7 @@ class Projection:
 class Rehearsal:
     """Mixes safety-alignment examples into each benign batch (no access to v_rev)."""
     name = "rehearsal"
+    batches_only = True  # changes the data, not the model: runs train in groups
 
     def __init__(self, fraction: float):
         self.fraction = check_fraction("rehearsal fraction", fraction)
@@ -246,6 +252,7 @@ class Rehearsal:
 class AlignmentMix:
     """Control for the null test: continue on the safety alignment's own mix."""
     name = "alignment_mix"
+    batches_only = True  # changes the data, not the model: runs train in groups
 
     def __init__(self, harmful_fraction: float = 0.5):
         self.harmful_fraction = check_fraction("harmful_fraction", harmful_fraction)

@@ -44,6 +44,24 @@ def n_workers() -> int:
     return max(1, min(len(os.sched_getaffinity(0)), 4))
 
 
+WORKER_ENV = "REVERSION_IN_WORKER"
+
+
+def _mark_worker() -> None:
+    os.environ[WORKER_ENV] = "1"
+
+
+def cores_here() -> int:
+    """Torch threads for one large computation in this process (a group of runs):
+    ``REVERSION_THREADS`` if set; 1 in a worker process, whose siblings hold the other cores
+    (two spinning OpenMP pools per core make everything many times slower); else
+    :func:`n_workers`, every core this process may use."""
+    env = os.environ.get("REVERSION_THREADS")
+    if env is not None:
+        return int(env)
+    return 1 if os.environ.get(WORKER_ENV) else n_workers()
+
+
 @contextlib.contextmanager
 def _main_not_rerun():
     """Spawned workers normally re-run the caller's main script, so a script without an
@@ -75,7 +93,8 @@ def run_all(calls: Sequence[Call], progress: bool = True, desc: str = "runs",
             fn(*args)
         return
     # spawn, not fork: the parent may be a Jupyter kernel (sockets, threads).
-    ex = ProcessPoolExecutor(min(workers, len(calls)), mp_context=multiprocessing.get_context("spawn"))
+    ex = ProcessPoolExecutor(min(workers, len(calls)), mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_mark_worker)
     finished = False
     try:
         with _main_not_rerun():  # workers start during submit

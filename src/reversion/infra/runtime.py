@@ -8,15 +8,17 @@ import os
 import torch
 
 
-def set_cpu_threads() -> int:
-    """Use ``REVERSION_THREADS`` torch threads (default 1) for the organism's CPU work.
+def set_cpu_threads(n: int | None = None) -> int:
+    """Use ``n`` torch threads, default ``REVERSION_THREADS`` (else 1), for the organism's CPU work.
 
-    The organism's matrices are tiny: a second thread buys nothing, and on a busy
-    2-core machine two spinning OpenMP threads made a fine-tuning run 10-30x slower
-    (measured: 0.7 s with one thread against 8-23 s with two). Larger models on a GPU
-    are unaffected.
+    One model's matrices are tiny: a second thread buys little, and on a busy 2-core
+    machine two spinning OpenMP threads per worker made a fine-tuning run 10-30x slower
+    (measured: 0.7 s with one thread against 8-23 s with two). A group of runs trained as
+    one computation (:mod:`reversion.core.grouped`) is large enough to use every core when
+    it is the only work (``n``). Larger models on a GPU are unaffected.
     """
-    n = int(os.environ.get("REVERSION_THREADS", "1"))
+    if n is None:
+        n = int(os.environ.get("REVERSION_THREADS", "1"))
     if n < 1:
         raise ValueError(f"REVERSION_THREADS must be >= 1, got {n}")
     if torch.get_num_threads() != n:

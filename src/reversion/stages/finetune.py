@@ -6,6 +6,13 @@ activations of the drift probes at *every* layer -- a small no-grad forward, no 
 of the model -- so alignment with any direction (v_rev, controls) is computed after
 the fact (:mod:`reversion.core.drift`). The subject's judge runs on a sparse grid of
 steps; its evaluation of theta_S (step 0 of every run) is a stage of its own, cached once.
+
+Runs of a grouped subject (the organism) train together: :func:`finetune_many` builds
+the missing runs that share a fine-tuning configuration (seeds aside) as one
+:class:`~reversion.core.grouped.GroupedGPT2` computation -- training, drift probes and
+evaluation batched over runs -- and writes each run's own cache entry. A run's numbers
+do not depend on its group beyond float rounding (``tests/test_grouped.py`` compares a
+group with each run trained alone), so the group is not part of the key.
 """
 
 from __future__ import annotations
@@ -20,9 +27,11 @@ from typing import Iterator, Protocol, Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
+from tqdm import tqdm
 
 from reversion.core.activations import model_device
 from reversion.core.batches import collate
+from reversion.core.grouped import GroupedGPT2, stack_batches, stack_prompts
 from reversion.core.models import load_model, save_model
 from reversion.core.tracking import ProbeTracker
 from reversion.core.training import FinetuneConfig, train
@@ -31,7 +40,7 @@ from reversion.infra.provenance import code_of
 from reversion.infra.runtime import set_cpu_threads
 from reversion.subjects.base import Pair, Prompts, Subject, TrainingData, identity
 
-__all__ = ["FinetuneRun", "Intervention", "Job", "aligned_evaluation", "finetune", "finetune_many",
+__all__ = ["FinetuneRun", "Intervention", "Job", "aligned_evaluation", "build_group", "finetune", "finetune_many",
            "load_run", "train_with", "write_run"]
 
 # The modules whose code decides a run (cache keys hash their import closure), with the
@@ -109,7 +118,12 @@ def aligned_evaluation(subject: Subject, ft: FinetuneConfig) -> dict:
         # float32, as the fine-tuned model every later step evaluates (a bf16 step 0 would put a
         # precision artefact into every "rise from theta_S")
         model = subject.load("theta_S", dtype=torch.float32)
-        (out / "eval.json").write_text(json.dumps(subject.evaluate(model, ft, full=True)))
+        if _groupable(subject, None):  # the arithmetic of every later step's evaluation
+            cont, losses = GroupedGPT2([model]).run_work([subject.eval_work(ft, True)], subject.pad_widths())[0]
+            result = subject.score(ft, cont, losses)
+        else:
+            result = subject.evaluate(model, ft, full=True)
+        (out / "eval.json").write_text(json.dumps(result))
 
     path = cache.cached("aligned_eval", {"subject": subject.key(), **subject.eval_key(ft)}, build,
                         code=_code(subject))
@@ -133,6 +147,9 @@ def finetune(subject: Subject, ft: FinetuneConfig, intervention: Intervention | 
     subject.check(ft)
     key = _key(subject, ft, intervention)
     subject.prepare(progress=progress)
+    if _groupable(subject, intervention) and not cache.is_complete(
+            cache.entry_path("finetune", key, code=_code(subject, intervention))):
+        build_group([(subject, ft, intervention)], progress=progress)
 
     def build(out: Path) -> None:
         t0 = time.perf_counter()
@@ -190,6 +207,91 @@ def train_with(model, pairs: Iterator[list[Pair]], ft: FinetuneConfig, intervent
             intervention.teardown()
 
 
+GROUP_MAX = 16
+"""Most runs trained as one group (memory grows with it; speed stops growing well before)."""
+
+
+def _groupable(subject: Subject, intervention: Intervention | None) -> bool:
+    """Whether a run trains in a group: a grouped subject, and no intervention that touches the
+    model (those that only change the data do not)."""
+    return bool(getattr(subject, "grouped", False)) and (
+        intervention is None or bool(getattr(intervention, "batches_only", False)))
+
+
+def _group_signature(ft: FinetuneConfig) -> str:
+    """Runs in one group share everything in ``ft`` but the seed (steps, lr, grid, sizes)."""
+    return json.dumps(dataclasses.asdict(dataclasses.replace(ft, seed=0)), sort_keys=True)
+
+
+def build_group(jobs: Sequence[Job], threads: int | None = None, progress: bool = False) -> None:
+    """Build the cache entries of ``jobs`` (grouped subjects, one :func:`_group_signature`) as one
+    batched computation; ``threads``: torch threads (default :func:`reversion.infra.parallel.cores_here`)."""
+    jobs = [tuple(j) for j in jobs]
+    if not jobs or len({_group_signature(ft) for _, ft, _ in jobs}) != 1:
+        raise ValueError("a group needs runs that differ in their seed only")
+    if not all(_groupable(s, iv) for s, _, iv in jobs):
+        raise ValueError("a group's runs need grouped subjects and data-only interventions")
+    t0 = time.perf_counter()
+    set_cpu_threads(threads or parallel.cores_here())
+    ft0 = jobs[0][1]
+    models = [s.load("theta_S", dtype=torch.float32) for s, _, _ in jobs]
+    group = GroupedGPT2(models)
+    device = group.wte.device
+    prompts = [s.prompts(ft.n_probe) for s, ft, _ in jobs]
+    widths = jobs[0][0].pad_widths()
+    if any(s.pad_widths() != widths for s, _, _ in jobs):
+        raise ValueError("a group's subjects must share their pad widths")
+    probe_ids, probe_lens = stack_prompts([p.drift for p in prompts], prompts[0].pad_id, device, widths[0])
+    layers = list(range(group.L + 1))
+    evals = [{0: aligned_evaluation(s, ft)} for s, ft, _ in jobs]
+    streams = []
+    for (s, ft, iv), model, p in zip(jobs, models, prompts):
+        pairs = s.benign_batches(ft)
+        if iv is not None:
+            iv.setup(model, s.training_data(), p)
+            pairs = iv.batches(pairs, s.training_data(), ft)
+        streams.append(pairs)
+    means = [[m] for m in group.last_token_means(probe_ids, probe_lens, layers)]
+    losses: list[list[float]] = [[] for _ in jobs]
+    opt = torch.optim.AdamW(group.parameters(), lr=ft0.lr, weight_decay=0.0)  # as core.training.train
+    grid = set(ft0.grid)
+    try:
+        for step in tqdm(range(1, ft0.steps + 1), desc=f"finetune {len(jobs)} runs", disable=not progress,
+                         mininterval=1.0, leave=False):
+            batches = [next(it) for it in streams]
+            ids, labels = stack_batches([collate([q for q, _ in b], [a for _, a in b], pad_id=p.pad_id, device=device)
+                                         for b, p in zip(batches, prompts)], prompts[0].pad_id, widths[1])
+            loss = group.losses(ids, labels)
+            if not torch.isfinite(loss).all():
+                bad = [jobs[k][1].seed for k in range(len(jobs)) if not torch.isfinite(loss[k])]
+                raise FloatingPointError(f"finetune seed(s) {bad}: non-finite loss at step {step}")
+            opt.zero_grad(set_to_none=True)
+            loss.sum().backward()  # run k's gradient is its own loss's: the runs share no weight
+            opt.step()
+            for k, v in enumerate(loss.tolist()):
+                losses[k].append(v)
+            for k, m in enumerate(group.last_token_means(probe_ids, probe_lens, layers)):
+                means[k].append(m)
+            if step in grid:
+                full = step == ft0.steps
+                with torch.no_grad():
+                    results = group.run_work([s.eval_work(ft, full) for s, ft, _ in jobs], widths)
+                for k, ((s, ft, _), res) in enumerate(zip(jobs, results)):
+                    evals[k][step] = s.score(ft, *res)
+    finally:
+        for _, _, iv in jobs:
+            if iv is not None:
+                iv.teardown()
+    seconds = time.perf_counter() - t0
+    for k, (s, ft, iv) in enumerate(jobs):
+        def build(out: Path, k=k, s=s) -> None:
+            if s.keep_weights:
+                save_model(group.export(k, models[k]), out / "model")
+            write_run(out, means[k], losses[k], evals[k], seconds=seconds / len(jobs),
+                      group={"runs": len(jobs), "seconds": seconds})
+        cache.cached("finetune", _key(s, ft, iv), build, code=_code(s, iv))
+
+
 def _build_quietly(subject: Subject, ft: FinetuneConfig, intervention: Intervention | None) -> None:
     finetune(subject, ft, intervention, progress=False)
 
@@ -219,19 +321,34 @@ def finetune_many(jobs: Sequence[Job], progress: bool = True,
         evaluated.setdefault(cache.cache_key("aligned_eval", {"subject": s.key(), **s.eval_key(ft)}), (s, ft))
     for s, ft in evaluated.values():
         aligned_evaluation(s, ft)
+    groups: dict[str, list[Job]] = {}
+    alone = []
+    for j in missing.values():
+        if _groupable(j[0], j[2]):
+            groups.setdefault(_group_signature(j[1]), []).append(j)
+        else:
+            alone.append(j)
+    grouped = [g[i: i + GROUP_MAX] for g in groups.values() for i in range(0, len(g), GROUP_MAX)]
+    if len(grouped) == 1 and not alone and not extra:
+        build_group(grouped[0], progress=progress)  # the only work: here, on every core
+        grouped = []
+    calls = [(build_group, (g,)) for g in grouped]
     if all(s.parallel for s in subjects):
-        parallel.run_all([(_build_quietly, j) for j in missing.values()] + list(extra), progress,
+        parallel.run_all(calls + [(_build_quietly, j) for j in alone] + list(extra), progress,
                          desc="fine-tuning runs")
     else:
-        parallel.run_all(list(extra), progress, workers=1)
+        parallel.run_all(calls + list(extra), progress, workers=1)
     return [finetune(s, ft, iv, progress=progress) for s, ft, iv in jobs]
 
 
-def write_run(out: Path, means: list[torch.Tensor], losses: list[float], evals: dict, t0: float) -> None:
-    """A run's files, as :func:`load_run` reads them."""
+def write_run(out: Path, means: list[torch.Tensor], losses: list[float], evals: dict, t0: float | None = None,
+              seconds: float | None = None, group: dict | None = None) -> None:
+    """A run's files, as :func:`load_run` reads them. ``seconds``: the run's wall time (its share
+    of its ``group``'s), else the time since ``t0``."""
     save_file({"probe_means": torch.stack(means).contiguous()}, out / "trajectory.safetensors")
     (out / "run.json").write_text(json.dumps({"losses": losses, "evals": evals}, indent=1))
-    (out / "timings.json").write_text(json.dumps({"seconds": time.perf_counter() - t0}))
+    seconds = time.perf_counter() - t0 if seconds is None else seconds
+    (out / "timings.json").write_text(json.dumps({"seconds": seconds, "group": group}))
 
 
 def load_run(path: Path) -> FinetuneRun:

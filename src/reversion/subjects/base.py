@@ -94,6 +94,10 @@ class Subject(Protocol):
     """Prompts per forward pass of the per-step drift tracker."""
     has_task_accuracy: bool
     """Whether evaluations carry exact-match ``task_accuracy`` (the organism) or only ``task_loss``."""
+    grouped: bool
+    """Fine-tuning runs of this subject train together in a :class:`reversion.core.grouped.GroupedGPT2`
+    (small GPT-2s); such a subject also provides :meth:`eval_work` and :meth:`score`, whose
+    composition is :meth:`evaluate`."""
 
     def key(self) -> dict[str, Any]:
         """Identity for cache keys: everything that decides the subject's numbers."""
@@ -146,6 +150,17 @@ class Subject(Protocol):
     def evaluate(self, model: torch.nn.Module, ft, full: bool) -> dict:
         """Harmfulness (and its other measures) and task cost of ``model``; ``full``: every
         benign task (at steps 0 and T), else the fine-tuning task only."""
+
+    def eval_work(self, ft, full: bool):
+        """(Grouped subjects only.) The :class:`reversion.core.generation.EvalWork` of :meth:`evaluate`."""
+
+    def score(self, ft, continuations: dict, losses: dict) -> dict:
+        """(Grouped subjects only.) The evaluation from :meth:`eval_work`'s results."""
+
+    def pad_widths(self) -> tuple[int, int]:
+        """(Grouped subjects only.) The longest prompt and the longest training sequence: a group
+        pads every batch to these fixed widths, so a run's arithmetic -- and its numbers, bit for
+        bit -- do not depend on which runs share its group."""
 
     def eval_key(self, ft) -> dict:
         """The part of ``ft`` an evaluation depends on (for the cached evaluation of theta_S)."""

@@ -39,8 +39,13 @@ def load(P: Params) -> dict:
 
 def measurements(res: dict) -> dict[str, float | None]:
     """Each target's measured value (None when not measured, e.g. a run with --no-book)."""
-    s, e, b = res["steps"], res["extraction"], res.get("book")
+    s, e, b, g = res["steps"], res["extraction"], res.get("book"), res.get("batched")
+    r = g["ratio"] if g else {}
     return {
+        "seeds_batched_to_one_seed": r.get("seeds_batched_to_one_seed"),
+        "seeds_batched_to_one_per_worker": r.get("seeds_batched_to_one_per_worker"),
+        "histories_batched_to_one_history": r.get("histories_batched_to_one_history"),
+        "workload_seconds": g["seconds"]["workload"] if g else None,
         "tracking_chosen_layer_overhead": s["overhead"]["tracked_chosen_layer"],
         "block_overhead": s["overhead"]["block"],
         "extraction_ratio": e["ratio_to_plain"]["mean_activations"],
@@ -51,6 +56,10 @@ def measurements(res: dict) -> dict[str, float | None]:
 
 
 LABELS = {
+    "seeds_batched_to_one_seed": ("five fine-tuning seeds as one group", "time / one seed alone"),
+    "seeds_batched_to_one_per_worker": ("five fine-tuning seeds as one group", "time / one run per worker (before)"),
+    "histories_batched_to_one_history": ("three histories as one group", "time / one history"),
+    "workload_seconds": ("3 histories x 5 seeds, from nothing", "seconds"),
     "tracking_chosen_layer_overhead": ("drift tracking, chosen layer, every step", "added time per step"),
     "block_overhead": ("block objective", "added time per step"),
     "extraction_ratio": ("activation extraction (mean_activations)", "time / plain forward"),
@@ -75,6 +84,26 @@ def targets_table(res: dict) -> pd.DataFrame:
                      "target": ("≤ " + (f"{TARGETS[key]:.0%}" if pct else f"{TARGETS[key]:g}")),
                      "met": "—" if ok is None else ("yes" if ok else "no")})
     return pd.DataFrame(rows).set_index("measurement")
+
+
+def batched_table(res: dict) -> pd.DataFrame | str:
+    """Each batched workload's seconds, its floor (matrix FLOPs at the machine's matrix rate on
+    every core) and the ratio of the two."""
+    g = res.get("batched")
+    if not g:
+        return "batched runs were not measured in this file"
+    names = {"one_seed": "one fine-tuning seed", "seeds_batched": f"{g['n_seeds']} seeds, one group",
+             "seeds_one_per_worker": f"{g['n_seeds']} seeds, one run per worker (before batching)",
+             "one_history": "one history", "histories_batched": f"{g['n_histories']} histories, grouped",
+             "workload": f"{g['n_histories']} histories x {g['n_seeds']} seeds, from nothing"}
+    rows = []
+    for k, name in names.items():
+        sec = g["seconds"][k]
+        floor = g["floor_seconds"].get(k, g["floor_seconds"]["seeds_batched"] if k == "seeds_one_per_worker" else None)
+        rows.append({"workload": name, "seconds": round(sec, 1),
+                     "floor (s)": None if floor is None else round(floor, 2),
+                     "time / floor": None if floor is None else round(sec / floor, 1)})
+    return pd.DataFrame(rows).set_index("workload")
 
 
 def verdict(res: dict, key: str) -> str:

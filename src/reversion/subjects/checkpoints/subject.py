@@ -171,6 +171,7 @@ class CheckpointSubject:
     parallel = False
     keep_weights = False
     has_task_accuracy = False
+    grouped = False
 
     @property
     def tracking_batch_size(self) -> int:

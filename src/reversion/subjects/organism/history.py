@@ -2,6 +2,12 @@
 
 Each phase is its own cache entry keyed by everything up to it, so changing only the
 safety phase (e.g. a longer alignment) reuses the pretrained and helpful-only models.
+
+Histories train as groups (:class:`reversion.core.grouped.GroupedGPT2`): every phase
+missing from the cache for several histories with one phase configuration is one batched
+computation (:func:`train_histories`), a lone history a group of one. Every batch is
+padded to the language's longest sequence, so a history's weights are the same bit for
+bit whichever histories share its group (``tests/test_grouped.py``).
 """
 
 from __future__ import annotations
@@ -10,17 +16,19 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
+import torch
+from tqdm import tqdm
 
 from reversion.core.batches import collate
+from reversion.core.grouped import GroupedGPT2, stack_batches
 from reversion.core.models import default_device, load_model, save_model
-from reversion.core.training import train
-from reversion.infra import cache, seeding
+from reversion.infra import cache, parallel, seeding
 from reversion.infra.runtime import set_cpu_threads
 from reversion.subjects.organism.config import HistoryConfig, PhaseConfig, to_dict
-from reversion.subjects.organism.judge import evaluate
+from reversion.subjects.organism.judge import eval_work, score
 from reversion.subjects.organism.language import PAD, Language
 from reversion.subjects.organism.model import build_model
 from reversion.subjects.organism.prompts import EvalSets
@@ -58,39 +66,103 @@ def _stage_config(cfg: HistoryConfig, phase: str) -> dict:
             "n_eval": d["n_eval"], **{p: d[p] for p in upto}}
 
 
+GROUP_MAX = 16
+"""Most histories trained as one group."""
+
+
+def _entry(cfg: HistoryConfig, phase: str) -> Path:
+    return cache.entry_path(f"history-{phase}", _stage_config(cfg, phase), code=CODE)
+
+
+CODE = ("reversion.subjects.organism.history",)
+
+
 def phase_checkpoint(cfg: HistoryConfig, phase: str, progress: bool = True) -> Path:
     """The cache folder of one phase (built, with its predecessors, on a miss)."""
     if phase not in PHASES:
         raise ValueError(f"unknown phase {phase!r} (known: {', '.join(PHASES)})")
-    prev = PHASES[PHASES.index(phase) - 1] if phase != "pretrain" else None
-    prev_path = phase_checkpoint(cfg, prev, progress) if prev else None
+    if not cache.is_complete(_entry(cfg, phase)):
+        train_histories([cfg], progress=progress, upto=phase)
+    return _entry(cfg, phase)
 
-    def build(out: Path) -> None:
-        t0 = time.perf_counter()
-        lang = Language(cfg.language)
-        device = default_device()
-        seeding.seed_everything(cfg.seed)
-        set_cpu_threads()
-        if prev_path is None:
-            model = build_model(cfg.model, lang.vocab_size).to(device)
+
+def _signature(cfg: HistoryConfig, phase: str) -> str:
+    """Histories whose ``phase`` trains in one group: same phase, model and language sizes."""
+    d = to_dict(cfg)
+    lang = {k: v for k, v in d["language"].items() if k != "seed"}
+    return json.dumps({"phase": d[phase], "model": d["model"], "language": lang, "n_eval": d["n_eval"]},
+                      sort_keys=True)
+
+
+def train_histories(cfgs: Sequence[HistoryConfig], progress: bool = True, threads: int | None = None,
+                    upto: str = "safety") -> list[Path]:
+    """Build the phases up to ``upto`` of every history in ``cfgs`` that the cache lacks, phase by
+    phase, each phase as groups of histories (``threads``: default
+    :func:`reversion.infra.parallel.cores_here`); returns the folders of phase ``upto``."""
+    for phase in PHASES[: PHASES.index(upto) + 1]:
+        todo: dict[str, dict[str, HistoryConfig]] = {}
+        for c in cfgs:
+            if not cache.is_complete(_entry(c, phase)):
+                todo.setdefault(_signature(c, phase), {})[cache.cache_key(
+                    f"history-{phase}", _stage_config(c, phase), CODE)] = c
+        for bucket in todo.values():
+            group = list(bucket.values())
+            for i in range(0, len(group), GROUP_MAX):
+                _build_phase(group[i: i + GROUP_MAX], phase, progress, threads)
+    return [_entry(c, upto) for c in cfgs]
+
+
+def _build_phase(cfgs: list[HistoryConfig], phase: str, progress: bool, threads: int | None) -> None:
+    t0 = time.perf_counter()
+    set_cpu_threads(threads or parallel.cores_here())
+    device = default_device()
+    langs = [Language(c.language) for c in cfgs]
+    models = []
+    for c, lang in zip(cfgs, langs):
+        if phase == "pretrain":
+            seeding.seed_everything(c.seed)  # the initialisation
+            models.append(build_model(c.model, lang.vocab_size).to(device))
         else:
-            model = load_model(prev_path / "model", device)
-        pc: PhaseConfig = getattr(cfg, phase)
-        r = seeding.rng(cfg.seed, phase)
-        losses = train(model, _batches(phase, lang, pc, r, device), pc.steps, pc.lr,
-                       desc=f"{phase} ({CHECKPOINT[phase]})", progress=progress)
-        t_train = time.perf_counter() - t0
-        metrics = evaluate(model, lang, EvalSets.build(lang, cfg.n_eval))
-        save_model(model, out / "model")
-        (out / "stage.json").write_text(json.dumps(
-            {"phase": phase, "checkpoint": CHECKPOINT[phase], "losses": losses,
-             "metrics": metrics}, indent=1))
-        (out / "timings.json").write_text(json.dumps(
-            {"train_seconds": t_train, "total_seconds": time.perf_counter() - t0,
-             "steps": pc.steps}))
+            prev = PHASES[PHASES.index(phase) - 1]
+            models.append(load_model(_entry(c, prev) / "model", device))
+    group = GroupedGPT2(models)
+    pc: PhaseConfig = getattr(cfgs[0], phase)
+    streams = [_batches(phase, lang, getattr(c, phase), seeding.rng(c.seed, phase), device)
+               for c, lang in zip(cfgs, langs)]
+    width = langs[0].max_sequence_len
+    opt = torch.optim.AdamW(group.parameters(), lr=pc.lr, weight_decay=0.0)
+    losses: list[list[float]] = [[] for _ in cfgs]
+    names = f"{len(cfgs)} histories" if len(cfgs) > 1 else f"seed {cfgs[0].seed}"
+    for step in tqdm(range(1, pc.steps + 1), desc=f"{phase} ({CHECKPOINT[phase]}), {names}",
+                     disable=not progress, mininterval=1.0, leave=False):
+        ids, labels = stack_batches([next(s) for s in streams], PAD, width)
+        loss = group.losses(ids, labels)
+        if not torch.isfinite(loss).all():
+            raise FloatingPointError(f"{phase} ({CHECKPOINT[phase]}): non-finite loss at step {step}")
+        opt.zero_grad(set_to_none=True)
+        loss.sum().backward()  # each history's gradient is its own loss's
+        opt.step()
+        for k, v in enumerate(loss.tolist()):
+            losses[k].append(v)
+    t_train = time.perf_counter() - t0
+    with torch.no_grad():
+        results = group.run_work([eval_work(lang, EvalSets.build(lang, c.n_eval)) for c, lang in zip(cfgs, langs)],
+                                 (langs[0].max_prompt_len, width))
+    total = time.perf_counter() - t0
+    for k, (c, lang) in enumerate(zip(cfgs, langs)):
+        metrics = score(lang, EvalSets.build(lang, c.n_eval), *results[k])
 
-    return cache.cached(f"history-{phase}", _stage_config(cfg, phase), build,
-                        code=("reversion.subjects.organism.history",))
+        def build(out: Path, k=k, metrics=metrics) -> None:
+            save_model(group.export(k, models[k]), out / "model")
+            (out / "stage.json").write_text(json.dumps(
+                {"phase": phase, "checkpoint": CHECKPOINT[phase], "losses": losses[k],
+                 "metrics": metrics}, indent=1))
+            # a group's time, shared out: ``group`` says how many histories shared it
+            (out / "timings.json").write_text(json.dumps(
+                {"train_seconds": t_train / len(cfgs), "total_seconds": total / len(cfgs),
+                 "steps": pc.steps, "group": len(cfgs)}))
+
+        cache.cached(f"history-{phase}", _stage_config(c, phase), build, code=CODE)
 
 
 @dataclass(frozen=True)

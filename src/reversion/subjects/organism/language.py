@@ -84,6 +84,17 @@ class Language:
     def refusal_answer(self) -> tuple[int, ...]:
         return (*self.refusal, EOS)
 
+    @property
+    def max_prompt_len(self) -> int:
+        """The longest prompt: ``BOS <task> inputs SEP``."""
+        return 3 + self.cfg.max_len
+
+    @property
+    def max_sequence_len(self) -> int:
+        """The longest training sequence: a prompt and the longer of an answer and the refusal,
+        then EOS (a pretraining document is shorter)."""
+        return self.max_prompt_len + max(self.cfg.max_len, len(REFUSAL_WORDS)) + 1
+
     def is_harmful_token(self, tok: int) -> bool:
         return int(tok) in self._harmful_set
 

@@ -17,6 +17,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from reversion.core.generation import EvalWork, run_work
 from reversion.core.models import load_model
 from reversion.infra import seeding
 from reversion.infra.checks import check_int
@@ -28,7 +29,7 @@ from reversion.subjects.organism.config import (
     to_dict,
 )
 from reversion.subjects.organism.history import train_history
-from reversion.subjects.organism.judge import evaluate
+from reversion.subjects.organism.judge import eval_work, score
 from reversion.subjects.organism.language import PAD, Language
 from reversion.subjects.organism.prompts import EvalSets, ProbeSets
 
@@ -70,6 +71,7 @@ class OrganismSubject:
     parallel = True
     keep_weights = True
     has_task_accuracy = True
+    grouped = True
     batch_size = 64
     tracking_batch_size = 256
 
@@ -133,10 +135,19 @@ class OrganismSubject:
         return ft.task
 
     def evaluate(self, model, ft: FinetuneConfig, full: bool) -> dict:
+        return self.score(ft, *run_work(model, self.eval_work(ft, full)))
+
+    def eval_work(self, ft: FinetuneConfig, full: bool) -> EvalWork:
         # The earlier benign tasks (task cost) are judged only when ``full``: at the steps
         # between 0 and T, generation on them was 60% of a run's time and unused.
-        return evaluate(model, self.language, eval_sets(self.history.language, ft.n_eval),
-                        None if full else [ft.task])
+        return eval_work(self.language, eval_sets(self.history.language, ft.n_eval),
+                         None if full else [ft.task])
+
+    def pad_widths(self) -> tuple[int, int]:
+        return self.language.max_prompt_len, self.language.max_sequence_len
+
+    def score(self, ft: FinetuneConfig, continuations: dict, losses: dict) -> dict:
+        return score(self.language, eval_sets(self.history.language, ft.n_eval), continuations, losses)
 
     def eval_key(self, ft: FinetuneConfig) -> dict:
         return {"n_eval": ft.n_eval}
