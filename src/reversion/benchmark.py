@@ -212,6 +212,30 @@ def run_flops(world: World) -> dict:
     return {"step": step, "track": track, "eval": ev, "eval_full": full, "run": per_run, "history": history}
 
 
+def profile_group_step(world: World, k: int = 5, steps: int = 10) -> str:
+    """``torch.profiler``'s operator table of ``k`` fine-tuning runs' grouped training steps (fresh
+    models): where a step's time goes once per-operator overhead is shared by the runs."""
+    set_cpu_threads(n_workers())
+    loops = [_Loop.build(world, seed=i) for i in range(k)]
+    group = GroupedGPT2([lp.model for lp in loops])
+    width = OrganismSubject(world.history).pad_widths()[1]
+    batch = stack_batches([collate(*_one_batch(lp), pad_id=PAD) for lp in loops], PAD, width)
+    opt = torch.optim.AdamW(group.parameters(), lr=world.finetune.lr, weight_decay=0.0)
+
+    def step() -> None:
+        loss = group.losses(*batch).sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(3):
+        step()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
+
+
 def _timed(fn: Callable[[], object]) -> float:
     t = time.perf_counter()
     fn()
@@ -447,6 +471,8 @@ def run(out: Path, book: bool = True, world: str = "default", repeats: int = 60,
     if batched:
         log("batched runs (minutes) ...")
         res["batched"] = bench_batched(w, log=log)
+        (out.parent / "profile_group_step.txt").write_text(profile_group_step(w))
+        res["batched"]["profile"] = "profile_group_step.txt"
     if res["steps"]["overhead"]["tracked_chosen_layer"] > TARGETS["tracking_chosen_layer_overhead"]:
         log("profiling the tracked step ...")
         text = profile_step(w, res["steps"]["layer"])
