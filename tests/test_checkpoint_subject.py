@@ -60,7 +60,7 @@ def tiny_checkpoints(tiny, family: str = "llama", **changes) -> dict:
 
 def test_empty_checkpoints_are_the_organism():
     """``checkpoints={}`` runs the organism: a chapter's subject is the world's history."""
-    P = ch03.Params(world="smoke", world_overrides={}, n_seeds=2, n_probe=16, position="last")
+    P = ch03.Params(world="smoke", world_overrides={}, n_seeds=2, n_histories=1, n_probe=16, position="last")
     world = P.make_world()
     s = P.subject(world, need_finetune=True)
     assert isinstance(s, OrganismSubject) and s.history == world.history
@@ -197,14 +197,14 @@ def test_checkpoint_identity_covers_tokenizer_and_template_files(tmp_path):
 
 
 def test_chapter_parameters_record_checkpoints_only_when_set(demo):
-    P = ch03.Params(world="smoke", world_overrides={}, n_seeds=2, n_probe=16, position="last")
-    assert set(P.recorded()) == {"world", "world_overrides", "n_seeds", "n_probe", "position"}
+    P = ch03.Params(world="smoke", world_overrides={}, n_seeds=2, n_histories=1, n_probe=16, position="last")
+    assert set(P.recorded()) == {"world", "world_overrides", "n_seeds", "n_histories", "n_probe", "position"}
     ckpt = checkpoints_of(demo)
-    Q = ch03.Params(world="smoke", world_overrides={}, n_seeds=2, n_probe=16, position="last", checkpoints=ckpt)
+    Q = ch03.Params(world="smoke", world_overrides={}, n_seeds=2, n_histories=1, n_probe=16, position="last", checkpoints=ckpt)
     assert Q.recorded()["checkpoints"] == ckpt
     s = Q.subject(Q.make_world(), need_finetune=True)
     assert isinstance(s, cs.CheckpointSubject) and s.aligned == demo["aligned"]
-    R = ch03.Params(world="smoke", world_overrides={}, n_seeds=2, n_probe=16, position="last",
+    R = ch03.Params(world="smoke", world_overrides={}, n_seeds=2, n_histories=1, n_probe=16, position="last",
                     checkpoints=checkpoints_of(demo, finetune_data=""))
     with pytest.raises(ValueError, match=r"checkpoints\['finetune_data'\] is empty"):
         R.subject(R.make_world(), need_finetune=True)

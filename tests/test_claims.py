@@ -136,14 +136,17 @@ def chapter05(world, v05: dict, subject=None) -> dict:
 
 
 def chapter03(s: dict, world) -> dict:
-    agg = stats.aggregate
+    """Planted per-run values, one history per value (history-level summaries, as the chapter's)."""
+    def agg(xs):
+        return stats.nested([[x] for x in xs])
     L1 = world.history.model.n_layer + 1
     mid = lambda f: agg(np.array(s["a1"]) * (1 - f) + np.array(s["a20"]) * f)  # noqa: E731
     return {
-        "layer": LAYER, "T": T,
+        "layer": LAYER, "layers": [LAYER] * len(s["a1"]), "T": T, "n_histories": len(s["a1"]), "n_seeds": 1,
         "alignment": {"1": agg(s["a1"]), "5": mid(0.2), "10": mid(0.5), "20": agg(s["a20"])},
         "alignment_min_over_seeds": {"1": float(min(s["a1"])), "5": 0.0, "10": 0.0,
                                      "20": float(min(s["a20"]))},
+        "final_alignment": agg(s["a20"]),
         "final_alignment_by_layer": {str(l): agg(s["a20"]) for l in range(L1)},
         "control_alignment": {name: {"1": agg([0.01, -0.02, 0.0]), str(T): agg([0.02, 0.0, -0.01])}
                               for name in ("v_P", "r_S")},
@@ -217,10 +220,10 @@ def test_hand_built_chapter03_has_the_keys_of_its_metrics(world):
     g = np.random.default_rng(0)
     grid = [0, 1, 2, 3, 6, T]
     L1 = world.history.model.n_layer + 1
-    runs = [_run({s: {"harmfulness": float(g.uniform())} for s in grid}) for _ in range(N_SEEDS)]
-    cos = {k: g.uniform(-1, 1, size=(N_SEEDS, T + 1, L1)) for k in ("v_rev", "v_P", "r_S")}
-    res = ch03.Result(world, SimpleNamespace(layer=LAYER), runs, cos, OrganismSubject(world.history))
-    P = ch03.Params(world="smoke", world_overrides={}, n_seeds=N_SEEDS, n_probe=16, position="last")
+    runs = [[_run({s: {"harmfulness": float(g.uniform())} for s in grid}) for _ in range(N_SEEDS)] for _ in range(2)]
+    cos = {k: g.uniform(-1, 1, size=(2, N_SEEDS, T + 1, L1)) for k in ("v_rev", "v_P", "r_S")}
+    res = ch03.Result(world, [SimpleNamespace(layer=LAYER)] * 2, runs, cos, [OrganismSubject(world.history)] * 2)
+    P = ch03.Params(world="smoke", world_overrides={}, n_seeds=N_SEEDS, n_histories=2, n_probe=16, position="last")
     assert _keys(chapter03(GOOD, world)) == _keys(ch03.metrics(P, res))
 
 

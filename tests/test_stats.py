@@ -419,3 +419,29 @@ def test_at_step_aggregates_one_grid_point_over_seeds():
     assert got["std"] == pytest.approx(math.sqrt(0.02))
     with pytest.raises(ValueError, match=r"step 3 is not on the grid \[0, 1, 5, 10\]"):
         S.at_step(series, steps, 3)
+
+
+def test_nested_summary_is_over_histories_with_seeds_within():
+    """Closed form: per-history means 2, 6, 10 -> mean 6, std 4, t-interval 6 +- t(.975, 2) 4/sqrt(3);
+    within-history deviations +-1 -> pooled seed std sqrt(6 / 3)."""
+    from scipy import stats as sps
+
+    from reversion.core.stats import nested
+
+    out = nested([[1, 3], [5, 7], [9, 11]])
+    half = sps.t.ppf(0.975, 2) * 4 / np.sqrt(3)
+    assert out["by_history"] == [2.0, 6.0, 10.0] and out["n"] == 3 and out["n_seeds"] == [2, 2, 2]
+    assert out["mean"] == pytest.approx(6.0) and out["std"] == pytest.approx(4.0)
+    assert out["ci_low"] == pytest.approx(6 - half) and out["ci_high"] == pytest.approx(6 + half)
+    assert out["within_std"] == pytest.approx(np.sqrt(2.0))
+    # the seeds do not count as replicates: the same spread of seeds with one history per value
+    # would give a narrower interval; here more seeds per history leave the interval unchanged
+    many = nested([[1, 3, 1, 3], [5, 7, 5, 7], [9, 11, 9, 11]])
+    assert many["ci_low"] == pytest.approx(out["ci_low"]) and many["n"] == 3
+    one = nested([[1.0, 2.0, 3.0]])
+    assert one["n"] == 1 and one["std"] == 0.0 and one["ci_low"] is None  # undefined, and JSON-writable
+    assert nested([[4.0], [6.0]])["within_std"] is None  # no seed spread to pool
+    with pytest.raises(ValueError, match="at least one history"):
+        nested([])
+    with pytest.raises(ValueError, match=r"values\[1\] is empty"):
+        nested([[1.0], []])

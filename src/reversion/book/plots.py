@@ -87,20 +87,21 @@ def stability_vs_probes(by_size: Mapping[int, Mapping[str, float]]):
     return fig
 
 
-def alignment_curves(cos: Mapping[str, np.ndarray], layer: int, paper: Mapping[int, tuple] | None = None):
-    """cos(d_t, direction) against step at one layer: one band per direction, paper marked."""
+def alignment_curves(series: Mapping[str, np.ndarray], ylabel: str, paper: Mapping[int, tuple] | None = None):
+    """cos(d_t, direction) against step: ``series[name]`` is ``[n, T+1]`` (one row per history:
+    its mean over seeds), drawn as a mean ± std band; paper marked."""
     paper = paper if paper is not None else {1: (0.429, 0.052), 20: (0.647, 0.021)}
     fig, ax = plt.subplots(figsize=(6, 3.4))
-    for i, (name, c) in enumerate(cos.items()):
+    for i, (name, c) in enumerate(series.items()):
         steps = np.arange(1, c.shape[1])
-        band(ax, steps, c[:, 1:, layer], f"cos(d_t, {name})", color=PALETTE[i], marker=None)
+        band(ax, steps, c[:, 1:], f"cos(d_t, {name})", color=PALETTE[i], marker=None)
     for j, (s, (m, sd)) in enumerate(paper.items()):
         ax.errorbar([s], [m], yerr=[sd], fmt="s", color="k", capsize=3,
                     label="paper (v_rev)" if j == 0 else None)
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_xscale("log")
     ax.set_xlabel("fine-tuning step")
-    ax.set_ylabel(f"alignment at layer {layer}")
+    ax.set_ylabel(ylabel)
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig

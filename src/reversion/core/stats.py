@@ -93,6 +93,35 @@ def aggregate(values: Any) -> dict[str, Any]:
     return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if n > 1 else 0.0, "n": int(n)}
 
 
+def nested(values: Sequence[Sequence[float]], level: float = 0.95) -> dict[str, Any]:
+    """Seeds nested in histories, ``values[h][s]``; the history is the unit of replication.
+
+    ``mean``, ``std`` and the ``level`` t-interval (``ci_low``, ``ci_high``; H - 1 degrees of
+    freedom; None for one history) are over the per-history means ``by_history``; ``n`` is the
+    number of histories H, ``n_seeds`` the seeds of each; ``within_std`` is the pooled standard
+    deviation over seeds within a history (None when no history has two seeds). Undefined values
+    are None, not NaN: they are written to metrics files.
+    """
+    per, sizes, ss, dof = [], [], 0.0, 0
+    for h, v in enumerate(values):
+        arr = _array(v, f"values[{h}]").ravel()
+        if arr.size == 0:
+            raise ValueError(f"values[{h}] is empty: every history needs at least one seed")
+        per.append(float(arr.mean()))
+        sizes.append(int(arr.size))
+        ss += float(((arr - arr.mean()) ** 2).sum())
+        dof += arr.size - 1
+    if not per:
+        raise ValueError("values must hold at least one history")
+    H = len(per)
+    m = float(np.mean(per))
+    sd = float(np.std(per, ddof=1)) if H > 1 else 0.0
+    half = float(sps.t.ppf(0.5 + level / 2, H - 1)) * sd / np.sqrt(H) if H > 1 else None
+    return {"mean": m, "std": sd, "n": H, "ci_low": None if half is None else m - half,
+            "ci_high": None if half is None else m + half, "level": level,
+            "by_history": per, "n_seeds": sizes, "within_std": float(np.sqrt(ss / dof)) if dof else None}
+
+
 # --------------------------------------------------------------------------- geometry
 
 

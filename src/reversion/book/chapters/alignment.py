@@ -27,7 +27,9 @@ class Params(SubjectParams):
     """Parameters of chapter 03."""
 
     n_seeds: int
-    """Fine-tuning seeds (>= 5 for the book)."""
+    """Fine-tuning seeds per history (>= 5 for the book)."""
+    n_histories: int
+    """Independent organism histories (>= 3 for the book; your checkpoints are one history)."""
     n_probe: int
     """Probe prompts per set (v_rev estimation and drift)."""
     position: str
@@ -35,6 +37,7 @@ class Params(SubjectParams):
 
     def __post_init__(self) -> None:
         check_int("n_seeds", self.n_seeds, 2)  # a spread needs two seeds
+        check_int("n_histories", self.n_histories, 1)
         check_int("n_probe", self.n_probe, 4)
         check_choice("position", self.position, ("last", "mean"))
 
@@ -45,16 +48,38 @@ class Params(SubjectParams):
 @dataclass
 class Result:
     world: World
-    est: VRevEstimate
-    runs: list[FinetuneRun]
+    ests: list[VRevEstimate]
+    """One estimate per history (its own v_rev and chosen layer)."""
+    runs: list[list[FinetuneRun]]
+    """``runs[h][s]``: history h, fine-tuning seed s."""
     cos: dict[str, np.ndarray]
-    """direction name -> ``[n_seeds, T+1, L+1]`` cosines of drift with it."""
-    subject: Subject
-    """The organism or your checkpoints."""
+    """direction name -> ``[n_histories, n_seeds, T+1, L+1]`` cosines of each run's drift with its
+    own history's direction."""
+    subjects: list[Subject]
+    """The organism's independent histories, or your checkpoints (one history)."""
+
+    @property
+    def subject(self) -> Subject:
+        return self.subjects[0]
+
+    @property
+    def est(self) -> VRevEstimate:
+        return self.ests[0]
 
     @property
     def layer(self) -> int:
+        """History 0's chosen layer (the layer chapters 02, 04 and 05 use)."""
         return self.est.layer
+
+    @property
+    def layers(self) -> list[int]:
+        """Each history's chosen layer."""
+        return [e.layer for e in self.ests]
+
+    def at_layer(self, name: str = "v_rev") -> np.ndarray:
+        """``[n_histories, n_seeds, T+1]``: alignment at each history's own chosen layer."""
+        c = self.cos[name]
+        return np.stack([c[h, :, :, l] for h, l in enumerate(self.layers)])
 
     @property
     def notes(self) -> list[str]:
@@ -73,43 +98,75 @@ def check(P: Params) -> None:
         raise ValueError("drift probes are recorded at the last prompt token; position must be 'last' here")
 
 
+def alignments(ests: list[VRevEstimate], runs: list[FinetuneRun], n_seeds: int) -> dict[str, np.ndarray]:
+    """cos(d_t, direction) of every run with its own history's directions (``runs`` history-major,
+    ``n_seeds`` per history): direction -> ``[n_histories, n_seeds, T+1, L+1]``."""
+    if len(runs) != len(ests) * n_seeds:
+        raise ValueError(f"{len(runs)} runs for {len(ests)} histories x {n_seeds} seeds")
+    out: dict[str, list] = {}
+    for h, est in enumerate(ests):
+        for name, v in directions(est).items():
+            out.setdefault(name, []).append(np.stack([drift_alignment(r.probe_means, v)
+                                                      for r in runs[h * n_seeds:(h + 1) * n_seeds]]))
+    return {name: np.stack(v) for name, v in out.items()}
+
+
+def by_history(runs: list[FinetuneRun], n_seeds: int) -> list[list[FinetuneRun]]:
+    return [runs[i:i + n_seeds] for i in range(0, len(runs), n_seeds)]
+
+
 def run(P: Params, progress: bool = True) -> Result:
-    """What the notebook shows, in one call: stages ``estimate`` and ``finetune`` (one run per
-    seed), then the alignment of each run's drift with every direction."""
+    """What the notebook shows, in one call: stages ``estimate`` (per history) and ``finetune``
+    (every history x seed), then the alignment of each run's drift with its history's directions."""
     check(P)
     world = P.make_world()
-    subject = P.subject(world, need_finetune=True)
-    est = estimate(subject, P.n_probe, P.position, progress=progress)
-    runs = finetune_many([(subject, world.finetune_config(s), None) for s in world.seeds], progress)
-    cos = {name: np.stack([drift_alignment(r.probe_means, v) for r in runs]) for name, v in directions(est).items()}
-    return Result(world, est, runs, cos, subject)
+    subjects = P.subjects(world, need_finetune=True)
+    ests = [estimate(s, P.n_probe, P.position, progress=progress) for s in subjects]
+    runs = finetune_many([(s, world.finetune_config(k), None) for s in subjects for k in world.seeds], progress)
+    return Result(world, ests, by_history(runs, world.n_seeds), alignments(ests, runs, world.n_seeds), subjects)
 
 
-def step_table(res: Result, layer: int | None = None, steps=REPORT_STEPS) -> pd.DataFrame:
-    """Mean +- std over seeds of cos(d_t, .) at the reported steps, with the paper's figures."""
-    layer = res.layer if layer is None else layer
+def step_table(res: Result, steps=REPORT_STEPS) -> pd.DataFrame:
+    """At the reported steps, each history's chosen layer: mean ± std over histories of the
+    per-history seed means of cos(d_t, .), with the paper's figures beside ours."""
     T = res.world.finetune.steps
     rows = []
     for s in [s for s in steps if s <= T]:
         row = {"step": s}
-        for name, c in res.cos.items():
-            a = stats.aggregate(c[:, s, layer])
+        for name in res.cos:
+            a = stats.nested(res.at_layer(name)[:, :, s])
             row[f"cos(d_t, {name})"] = f"{a['mean']:.3f} ± {a['std']:.3f}"
         row["paper (v_rev)"] = "{:.3f} ± {:.3f}".format(*PAPER[str(s)]) if str(s) in PAPER else ""
         rows.append(row)
     return pd.DataFrame(rows).set_index("step")
 
 
-def harmfulness_pairs(res: Result, layer: int | None = None) -> pd.DataFrame:
-    """(seed, step) pairs on the evaluation grid, step >= 1: alignment and harmfulness."""
-    layer = res.layer if layer is None else layer
+def history_table(res: Result, steps=(1, 20)) -> pd.DataFrame:
+    """Each history on its own: its chosen layer and mean ± std over its seeds of cos(d_t, v_rev)."""
+    T = res.world.finetune.steps
+    a = res.at_layer("v_rev")
     rows = []
-    for i, (seed, r) in enumerate(zip(res.world.seeds, res.runs)):
-        for s in r.steps:
-            if s == 0:
-                continue
-            rows.append({"seed": seed, "step": s, "alignment": float(res.cos["v_rev"][i, s, layer]),
-                         "harmfulness": r.evals[s]["harmfulness"]})
+    for h, layer in enumerate(res.layers):
+        row = {"history": h, "layer": layer}
+        for s in [s for s in steps if s <= T] + [T]:
+            x = stats.aggregate(a[h, :, s])
+            row[f"step {s}"] = f"{x['mean']:.3f} ± {x['std']:.3f}"
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("history")
+
+
+def harmfulness_pairs(res: Result) -> pd.DataFrame:
+    """(history, seed, step) triples on the evaluation grid, step >= 1: alignment at the history's
+    chosen layer and harmfulness."""
+    a = res.at_layer("v_rev")
+    rows = []
+    for h, runs in enumerate(res.runs):
+        for i, (seed, r) in enumerate(zip(res.world.seeds, runs)):
+            for s in r.steps:
+                if s == 0:
+                    continue
+                rows.append({"history": h, "seed": seed, "step": s, "alignment": float(a[h, i, s]),
+                             "harmfulness": r.evals[s]["harmfulness"]})
     return pd.DataFrame(rows)
 
 
@@ -130,6 +187,13 @@ def correlations(pairs: pd.DataFrame) -> dict:
     return out
 
 
+def interval_text(a: dict) -> str:
+    """A history-level summary's interval, in words (one history has none)."""
+    if a.get("ci_low") is None:
+        return "one history: no interval over histories"
+    return f"{a['level']:.0%} interval over {a['n']} histories {a['ci_low']:.3f} to {a['ci_high']:.3f}"
+
+
 def paper_comparison(m: dict) -> str:
     """Where our step-1 and step-20 alignment fall against the paper's, in words."""
     parts = []
@@ -144,16 +208,21 @@ def paper_comparison(m: dict) -> str:
 
 
 def metrics(P: Params, res: Result) -> dict:
-    layer, T = res.layer, res.world.finetune.steps
+    """History-level summaries (the history is the unit of replication; seeds are nested in it)."""
+    T = res.world.finetune.steps
+    a = res.at_layer("v_rev")
     al, al_min = {}, {}
     for s in [s for s in REPORT_STEPS if s <= T]:
-        al[str(s)] = stats.aggregate(res.cos["v_rev"][:, s, layer])
-        al_min[str(s)] = float(res.cos["v_rev"][:, s, layer].min())
-    final_all = {str(l): stats.aggregate(res.cos["v_rev"][:, T, l]) for l in range(res.cos["v_rev"].shape[2])}
+        al[str(s)] = stats.nested(a[:, :, s])
+        al_min[str(s)] = float(a[:, :, s].min())
+    c = res.cos["v_rev"]
+    final_all = {str(l): stats.nested(c[:, :, T, l]) for l in range(c.shape[3])}
     corr = correlations(harmfulness_pairs(res))
-    controls = {name: {str(s): stats.aggregate(c[:, s, layer]) for s in [1, T]}
-                for name, c in res.cos.items() if name != "v_rev"}
-    return {"layer": layer, "T": T, "alignment": al, "alignment_min_over_seeds": al_min,
+    controls = {name: {str(s): stats.nested(res.at_layer(name)[:, :, s]) for s in [1, T]}
+                for name in res.cos if name != "v_rev"}
+    return {"layer": res.layer, "layers": res.layers, "T": T,
+            "n_histories": len(res.runs), "n_seeds": len(res.runs[0]),
+            "alignment": al, "alignment_min_over_seeds": al_min, "final_alignment": stats.nested(a[:, :, T]),
             "final_alignment_by_layer": final_all,
             "control_alignment": controls,
             "spearman_alignment_harmfulness": corr["spearman"],

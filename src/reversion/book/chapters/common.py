@@ -10,7 +10,7 @@ from typing import ClassVar
 from reversion.infra.results import write_metrics
 from reversion.subjects.base import Subject, identity
 from reversion.subjects.checkpoints.subject import CHECKPOINT_KEYS, from_parameters
-from reversion.subjects.organism.subject import OrganismSubject
+from reversion.subjects.organism.subject import OrganismSubject, histories
 from reversion.subjects.organism.worlds import World, make_world
 
 _WORLD_FIELDS = {f.name for f in dataclasses.fields(World)}
@@ -66,6 +66,13 @@ class SubjectParams(WorldParams):
         if not self.checkpoints:
             return OrganismSubject(world.history)
         return from_parameters(self.checkpoints, need_finetune=need_finetune)
+
+    def subjects(self, world: World, need_finetune: bool = False) -> list[Subject]:
+        """The world's ``n_histories`` independent organism histories (history 0 is
+        :meth:`subject`'s), or your checkpoints: one history."""
+        if not self.checkpoints:
+            return histories(world.history, world.n_histories)
+        return [self.subject(world, need_finetune)]
 
     def recorded(self) -> dict:
         """The parameters written to metrics.json: without ``checkpoints`` when it is empty, so

@@ -30,9 +30,14 @@ class World:
     """Benign fine-tuning (its ``seed`` is replaced by each of :attr:`seeds`)."""
     n_seeds: int = 5
     """Fine-tuning seeds 0..n_seeds-1."""
+    n_histories: int = 3
+    """Independent histories (initialisation, data order and the language's split seed differ;
+    see :func:`reversion.subjects.organism.subject.histories`): the unit of replication of the
+    chapters that run several. History 0 is :attr:`history` itself."""
 
     def __post_init__(self) -> None:
         check_int("n_seeds", self.n_seeds, 1)
+        check_int("n_histories", self.n_histories, 1)
         if not isinstance(self.history, HistoryConfig) or not isinstance(self.finetune, FinetuneConfig):
             raise ValueError("world.history and world.finetune must be configs (override them with mappings)")
         if self.finetune.task not in self.history.language.tasks:
