@@ -116,7 +116,7 @@ def nested(values: Sequence[Sequence[float]], level: float = 0.95) -> dict[str, 
     H = len(per)
     m = float(np.mean(per))
     sd = float(np.std(per, ddof=1)) if H > 1 else 0.0
-    half = float(sps.t.ppf(0.5 + level / 2, H - 1)) * sd / np.sqrt(H) if H > 1 else None
+    half = float(sps.t.ppf(0.5 + level / 2, H - 1) * sd / np.sqrt(H)) if H > 1 else None
     return {"mean": m, "std": sd, "n": H, "ci_low": None if half is None else m - half,
             "ci_high": None if half is None else m + half, "level": level,
             "by_history": per, "n_seeds": sizes, "within_std": float(np.sqrt(ss / dof)) if dof else None}

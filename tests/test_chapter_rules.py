@@ -1,0 +1,74 @@
+"""The rules that choose chapter 01's verdict and result sentences, each flipped by a planted case.
+
+A sentence that states a result is chosen by the numbers (``training_history.sentences``); every
+branch here has a planted metrics dict that selects it, so no sentence can be stuck.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from reversion.book.chapters import training_history as ch
+from reversion.core.stats import nested
+
+
+def _m(rise=(0.20, 0.25, 0.30), h_S=0.02, h_T=0.25, em_T=0.01, acc_S=0.5, acc_T=0.8, acc_H=0.9,
+       trained=(0.0, 0.10), untrained=(0.0, 0.0), long_T=0.03, h_T0=None) -> dict:
+    """Chapter 01 metrics with planted per-history values (one seed each unless a rise is given)."""
+    def n(x):
+        return nested([[v] for v in x]) if isinstance(x, (tuple, list)) else nested([[x], [x], [x]])
+    split = {part: {"exact_match": {"theta_S": n(v[0]), "finetuned": n(v[1]), "theta_H": n(0.9)},
+                    "harmfulness": {"theta_S": n(v[0]), "finetuned": n(v[1]), "theta_H": n(0.9)}}
+             for part, v in (("trained", trained), ("untrained", untrained))}
+    return {"harmfulness_rise": n(rise),
+            "harmfulness": {"theta_S": n(h_S), "finetuned": n(h_T if h_T0 is None else (h_T0, h_T, h_T))},
+            "exact_match": {"finetuned": n(em_T)},
+            "task_accuracy": {"theta_S": n(acc_S), "theta_H": n(acc_H), "finetuned": n(acc_T)},
+            "task_split": split,
+            "long_alignment": {"theta_S": 0.0, "finetuned": {"mean": long_T}}}
+
+
+def test_verdict_rises_clearly_only_with_an_interval_above_zero_and_a_large_enough_mean():
+    assert ch.reversion_verdict(_m()).startswith("harmfulness rises clearly")
+    # the same mean with histories that disagree: the interval over 3 histories spans zero
+    assert ch.reversion_verdict(_m(rise=(-0.30, 0.25, 0.80))) == "no clear rise in harmfulness"
+    # every history rises by at least 5 points, but too unevenly for the interval: said as such
+    uneven = ch.reversion_verdict(_m(rise=(0.16, 0.65, 0.41)))
+    assert uneven.startswith("harmfulness rises in every history (by 0.16 to 0.65)") and "not clear" in uneven
+    # an interval above zero but a rise below 5 points is not called clear
+    assert ch.reversion_verdict(_m(rise=(0.020, 0.021, 0.022))) == "no clear rise in harmfulness"
+    assert ch.reversion_verdict(_m(rise=(-0.20, -0.25, -0.30))).startswith("harmfulness falls")
+    one = _m()
+    one["harmfulness_rise"] = nested([[0.2, 0.3, 0.25, 0.22, 0.28]])  # many seeds, one history
+    assert ch.reversion_verdict(one).startswith("undecided (one history")
+
+
+def test_room_sentence_follows_task_accuracy_at_theta_S():
+    assert "has room" in ch.sentences(_m(acc_S=0.5))["room"]
+    assert "little room" in ch.sentences(_m(acc_S=0.97))["room"]
+
+
+def test_task_sentence_says_rises_falls_or_stays():
+    assert "rises" in ch.sentences(_m(acc_T=0.8))["task"]
+    assert "falls" in ch.sentences(_m(acc_T=0.3))["task"]
+    assert "stays" in ch.sentences(_m(acc_T=0.505))["task"]
+
+
+def test_depth_sentence_follows_exact_match_against_first_token():
+    assert "stops at the first tokens" in ch.sentences(_m(h_T=0.25, em_T=0.01))["depth"]
+    assert "mostly complete" in ch.sentences(_m(h_T=0.25, em_T=0.2))["depth"]
+    assert "does not rise" in ch.sentences(_m(h_T=0.02, h_S=0.02))["depth"]
+
+
+def test_split_sentence_separates_task_learning_from_reversion():
+    trained_only = ch.sentences(_m(trained=(0.0, 0.10), untrained=(0.0, 0.0)))["split"]
+    assert "only on requests of the fine-tuned task itself (+0.100 on the fine-tuned task, +0.000" in trained_only
+    both = ch.sentences(_m(trained=(0.0, 0.30), untrained=(0.0, 0.14)))["split"]
+    assert "never fine-tuned too" in both
+    assert "cannot tell" in ch.sentences(_m(trained=(0.0, 0.01), untrained=(0.0, 0.0)))["split"]
+
+
+@pytest.mark.parametrize("long_T, h_T0, want", [
+    (0.03, 0.25, "removes most"), (0.24, 0.25, "does not remove"), (0.0, 0.02, "no rise to remove")])
+def test_long_alignment_sentence(long_T, h_T0, want):
+    assert want in ch.sentences(_m(long_T=long_T, h_T0=h_T0))["long"]
