@@ -72,3 +72,15 @@ def test_split_sentence_separates_task_learning_from_reversion():
     (0.03, 0.25, "removes most"), (0.24, 0.25, "does not remove"), (0.0, 0.02, "no rise to remove")])
 def test_long_alignment_sentence(long_T, h_T0, want):
     assert want in ch.sentences(_m(long_T=long_T, h_T0=h_T0))["long"]
+
+
+def test_null_threshold_is_the_stricter_null_and_the_sentence_says_which():
+    from reversion.book.chapters import null_test as ch04
+
+    wide = {"isotropic": 0.29, "matched": 0.45}
+    assert ch04.threshold(wide) == 0.45
+    assert "matched null is the threshold" in ch04.null_sentence(wide)
+    narrow = {"isotropic": 0.29, "matched": 0.20}
+    assert ch04.threshold(narrow) == 0.29  # a matched null below the isotropic one does not lower the bar
+    assert "isotropic null is the threshold" in ch04.null_sentence(narrow)
+    assert "nearly agree" in ch04.null_sentence({"isotropic": 0.29, "matched": 0.30})

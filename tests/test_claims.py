@@ -162,9 +162,12 @@ def chapter04(s: dict) -> dict:
     return {
         "layer": LAYER, "width": WIDTH,
         "null": {"isotropic_p99": s["iso"], "isotropic_mc_p99": s["iso"] + 0.001, "matched_p99": s["matched"],
+                 "threshold_p99": max(s["iso"], s["matched"]),
+                 "threshold_null": "matched" if s["matched"] >= s["iso"] else "isotropic",
                  "control_runs_alignment": stats.aggregate([0.05, 0.02, 0.0, 0.03]),
                  "control_runs_max": 0.05},
         "pairs": {"n": s["pairs_n"], "above_isotropic": s["above_iso"], "above_matched": s["above_matched"],
+                  "above_threshold": min(s["above_iso"], s["above_matched"]),
                   "above_control_max": s["above_iso"], "steps": [1, 5, 20]},
         "per_run": {"n": s["runs_n"], "significant": s["runs_sig"], "alpha": 0.01, "threshold": 0.45},
         "sign_consistency_p": 0.125,

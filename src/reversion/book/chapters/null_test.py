@@ -122,20 +122,44 @@ def analyse(P: Params, world: World, subject: Subject, est: VRevEstimate, runs: 
     pairs = pd.DataFrame(rows)
     pairs["above isotropic p99"] = pairs["alignment"] > p99["isotropic"]
     pairs["above matched p99"] = pairs["alignment"] > p99["matched"]
+    pairs["above both"] = pairs["alignment"] > threshold(p99)
     control_cos = np.stack([drift_alignment(c.probe_means, est.directions.v_rev)[steps, layer] for c in controls])
     return Result(world, est, runs, controls, pairs, nulls, p99, control_cos, steps, subject)
 
 
+def threshold(p99: dict) -> float:
+    """What a pair must beat: the larger of the isotropic and the matched p99 (whichever null is
+    stricter at this layer; neither is assumed to be the right one)."""
+    return max(p99["isotropic"], p99["matched"])
+
+
+def null_sentence(p99: dict) -> str:
+    """How the two nulls compare, in words chosen by their values."""
+    iso, mat = p99["isotropic"], p99["matched"]
+    r = mat / iso
+    if r > 1.1:
+        return (f"Here the matched p99 is {r:.1f} times the isotropic one: drift that shares the activations' "
+                "geometry lines up with a fixed direction more often than a uniform one, so the matched null is the "
+                "threshold.")
+    if r < 1 / 1.1:
+        return (f"Here the matched p99 is only {r:.2f} times the isotropic one: at this layer the activations' "
+                "geometry makes chance alignment with this direction rarer, so the isotropic null is the threshold.")
+    return f"Here the two nulls nearly agree (matched / isotropic = {r:.2f}); the larger is the threshold."
+
+
 def per_run_test(res: Result, alpha: float) -> pd.DataFrame:
-    """Each run's mean alignment over the pair steps against the matched null.
+    """Each run's mean alignment over the pair steps against both nulls.
 
     Steps of one run are strongly autocorrelated, so they are not independent tests.
     Treating them as one (fully correlated) draw is conservative: the mean of one
     null direction's cosine over steps has the null's own distribution. The threshold
-    is the null's (1 - alpha / n_runs) quantile: family-wise error <= alpha (Bonferroni).
+    is the larger of the matched null's and the isotropic null's (1 - alpha / n_runs)
+    quantiles: family-wise error <= alpha (Bonferroni) under either.
     """
     n = len(res.runs)
-    thr = stats.empirical_quantile(res.nulls["matched"], 1 - alpha / n)
+    d = int(res.est.directions.v_rev.shape[1])
+    thr = max(stats.empirical_quantile(res.nulls["matched"], 1 - alpha / n),
+              stats.isotropic_cos_quantile(d, 1 - alpha / n))
     per = res.pairs.groupby("seed")["alignment"].mean()
     return pd.DataFrame({"mean alignment": per, "threshold": thr, "significant": per > thr,
                          "unadjusted p": [stats.empirical_p_value(x, res.nulls["matched"]) for x in per]})
@@ -147,11 +171,13 @@ def metrics(P: Params, res: Result) -> dict:
     return {
         "layer": res.est.layer, "width": int(res.est.directions.v_rev.shape[1]),
         "null": {"isotropic_p99": res.p99["isotropic"], "isotropic_mc_p99": res.p99["isotropic_mc"],
-                 "matched_p99": res.p99["matched"],
+                 "matched_p99": res.p99["matched"], "threshold_p99": threshold(res.p99),
+                 "threshold_null": "matched" if res.p99["matched"] >= res.p99["isotropic"] else "isotropic",
                  "control_runs_alignment": stats.aggregate(res.control_cos.ravel()),
                  "control_runs_max": float(res.control_cos.max())},
         "pairs": {"n": int(len(res.pairs)), "above_isotropic": int(res.pairs["above isotropic p99"].sum()),
                   "above_matched": int(res.pairs["above matched p99"].sum()),
+                  "above_threshold": int((res.pairs["alignment"] > threshold(res.p99)).sum()),
                   "above_control_max": int((res.pairs["alignment"] > res.control_cos.max()).sum()),
                   "steps": res.steps},
         "per_run": {"n": len(runs), "significant": int(runs["significant"].sum()), "alpha": P.alpha,
