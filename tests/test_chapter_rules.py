@@ -84,3 +84,19 @@ def test_null_threshold_is_the_stricter_null_and_the_sentence_says_which():
     assert ch04.threshold(narrow) == 0.29  # a matched null below the isotropic one does not lower the bar
     assert "isotropic null is the threshold" in ch04.null_sentence(narrow)
     assert "nearly agree" in ch04.null_sentence({"isotropic": 0.29, "matched": 0.30})
+
+
+def _geometry(vp, rs=(-0.2, -0.1, -0.3)):
+    def n(x):
+        return None if x is None else nested([[v] for v in x])
+    return {"across_histories": {"n": 3, "cos_v_rev_v_P": n(vp), "cos_v_rev_r_S": n(rs)}}
+
+
+def test_geometry_sentence_follows_v_rev_against_v_P_in_every_history():
+    from reversion.book.chapters import vrev_estimation as ch02
+
+    assert "nearly v_P (cos 0.91 to 0.95)" in ch02.geometry_sentence(_geometry((0.93, 0.91, 0.95)))
+    assert "some histories but not all" in ch02.geometry_sentence(_geometry((0.93, 0.5, 0.95)))
+    assert "v_rev and v_P differ" in ch02.geometry_sentence(_geometry((0.3, 0.5, 0.2)))
+    assert "opposite of the refusal" in ch02.geometry_sentence(_geometry((0.3, 0.5, 0.2), rs=(-0.7, -0.8, -0.75)))
+    assert "no v_P" in ch02.geometry_sentence(_geometry(None))

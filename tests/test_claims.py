@@ -191,6 +191,8 @@ def chapter02(s: dict) -> dict:
         "displacement_norm": 0.3, "relative_displacement": 0.5, "cos_v_rev_v_P": 0.6, "cos_v_rev_r_S": 0.2,
         "readout": {"v_rev": _readout_entry(s["readout"]), "-r_S": _readout_entry(0.1)},
         "by_layer": [{**row, "layer": l} for l in range(3)],
+        "across_histories": {"n": 2, "layers": [LAYER, LAYER], "cos_v_rev_v_P": stats.nested([[0.6], [0.6]]),
+                             "cos_v_rev_r_S": stats.nested([[0.2], [0.2]]), "stability": stats.nested([[0.95], [0.95]])},
     }
 
 
@@ -257,9 +259,9 @@ def test_hand_built_chapter02_has_the_keys_it_saves(world, tmp_path):
     res = SimpleNamespace(world=world, est=est, layers=pd.DataFrame(summary(est)["rows"]).set_index("layer"),
                           by_size={4: stats.aggregate([0.6, 0.7]), 8: stats.aggregate([0.8, 0.9])},
                           readout={"v_rev": _readout_entry(0.8), "-r_S": _readout_entry(0.1)},
-                          subject=OrganismSubject(world.history))
+                          subject=OrganismSubject(world.history), ests=[est, est])
     P = ch02.Params(world="smoke", world_overrides={}, n_probe=16, position="last", n_boot=10,
-                    min_stability=0.9, probe_sizes=[4, 8], top_k=3)
+                    min_stability=0.9, probe_sizes=[4, 8], top_k=3, n_histories=2)
     assert _keys(chapter02(GOOD)) == _keys(ch02.save(P, res))
 
 

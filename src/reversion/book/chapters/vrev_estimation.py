@@ -40,9 +40,12 @@ class Params(SubjectParams):
     """Numbers of probes for the stability-versus-probes curve."""
     top_k: int
     """Tokens shown at each end of the vocabulary readout."""
+    n_histories: int
+    """Independent organism histories whose directions are compared (your checkpoints: one)."""
 
     def __post_init__(self) -> None:
         check_int("n_probe", self.n_probe, 4)
+        check_int("n_histories", self.n_histories, 1)
         check_int("top_k", self.top_k, 1)
         check_choice("position", self.position, ("last", "mean"))
         check_float("min_stability", self.min_stability, 0.0, 1.0, lo_open=True, hi_open=True)
@@ -60,6 +63,8 @@ class Result:
     readout: dict
     subject: Subject
     """The organism or your checkpoints."""
+    ests: list[VRevEstimate] | None = None
+    """Every history's estimate (history 0 is :attr:`est`); None: history 0 only."""
 
     @property
     def sizes(self) -> list[int]:
@@ -109,19 +114,66 @@ def probe_sizes(P: Params, est: VRevEstimate) -> list[int]:
 
 
 def run(P: Params, progress: bool = True) -> Result:
-    """What the notebook shows, in one call: stage ``estimate``, the per-layer table, the
-    stability against the number of probes and stage ``readout``."""
+    """What the notebook shows, in one call: stage ``estimate`` (every history), the per-layer table,
+    the stability against the number of probes and stage ``readout`` (history 0)."""
     world = P.make_world()
     subject = P.subject(world)
     est = estimate(subject, P.n_probe, P.position, P.n_boot, P.min_stability, progress)
-    return analyse(P, world, subject, est, readout(subject, est, P.top_k))
+    others = [estimate(s, P.n_probe, P.position, P.n_boot, P.min_stability, progress) for s in P.subjects(world)[1:]]
+    return analyse(P, world, subject, est, readout(subject, est, P.top_k), [est, *others])
 
 
-def analyse(P: Params, world: World, subject: Subject, est: VRevEstimate, vocabulary: dict) -> Result:
+def analyse(P: Params, world: World, subject: Subject, est: VRevEstimate, vocabulary: dict,
+            ests: list[VRevEstimate] | None = None) -> Result:
     """The per-layer table and the stability against the number of probes, with the readout."""
     layers = pd.DataFrame(summary(est)["rows"]).set_index("layer")
     by_size = stability_vs_probes(est, est.layer, probe_sizes(P, est), P.n_boot, subject.seed)
-    return Result(world, est, layers, by_size, vocabulary, subject)
+    return Result(world, est, layers, by_size, vocabulary, subject, ests)
+
+
+def _cos(d, name: str, layer: int) -> float | None:
+    v = getattr(d, name)
+    return None if v is None else float(d.v_rev[layer] @ v[layer])
+
+
+def history_geometry(res: Result) -> pd.DataFrame:
+    """Each history's chosen layer, the stability there and the cosines of its v_rev with its own
+    v_P and r_S: how much of the geometry is one history's accident."""
+    rows = []
+    for h, e in enumerate(res.ests or [res.est]):
+        d, l = e.directions, e.layer
+        rows.append({"history": h, "layer": l, "stability": float(e.stability[:, l].mean()),
+                     "cos(v_rev, v_P)": _cos(d, "v_P", l), "cos(v_rev, r_S)": _cos(d, "r_S", l)})
+    return pd.DataFrame(rows).set_index("history")
+
+
+NEAR = 0.9
+"""|cos| at or above which two directions are called nearly the same (or opposite)."""
+
+
+def geometry_sentence(m: dict) -> str:
+    """What the histories' geometry says about "which past", chosen by the numbers."""
+    g = m["across_histories"]
+    vp, rs = g["cos_v_rev_v_P"], g["cos_v_rev_r_S"]
+    if vp is None:
+        return "Without a pretrained checkpoint there is no v_P to compare with."
+    lo, hi = min(vp["by_history"]), max(vp["by_history"])
+    n = g["n"]
+    if lo >= NEAR:
+        out = (f"In {'every one of the ' + str(n) + ' histories' if n > 1 else 'this history'}, v_rev is nearly v_P "
+               f"(cos {lo:.2f} to {hi:.2f}): at the chosen layer the direction toward the helpful-only model is nearly "
+               "the direction toward the pretrained one, so alignment with v_rev alone cannot say which past pulls "
+               "(chapter 03 reports both).")
+    elif hi >= NEAR:
+        out = (f"v_rev is nearly v_P in some histories but not all (cos {lo:.2f} to {hi:.2f}): how much alignment "
+               "with v_rev says about which past depends on the history.")
+    else:
+        out = (f"v_rev and v_P differ (cos {lo:.2f} to {hi:.2f}), so alignment with v_rev is not alignment with v_P "
+               "under another name.")
+    if rs is not None and max(rs["by_history"]) <= -NEAR / 1.5:
+        out += (f" v_rev is also largely the opposite of the refusal direction (cos {min(rs['by_history']):.2f} to "
+                f"{max(rs['by_history']):.2f}).")
+    return out
 
 
 def save(P: Params, res: Result) -> dict:
@@ -139,6 +191,15 @@ def save(P: Params, res: Result) -> dict:
         "readout": res.readout,
         "by_layer": res.layers.reset_index().to_dict(orient="records"),
     }
+    g = history_geometry(res)
+
+    def across(col: str):
+        vals = g[col].tolist()
+        return None if any(v is None or v != v for v in vals) else stats.nested([[v] for v in vals])
+
+    m["across_histories"] = {"n": len(g), "layers": [int(x) for x in g["layer"]],
+                             "cos_v_rev_v_P": across("cos(v_rev, v_P)"), "cos_v_rev_r_S": across("cos(v_rev, r_S)"),
+                             "stability": stats.nested([[v] for v in g["stability"]])}
     # The direction file first: a metrics.json that exists always has its direction beside it.
     d.save(paths.results_dir() / STEM / "v_rev.safetensors")
     return write_chapter(STEM, __name__, P, res, m, fine_tunes=False)
