@@ -238,3 +238,28 @@ def test_monitor_agrees_with_track_on_saved_checkpoints(planted, tmp_path):
         m = monitored[int(r["step"])]
         for key in ("alignment", "projection", "drift_norm"):
             assert float(r[key]) == pytest.approx(float(m[key]), abs=1e-6)
+
+
+def test_checks_follow_the_trainers_mixed_precision(planted, tmp_path):
+    """Under bf16 training the probe forward runs under bf16 autocast, mu_S too: a check at step 0
+    reads zero drift, and the values sit within bf16 rounding of the float32 ones."""
+    from types import SimpleNamespace
+
+    model = load_model(planted["aligned"], device="cpu")
+    assert isinstance(ReversionMonitor.precision(SimpleNamespace(bf16=False, fp16=False), model),
+                      type(__import__("contextlib").nullcontext()))
+    with ReversionMonitor.precision(SimpleNamespace(bf16=True), model):
+        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    assert not torch.is_autocast_enabled("cpu")
+    trainer = _trainer(planted, tmp_path, steps=2, bf16=True)
+    mon = ReversionMonitor(planted["dirs"], planted["probes"], every=1, threshold=0.99,
+                           pad_id=pad_id_of(planted["tok"])).attach(trainer)
+    trainer.train()
+    ours = [h for h in trainer.state.log_history if "reversion/alignment" in h]
+    assert ours[0]["reversion/alignment"] == 0.0  # mu_S measured under the same autocast
+    layer = planted["dirs"].layer
+    mu32 = mean_activations(trainer.model, planted["probes"], [layer], pad_id=pad_id_of(planted["tok"]))[0]
+    with ReversionMonitor.precision(SimpleNamespace(bf16=True), trainer.model):
+        mu16 = reference_mean(trainer.model, planted["probes"], layer, pad_id=pad_id_of(planted["tok"]))
+    assert not torch.equal(mu16, mu32)  # the check really ran in bf16
+    assert torch.allclose(mu16, mu32, rtol=0.05, atol=0.05 * float(mu32.abs().max()))

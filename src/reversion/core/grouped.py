@@ -33,6 +33,9 @@ from reversion.core.generation import EvalWork
 
 __all__ = ["GroupedGPT2", "supports", "stack_batches", "stack_prompts"]
 
+EVAL_CHUNK = 64
+"""Prompts per run evaluated at a time (a group's evaluation memory grows with runs x this)."""
+
 
 def supports(model: nn.Module) -> bool:
     """Whether ``model`` can join a group (a dropout-free, tied, ``gelu_new`` GPT-2)."""
@@ -298,20 +301,31 @@ class GroupedGPT2(nn.Module):
                 raise ValueError("a group's evaluations must have the same shape")
         device = self.wte.device
         out = [({}, {}) for _ in works]
+        n_chunk = EVAL_CHUNK  # prompts per run at a time: bounded memory, the same arithmetic in any group
         for name in w0.gens:
-            ids, lengths = stack_prompts([w.gens[name] for w in works], w0.pad_id, device, pw)
-            gen = self.greedy(ids, lengths, w0.max_new_tokens, w0.eos_id).tolist()
+            gen: list[list[list[int]]] = [[] for _ in works]
+            n = len(w0.gens[name])
+            for i in range(0, n, n_chunk):
+                ids, lengths = stack_prompts([w.gens[name][i:i + n_chunk] for w in works], w0.pad_id, device, pw)
+                part = self.greedy(ids, lengths, w0.max_new_tokens, w0.eos_id).tolist()
+                for k in range(self.K):
+                    gen[k].extend(part[k])
             for k in range(self.K):
                 out[k][0][name] = gen[k]
         for name in w0.pairs:
-            batches = [collate([p for p, _ in w.pairs[name]], [a for _, a in w.pairs[name]], pad_id=w0.pad_id,
-                               device=device) for w in works]
-            ids, labels = stack_batches(batches, w0.pad_id, sw)
-            total, count = self.answer_loss_sums(ids, labels)
+            total = torch.zeros(self.K, dtype=torch.float64, device=device)
+            count = torch.zeros(self.K, dtype=torch.long, device=device)
+            n = len(w0.pairs[name])
+            for i in range(0, n, n_chunk):
+                batches = [collate([p for p, _ in w.pairs[name][i:i + n_chunk]], [a for _, a in w.pairs[name][i:i + n_chunk]],
+                                   pad_id=w0.pad_id, device=device) for w in works]
+                ids, labels = stack_batches(batches, w0.pad_id, sw)
+                t, c = self.answer_loss_sums(ids, labels)
+                total += t
+                count += c
             for k in range(self.K):
                 out[k][1][name] = float(total[k] / count[k])
         return out
-
 
 def _pad(seqs: Sequence[Sequence[int]], width: int, pad_id: int) -> list[list[int]]:
     return [list(s) + [pad_id] * (width - len(s)) for s in seqs]

@@ -49,6 +49,7 @@ forward does not work.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -269,6 +270,18 @@ class ReversionMonitor(TrainerCallback):
 
     # ------------------------------------------------------------------ callback events
 
+    @staticmethod
+    def precision(args, model) -> contextlib.AbstractContextManager:
+        """The Trainer's mixed precision for the checks: under ``bf16``/``fp16`` training the probe
+        forward runs under the same autocast as the training forward (in float32 it cost about
+        three bf16 forwards on a GPU), and mu_S is measured the same way, so drift carries no
+        precision offset."""
+        dtype = torch.bfloat16 if getattr(args, "bf16", False) else torch.float16 if getattr(args, "fp16", False) \
+            else None
+        if dtype is None or model is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=model_device(model).type, dtype=dtype)
+
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if model is None:
             raise ValueError("ReversionMonitor needs the model (the Trainer passes it to callbacks)")
@@ -278,16 +291,19 @@ class ReversionMonitor(TrainerCallback):
                 warnings.warn("ReversionMonitor: mu_S computed from the model at a resumed step "
                               f"{state.global_step}, not at theta_S; pass mu_S= when resuming",
                               ReversionWarning, stacklevel=2)
-            self.mu_S = reference_mean(model, self.probe_ids, self.layer, self.position, self.pad_id,
-                                       self.batch_size)
+            with self.precision(args, model):
+                self.mu_S = reference_mean(model, self.probe_ids, self.layer, self.position, self.pad_id,
+                                           self.batch_size)
         if state.is_world_process_zero:
-            self._record(state.global_step, model, state, control)
+            with self.precision(args, model):
+                self._record(state.global_step, model, state, control)
         return control
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if model is None or state.global_step % self.every != 0 or not state.is_world_process_zero:
             return control
-        self._record(state.global_step, model, state, control)
+        with self.precision(args, model):
+            self._record(state.global_step, model, state, control)
         return control
 
     def summary(self) -> dict[str, Any]:
