@@ -255,6 +255,7 @@ def test_checks_follow_the_trainers_mixed_precision(planted, tmp_path):
     mon = ReversionMonitor(planted["dirs"], planted["probes"], every=1, threshold=0.99,
                            pad_id=pad_id_of(planted["tok"])).attach(trainer)
     trainer.train()
+    assert mon.summary()["checks"] == 3
     ours = [h for h in trainer.state.log_history if "reversion/alignment" in h]
     assert ours[0]["reversion/alignment"] == 0.0  # mu_S measured under the same autocast
     layer = planted["dirs"].layer

@@ -71,19 +71,10 @@ class Result:
         return [r for runs in self.runs for r in runs]
 
 
-def _history_quietly(cfg) -> None:
-    train_history(cfg, progress=False)
-
-
 def long_alignment(P: Params, world: World):
     """The control history: the same history with a ``long_safety_steps`` safety alignment."""
     return dataclasses.replace(world.history, safety=dataclasses.replace(world.history.safety,
                                                                          steps=P.long_safety_steps))
-
-
-def alongside(P: Params, world: World) -> list:
-    """Work to do alongside the baseline runs: the long alignment's history (it needs theta_H only)."""
-    return [(_history_quietly, (long_alignment(P, world),))]
 
 
 def long_alignment_control(P: Params, world: World, progress: bool = True) -> tuple[History, list[FinetuneRun]]:
@@ -111,8 +102,9 @@ def run(P: Params, progress: bool = True) -> Result:
     world = P.make_world()
     hists = train_all(world, progress)
     subjects = [OrganismSubject(h.config) for h in hists]
-    runs = finetune_many([(s, world.finetune_config(k), None) for s in subjects for k in world.seeds], progress,
-                         extra=alongside(P, world))
+    # One group, here on every core; the control after it (a worker beside the group would hold a
+    # second copy of torch for little gain).
+    runs = finetune_many([(s, world.finetune_config(k), None) for s in subjects for k in world.seeds], progress)
     control_hist, control = long_alignment_control(P, world, progress)
     return Result(world, hists, by_history(runs, world.n_seeds), control_hist, control)
 
