@@ -106,6 +106,33 @@ def batched_table(res: dict) -> pd.DataFrame | str:
     return pd.DataFrame(rows).set_index("workload")
 
 
+def batched_sentence(res: dict) -> str:
+    """Why batching gives what it gives, chosen by the measured ratios."""
+    g = res.get("batched")
+    if not g:
+        return ""
+    r = g["ratio"]
+    if r["seeds_batched_to_one_seed"] <= TARGETS["seeds_batched_to_one_seed"]:
+        return ("Here a group of seeds costs little more than one seed: a lone run leaves most of the machine idle "
+                "(per-operator overhead), and the group fills it.")
+    return (f"A group of seeds costs {r['seeds_batched_to_one_seed']:.1f} times one seed, because a lone run is "
+            f"already within {r['one_seed_to_floor']:.1f} times its floor: its time goes to arithmetic that grows "
+            "with the number of runs (the matrix products, and element-wise work -- GELU, layer norms, attention, "
+            "AdamW -- that the floor does not count; profile below), not to per-operator overhead that a group "
+            "could share. Batching removes that overhead and keeps every core busy; it cannot make K runs' "
+            "arithmetic cost one run's.")
+
+
+def profile_text(res: dict, key: str = "batched") -> str:
+    """The saved operator profile of a grouped step (first lines), if the file has one."""
+    g = res.get(key) or {}
+    name = g.get("profile")
+    if not name:
+        return "(no profile in this file)"
+    path = Path(res["_dir"]) / name
+    return path.read_text() if path.is_file() else f"({name} is missing beside the results file)"
+
+
 def verdict(res: dict, key: str) -> str:
     ok = met(key, measurements(res)[key])
     return "not measured" if ok is None else ("met" if ok else "missed")
