@@ -196,16 +196,20 @@ class GroupedGPT2(nn.Module):
         """``[K, N, d]`` -> ``[K, N, V]`` (the tied unembedding)."""
         return torch.bmm(h, self.wte.transpose(1, 2))
 
-    def losses(self, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Per-run mean next-token cross-entropy over labelled tokens, ``[K]`` (as HF's loss:
-        labels shifted by one, ``-100`` ignored)."""
+    def _token_ce(self, input_ids: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Next-token cross-entropy of every position, ``[K, B*(T-1)]`` (0 where the label is
+        ``-100``; labels shifted by one, as HF's loss), and the labelled count per run ``[K]``."""
         K, B, T = input_ids.shape
         h, _ = self.hidden(input_ids)
         logits = self.logits(h).view(K, B, T, -1)[:, :, :-1]
         tgt = labels[:, :, 1:]
         ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), tgt.reshape(-1),
                              ignore_index=IGNORE, reduction="none").view(K, -1)
-        n = (tgt != IGNORE).reshape(K, -1).sum(1)
+        return ce, (tgt != IGNORE).reshape(K, -1).sum(1)
+
+    def losses(self, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Per-run mean next-token cross-entropy over labelled tokens, ``[K]``."""
+        ce, n = self._token_ce(input_ids, labels)
         if bool((n == 0).any()):
             raise ValueError("a run's batch has no labelled token")
         return ce.sum(1) / n
@@ -278,13 +282,8 @@ class GroupedGPT2(nn.Module):
     @torch.no_grad()
     def answer_loss_sums(self, input_ids: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-run summed cross-entropy over labelled tokens and their count, ``([K], [K])``."""
-        K, B, T = input_ids.shape
-        h, _ = self.hidden(input_ids)
-        logits = self.logits(h).view(K, B, T, -1)[:, :, :-1]
-        tgt = labels[:, :, 1:]
-        ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), tgt.reshape(-1),
-                             ignore_index=IGNORE, reduction="none").view(K, -1)
-        return ce.double().sum(1), (tgt != IGNORE).reshape(K, -1).sum(1)
+        ce, n = self._token_ce(input_ids, labels)
+        return ce.double().sum(1), n
 
     def run_work(self, works: Sequence[EvalWork], widths: tuple[int, int] | None = None,
                  ) -> list[tuple[dict[str, list[list[int]]], dict[str, float]]]:
