@@ -8,6 +8,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 from reversion import benchmark
 from reversion.book.chapters import performance
@@ -99,3 +100,27 @@ def test_page_refuses_a_missing_or_foreign_file(tmp_path):
     (tmp_path / "x.json").write_text('{"steps": {}}')
     with pytest.raises(ValueError, match="not a benchmark results file"):
         performance.load(performance.Params(str(tmp_path / "x.json")))
+
+
+def test_the_large_model_rows_run_on_a_tiny_shape_on_the_cpu():
+    """The GPU rows' code (``bench_large``), on a tiny Llama in float32 on the CPU: every figure and
+    ratio is there and positive; the ratios are ours over the reference."""
+    from reversion.benchmark import bench_large
+
+    shape = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 4, "num_attention_heads": 4,
+             "num_key_value_heads": 2, "vocab_size": 100}
+    r = bench_large(shape, device="cpu", dtype=torch.float32, n_prompts=24, n_probe=8, batch_size=8, repeats=2)
+    assert set(r["ms"]) == {"plain_forward", "mean_activations", "probe_forward", "tracking_check"}
+    assert all(v > 0 for v in r["ms"].values()) and r["layer"] == 2
+    assert r["ratio"]["extraction_to_plain"] == r["ms"]["mean_activations"] / r["ms"]["plain_forward"]
+    assert r["ratio"]["tracking_to_floor"] == r["ms"]["tracking_check"] / r["ms"]["probe_forward"]
+
+
+def test_page_shows_the_gpu_rows_only_when_measured():
+    from reversion.book.chapters import performance as ch
+
+    assert "without CUDA" in ch.gpu_table({})
+    row = {"ms": {"mean_activations": 2.0, "plain_forward": 4.0, "tracking_check": 1.5, "probe_forward": 1.0},
+           "ratio": {"extraction_to_plain": 0.5, "tracking_to_floor": 1.5}, "n_prompts": 516, "n_probe": 128, "layer": 11}
+    t = ch.gpu_table({"gpu": row})
+    assert list(t["ratio"]) == [0.5, 1.5]

@@ -41,6 +41,7 @@ from typing import Callable
 import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from reversion.core.activations import mean_activations
 from reversion.core.batches import collate
@@ -234,6 +235,50 @@ def profile_group_step(world: World, k: int = 5, steps: int = 10) -> str:
         for _ in range(steps):
             step()
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
+
+
+TINYLLAMA = {"hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 22, "num_attention_heads": 32,
+             "num_key_value_heads": 4, "vocab_size": 32000}
+"""The shape of the issue's GPU measurements (random weights: timing does not depend on them)."""
+
+
+def bench_large(shape: dict = TINYLLAMA, device: str = "cuda", dtype: torch.dtype = torch.bfloat16,
+                n_prompts: int = 516, n_probe: int = 128, batch_size: int = 64, repeats: int = 10) -> dict:
+    """A large random Llama (``make benchmark`` runs it when CUDA is present): extraction
+    (:func:`mean_activations`, every layer) against a plain ``output_hidden_states`` forward over the
+    same prompts, and a tracking check (:class:`ProbeTracker` at the middle layer, ``n_probe`` probes)
+    against its floor, a plain no-grad forward of the same probes with hidden states. Ratios are
+    ours / reference."""
+    seeding.seed_everything(0)
+    model = LlamaForCausalLM(LlamaConfig(**shape)).to(device=device, dtype=dtype).eval()
+    g = np.random.default_rng(0)
+    prompts = [g.integers(1, shape["vocab_size"], size=int(g.integers(8, 41))).tolist() for _ in range(n_prompts)]
+    layer = shape["num_hidden_layers"] // 2
+
+    def sync() -> None:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    def plain(ps) -> None:
+        with torch.no_grad():
+            for i in range(0, len(ps), batch_size):
+                chunk = ps[i:i + batch_size]
+                lens = torch.tensor([len(p) for p in chunk])
+                x = torch.nn.utils.rnn.pad_sequence([torch.tensor(p) for p in chunk], batch_first=True).to(device)
+                mask = (torch.arange(x.shape[1])[None] < lens[:, None]).long().to(device)
+                hs = model(input_ids=x, attention_mask=mask, output_hidden_states=True).hidden_states
+                torch.stack([h[torch.arange(len(chunk)), (lens - 1).to(device)] for h in hs], 1).float().sum(0)
+        sync()
+
+    tracker = ProbeTracker(model, prompts[:n_probe], [layer], batch_size=batch_size)
+    ms = interleaved({"plain_forward": lambda: plain(prompts),
+                      "mean_activations": lambda: (mean_activations(model, prompts, "all", batch_size=batch_size), sync()),
+                      "probe_forward": lambda: plain(prompts[:n_probe]),
+                      "tracking_check": lambda: (tracker(model), sync())}, repeats, warmup=2)
+    return {"shape": shape, "device": device, "dtype": str(dtype), "n_prompts": n_prompts, "n_probe": n_probe,
+            "layer": layer, "ms": ms,
+            "ratio": {"extraction_to_plain": ms["mean_activations"] / ms["plain_forward"],
+                      "tracking_to_floor": ms["tracking_check"] / ms["probe_forward"]}}
 
 
 def _timed(fn: Callable[[], object]) -> float:
@@ -479,6 +524,9 @@ def run(out: Path, book: bool = True, world: str = "default", repeats: int = 60,
         if text is not None:
             (out.parent / "profile_tracked_step.txt").write_text(text)
             res["profile"] = "profile_tracked_step.txt"
+    if torch.cuda.is_available():
+        log("a TinyLlama-shape model on the GPU ...")
+        res["gpu"] = bench_large()
     if book:
         log("book, cold and warm (minutes) ...")
         res["book"] = bench_book()

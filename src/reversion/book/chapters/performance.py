@@ -106,6 +106,22 @@ def batched_table(res: dict) -> pd.DataFrame | str:
     return pd.DataFrame(rows).set_index("workload")
 
 
+def gpu_table(res: dict) -> pd.DataFrame | str:
+    """The large-model rows (``make benchmark`` on a machine with CUDA), ours against the reference."""
+    g = res.get("gpu")
+    if not g:
+        return "not measured: the file was written on a machine without CUDA"
+    ms, r = g["ms"], g["ratio"]
+    return pd.DataFrame([
+        {"measurement": f"extraction, every layer, {g['n_prompts']} prompts", "ours (ms)": round(ms["mean_activations"], 1),
+         "reference (ms)": round(ms["plain_forward"], 1), "reference": "plain output_hidden_states forward",
+         "ratio": round(r["extraction_to_plain"], 2), "target": "≤ 1.0"},
+        {"measurement": f"tracking check, layer {g['layer']}, {g['n_probe']} probes", "ours (ms)": round(ms["tracking_check"], 1),
+         "reference (ms)": round(ms["probe_forward"], 1), "reference": "plain forward of the probes (floor)",
+         "ratio": round(r["tracking_to_floor"], 2), "target": "≤ 1.2"},
+    ]).set_index("measurement")
+
+
 def batched_sentence(res: dict) -> str:
     """Why batching gives what it gives, chosen by the measured ratios."""
     g = res.get("batched")
