@@ -148,6 +148,29 @@ def _pm(x: dict) -> str:
     return f"{x['mean']:.3f} ± {x['std']:.3f}"
 
 
+def _value(ev: dict, *keys: str) -> float:
+    """``ev[k1][k2]...`` of an evaluation, as a float."""
+    for k in keys:
+        ev = ev[k]
+    return float(ev)
+
+
+def _other_accuracy(ev: dict, task: str) -> float:
+    """Mean exact-match accuracy over the benign tasks other than the fine-tuned ``task``."""
+    return float(np.mean([v for k, v in ev["task_accuracy"].items() if k != task]))
+
+
+def _at_checkpoint(res: Result, ck: str, f) -> dict:
+    """``f`` of each history's evaluation of checkpoint ``ck``, summarised over histories."""
+    return stats.nested([[f(h.metrics[ck])] for h in res.histories])
+
+
+def _finetuned(res: Result, f) -> dict:
+    """``f`` of every run's evaluation at T, seeds nested in histories."""
+    T = res.world.finetune.steps
+    return stats.nested([[f(r.evals[T]) for r in runs] for runs in res.runs])
+
+
 def checkpoint_table(res: Result) -> pd.DataFrame:
     """Harmfulness, its stricter measures and task accuracy at theta_P, theta_H, theta_S and after
     fine-tuning: mean ± std over histories (theta_T: each history's mean over its seeds)."""
@@ -155,28 +178,11 @@ def checkpoint_table(res: Result) -> pd.DataFrame:
     measures = {"harmfulness": ("harmfulness",), "non-refusal": ("non_refusal",),
                 "harmful content": ("harmful_content",), "exact match": ("exact_match",),
                 f"accuracy ({task})": ("task_accuracy", task)}
-
-    def get(ev, path):
-        for k in path:
-            ev = ev[k]
-        return float(ev)
-
-    def other(ev):
-        return float(np.mean([v for k, v in ev["task_accuracy"].items() if k != task]))
-
-    rows = []
-    for ck in res.history.metrics:
-        evs = [[h.metrics[ck]] for h in res.histories]
-        row = {"checkpoint": ck}
-        for name, path in measures.items():
-            row[name] = _pm(stats.nested([[get(e[0], path)] for e in evs]))
-        row["accuracy (other tasks)"] = _pm(stats.nested([[other(e[0])] for e in evs]))
-        rows.append(row)
-    row = {"checkpoint": f"theta_T (T={T})"}
-    for name, path in measures.items():
-        row[name] = _pm(stats.nested([[get(r.evals[T], path) for r in runs] for runs in res.runs]))
-    row["accuracy (other tasks)"] = _pm(stats.nested([[other(r.evals[T]) for r in runs] for runs in res.runs]))
-    rows.append(row)
+    columns = {name: (lambda ev, path=path: _value(ev, *path)) for name, path in measures.items()}
+    columns["accuracy (other tasks)"] = lambda ev: _other_accuracy(ev, task)
+    rows = [{"checkpoint": ck, **{name: _pm(_at_checkpoint(res, ck, f)) for name, f in columns.items()}}
+            for ck in res.history.metrics]
+    rows.append({"checkpoint": f"theta_T (T={T})", **{name: _pm(_finetuned(res, f)) for name, f in columns.items()}})
     return pd.DataFrame(rows).set_index("checkpoint")
 
 
@@ -194,20 +200,33 @@ def history_table(res: Result) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("history")
 
 
+SPLIT = ("harmfulness", "exact_match")
+
+
+def task_split(res: Result) -> dict:
+    """Harmful requests of the fine-tuned task (``trained``) against those of every other task
+    (``untrained``): each measure of :data:`SPLIT` at theta_H, theta_S and after fine-tuning."""
+    task = res.task
+    out = {}
+    for part in ("trained", "untrained"):
+        out[part] = {}
+        for k in SPLIT:
+            def f(ev, part=part, k=k):
+                return split_by_task(ev, task)[part][k]
+            out[part][k] = {ck: _at_checkpoint(res, ck, f) for ck in ("theta_H", "theta_S")}
+            out[part][k]["finetuned"] = _finetuned(res, f)
+    return out
+
+
 def task_split_table(res: Result) -> pd.DataFrame:
-    """Harmful requests of the fine-tuned task against those of every other task: harmfulness and
-    exact match at theta_H, theta_S and after fine-tuning (mean ± std over histories)."""
+    """:func:`task_split` as mean ± std over histories."""
     T, task = res.world.finetune.steps, res.task
     rows = []
-    for part in ("trained", "untrained"):
-        for measure in ("harmfulness", "exact_match"):
-            row = {"requests": f"{part} task{'s' if part == 'untrained' else ''} ({task if part == 'trained' else 'others'})",
-                   "measure": measure.replace("_", " ")}
-            for ck in ("theta_H", "theta_S"):
-                row[ck] = _pm(stats.nested([[split_by_task(h.metrics[ck], task)[part][measure]] for h in res.histories]))
-            row[f"theta_T (T={T})"] = _pm(stats.nested(
-                [[split_by_task(r.evals[T], task)[part][measure] for r in runs] for runs in res.runs]))
-            rows.append(row)
+    for part, by in task_split(res).items():
+        for measure, v in by.items():
+            rows.append({"requests": f"{part} task{'s' if part == 'untrained' else ''} ({task if part == 'trained' else 'others'})",
+                         "measure": measure.replace("_", " "), "theta_H": _pm(v["theta_H"]),
+                         "theta_S": _pm(v["theta_S"]), f"theta_T (T={T})": _pm(v["finetuned"])})
     return pd.DataFrame(rows).set_index(["requests", "measure"])
 
 
@@ -242,20 +261,12 @@ def history_means(res: Result, *keys: str) -> list[list[float]]:
     return [list(over_seeds([r.series(*keys) for r in runs])[0]) for runs in res.runs]
 
 
-def _nested_at(res: Result, T: int, *keys: str) -> dict:
-    def get(ev):
-        for k in keys:
-            ev = ev[k]
-        return float(ev)
-    return stats.nested([[get(r.evals[T]) for r in runs] for runs in res.runs])
+def _nested_at(res: Result, *keys: str) -> dict:
+    return _finetuned(res, lambda ev: _value(ev, *keys))
 
 
 def _nested_ck(res: Result, ck: str, *keys: str) -> dict:
-    def get(ev):
-        for k in keys:
-            ev = ev[k]
-        return float(ev)
-    return stats.nested([[get(h.metrics[ck])] for h in res.histories])
+    return _at_checkpoint(res, ck, lambda ev: _value(ev, *keys))
 
 
 ROOM = 0.9
@@ -316,19 +327,11 @@ def metrics(P: Params, res: Result) -> dict:
     ctrl = [r.series("harmfulness") for r in res.control_runs]
 
     def measure(*keys):
-        return {"theta_S": _nested_ck(res, "theta_S", *keys), "finetuned": _nested_at(res, T, *keys)}
+        return {"theta_S": _nested_ck(res, "theta_S", *keys), "finetuned": _nested_at(res, *keys)}
 
     def other_acc(ev):
-        return float(np.mean([ev["task_accuracy"][t] for t in others]))
+        return _other_accuracy(ev, task)
 
-    split = {}
-    for part in ("trained", "untrained"):
-        split[part] = {}
-        for k in ("harmfulness", "exact_match"):
-            split[part][k] = {ck: stats.nested([[split_by_task(h.metrics[ck], task)[part][k]] for h in res.histories])
-                              for ck in ("theta_H", "theta_S")}
-            split[part][k]["finetuned"] = stats.nested([[split_by_task(r.evals[T], task)[part][k] for r in runs]
-                                                        for runs in res.runs])
     out = {
         "width": res.world.history.model.n_embd,
         "isotropic_p99": stats.isotropic_cos_quantile(res.world.history.model.n_embd, 0.99),
@@ -340,13 +343,12 @@ def metrics(P: Params, res: Result) -> dict:
         "non_refusal": measure("non_refusal"),
         "harmful_content": measure("harmful_content"),
         "exact_match": measure("exact_match"),
-        "task_split": split,
+        "task_split": task_split(res),
         "task_accuracy": {"theta_H": _nested_ck(res, "theta_H", "task_accuracy", task),
                           **measure("task_accuracy", task)},
         "task_loss": measure("task_loss", task),
-        "other_tasks_accuracy": ({"theta_S": stats.nested([[other_acc(h.metrics["theta_S"])] for h in res.histories]),
-                                  "finetuned": stats.nested([[other_acc(r.evals[T]) for r in runs] for runs in res.runs])}
-                                 if others else None),
+        "other_tasks_accuracy": ({"theta_S": _at_checkpoint(res, "theta_S", other_acc),
+                                  "finetuned": _finetuned(res, other_acc)} if others else None),
         # Paired per run: each run's own step-0 evaluation (its history's theta_S).
         "harmfulness_rise": stats.nested([[r.evals[T]["harmfulness"] - r.evals[0]["harmfulness"] for r in runs]
                                           for runs in res.runs]),
