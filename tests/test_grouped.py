@@ -22,7 +22,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausa
 
 from reversion.core.batches import collate
 from reversion.core.generation import EvalWork, greedy_generate, run_work
-from reversion.core.grouped import GroupedGPT2, stack_batches, stack_prompts, supports
+from reversion.core.grouped import GroupedGPT2, NonFiniteLoss, stack_batches, stack_prompts, supports
 from reversion.core.training import train
 from reversion.infra.seeding import seed_everything
 from reversion.stages import finetune as finetune_mod
@@ -252,3 +252,21 @@ def test_grouped_runs_agree_with_the_plain_training_loop(tmp_path, monkeypatch):
     for s in grouped.evals:
         for k in ("harmfulness", "non_refusal", "exact_match"):
             assert grouped.evals[s][k] == plain.evals[s][k]
+
+
+def test_a_non_finite_loss_names_its_run_and_moves_no_weight(models, data):
+    group = GroupedGPT2([copy.deepcopy(m) for m in models])
+    opt = torch.optim.AdamW(group.parameters(), lr=1e-3, weight_decay=0.0)
+    ids, labels = stack_batches([data[k][0] for k in range(3)], PAD)
+    before = group.state_dict_of(0)
+    with torch.no_grad():
+        group.blocks[0]["ln_1_weight"][1].fill_(float("nan"))  # run 1 only
+    with pytest.raises(NonFiniteLoss, match=r"run\(s\) \[1\]") as err:
+        group.train_step(opt, ids, labels)
+    assert err.value.runs == [1]
+    assert all(torch.equal(before[n], group.state_dict_of(0)[n]) for n in before)
+    # and a finite step returns each run's loss, the loss of losses()
+    fine = GroupedGPT2([copy.deepcopy(m) for m in models])
+    want = fine.losses(ids, labels).tolist()
+    got = fine.train_step(torch.optim.AdamW(fine.parameters(), lr=1e-3, weight_decay=0.0), ids, labels)
+    assert got == want

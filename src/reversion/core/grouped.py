@@ -31,10 +31,18 @@ from torch import nn
 from reversion.core.batches import IGNORE, collate
 from reversion.core.generation import EvalWork
 
-__all__ = ["GroupedGPT2", "supports", "stack_batches", "stack_prompts"]
+__all__ = ["GroupedGPT2", "NonFiniteLoss", "supports", "stack_batches", "stack_prompts"]
 
 EVAL_CHUNK = 64
 """Prompts per run evaluated at a time (a group's evaluation memory grows with runs x this)."""
+
+
+class NonFiniteLoss(FloatingPointError):
+    """A run's loss is NaN or infinite; ``runs`` are their indices in the group."""
+
+    def __init__(self, runs: list[int]):
+        super().__init__(f"non-finite loss in run(s) {runs}")
+        self.runs = runs
 
 
 def supports(model: nn.Module) -> bool:
@@ -213,6 +221,19 @@ class GroupedGPT2(nn.Module):
         if bool((n == 0).any()):
             raise ValueError("a run's batch has no labelled token")
         return ce.sum(1) / n
+
+    def train_step(self, opt: torch.optim.Optimizer, input_ids: torch.Tensor, labels: torch.Tensor) -> list[float]:
+        """One optimizer step of every run on its own batch; returns the runs' losses. The step
+        minimises the *sum* of the runs' losses, so run k's gradient is its own loss's (the runs
+        share no weight). Raises :class:`NonFiniteLoss` naming the runs, before any weight moves."""
+        loss = self.losses(input_ids, labels)
+        bad = [k for k in range(self.K) if not torch.isfinite(loss[k])]
+        if bad:
+            raise NonFiniteLoss(bad)
+        opt.zero_grad(set_to_none=True)
+        loss.sum().backward()
+        opt.step()
+        return loss.tolist()
 
     @torch.no_grad()
     def last_token_means(self, ids: torch.Tensor, lengths: torch.Tensor, layers: Sequence[int]) -> torch.Tensor:

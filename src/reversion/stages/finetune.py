@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from reversion.core.activations import model_device
 from reversion.core.batches import collate
-from reversion.core.grouped import GroupedGPT2, stack_batches, stack_prompts
+from reversion.core.grouped import GroupedGPT2, NonFiniteLoss, stack_batches, stack_prompts
 from reversion.core.models import load_model, save_model
 from reversion.core.tracking import ProbeTracker
 from reversion.core.training import FinetuneConfig, train
@@ -261,14 +261,12 @@ def build_group(jobs: Sequence[Job], threads: int | None = None, progress: bool 
             batches = [next(it) for it in streams]
             ids, labels = stack_batches([collate([q for q, _ in b], [a for _, a in b], pad_id=p.pad_id, device=device)
                                          for b, p in zip(batches, prompts)], prompts[0].pad_id, widths[1])
-            loss = group.losses(ids, labels)
-            if not torch.isfinite(loss).all():
-                bad = [jobs[k][1].seed for k in range(len(jobs)) if not torch.isfinite(loss[k])]
-                raise FloatingPointError(f"finetune seed(s) {bad}: non-finite loss at step {step}")
-            opt.zero_grad(set_to_none=True)
-            loss.sum().backward()  # run k's gradient is its own loss's: the runs share no weight
-            opt.step()
-            for k, v in enumerate(loss.tolist()):
+            try:
+                step_losses = group.train_step(opt, ids, labels)
+            except NonFiniteLoss as e:
+                bad = [jobs[k][1].seed for k in e.runs]
+                raise FloatingPointError(f"finetune seed(s) {bad}: non-finite loss at step {step}") from None
+            for k, v in enumerate(step_losses):
                 losses[k].append(v)
             for k, m in enumerate(group.last_token_means(probe_ids, probe_lens, layers)):
                 means[k].append(m)

@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from reversion.core.batches import collate
-from reversion.core.grouped import GroupedGPT2, stack_batches
+from reversion.core.grouped import GroupedGPT2, NonFiniteLoss, stack_batches
 from reversion.core.models import default_device, load_model, save_model
 from reversion.infra import cache, parallel, seeding
 from reversion.infra.runtime import set_cpu_threads
@@ -70,11 +70,12 @@ GROUP_MAX = 16
 """Most histories trained as one group."""
 
 
+CODE = ("reversion.subjects.organism.history",)
+"""The modules whose code decides a phase (cache keys hash their import closure)."""
+
+
 def _entry(cfg: HistoryConfig, phase: str) -> Path:
     return cache.entry_path(f"history-{phase}", _stage_config(cfg, phase), code=CODE)
-
-
-CODE = ("reversion.subjects.organism.history",)
 
 
 def phase_checkpoint(cfg: HistoryConfig, phase: str, progress: bool = True) -> Path:
@@ -136,21 +137,19 @@ def _build_phase(cfgs: list[HistoryConfig], phase: str, progress: bool, threads:
     for step in tqdm(range(1, pc.steps + 1), desc=f"{phase} ({CHECKPOINT[phase]}), {names}",
                      disable=not progress, mininterval=1.0, leave=False):
         ids, labels = stack_batches([next(s) for s in streams], PAD, width)
-        loss = group.losses(ids, labels)
-        if not torch.isfinite(loss).all():
-            raise FloatingPointError(f"{phase} ({CHECKPOINT[phase]}): non-finite loss at step {step}")
-        opt.zero_grad(set_to_none=True)
-        loss.sum().backward()  # each history's gradient is its own loss's
-        opt.step()
-        for k, v in enumerate(loss.tolist()):
+        try:
+            step_losses = group.train_step(opt, ids, labels)
+        except NonFiniteLoss:
+            raise FloatingPointError(f"{phase} ({CHECKPOINT[phase]}): non-finite loss at step {step}") from None
+        for k, v in enumerate(step_losses):
             losses[k].append(v)
     t_train = time.perf_counter() - t0
+    sets = [EvalSets.build(lang, c.n_eval) for c, lang in zip(cfgs, langs)]
     with torch.no_grad():
-        results = group.run_work([eval_work(lang, EvalSets.build(lang, c.n_eval)) for c, lang in zip(cfgs, langs)],
-                                 (langs[0].max_prompt_len, width))
+        results = group.run_work([eval_work(lang, e) for lang, e in zip(langs, sets)], (langs[0].max_prompt_len, width))
     total = time.perf_counter() - t0
     for k, (c, lang) in enumerate(zip(cfgs, langs)):
-        metrics = score(lang, EvalSets.build(lang, c.n_eval), *results[k])
+        metrics = score(lang, sets[k], *results[k])
 
         def build(out: Path, k=k, metrics=metrics) -> None:
             save_model(group.export(k, models[k]), out / "model")

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from reversion.core.generation import EvalWork, run_work, until_eos
+from reversion.core.generation import EvalWork, until_eos
 from reversion.subjects.organism.language import EOS, PAD, Language, Request
 from reversion.subjects.organism.prompts import EvalSets
 
@@ -128,8 +128,3 @@ def split_by_task(evaluation: dict, task: str) -> dict:
     out["untrained"] = {k: (sum(v[k] * v["n"] for v in rest) / n if n else float("nan")) for k in SPLIT_MEASURES}
     out["untrained"]["n"] = n
     return out
-
-
-def evaluate(model, lang: Language, sets: EvalSets, tasks: Sequence[str] | None = None) -> dict:
-    """:func:`score` of one model's greedy continuations and answer losses."""
-    return score(lang, sets, *run_work(model, eval_work(lang, sets, tasks)))
