@@ -74,20 +74,20 @@ def cache_b(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("cache-b") / "cache"
 
 
-@pytest.fixture(scope="module")
-def hist_a(world, cache_a):
-    mp = in_cache(cache_a)
+def _history_in(world, folder: Path):
+    mp = in_cache(folder)
     try:
         yield train_history(world.history, progress=False)
     finally:
         mp.undo()
+
+
+@pytest.fixture(scope="module")
+def hist_a(world, cache_a):
+    yield from _history_in(world, cache_a)
 
 
 @pytest.fixture(scope="module")
 def hist_b(world, cache_b):
     """The same history trained again, from nothing, in another empty cache."""
-    mp = in_cache(cache_b)
-    try:
-        yield train_history(world.history, progress=False)
-    finally:
-        mp.undo()
+    yield from _history_in(world, cache_b)

@@ -18,8 +18,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 import torch
 
+from reversion.cli import main
 from reversion.core.hooks import get_blocks
 from reversion.infra.runtime import set_cpu_threads
 from reversion.subjects.checkpoints import demo
@@ -142,3 +144,14 @@ def in_cache(folder: Path):
 
 __all__ = ["Pair", "Tiny", "build_tiny", "make_model", "make_tokenizer", "perturbed",
            "in_cache", "planted_pair", "save", "write_jsonl"]
+
+
+def fails(capsys, argv, *needles):
+    """``reversion.cli.main(argv)`` exits with status 2 and a stderr message containing every needle."""
+    with pytest.raises(SystemExit) as exc:
+        main([str(a) for a in argv])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    for needle in needles:
+        assert needle in err, f"{needle!r} not in stderr:\n{err}"
+    return err

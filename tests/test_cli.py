@@ -20,7 +20,7 @@ from reversion.infra import seeding
 from reversion.stages.nulls import matched_p99_by_layer
 from reversion.subjects.checkpoints.textdata import encode_prompts, load_tokenizer, pad_id_of, read_prompts
 
-from helpers import LAYERS
+from helpers import LAYERS, fails
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--device", "cpu", "--n-null", "200", "--n-boot", "20"]
@@ -36,17 +36,6 @@ def run_module(*args, cwd=None):
     env = {**os.environ, "REVERSION_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", "reversion", *map(str, args)], cwd=cwd or ROOT, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def fails(capsys, argv, *needles):
-    """``main(argv)`` exits with status 2 and a stderr message containing every needle."""
-    with pytest.raises(SystemExit) as exc:
-        main([str(a) for a in argv])
-    assert exc.value.code == 2
-    err = capsys.readouterr().err
-    for needle in needles:
-        assert needle in err, f"{needle!r} not in stderr:\n{err}"
-    return err
 
 
 # --------------------------------------------------------------------------- help

@@ -21,7 +21,7 @@ from reversion.cli import main
 from reversion.core.models import load_model
 from reversion.subjects.checkpoints.files import is_adapter
 
-from helpers import make_model, save
+from helpers import fails, make_model, save
 
 FAST = ["--device", "cpu", "--n-null", "200", "--n-boot", "20"]
 
@@ -94,34 +94,25 @@ def test_watch_reads_adapter_checkpoints(tiny, lora, tmp_path):
         assert sorted(Path(r["checkpoint"]).name for r in csv.DictReader(f)) == ["checkpoint-10", "checkpoint-5"]
 
 
-def _fails(capsys, argv, *needles):
-    with pytest.raises(SystemExit) as exc:
-        main([str(a) for a in argv])
-    assert exc.value.code == 2
-    err = capsys.readouterr().err
-    for needle in needles:
-        assert needle in err, f"{needle!r} not in stderr:\n{err}"
-
-
 def test_bad_bases_and_adapters_are_argument_errors(tiny, lora, tmp_path, capsys):
     common = ["track", "--directions", lora["direction"], "--aligned", tiny.llama.aligned,
               "--prompts", tiny.harmful, "--device", "cpu"]
-    _fails(capsys, [*common, "--base", tmp_path / "nowhere", lora["a5"]], "--base", "path not found")
-    _fails(capsys, [*common, "--base", tiny.llama_wide, lora["a5"]], "--base", "width")
+    fails(capsys, [*common, "--base", tmp_path / "nowhere", lora["a5"]], "--base", "path not found")
+    fails(capsys, [*common, "--base", tiny.llama_wide, lora["a5"]], "--base", "width")
     # An adapter for modules this base does not have (GPT-2's c_attn on a Llama).
     gpt2_dir = save(make_model("gpt2", _tok(tiny)), None, tmp_path / "gpt2")
     foreign = _adapter(gpt2_dir, tmp_path / "checkpoint-7", 7, targets=("c_attn",))
     # Its config names the local model it was trained on, which is not the base: refused.
-    _fails(capsys, [*common, foreign], f"CHECKPOINT {foreign}", "the adapter was trained on", "--base")
+    fails(capsys, [*common, foreign], f"CHECKPOINT {foreign}", "the adapter was trained on", "--base")
     # Named as a hub id (never resolved), it is applied, and peft finds no c_attn in a Llama.
     cfg = json.loads((foreign / "adapter_config.json").read_text())
     (foreign / "adapter_config.json").write_text(json.dumps({**cfg, "base_model_name_or_path": "some-org/model"}))
-    _fails(capsys, [*common, foreign], f"CHECKPOINT {foreign}", "cannot apply the LoRA adapter")
+    fails(capsys, [*common, foreign], f"CHECKPOINT {foreign}", "cannot apply the LoRA adapter")
     # An adapter folder whose weights are missing.
     broken = tmp_path / "checkpoint-9"
     broken.mkdir()
     (broken / "adapter_config.json").write_text((lora["a5"] / "adapter_config.json").read_text())
-    _fails(capsys, [*common, broken], "no adapter weights")
+    fails(capsys, [*common, broken], "no adapter weights")
     assert not (tmp_path / "t.csv").exists()
 
 
