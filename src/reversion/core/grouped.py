@@ -11,7 +11,7 @@ the group's loss is the *sum* of the runs' losses (so run k's gradient is its ow
 loss's gradient), and AdamW is elementwise (so one optimizer over the stacked weights
 is K optimizers). A run's numbers therefore equal those of the run trained alone up to
 floating-point reduction order (tested: ``tests/test_grouped.py``). Weights go in and
-out as plain ``transformers.GPT2LMHeadModel`` state dicts (:meth:`from_models`,
+out as plain ``transformers.GPT2LMHeadModel`` state dicts (the constructor,
 :meth:`export`), so every checkpoint stays a Hugging Face folder.
 
 Supported: ``GPT2LMHeadModel`` with tied embeddings, ``gelu_new``, dropout off and
@@ -62,7 +62,7 @@ def _config_sig(model: nn.Module) -> tuple:
     return (c.n_head, c.layer_norm_epsilon, shapes)
 
 
-# (grouped name, HF name pattern, transpose?) -- HF's Conv1D already stores [in, out].
+# A block's parameters under their Hugging Face names (HF's Conv1D already stores [in, out]).
 _LAYER_PARAMS = ("ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias",
                  "attn.c_proj.weight", "attn.c_proj.bias", "ln_2.weight", "ln_2.bias",
                  "mlp.c_fc.weight", "mlp.c_fc.bias", "mlp.c_proj.weight", "mlp.c_proj.bias")
@@ -106,10 +106,6 @@ class GroupedGPT2(nn.Module):
             self.blocks.append(block)
         self.ln_f_weight = stack("transformer.ln_f.weight")
         self.ln_f_bias = stack("transformer.ln_f.bias")
-
-    @classmethod
-    def from_models(cls, models: Sequence[nn.Module]) -> "GroupedGPT2":
-        return cls(models)
 
     # ------------------------------------------------------------------ weights out
     def state_dict_of(self, k: int) -> dict[str, torch.Tensor]:
@@ -170,19 +166,32 @@ class GroupedGPT2(nn.Module):
         att = att.reshape(K, N, d)
         return self._mlp(h + torch.baddbmm(p["attn_c_proj_bias"][:, None], att, p["attn_c_proj_weight"]), p)
 
+    def _tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        """Token embeddings of ``ids [K, ...]``, run k from run k's table: ``[K, ..., d]``."""
+        V, d = self.wte.shape[1], self.wte.shape[2]
+        offset = (torch.arange(self.K, device=ids.device) * V).view(-1, *[1] * (ids.dim() - 1))
+        return F.embedding(ids + offset, self.wte.reshape(self.K * V, d))
+
+    @staticmethod
+    def _at_last(h: torch.Tensor, lengths: torch.Tensor, T: int) -> torch.Tensor:
+        """``h [K, N*T, d]`` at each sequence's last real token (``lengths [K, N]``): ``[K, N, d]``."""
+        K, N = lengths.shape
+        rows = (torch.arange(N, device=h.device) * T)[None, :] + (lengths - 1)
+        return torch.gather(h, 1, rows[:, :, None].expand(K, N, h.shape[-1]))
+
     def hidden(self, input_ids: torch.Tensor, layers: Sequence[int] | None = None,
-               upto: int | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+               upto: int | None = None, kv: list | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """``input_ids [K, B, T]`` -> (final hidden ``[K, B*T, d]`` after ``ln_f``, the hidden
         states at ``layers`` in the Hugging Face convention: 0 = embeddings, l = block l's output,
-        L = after ``ln_f``). ``upto`` stops after that block (the final state is then not computed)."""
+        L = after ``ln_f``). ``upto`` stops after that block (the final state is then not computed);
+        ``kv`` collects every block's keys and values."""
         K, B, T = input_ids.shape
         if K != self.K:
             raise ValueError(f"input_ids has {K} runs; the group has {self.K}")
         if T > self.config.n_positions:
             raise ValueError(f"sequences of length {T} exceed n_positions={self.config.n_positions}")
-        V, d = self.wte.shape[1], self.wte.shape[2]
-        offset = (torch.arange(K, device=input_ids.device) * V)[:, None, None]
-        h = F.embedding(input_ids + offset, self.wte.reshape(K * V, d))  # [K, B, T, d]
+        d = self.wte.shape[2]
+        h = self._tokens(input_ids)  # [K, B, T, d]
         h = (h + self.wpe[:, None, :T]).reshape(K, B * T, d)
         want = set(layers or ())
         got: list[torch.Tensor] = []
@@ -190,7 +199,7 @@ class GroupedGPT2(nn.Module):
             got.append(h)
         last = self.L if upto is None else upto
         for l in range(last):
-            h = self._block(h, self.blocks[l], B, T)
+            h = self._block(h, self.blocks[l], B, T, kv)
             if l + 1 in want and l + 1 < self.L:
                 got.append(h)
         if upto is not None and upto < self.L:
@@ -242,12 +251,7 @@ class GroupedGPT2(nn.Module):
         K, N, T = ids.shape
         layers = sorted(layers)
         _, hs = self.hidden(ids, layers, upto=None if max(layers) >= self.L else max(layers))
-        rows = (torch.arange(N, device=ids.device) * T)[None, :] + (lengths - 1)  # [K, N]
-        out = []
-        for h in hs:
-            sel = torch.gather(h, 1, rows[:, :, None].expand(K, N, h.shape[-1]))
-            out.append(sel.double().sum(1) / N)
-        return torch.stack(out, 1)
+        return torch.stack([self._at_last(h, lengths, T).double().sum(1) / N for h in hs], 1)
 
     @torch.no_grad()
     def greedy(self, ids: torch.Tensor, lengths: torch.Tensor, max_new_tokens: int,
@@ -262,18 +266,11 @@ class GroupedGPT2(nn.Module):
         if width > self.config.n_positions:
             raise ValueError(f"prompt + continuation of length {width} exceeds n_positions")
         kv: list = []
-        V, d = self.wte.shape[1], self.wte.shape[2]
-        offset = (torch.arange(K, device=ids.device) * V)[:, None]
-        h = (F.embedding(ids + offset[:, :, None], self.wte.reshape(K * V, d)) + self.wpe[:, None, :T]).reshape(K, N * T, d)
-        for l in range(self.L):
-            h = self._block(h, self.blocks[l], N, T, kv)
-        h = self._ln(h, self.ln_f_weight, self.ln_f_bias)
-        caches = []
-        for k, v in kv:  # [K*N, H, T, hd] -> room for the continuation
-            grow = (0, 0, 0, width - T)
-            caches.append((F.pad(k, grow).contiguous(), F.pad(v, grow).contiguous()))
-        rows = (torch.arange(N, device=ids.device) * T)[None, :] + (lengths - 1)
-        last = torch.gather(h, 1, rows[:, :, None].expand(K, N, d))
+        d = self.wte.shape[2]
+        h, _ = self.hidden(ids, kv=kv)
+        grow = (0, 0, 0, width - T)  # [K*N, H, T, hd] -> room for the continuation
+        caches = [(F.pad(k, grow).contiguous(), F.pad(v, grow).contiguous()) for k, v in kv]
+        last = self._at_last(h, lengths, T)
         pos = lengths.reshape(K * N).clone()
         out = []
         done = torch.zeros((K, N), dtype=torch.bool, device=ids.device)
@@ -287,8 +284,7 @@ class GroupedGPT2(nn.Module):
                     break
             if i == max_new_tokens - 1:
                 break
-            h = F.embedding(nxt + offset, self.wte.reshape(K * V, d)) + \
-                torch.gather(self.wpe, 1, pos.view(K, N, 1).expand(K, N, d))
+            h = self._tokens(nxt) + torch.gather(self.wpe, 1, pos.view(K, N, 1).expand(K, N, d))
             valid = (span[None, :] <= pos[:, None])[:, None, None, :]
             for l in range(self.L):
                 h = self._block_step(h, self.blocks[l], *caches[l], pos, valid)
