@@ -260,14 +260,7 @@ def bench_large(shape: dict = TINYLLAMA, device: str = "cuda", dtype: torch.dtyp
             torch.cuda.synchronize()
 
     def plain(ps) -> None:
-        with torch.no_grad():
-            for i in range(0, len(ps), batch_size):
-                chunk = ps[i:i + batch_size]
-                lens = torch.tensor([len(p) for p in chunk])
-                x = torch.nn.utils.rnn.pad_sequence([torch.tensor(p) for p in chunk], batch_first=True).to(device)
-                mask = (torch.arange(x.shape[1])[None] < lens[:, None]).long().to(device)
-                hs = model(input_ids=x, attention_mask=mask, output_hidden_states=True).hidden_states
-                torch.stack([h[torch.arange(len(chunk)), (lens - 1).to(device)] for h in hs], 1).float().sum(0)
+        plain_means(model, ps, batch_size, pad_id=0)
         sync()
 
     tracker = ProbeTracker(model, prompts[:n_probe], [layer], batch_size=batch_size)
@@ -353,6 +346,26 @@ def _one_batch(loop: _Loop):
     return [p for p, _ in pairs], [t for _, t in pairs]
 
 
+def plain_means(model, prompts, batch_size: int = 64, pad_id: int = PAD) -> torch.Tensor:
+    """What a user would write: batches of ``batch_size`` prompts in the given order, each padded,
+    a plain ``output_hidden_states=True`` forward of the full model, the last-token states of every
+    layer summed in float64; the mean ``[L+1, d]`` on the model's device."""
+    device = next(model.parameters()).device
+    total = None
+    with torch.no_grad():
+        for i in range(0, len(prompts), batch_size):
+            chunk = prompts[i:i + batch_size]
+            lens = torch.tensor([len(p) for p in chunk])
+            x = torch.nn.utils.rnn.pad_sequence([torch.tensor(p) for p in chunk], batch_first=True,
+                                                padding_value=pad_id).to(device)
+            mask = (torch.arange(x.shape[1])[None] < lens[:, None]).long().to(device)
+            hs = model(input_ids=x, attention_mask=mask, output_hidden_states=True).hidden_states
+            rows, last = torch.arange(len(chunk), device=device), (lens - 1).to(device)
+            part = torch.stack([h[rows, last] for h in hs], 1).double().sum(0)
+            total = part if total is None else total + part
+    return total / len(prompts)
+
+
 def bench_extraction(world: World, n_probe: int = 512, repeats: int = 15) -> dict:
     """Mean last-token activation at every layer over ``n_probe`` prompts: ours against a
     plain ``output_hidden_states=True`` forward of the full model (batches of 64, the
@@ -363,19 +376,7 @@ def bench_extraction(world: World, n_probe: int = 512, repeats: int = 15) -> dic
     prompts = loop.probes.vrev
 
     def plain() -> torch.Tensor:
-        total = None
-        with torch.no_grad():
-            for i in range(0, len(prompts), 64):
-                chunk = prompts[i:i + 64]
-                lens = torch.tensor([len(p) for p in chunk])
-                x = torch.nn.utils.rnn.pad_sequence([torch.tensor(p) for p in chunk], batch_first=True,
-                                                    padding_value=PAD)
-                mask = (torch.arange(x.shape[1])[None] < lens[:, None]).long()
-                hs = model(input_ids=x, attention_mask=mask, output_hidden_states=True).hidden_states
-                rows = torch.arange(len(chunk))
-                s = torch.stack([h[rows, lens - 1] for h in hs], 1).double().sum(0)
-                total = s if total is None else total + s
-        return total / len(prompts)
+        return plain_means(model, prompts)
 
     tracker = ProbeTracker(model, prompts, "all", pad_id=PAD)
     ours = mean_activations(model, prompts, "all", pad_id=PAD)
