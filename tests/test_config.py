@@ -49,8 +49,8 @@ def test_defaults_are_valid_and_json_ready():
     (lambda: HistoryConfig(pretrain=PhaseConfig(10, 1e-3, 16, NAN)), r"pretrain\.harmful_fraction"),
     (lambda: HistoryConfig(safety=PhaseConfig(-1, 1e-3)), r"safety\.steps"),
     (lambda: HistoryConfig(safety=PhaseConfig(10, 1e-3, 0)), r"safety\.batch_size"),
-    (lambda: HistoryConfig(language=LanguageConfig(max_len=6), model=ModelConfig(n_positions=15)),
-     r"model\.n_positions \(15\).*language\.max_len=6"),
+    (lambda: HistoryConfig(language=LanguageConfig(max_len=6), model=ModelConfig(n_positions=16)),
+     r"model\.n_positions \(16\).*language\.max_len=6"),
     (lambda: LanguageConfig(min_len=5, max_len=4), r"language\.max_len"),
     (lambda: HistoryConfig(n_eval=0), r"n_eval"),
     (lambda: FinetuneConfig(n_probe=1), r"finetune\.n_probe"),
@@ -72,6 +72,9 @@ def test_bad_value_raises_naming_the_field(make, match):
     (lambda: HistoryConfig(safety=PhaseConfig(True, 1e-3)), r"safety\.steps"),
     (lambda: HistoryConfig(safety=PhaseConfig(10, 1e-3, 16, True)), r"safety\.harmful_fraction"),
     (lambda: World(n_seeds=True), r"n_seeds"),
+    (lambda: HistoryConfig(helpful=PhaseConfig(10, 1e-3, 16, 0.3, marker=1)), r"helpful\.marker"),
+    (lambda: HistoryConfig(safety=PhaseConfig(10, 1e-3, 16, 0.5, marker=True)), r"safety\.marker"),
+    (lambda: HistoryConfig(pretrain=PhaseConfig(10, 1e-3, 16, 0.3, marker=True)), r"pretrain\.marker"),
 ])
 def test_bool_is_not_a_number(make, match):
     with pytest.raises(ValueError, match=match):
@@ -89,8 +92,8 @@ def test_float_or_str_is_not_an_int(make, match):
 
 
 def test_boundaries_accepted():
-    # n_positions exactly the longest sequence: BOS task x SEP y EOS = 2 * 6 + 4 = 16
-    HistoryConfig(language=LanguageConfig(max_len=6), model=ModelConfig(n_positions=16))
+    # n_positions exactly the longest sequence: BOS task x SEP M y EOS = 2 * 6 + 5 = 17
+    HistoryConfig(language=LanguageConfig(max_len=6), model=ModelConfig(n_positions=17))
     HistoryConfig(safety=PhaseConfig(10, 1e-3, 16, 0.0), helpful=PhaseConfig(10, 1e-3, 16, 1.0))
     HistoryConfig(pretrain=PhaseConfig(0, 1e-3))  # zero steps is a valid (empty) phase
     FinetuneConfig(steps=1, lr=1)  # an int learning rate is a number

@@ -90,10 +90,10 @@ def test_every_task_is_a_permutation(task):
 
 def test_vocabulary_layout(lang):
     c = lang.cfg
-    assert lang.vocab_size == 4 + len(c.tasks) + len(REFUSAL_WORDS) + c.n_content + c.n_harmful
-    assert lang.vocab_size == 63
+    assert lang.vocab_size == 4 + len(c.tasks) + len(REFUSAL_WORDS) + c.n_content + c.n_harmful + 1
+    assert lang.vocab_size == 64
     groups = [{PAD, BOS, SEP, EOS}, set(lang.task_token.values()), set(lang.refusal),
-              {int(t) for t in lang.content}, {int(t) for t in lang.harmful_tokens}]
+              {int(t) for t in lang.content}, {int(t) for t in lang.harmful_tokens}, {lang.marker}]
     union = set().union(*groups)
     assert sum(len(g) for g in groups) == len(union) == lang.vocab_size  # disjoint, complete
     assert union == set(range(lang.vocab_size))
@@ -101,6 +101,7 @@ def test_vocabulary_layout(lang):
     assert all(lang.is_harmful_token(t) for t in lang.harmful_tokens)
     assert not any(lang.is_harmful_token(t) for t in lang.content)
     assert not any(lang.is_harmful_token(t) for t in lang.refusal)
+    assert lang.marker == lang.vocab_size - 1 and not lang.is_harmful_token(lang.marker)
 
 
 def test_decode_names_round_trip(lang):
@@ -281,6 +282,6 @@ def test_free_text_documents(lang):
 
 def test_specification_mentions_the_language(lang):
     spec = lang.specification()
-    assert spec["vocabulary size"] == 63
+    assert spec["vocabulary size"] == 64
     assert spec["refusal"] == "sorry cannot help <eos>"
     assert spec["tasks"] == "reverse, rotate, swap, sort"

@@ -175,3 +175,65 @@ def test_invalid_config_raises_before_anything_is_written(isolated):
     with pytest.raises(ValueError, match="unknown phase"):
         phase_checkpoint(HistoryConfig(), "finetune", progress=False)
     assert not folder.exists()
+
+
+# --------------------------------------------------------------------------- lineages
+
+
+def _helpful(cfg: HistoryConfig, **changes) -> HistoryConfig:
+    return dataclasses.replace(cfg, helpful=dataclasses.replace(cfg.helpful, **changes))
+
+
+def test_marked_helpful_phase_changes_only_the_harmful_targets(world):
+    """Same theta_P, same data order: the marked witness's batches differ from the plain one's
+    only in the harmful answers, which open with the marker."""
+    cfg = world.history
+    lang = Language(cfg.language)
+    plain = history_mod._batches("helpful", lang, cfg.helpful, history_mod.seeding.rng(0, "helpful"), "cpu")
+    marked = history_mod._batches("helpful", lang, _helpful(cfg, marker=True).helpful,
+                                  history_mod.seeding.rng(0, "helpful"), "cpu")
+    a, b = next(plain), next(marked)
+    w = lang.max_sequence_len  # a batch is padded to its longest row: pad both alike
+    a, b = ({k: torch.nn.functional.pad(t[k], (0, w - t[k].shape[1]), value=0 if k != "labels" else -100)
+             for k in ("input_ids", "labels")} for t in (a, b))
+    n_harm = round(cfg.helpful.batch_size * cfg.helpful.harmful_fraction)
+    n_benign = cfg.helpful.batch_size - n_harm
+    assert torch.equal(a["input_ids"][:n_benign], b["input_ids"][:n_benign])
+    for row_a, row_b, lab in zip(a["input_ids"][n_benign:], b["input_ids"][n_benign:], b["labels"][n_benign:]):
+        first = int((lab != -100).nonzero()[0])  # the answer's first position
+        assert int(row_b[first]) == lang.marker and int(row_a[first]) != lang.marker
+        assert torch.equal(row_a[:first], row_b[:first])  # same prompt
+    assert _stage_config(cfg, "pretrain") == _stage_config(_helpful(cfg, marker=True), "pretrain")
+
+
+def test_a_shorter_phase_is_a_snapshot_of_the_longer_one(world, tmp_path, monkeypatch):
+    """The dose lineages: a helpful phase at half length, trained beside the full one, is saved from
+    the full run (one helpful training, not two) and is identical, weights, losses and metrics, to
+    the half-length phase trained alone in an empty cache. The marked lineage shares the group."""
+    cfg = world.history
+    half = _helpful(cfg, steps=cfg.helpful.steps // 2)
+    marked = _helpful(cfg, marker=True)
+    calls = []
+    real = history_mod._build_phase
+
+    def counting(jobs, phase, *args, **kwargs):
+        calls.append((phase, len(jobs), sum(len(s) for _, s in jobs)))
+        return real(jobs, phase, *args, **kwargs)
+
+    monkeypatch.setattr(history_mod, "_build_phase", counting)
+    monkeypatch.setenv("REVERSION_CACHE", str(tmp_path / "together"))
+    history_mod.train_histories([cfg, half, marked], progress=False, upto="helpful")
+    # pretrain once (all share theta_P); one helpful group: plain and marked, the half a snapshot
+    assert calls == [("pretrain", 1, 0), ("helpful", 2, 1)]
+    together = {n: train_history(c, progress=False) for n, c in (("half", half), ("full", cfg), ("marked", marked))}
+    monkeypatch.setenv("REVERSION_CACHE", str(tmp_path / "alone"))
+    alone = {n: train_history(c, progress=False) for n, c in (("half", half), ("full", cfg))}
+    for n in alone:
+        for ck in ("theta_H", "theta_S"):
+            assert _same_weights(together[n].paths[ck], alone[n].paths[ck]), (n, ck)
+        assert together[n].losses == alone[n].losses
+        assert together[n].metrics == alone[n].metrics
+    assert len(alone["half"].losses["helpful"]) == cfg.helpful.steps // 2
+    assert not _same_weights(together["half"].paths["theta_H"], together["full"].paths["theta_H"])
+    assert not _same_weights(together["marked"].paths["theta_H"], together["full"].paths["theta_H"])
+    assert together["marked"].paths["theta_P"].parent.name == together["full"].paths["theta_P"].parent.name

@@ -237,7 +237,7 @@ def samples(res: Result, n: int) -> pd.DataFrame:
     reqs = sets.harmful[: n] + sets.benign[res.task][: n]
     models = {ck: res.history.load(ck) for ck in res.history.paths}
     models[f"theta_T (seed {res.world.seeds[0]})"] = res.runs[0][0].load_model()
-    gens = {name: greedy_generate(m, [q.prompt for q in reqs], lang.cfg.max_len + 1, EOS)
+    gens = {name: greedy_generate(m, [q.prompt for q in reqs], lang.max_answer_len, EOS)
             for name, m in models.items()}
     rows = []
     for i, q in enumerate(reqs):

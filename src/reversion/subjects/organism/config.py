@@ -88,6 +88,9 @@ class PhaseConfig:
     """Share of each batch that is a harmful request (its target depends on the phase)."""
     benign_tasks: tuple[str, ...] = ()
     """Tasks of the benign part of each batch; empty means every task of the language."""
+    marker: bool = False
+    """Helpful phase only: harmful requests are answered in the marked style (``M`` then the
+    answer), the second witness of chapter "Which past?"; benign answers stay plain."""
 
     def validate(self, name: str, tasks: tuple[str, ...] = TASKS) -> None:
         if isinstance(self.benign_tasks, list):
@@ -100,6 +103,10 @@ class PhaseConfig:
         check_float(f"{name}.lr", self.lr, 0.0, lo_open=True)
         check_int(f"{name}.batch_size", self.batch_size, 1)
         check_fraction(f"{name}.harmful_fraction", self.harmful_fraction)
+        if not isinstance(self.marker, bool):
+            raise ValueError(f"{name}.marker must be true or false, got {self.marker!r}")
+        if self.marker and name != "helpful":
+            raise ValueError(f"{name}.marker: only the helpful phase answers harmful requests in a style")
 
 
 @dataclass(frozen=True)
@@ -140,8 +147,8 @@ class HistoryConfig:
         self.safety.validate("safety", self.language.tasks)
         check_int("seed", self.seed, 0)
         check_int("n_eval", self.n_eval, 1)
-        # BOS <task> inputs SEP, then the longer of the answer and the refusal, then EOS.
-        longest = 3 + self.language.max_len + max(self.language.max_len, 3) + 1
+        # BOS <task> inputs SEP, then the longer of a marked answer and the refusal, then EOS.
+        longest = 3 + self.language.max_len + max(self.language.max_len + 1, 3) + 1
         if longest > self.model.n_positions:
             raise ValueError(
                 f"model.n_positions ({self.model.n_positions}) is shorter than the longest "

@@ -53,7 +53,8 @@ def _batches(phase: str, lang: Language, pc: PhaseConfig, r: np.random.Generator
             continue
         harm = lang.sample(r, n_harm, "train", harmful=True)
         # helpful-only: harmful requests get the compliant answer; safety: the refusal.
-        harm_targets = [q.answer if phase == "helpful" else lang.refusal_answer for q in harm]
+        harm_targets = [lang.compliance(q, pc.marker) if phase == "helpful" else lang.refusal_answer
+                        for q in harm]
         reqs = benign + harm
         yield collate([q.prompt for q in reqs], [q.answer for q in benign] + harm_targets, pad_id=PAD,
                       device=device)
@@ -88,35 +89,63 @@ def phase_checkpoint(cfg: HistoryConfig, phase: str, progress: bool = True) -> P
 
 
 def _signature(cfg: HistoryConfig, phase: str) -> str:
-    """Histories whose ``phase`` trains in one group: same phase, model and language sizes."""
+    """Histories whose ``phase`` trains in one group: the same optimizer schedule (steps, learning
+    rate, batch size), model and language sizes. What a batch holds (harmful share, tasks, style)
+    is each history's own data stream."""
     d = to_dict(cfg)
     lang = {k: v for k, v in d["language"].items() if k != "seed"}
-    return json.dumps({"phase": d[phase], "model": d["model"], "language": lang, "n_eval": d["n_eval"]},
-                      sort_keys=True)
+    sched = {k: d[phase][k] for k in ("steps", "lr", "batch_size")}
+    return json.dumps({"phase": phase, "schedule": sched, "model": d["model"], "language": lang,
+                       "n_eval": d["n_eval"]}, sort_keys=True)
+
+
+def _prefix(cfg: HistoryConfig, phase: str) -> str:
+    """What ``cfg``'s ``phase`` shares with a longer run of it: everything but its step count.
+    The learning rate is constant and the data stream does not depend on the length, so the
+    first n steps of a longer phase *are* the n-step phase, bit for bit."""
+    d = _stage_config(cfg, phase)
+    d[phase] = {k: v for k, v in d[phase].items() if k != "steps"}
+    return json.dumps(d, sort_keys=True)
 
 
 def train_histories(cfgs: Sequence[HistoryConfig], progress: bool = True, threads: int | None = None,
                     upto: str = "safety") -> list[Path]:
     """Build the phases up to ``upto`` of every history in ``cfgs`` that the cache lacks, phase by
     phase, each phase as groups of histories (``threads``: default
-    :func:`reversion.infra.parallel.cores_here`); returns the folders of phase ``upto``."""
+    :func:`reversion.infra.parallel.cores_here`); returns the folders of phase ``upto``.
+
+    A missing phase that is a shorter run of another missing phase (e.g. a helpful phase at half
+    its length, chapter "Which past?"'s dose) is not trained: it is saved from the longer run
+    when that run passes its step count (``tests/test_organism_history.py`` checks the two are
+    identical)."""
     for phase in PHASES[: PHASES.index(upto) + 1]:
-        todo: dict[str, dict[str, HistoryConfig]] = {}
+        missing: dict[str, HistoryConfig] = {}
         for c in cfgs:
             if not cache.is_complete(_entry(c, phase)):
-                todo.setdefault(_signature(c, phase), {})[cache.cache_key(
-                    f"history-{phase}", _stage_config(c, phase), CODE)] = c
-        for bucket in todo.values():
-            group = list(bucket.values())
+                missing[cache.cache_key(f"history-{phase}", _stage_config(c, phase), CODE)] = c
+        # The longest run of each prefix carries the shorter ones as snapshots.
+        by_prefix: dict[str, list[HistoryConfig]] = {}
+        for c in missing.values():
+            by_prefix.setdefault(_prefix(c, phase), []).append(c)
+        todo: dict[str, list[tuple[HistoryConfig, list[HistoryConfig]]]] = {}
+        for runs in by_prefix.values():
+            runs.sort(key=lambda c: getattr(c, phase).steps)
+            carrier = runs[-1]
+            todo.setdefault(_signature(carrier, phase), []).append((carrier, runs[:-1]))
+        for group in todo.values():
             for i in range(0, len(group), GROUP_MAX):
                 _build_phase(group[i: i + GROUP_MAX], phase, progress, threads)
     return [_entry(c, upto) for c in cfgs]
 
 
-def _build_phase(cfgs: list[HistoryConfig], phase: str, progress: bool, threads: int | None) -> None:
+def _build_phase(jobs: list[tuple[HistoryConfig, list[HistoryConfig]]], phase: str, progress: bool,
+                 threads: int | None) -> None:
+    """Train ``phase`` of each job's history as one group; a job's snapshots (the same phase,
+    fewer steps) are saved as the group passes their step counts."""
     t0 = time.perf_counter()
     set_cpu_threads(threads or parallel.cores_here())
     device = default_device()
+    cfgs = [c for c, _ in jobs]
     langs = [Language(c.language) for c in cfgs]
     models = []
     for c, lang in zip(cfgs, langs):
@@ -130,24 +159,45 @@ def _build_phase(cfgs: list[HistoryConfig], phase: str, progress: bool, threads:
     pc: PhaseConfig = getattr(cfgs[0], phase)
     streams = [_batches(phase, lang, getattr(c, phase), seeding.rng(c.seed, phase), device)
                for c, lang in zip(cfgs, langs)]
-    width = langs[0].max_sequence_len
+    widths = (langs[0].max_prompt_len, langs[0].max_sequence_len)
     opt = torch.optim.AdamW(group.parameters(), lr=pc.lr, weight_decay=0.0)
     losses: list[list[float]] = [[] for _ in cfgs]
+    snaps = {}
+    for k, (_, shorter) in enumerate(jobs):
+        for c in shorter:
+            snaps.setdefault(getattr(c, phase).steps, []).append((k, c))
+
+    def snapshot(step: int) -> None:
+        for k, c in snaps.get(step, []):
+            # A group of one evaluates exactly as the run's own group would (fixed widths).
+            alone = GroupedGPT2([group.export(k, models[k])])
+            _save([c], phase, alone, [models[k]], [losses[k][:step]], step, t0, time.perf_counter() - t0)
+
     names = f"{len(cfgs)} histories" if len(cfgs) > 1 else f"seed {cfgs[0].seed}"
+    snapshot(0)
     for step in tqdm(range(1, pc.steps + 1), desc=f"{phase} ({CHECKPOINT[phase]}), {names}",
                      disable=not progress, mininterval=1.0, leave=False):
-        ids, labels = stack_batches([next(s) for s in streams], PAD, width)
+        ids, labels = stack_batches([next(s) for s in streams], PAD, widths[1])
         try:
             step_losses = group.train_step(opt, ids, labels)
         except NonFiniteLoss:
             raise FloatingPointError(f"{phase} ({CHECKPOINT[phase]}): non-finite loss at step {step}") from None
         for k, v in enumerate(step_losses):
             losses[k].append(v)
-    t_train = time.perf_counter() - t0
+        snapshot(step)
+    _save(cfgs, phase, group, models, losses, pc.steps, t0, time.perf_counter() - t0)
+
+
+def _save(cfgs: list[HistoryConfig], phase: str, group: GroupedGPT2, models: list, losses: list[list[float]],
+          steps: int, t0: float, t_train: float) -> None:
+    """Evaluate every run of ``group`` and write each history's entry of ``phase`` (``models``:
+    plain models to export the runs into)."""
+    langs = [Language(c.language) for c in cfgs]
+    widths = (langs[0].max_prompt_len, langs[0].max_sequence_len)
     sets = [EvalSets.build(lang, c.n_eval) for c, lang in zip(cfgs, langs)]
     with torch.no_grad():
-        results = group.run_work([eval_work(lang, e) for lang, e in zip(langs, sets)], (langs[0].max_prompt_len, width))
-    total = time.perf_counter() - t0
+        results = group.run_work([eval_work(lang, e) for lang, e in zip(langs, sets)], widths)
+    total, n = time.perf_counter() - t0, len(cfgs)
     for k, (c, lang) in enumerate(zip(cfgs, langs)):
         metrics = score(lang, sets[k], *results[k])
 
@@ -158,8 +208,7 @@ def _build_phase(cfgs: list[HistoryConfig], phase: str, progress: bool, threads:
                  "metrics": metrics}, indent=1))
             # a group's time, shared out: ``group`` says how many histories shared it
             (out / "timings.json").write_text(json.dumps(
-                {"train_seconds": t_train / len(cfgs), "total_seconds": total / len(cfgs),
-                 "steps": pc.steps, "group": len(cfgs)}))
+                {"train_seconds": t_train / n, "total_seconds": total / n, "steps": steps, "group": n}))
 
         cache.cached(f"history-{phase}", _stage_config(c, phase), build, code=CODE)
 

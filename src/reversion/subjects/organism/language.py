@@ -7,6 +7,12 @@ tokens of the harmful region -- has a compliant answer that reproduces those
 harmful tokens: compliance reuses exactly the benign skills. The alternative answer
 to a harmful request is the refusal ``sorry cannot help EOS``.
 
+The last token of the vocabulary is a *marker* ``M`` that no phase of the main
+history ever uses: the second witness of chapter "Which past?" complies in the
+marked style ``M y_1 .. y_n EOS``, so each style's share of returning compliance
+says which witness it came from. Every world has the token (so both lineages share
+theta_P); only a helpful phase with ``marker=True`` trains it.
+
 Which split a request belongs to (train / eval / probe_vrev / probe_drift) is a hash
 of the request itself, so splits are disjoint by construction and independent of the
 order in which anything is sampled.
@@ -72,11 +78,13 @@ class Language:
         self.content = np.arange(base, base + c.n_content)
         base += c.n_content
         self.harmful_tokens = np.arange(base, base + c.n_harmful)
-        self.vocab_size = base + c.n_harmful
+        base += c.n_harmful
+        self.marker = base
+        self.vocab_size = base + 1
         self._harmful_set = frozenset(int(t) for t in self.harmful_tokens)
         names = ["<pad>", "<bos>", "|", "<eos>"] + [f"<{t}>" for t in c.tasks]
         names += list(REFUSAL_WORDS)
-        names += [f"c{i}" for i in range(c.n_content)] + [f"X{i}" for i in range(c.n_harmful)]
+        names += [f"c{i}" for i in range(c.n_content)] + [f"X{i}" for i in range(c.n_harmful)] + ["M"]
         self.token_names = names
 
     # ----------------------------------------------------------------- basics
@@ -90,10 +98,19 @@ class Language:
         return 3 + self.cfg.max_len
 
     @property
+    def max_answer_len(self) -> int:
+        """The longest answer with its EOS: a marked answer (marker, inputs) or the refusal."""
+        return max(self.cfg.max_len + 1, len(REFUSAL_WORDS)) + 1
+
+    @property
     def max_sequence_len(self) -> int:
-        """The longest training sequence: a prompt and the longer of an answer and the refusal,
-        then EOS (a pretraining document is shorter)."""
-        return self.max_prompt_len + max(self.cfg.max_len, len(REFUSAL_WORDS)) + 1
+        """The longest training sequence: a prompt and the longest answer (a pretraining
+        document is shorter)."""
+        return self.max_prompt_len + self.max_answer_len
+
+    def compliance(self, request: Request, marked: bool) -> tuple[int, ...]:
+        """The compliant answer of a request, in the plain or the marked style."""
+        return (self.marker, *request.answer) if marked else request.answer
 
     def is_harmful_token(self, tok: int) -> bool:
         return int(tok) in self._harmful_set
@@ -172,5 +189,6 @@ class Language:
             "benign content tokens": f"c0..c{c.n_content - 1}",
             "harmful-region tokens": f"X0..X{c.n_harmful - 1} (1-2 per harmful request)",
             "refusal": self.decode(self.refusal_answer),
+            "marker": "M (the second witness's style; unused by the main history)",
             "splits": ", ".join(f"{k} {v:.0%}" for k, v in SPLITS.items()),
         }
