@@ -38,13 +38,24 @@ R^d -- which at LLM width is tiny (about 2.33/sqrt(d): 0.036 at d = 4096), so th
 drift barely off-random already passes it; prefer the matched null or a threshold of
 your own.
 
-:class:`BlockTrainer` adds the bounded block term of
+:class:`ObjectiveMixin` adds the bounded block term of
 :class:`reversion.core.interventions.Block` (``+strength * sum_l tanh(p_l / s_l)``) to the
-Trainer's loss; :func:`block_term` builds and sets one up for a text model.
+loss of any ``Trainer`` subclass (``class MySFT(ObjectiveMixin, trl.SFTTrainer)``;
+:class:`BlockTrainer` is ``ObjectiveMixin`` on ``Trainer``); :func:`block_term` builds and
+sets one up for a text model.
 
-Scope: single-process or DDP training (the probe forward runs on the main process
-only); with FSDP / DeepSpeed ZeRO-3 the parameters are sharded and a single-process
-forward does not work.
+Several processes (``torchrun``). DDP: the monitor measures and logs on the main process
+only (one log row per check; the other ranks record nothing), and the block term's
+forward runs through the module inside the DDP wrapper (see :class:`ObjectiveMixin`).
+Block term, DDP or FSDP2 (``torch.distributed.fsdp.fully_shard``, which runs on CPU with
+gloo): each rank forwards its share of the probes and the projection is all-reduced
+so that the term and its gradient are those of one process (:class:`ShardedTerm`, tested
+against one process under FSDP2). The monitor does *not* run on a sharded model: its
+probe forward calls the backbone below the root module, whose parameters FSDP2 leaves
+sharded (on CPU: ``RuntimeError: aten.embedding.default got mixed torch.Tensor and
+DTensor``), so :meth:`ReversionMonitor.on_train_begin` refuses an FSDP model with a
+ValueError; track its saved checkpoints with ``reversion track`` instead. DeepSpeed
+ZeRO-3 is not supported either.
 """
 
 from __future__ import annotations
@@ -58,6 +69,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+import torch.distributed as dist
+import torch.distributed._functional_collectives as funcol
+from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
+from torch.nn.parallel import DistributedDataParallel
 from transformers import Trainer, TrainerCallback
 
 from reversion.core.activations import mean_activations, model_device
@@ -70,7 +85,8 @@ from reversion.core.tracking import ProbeTracker
 from reversion.infra.checks import check_float, check_int
 from reversion.subjects.base import Prompts
 
-__all__ = ["BlockTrainer", "ReversionMonitor", "ReversionWarning", "block_term", "reference_mean"]
+__all__ = ["BlockTrainer", "ObjectiveMixin", "ReversionMonitor", "ReversionWarning", "ShardedTerm", "block_term",
+           "reference_mean"]
 
 LOG_FIELDS = ("step", "layer", "alignment", "projection", "drift_norm", "relative_projection",
               "threshold", "above", "flagged")
@@ -285,6 +301,10 @@ class ReversionMonitor(TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if model is None:
             raise ValueError("ReversionMonitor needs the model (the Trainer passes it to callbacks)")
+        if any(isinstance(m, (FSDPModule, FullyShardedDataParallel)) for m in model.modules()):
+            raise ValueError("model: ReversionMonitor does not run on an FSDP-sharded model (its probe forward "
+                             "needs whole parameters on one process); save checkpoints and track them with "
+                             "`reversion track` instead")
         self._check_model(model)
         if self.mu_S is None:
             if state.global_step > 0:
@@ -319,13 +339,16 @@ class ReversionMonitor(TrainerCallback):
 
 
 def block_term(model, directions: Directions, probe_ids: Sequence[Sequence[int]], strength: float,
-               layers: Sequence[int] | None = None, n_probe_batch: int = 32, pad_id: int = 0):
-    """A :class:`reversion.core.interventions.Block` set up on ``model`` (which must be theta_S now).
+               layers: Sequence[int] | None = None, n_probe_batch: int = 32, pad_id: int = 0) -> "ShardedTerm":
+    """A :class:`reversion.core.interventions.Block` set up on ``model`` (which must be theta_S now),
+    wrapped in a :class:`ShardedTerm` (in one process exactly the Block; over several, each rank
+    forwards its share of the probes).
 
     ``layers``: where the term acts (default every block output 1..L, as in the
     book's interventions); its scale per layer is ||mu_H - mu_S|| from ``directions``;
     ``pad_id``: the tokenizer's padding id (pads are masked; any id in the vocabulary works).
-    Use it as ``BlockTrainer(..., block=block_term(...))``.
+    Use it as ``BlockTrainer(..., block=block_term(...))``. Under torch.distributed, call it on
+    every rank (each needs the probe batches and their theta_S means).
     """
 
     layers = list(layers) if layers is not None else all_block_layers(model)
@@ -333,17 +356,101 @@ def block_term(model, directions: Directions, probe_ids: Sequence[Sequence[int]]
     # Block.setup reads only the ``block`` prompts (token ids), their pad id and the model.
     ids = [tuple(map(int, p)) for p in probe_ids]
     block.setup(model, None, Prompts(ids, None, ids, ids, int(pad_id)))
-    return block
+    return ShardedTerm(block)
 
 
-class BlockTrainer(Trainer):
-    """``Trainer`` whose training loss adds ``block.aux_loss(model, inputs, step)``.
+def _world() -> tuple[int, int]:
+    """(rank, world size) of the default process group; (0, 1) without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class ShardedTerm:
+    """A set-up :class:`~reversion.core.interventions.Block` (or ``Push``) whose probe forward is
+    split over the ranks of a ``torch.distributed`` run.
+
+    One process: ``aux_loss`` is the term's own, unchanged. ``W`` processes: rank ``r``
+    forwards rows ``r, r+W, ...`` of the step's probe batch, sums their last-token activations
+    at the term's layers, and the sums are added over the ranks with
+    ``torch.distributed._functional_collectives.all_reduce`` (torch 2.13's replacement for the
+    deprecated ``torch.distributed.nn.functional.all_reduce``); every rank then holds the
+    same mean, drift, projection and term ``T`` as one process. That all-reduce is differentiable: its backward is
+    again a sum over ranks, so rank ``r``'s parameter gradient is ``W * dT/ds * ds_r/dtheta``
+    (``s_r``: its partial sum). DDP and FSDP average the gradients over the ranks, which
+    gives ``dT/ds * sum_r ds_r/dtheta = dT/dtheta``, the one-process gradient (tested
+    against one process under FSDP2). A plain ``dist.all_reduce`` would cut the graph, and
+    a backward that did not sum would give ``dT/dtheta / W``.
+
+    Every rank must call ``aux_loss`` at the same steps (it holds collectives; under FSDP the
+    forward's all-gathers are collectives too), so a rank whose share is empty (a batch
+    smaller than ``W``) forwards one row with weight 0.
+    """
+
+    def __init__(self, term):
+        for attr in ("probe_batches", "mu_S", "v", "scale", "layers", "sign", "strength"):
+            if not hasattr(term, attr):
+                raise ValueError(f"term must be a set-up Block or Push (it has no {attr!r}), "
+                                 f"got {type(term).__name__}")
+        if not term.probe_batches:
+            raise ValueError("term has no probe batches: call its setup(model, data, probes) first")
+        self.term = term
+
+    @property
+    def strength(self) -> float:
+        return self.term.strength
+
+    def key(self) -> dict:
+        return self.term.key()
+
+    def teardown(self) -> None:
+        self.term.teardown()
+
+    def aux_loss(self, model, batch, step: int) -> torch.Tensor | None:
+        rank, world = _world()
+        if world == 1 or self.term.strength == 0.0:
+            return self.term.aux_loss(model, batch, step)
+        t = self.term
+        i = (step - 1) % len(t.probe_batches)
+        b = t.probe_batches[i]
+        n = b["input_ids"].shape[0]
+        rows = torch.arange(rank, n, world, device=b["input_ids"].device)
+        weight = 1.0
+        if len(rows) == 0:
+            rows, weight = rows.new_zeros(1), 0.0
+        mask = b["attention_mask"][rows]
+        out = model(input_ids=b["input_ids"][rows], attention_mask=mask, output_hidden_states=True)
+        last = mask.sum(1) - 1
+        at = torch.arange(len(rows), device=last.device)
+        h = torch.stack([out.hidden_states[l][at, last] for l in t.layers], 1)  # [rows, k, d]
+        # funcol, not dist.all_reduce (in place, outside autograd): its backward sums over the ranks.
+        total = funcol.all_reduce(weight * h.double().sum(0), "sum", dist.group.WORLD)  # [k, d]
+        device = total.device
+        drift = total / n - t.mu_S[i].to(device)
+        p = (drift * t.v[t.layers].to(device)).sum(-1)
+        return (t.sign * t.strength * torch.tanh(p / t.scale[t.layers].to(device)).sum()).float()
+
+
+class ObjectiveMixin:
+    """Adds ``block.aux_loss(model, inputs, step)`` to the training loss of any ``Trainer``
+    subclass: ``class MySFT(ObjectiveMixin, trl.SFTTrainer)`` (the mixin first, so its
+    ``compute_loss`` wraps theirs).
 
     ``block``: any object with ``aux_loss(model, batch, step) -> tensor | None`` (e.g.
     :func:`block_term`); step is the optimizer step being taken (1-based). The term is
     added in training only (not in evaluation) and once per optimizer step in
     total: with gradient accumulation it is divided over the micro-batches exactly as
     the Trainer divides its own loss. ``last_block_term`` keeps its latest value.
+
+    Under DDP the term's forward runs through the wrapped module (``model.module``), not
+    through the ``DistributedDataParallel`` wrapper: the training loss's forward went through
+    the wrapper, which prepares its reducer for exactly one backward; the probe forward is
+    part of the same graph, so its gradient reaches the same parameters in that one backward,
+    and the reducer's hooks (which fire once per parameter, after both contributions are
+    summed) average it over the ranks with the loss's. A second forward through the wrapper
+    would re-arm the reducer and re-broadcast buffers mid-graph. Averaging is right because
+    every rank computes the same term (see :class:`ShardedTerm`). FSDP2 (``fully_shard``)
+    modifies the module in place: its forward is the module's own.
     """
 
     def __init__(self, *args, block=None, **kwargs):
@@ -357,7 +464,8 @@ class BlockTrainer(Trainer):
         if self.block is None or not model.training:
             return out
         loss, outputs = out if return_outputs else (out, None)
-        term = self.block.aux_loss(model, inputs, self.state.global_step + 1)
+        inner = model.module if isinstance(model, DistributedDataParallel) else model
+        term = self.block.aux_loss(inner, inputs, self.state.global_step + 1)
         if term is not None:
             self.last_block_term = float(term.detach())
             # The Trainer divides a per-batch loss by the accumulation steps itself; a loss it
@@ -372,3 +480,8 @@ class BlockTrainer(Trainer):
                 term = term / ga
             loss = loss + term.to(device=loss.device, dtype=loss.dtype)
         return (loss, outputs) if return_outputs else loss
+
+
+class BlockTrainer(ObjectiveMixin, Trainer):
+    """``Trainer`` whose training loss adds ``block.aux_loss(model, inputs, step)`` (see
+    :class:`ObjectiveMixin`, which does the same for any ``Trainer`` subclass)."""
