@@ -16,7 +16,7 @@ import torch
 
 from reversion.core import stats
 
-__all__ = ["alignment", "drift_alignment", "read_drift", "threshold"]
+__all__ = ["alignment", "crossover", "drift_alignment", "read_drift", "threshold"]
 
 
 def alignment(drift: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
@@ -73,3 +73,26 @@ def threshold(d: int, layer: int, matched_p99: Sequence[float | None] | None = N
     if matched_p99 is not None and layer < len(matched_p99) and matched_p99[layer] is not None:
         return float(matched_p99[layer]), "matched null p99"
     return stats.isotropic_cos_quantile(d, 0.99), "isotropic p99"
+
+
+def crossover(drift_a: Sequence[torch.Tensor], drift_b: Sequence[torch.Tensor], mu_wa: torch.Tensor,
+              mu_wb: torch.Tensor) -> dict[str, "np.ndarray"]:  # noqa: F821
+    """Which witness does drift follow, read in a crossover of two lineages.
+
+    Lineage a was aligned from witness W_a, lineage b from W_b (same theta_P and data order);
+    both are fine-tuned alike, seed by seed. With u = unit(mu_Wa - mu_Wb), each run's drift
+    (``[d]``, paired by seed) gives ``a = cos(d_a, u)`` and ``b = cos(d_b, -u)``: positive
+    when the lineage moves toward its *own* witness. Any drift is a sum of a part that
+    follows the lineage (``own`` = (a + b) / 2) and a part both lineages share (``common`` =
+    (a - b) / 2: positive toward W_a, negative toward W_b, whichever lineage moves). Reading
+    cos(d, v_rev) against cos(d, v_rev') instead would favour the own witness by construction.
+    """
+    if len(drift_a) != len(drift_b) or not len(drift_a):
+        raise ValueError(f"crossover needs the same number (>= 1) of runs in both lineages, got "
+                         f"{len(drift_a)} and {len(drift_b)}")
+    u = (mu_wa.double() - mu_wb.double())
+    if not torch.isfinite(u).all() or not float(u.norm()) > 0:
+        raise ValueError("crossover: the two witnesses' means are equal or not finite")
+    a = torch.stack([alignment(d.double(), u) for d in drift_a]).numpy()
+    b = torch.stack([alignment(d.double(), -u) for d in drift_b]).numpy()
+    return {"a": a, "b": b, "own": (a + b) / 2, "common": (a - b) / 2}

@@ -15,11 +15,12 @@ from reversion.core.stats import at_step, over_seeds
 from reversion.infra.checks import check_int
 from reversion.infra.results import write_metrics
 from reversion.stages.finetune import FinetuneRun, finetune_many
-from reversion.subjects.organism.history import History, train_histories, train_history
+from reversion.subjects.organism.history import History, train_history
+from reversion.subjects.organism.lineages import train_world
 from reversion.subjects.organism.judge import split_by_task
 from reversion.subjects.organism.language import EOS, Language
 from reversion.subjects.organism.prompts import EvalSets
-from reversion.subjects.organism.subject import OrganismSubject, histories
+from reversion.subjects.organism.subject import OrganismSubject
 from reversion.subjects.organism.worlds import World
 
 STEM = "01_training_history"
@@ -86,10 +87,9 @@ def long_alignment_control(P: Params, world: World, progress: bool = True) -> tu
 
 
 def train_all(world: World, progress: bool = True) -> list[History]:
-    """The world's ``n_histories`` histories, trained together (grouped, phase by phase)."""
-    subjects = histories(world.history, world.n_histories)
-    train_histories([s.history for s in subjects], progress)
-    return [train_history(s.history, progress=False) for s in subjects]
+    """The world's ``n_histories`` histories, trained together (grouped, phase by phase), with
+    history 0's lineages of chapter "Which past?" when ``world.lineages``."""
+    return train_world(world, progress)
 
 
 def by_history(runs: list[FinetuneRun], n_seeds: int) -> list[list[FinetuneRun]]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from reversion.infra.checks import check_int
+from reversion.infra.checks import check_float, check_int
 from reversion.subjects.organism.config import (
     FinetuneConfig,
     HistoryConfig,
@@ -34,10 +34,28 @@ class World:
     """Independent histories (initialisation, data order and the language's split seed differ;
     see :func:`reversion.subjects.organism.subject.histories`): the unit of replication of the
     chapters that run several. History 0 is :attr:`history` itself."""
+    lineages: bool = True
+    """Train history 0's lineages of chapter "Which past?" (a second witness, no witness, the
+    dose) with the histories, so the dose lineages come free from the full helpful phase."""
+    doses: tuple[float, ...] = (0.25, 0.5)
+    """Helpful-phase lengths of the dose lineages, as fractions of ``history.helpful.steps``
+    (the full length is history 0 itself)."""
 
     def __post_init__(self) -> None:
         check_int("n_seeds", self.n_seeds, 1)
         check_int("n_histories", self.n_histories, 1)
+        if not isinstance(self.lineages, bool):
+            raise ValueError(f"lineages must be true or false, got {self.lineages!r}")
+        if isinstance(self.doses, list):
+            object.__setattr__(self, "doses", tuple(self.doses))
+        if not isinstance(self.doses, tuple):
+            raise ValueError(f"doses must be a list of fractions in (0, 1), got {self.doses!r}")
+        for f in self.doses:
+            check_float("doses", f, 0.0, 1.0, lo_open=True, hi_open=True)
+            if round(f * self.history.helpful.steps) < 1:
+                raise ValueError(f"doses: {f} of {self.history.helpful.steps} helpful steps is no step")
+        if len(set(self.doses)) != len(self.doses):
+            raise ValueError(f"doses has duplicates: {self.doses}")
         if not isinstance(self.history, HistoryConfig) or not isinstance(self.finetune, FinetuneConfig):
             raise ValueError("world.history and world.finetune must be configs (override them with mappings)")
         if self.finetune.task not in self.history.language.tasks:
@@ -66,6 +84,7 @@ WORLDS: dict[str, World] = {
         finetune=FinetuneConfig(steps=6, batch_size=8, n_eval=16, n_probe=16,
                                 eval_steps=(0, 1, 2, 3, 6)),
         n_seeds=3,
+        doses=(0.5,),
     ),
 }
 

@@ -1,0 +1,179 @@
+"""Chapter "Which past?": the crossover statistic and every verdict rule on planted cases with
+known answers (each rule flipped by a planted case), and the chapter on the smoke world."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from reversion.book.chapters import which_past as ch
+from reversion.core.drift import crossover
+from reversion.subjects.organism.lineages import MAIN, NONE, SECOND, dose_name, lineages
+from reversion.subjects.organism.worlds import make_world
+
+D = 64
+
+
+def _drifts(g: np.random.Generator, toward: np.ndarray, n: int, noise: float) -> list[torch.Tensor]:
+    return [torch.tensor(toward + noise * g.standard_normal(D)) for _ in range(n)]
+
+
+@pytest.fixture
+def witnesses():
+    mu_h = np.zeros(D)
+    mu_h[0] = 1.0
+    mu_h2 = np.zeros(D)
+    mu_h2[0] = -1.0
+    mu_h2[1] = 0.5
+    return torch.tensor(mu_h), torch.tensor(mu_h2)
+
+
+def test_crossover_closed_form(witnesses):
+    """Drifts exactly along +u (main) and -u (second lineage): a = b = 1, own 1, common 0."""
+    mu_h, mu_h2 = witnesses
+    u = (mu_h - mu_h2)
+    x = crossover([2 * u, 0.5 * u], [-u, -3 * u], mu_h, mu_h2)
+    np.testing.assert_allclose(x["a"], [1, 1])
+    np.testing.assert_allclose(x["b"], [1, 1])
+    np.testing.assert_allclose(x["own"], [1, 1])
+    np.testing.assert_allclose(x["common"], [0, 0], atol=1e-15)
+    # both toward the second witness: a = -1, b = +1 -> own 0, common -1
+    y = crossover([-u], [-u], mu_h, mu_h2)
+    assert y["own"][0] == pytest.approx(0) and y["common"][0] == pytest.approx(-1)
+
+
+def _verdict(x: dict) -> str:
+    return ch.witness_verdict(ch.interval(x["own"]), ch.interval(x["common"]))
+
+
+def test_planted_own_witness_is_read_as_own(witnesses):
+    mu_h, mu_h2 = witnesses
+    g = np.random.default_rng(0)
+    u = (mu_h - mu_h2).numpy()
+    x = crossover(_drifts(g, 0.3 * u, 5, 0.05), _drifts(g, -0.3 * u, 5, 0.05), mu_h, mu_h2)
+    assert _verdict(x) == "own"
+
+
+def test_planted_drift_toward_the_second_witness_is_read_as_such(witnesses):
+    """Both lineages follow theta_H': not "own", but a common part toward H' (negative)."""
+    mu_h, mu_h2 = witnesses
+    g = np.random.default_rng(1)
+    u = (mu_h - mu_h2).numpy()
+    x = crossover(_drifts(g, -0.3 * u, 5, 0.05), _drifts(g, -0.3 * u, 5, 0.05), mu_h, mu_h2)
+    assert _verdict(x) == "common"
+    assert ch.interval(x["common"])["ci_high"] < 0
+
+
+def test_planted_isotropic_drift_is_unresolved(witnesses):
+    """The null: drift with no component along u in expectation. Across 50 planted worlds the
+    rule calls "own" or "common" at about its nominal rate, not more."""
+    mu_h, mu_h2 = witnesses
+    g = np.random.default_rng(2)
+    calls = [_verdict(crossover(_drifts(g, np.zeros(D), 5, 1.0), _drifts(g, np.zeros(D), 5, 1.0), mu_h, mu_h2))
+             for _ in range(50)]
+    assert calls.count("own") <= 3 and calls.count("unresolved") >= 40
+
+
+def test_planted_away_from_own(witnesses):
+    mu_h, mu_h2 = witnesses
+    g = np.random.default_rng(3)
+    u = (mu_h - mu_h2).numpy()
+    assert _verdict(crossover(_drifts(g, -0.3 * u, 5, 0.05), _drifts(g, 0.3 * u, 5, 0.05), mu_h, mu_h2)) == "away"
+
+
+def test_crossover_bad_input(witnesses):
+    mu_h, _ = witnesses
+    with pytest.raises(ValueError, match="same number"):
+        crossover([mu_h], [], mu_h, -mu_h)
+    with pytest.raises(ValueError, match="equal"):
+        crossover([mu_h], [mu_h], mu_h, mu_h.clone())
+
+
+def _iv(values) -> dict:
+    return ch.interval(np.asarray(values, float))
+
+
+def test_style_verdict_flips():
+    up = [0.30, 0.32, 0.28, 0.31, 0.29]
+    flat = [0.0, 0.01, -0.01, 0.0, 0.005]
+    diff = lambda a, b: ch.stats.paired_difference(np.array(a), np.array(b))  # noqa: E731
+    assert ch.style_verdict(_iv(up), _iv(flat), diff(up, flat)) == "marked"
+    assert ch.style_verdict(_iv(flat), _iv(up), diff(flat, up)) == "plain"
+    assert ch.style_verdict(_iv(flat), _iv(flat), diff(flat, flat)) == "none"
+    assert ch.style_verdict(_iv(up), _iv(up[::-1]), diff(up, up[::-1])) == "mixed"
+
+
+def test_no_witness_verdict_flips():
+    main = np.array([0.30, 0.35, 0.25, 0.32, 0.28])
+    none_small = np.array([0.02, 0.0, 0.05, 0.01, 0.03])
+    none_same = main + np.array([0.02, -0.03, 0.01, -0.01, 0.02])
+    d = ch.stats.paired_difference
+    assert ch.no_witness_verdict(_iv(main), d(main, none_small)) == "separated"
+    assert ch.no_witness_verdict(_iv(main), d(main, none_same)) == "not separated"
+    zero = np.array([0.01, -0.02, 0.0, 0.02, -0.01])
+    assert ch.no_witness_verdict(_iv(zero), d(zero, none_small)) == "no reversion"
+
+
+def test_dose_slopes_closed_form_and_verdict():
+    doses = [0.25, 0.5, 1.0]
+    rises = np.array([[0.1 + 0.2 * f + e for f in doses] for e in (0.0, 0.01, -0.01, 0.02)])
+    np.testing.assert_allclose(ch.dose_slopes(doses, rises), 0.2)
+    assert ch.dose_verdict(_iv(ch.dose_slopes(doses, rises))) == "grows"
+    assert ch.dose_verdict(_iv(ch.dose_slopes(doses, -rises))) == "shrinks"
+    g = np.random.default_rng(4)
+    flat = 0.3 + 0.05 * g.standard_normal((5, 3))
+    flat_slopes = ch.dose_slopes(doses, flat)
+    assert ch.dose_verdict(_iv(flat_slopes - flat_slopes.mean())) == "flat"
+    with pytest.raises(ValueError, match="at least 2 doses"):
+        ch.dose_slopes([1.0], rises[:, :1])
+
+
+def test_every_verdict_has_a_sentence():
+    for kind, rule in (("witness", ("own", "away", "common", "unresolved")),
+                       ("style", ("marked", "plain", "none", "mixed")),
+                       ("no_witness", ("separated", "not separated", "no reversion")),
+                       ("dose", ("grows", "shrinks", "flat"))):
+        assert set(ch.SENTENCES[kind]) == set(rule)
+
+
+def test_lineages_share_theta_P_and_differ_in_the_helpful_phase_only():
+    w = make_world("default")
+    ls = lineages(w)
+    assert list(ls) == [MAIN, SECOND, NONE, dose_name(0.25), dose_name(0.5)]
+    for name, c in ls.items():
+        assert (c.pretrain, c.safety, c.seed, c.language, c.model) == \
+               (w.history.pretrain, w.history.safety, w.history.seed, w.history.language, w.history.model), name
+    assert ls[SECOND].helpful.marker and not ls[MAIN].helpful.marker
+    assert ls[NONE].helpful.harmful_fraction == 0.0
+    assert ls[dose_name(0.25)].helpful.steps == w.history.helpful.steps // 4
+
+
+@pytest.mark.parametrize("over, match", [
+    ({"doses": [1.5]}, "doses"), ({"doses": [0.5, 0.5]}, "doses"), ({"doses": [0.0]}, "doses"),
+    ({"lineages": 1}, "lineages"),
+])
+def test_bad_world_lineage_fields(over, match):
+    with pytest.raises(ValueError, match=match):
+        make_world("smoke", over)
+
+
+def test_params_need_two_seeds():
+    with pytest.raises(ValueError, match="n_seeds"):
+        ch.Params(world="smoke", world_overrides={}, n_seeds=1, doses=[0.5])
+
+
+def test_chapter_on_the_smoke_world(isolated, one_thread):
+    P = ch.Params(world="smoke", world_overrides={}, n_seeds=2, doses=[0.5])
+    res = ch.run(P, progress=False)
+    assert list(res.runs) == [MAIN, SECOND, NONE, dose_name(0.5)]
+    assert all(len(r) == 2 for r in res.runs.values())
+    m = ch.save(P, res)
+    assert m["n"] == {"histories": 1, "seeds": 2, "level": "seeds of history 0"}
+    assert len(m["summary"]) == 4 and m["dose"]["doses"] == [0.5, 1.0]
+    assert m["witness"]["verdict"] in ch.SENTENCES["witness"]
+    # the main lineage's runs are history 0's own (chapter 01's cache entries)
+    assert res.runs[MAIN][0].path == ch.finetune_many([(res.subject, res.world.finetune_config(0), None)],
+                                                      progress=False)[0].path
+    assert (isolated / "results" / ch.STEM / "metrics.json").is_file()
+    assert ch.lineage_table(res).shape[0] == 4 and ch.task_split_table(m).shape[0] == 2
