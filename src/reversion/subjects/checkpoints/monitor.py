@@ -443,14 +443,16 @@ class ObjectiveMixin:
     the Trainer divides its own loss. ``last_block_term`` keeps its latest value.
 
     Under DDP the term's forward runs through the wrapped module (``model.module``), not
-    through the ``DistributedDataParallel`` wrapper: the training loss's forward went through
-    the wrapper, which prepares its reducer for exactly one backward; the probe forward is
-    part of the same graph, so its gradient reaches the same parameters in that one backward,
-    and the reducer's hooks (which fire once per parameter, after both contributions are
-    summed) average it over the ranks with the loss's. A second forward through the wrapper
-    would re-arm the reducer and re-broadcast buffers mid-graph. Averaging is right because
-    every rank computes the same term (see :class:`ShardedTerm`). FSDP2 (``fully_shard``)
-    modifies the module in place: its forward is the module's own.
+    through the ``DistributedDataParallel`` wrapper. The loss's forward went through the
+    wrapper, which readies its reducer for one backward; the term's graph ends on the same
+    parameters, whose gradient hooks fire once per backward with both contributions already
+    summed, so that one backward averages the term's gradient over the ranks together with
+    the loss's. A second forward through the wrapper would redo the reducer's per-step
+    bookkeeping (buffer broadcast, the unused-parameter search under
+    ``find_unused_parameters``) mid-step on the term's output alone; it gives the same
+    numbers in the tested run, but nothing requires it. Averaging is right because every
+    rank computes the same term (see :class:`ShardedTerm`). FSDP2 (``fully_shard``) shards
+    the module in place: its forward is the module's own.
     """
 
     def __init__(self, *args, block=None, **kwargs):
