@@ -127,7 +127,9 @@ def assert_agree(monitored: list[dict], tracked: list[dict]) -> None:
     assert float(tracked[-1]["drift_norm"]) > 1e-3  # the adapter moved the model: not a trivial zero
 
 
-def test_sharded_term_argument_errors(gpt2):
+def test_objective_argument_errors(gpt2):
+    with pytest.raises(ValueError, match="block must have an aux_loss"):
+        BlockTrainer(model=load_model(gpt2["aligned"], device="cpu"), block=1.0)
     with pytest.raises(ValueError, match="term must be a set-up Block or Push"):
         ShardedTerm(object())
     dirs = gpt2["dirs"]

@@ -456,6 +456,9 @@ class ObjectiveMixin:
     """
 
     def __init__(self, *args, block=None, **kwargs):
+        if block is not None and not callable(getattr(block, "aux_loss", None)):
+            raise ValueError(f"block must have an aux_loss(model, batch, step) method (e.g. block_term(...)), "
+                             f"got {type(block).__name__}")
         super().__init__(*args, **kwargs)
         self.block = block
         self.last_block_term: float | None = None
