@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from reversion.core import stats
-from reversion.core.drift import alignment, drift_alignment, read_drift, threshold
+from reversion.core.drift import alignment, drift_alignment, read_drift, residual_alignment, threshold, weight_motion
 
 D = 32
 
@@ -154,3 +154,61 @@ def test_threshold_prefers_given_then_matched_then_isotropic():
     value, source = threshold(64, 0)
     assert source == "isotropic p99" and value == pytest.approx(stats.isotropic_cos_quantile(64, 0.99))
     assert value > iso                                            # narrower space, higher bar
+
+
+# --------------------------------------------------------------------------- residual alignment
+
+
+def _residual_world(g, n, d, specific: float, noise: float = 0.05):
+    """Planted: H - S per prompt = 1.0 r + 0.8 p + ``specific`` w (w orthogonal to r, p) + noise;
+    each run's drift is the same mixture plus noise."""
+    q, _ = torch.linalg.qr(torch.tensor(g.standard_normal((d, 3))))
+    r, p, w = q[:, 0], q[:, 1], q[:, 2]
+    S = torch.tensor(g.standard_normal((n, d)))
+    H = S + (1.0 * r + 0.8 * p + specific * w) + noise * torch.tensor(g.standard_normal((n, d)))
+    drifts = [0.5 * (1.0 * r + 0.8 * p + specific * w) + noise * torch.tensor(g.standard_normal(d)) for _ in range(5)]
+    return H, S, [r, p], drifts
+
+
+def test_residual_alignment_finds_a_planted_history_specific_component():
+    g = np.random.default_rng(0)
+    H, S, ctrl, drifts = _residual_world(g, 64, 32, specific=0.5)
+    out = residual_alignment(H, S, ctrl, drifts, np.random.default_rng(1))
+    assert out["dim"] == 30
+    assert out["reliability"] > 0.9
+    # the drift's residual: signal 0.5 * 0.5 against noise 0.05 in each of 30 dimensions
+    expected = 0.25 / math.sqrt(0.25 ** 2 + 30 * 0.05 ** 2)
+    assert abs(float(np.mean(out["alignment"])) - expected) < 0.08
+    assert (out["alignment"] > out["null_p99"]).all()
+
+
+def test_residual_alignment_without_a_specific_component_stays_in_its_null():
+    """H - S and the drift lie in span(r, p) up to noise: the residual is noise, unreliable, and
+    its alignment with the drift is within the complement's null."""
+    g = np.random.default_rng(2)
+    H, S, ctrl, drifts = _residual_world(g, 64, 32, specific=0.0, noise=0.05)
+    out = residual_alignment(H, S, ctrl, drifts, np.random.default_rng(3))
+    assert abs(out["reliability"]) < 0.5
+    assert abs(float(np.mean(out["alignment"]))) < out["null_p99"]
+
+
+def test_residual_alignment_bad_input():
+    g = np.random.default_rng(4)
+    H, S, ctrl, drifts = _residual_world(g, 16, 8, specific=0.5)
+    with pytest.raises(ValueError, match="same prompts"):
+        residual_alignment(H, S[:-1], ctrl, drifts, g)
+    with pytest.raises(ValueError, match="no residual"):
+        residual_alignment(S + (H - S).mean(0) * 0 + torch.outer(torch.ones(16), ctrl[0]), S, ctrl, drifts, g)
+
+
+def test_weight_motion_closed_form():
+    gap = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 1.0]])
+    delta = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, -1.0]])  # half the gap; orthogonal to it
+    out = weight_motion(delta, gap)
+    assert out[0] == {"cos_gap": pytest.approx(1.0), "gap_closed": pytest.approx(0.5)}
+    assert out[1] == {"cos_gap": pytest.approx(0.0), "gap_closed": pytest.approx(0.0)}
+    assert weight_motion(-2 * gap, gap)[0] == {"cos_gap": pytest.approx(-1.0), "gap_closed": pytest.approx(-2.0)}
+    with pytest.raises(ValueError, match="no gap"):
+        weight_motion(delta, torch.zeros_like(gap))
+    with pytest.raises(ValueError, match="one shape"):
+        weight_motion(delta[:, :2], gap)

@@ -125,6 +125,23 @@ def test_probe_means_are_the_models_mean_activations(world, run_a, hist_a):
     assert not torch.equal(run_a.probe_means[0], run_a.probe_means[-1])
 
 
+def test_weight_space_readout_matches_the_saved_weights(world, run_a, hist_a):
+    """At the last step, cos(theta_T - theta_S, theta_H - theta_S) and the share of the gap closed,
+    recomputed from the three saved Hugging Face checkpoints, equal the run's own record."""
+    def flat(path):
+        sd = load_model(path, "cpu").state_dict()
+        return torch.cat([sd[k].double().flatten() for k in sorted(sd) if k != "lm_head.weight"])
+
+    S, H = flat(hist_a.paths["theta_S"]), flat(hist_a.paths["theta_H"])
+    T = flat(run_a.path / "model")
+    delta, gap = T - S, H - S
+    rec = run_a.evals[run_a.steps[-1]]["weight_space"]
+    assert rec["cos_gap"] == pytest.approx(float(delta @ gap / (delta.norm() * gap.norm())), abs=1e-6)
+    assert rec["gap_closed"] == pytest.approx(float(delta @ gap / (gap @ gap)), abs=1e-6)
+    assert "weight_space" not in run_a.evals[0]  # theta_S has not moved
+    assert all("weight_space" in run_a.evals[s] for s in run_a.steps[1:])
+
+
 def test_finetune_is_cached(world, subject, run_a, use_cache, cache_a, monkeypatch):
     use_cache(cache_a)
     monkeypatch.setattr(finetune_mod, "train", _no_training)

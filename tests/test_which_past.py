@@ -129,11 +129,22 @@ def test_dose_slopes_closed_form_and_verdict():
         ch.dose_slopes([1.0], rises[:, :1])
 
 
+def test_residual_verdict_flips():
+    above = {"mean": 0.5, "ci_low": 0.4, "ci_high": 0.6}
+    below = {"mean": 0.1, "ci_low": -0.1, "ci_high": 0.3}
+    assert ch.residual_verdict(above, [0.9, 0.8, 0.95], 0.3) == "specific"
+    assert ch.residual_verdict(below, [0.9, 0.8, 0.95], 0.3) == "none"
+    assert ch.residual_verdict(above, [0.1, 0.2, 0.9], 0.3) == "noise"
+    assert ch.residual_verdict(above, [0.4, 0.8, 0.9], 0.3) == "none"  # one unreliable history
+    assert ch.residual_verdict({"mean": 0.5, "ci_low": None, "ci_high": None}, [0.9], 0.3) == "none"
+
+
 def test_every_verdict_has_a_sentence():
     for kind, rule in (("witness", ("own", "away", "common", "unresolved")),
                        ("style", ("marked", "plain", "none", "mixed")),
                        ("no_witness", ("separated", "not separated", "no reversion")),
-                       ("dose", ("grows", "shrinks", "flat"))):
+                       ("dose", ("grows", "shrinks", "flat")), ("residual", ("specific", "none", "noise")),
+                       ("weights", ("own", "away", "common", "unresolved"))):
         assert set(ch.SENTENCES[kind]) == set(rule)
 
 
@@ -160,17 +171,23 @@ def test_bad_world_lineage_fields(over, match):
 
 def test_params_need_two_seeds():
     with pytest.raises(ValueError, match="n_seeds"):
-        ch.Params(world="smoke", world_overrides={}, n_seeds=1, doses=[0.5])
+        ch.Params(world="smoke", world_overrides={}, n_seeds=1, doses=[0.5], n_histories=2)
 
 
+@pytest.mark.slow
 def test_chapter_on_the_smoke_world(isolated, one_thread):
-    P = ch.Params(world="smoke", world_overrides={}, n_seeds=2, doses=[0.5])
+    P = ch.Params(world="smoke", world_overrides={}, n_seeds=2, doses=[0.5], n_histories=2)
     res = ch.run(P, progress=False)
     assert list(res.runs) == [MAIN, SECOND, NONE, dose_name(0.5)]
     assert all(len(r) == 2 for r in res.runs.values())
     m = ch.save(P, res)
-    assert m["n"] == {"histories": 1, "seeds": 2, "level": "seeds of history 0"}
-    assert len(m["summary"]) == 4 and m["dose"]["doses"] == [0.5, 1.0]
+    assert m["n"] == {"histories": 1, "seeds": 2, "level": "seeds of history 0", "residual_histories": 2}
+    assert len(m["residual"]["reliability"]) == 2 and m["residual"]["verdict"] in ch.SENTENCES["residual"]
+    assert len(m["summary"]) == 6
+    ws = m["weight_space"]
+    assert ws["steps"] == [1, 2, 3, 6] and len(ws["cos_gap"]) == 4 and ws["cos_gap"][0]["n"] == 2
+    assert ws["crossover"]["verdict"] in ch.SENTENCES["weights"]
+    assert ch.weight_table(m).shape == (4, 2) and m["dose"]["doses"] == [0.5, 1.0]
     assert m["witness"]["verdict"] in ch.SENTENCES["witness"]
     # the main lineage's runs are history 0's own (chapter 01's cache entries)
     assert res.runs[MAIN][0].path == ch.finetune_many([(res.subject, res.world.finetune_config(0), None)],

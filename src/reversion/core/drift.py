@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from reversion.core import stats
 
-__all__ = ["alignment", "crossover", "drift_alignment", "read_drift", "threshold"]
+__all__ = ["alignment", "crossover", "weight_motion", "drift_alignment", "read_drift", "residual_alignment", "threshold"]
 
 
 def alignment(drift: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
@@ -33,7 +34,7 @@ def alignment(drift: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
     return torch.where(den > 0, num / den.clamp_min(1e-300), torch.zeros_like(num))
 
 
-def drift_alignment(probe_means: torch.Tensor, direction: torch.Tensor) -> "np.ndarray":  # noqa: F821
+def drift_alignment(probe_means: torch.Tensor, direction: torch.Tensor) -> np.ndarray:
     """``[T+1, L+1]``: cos(mu_t - mu_0, direction) for a trajectory of mean probe activations
     ``[T+1, L+1, d]`` whose step 0 is theta_S (0 at step 0)."""
     if probe_means.shape[1:] != direction.shape:
@@ -76,7 +77,7 @@ def threshold(d: int, layer: int, matched_p99: Sequence[float | None] | None = N
 
 
 def crossover(drift_a: Sequence[torch.Tensor], drift_b: Sequence[torch.Tensor], mu_wa: torch.Tensor,
-              mu_wb: torch.Tensor) -> dict[str, "np.ndarray"]:  # noqa: F821
+              mu_wb: torch.Tensor) -> dict[str, np.ndarray]:
     """Which witness does drift follow, read in a crossover of two lineages.
 
     Lineage a was aligned from witness W_a, lineage b from W_b (same theta_P and data order);
@@ -96,3 +97,66 @@ def crossover(drift_a: Sequence[torch.Tensor], drift_b: Sequence[torch.Tensor], 
     a = torch.stack([alignment(d.double(), u) for d in drift_a]).numpy()
     b = torch.stack([alignment(d.double(), -u) for d in drift_b]).numpy()
     return {"a": a, "b": b, "own": (a + b) / 2, "common": (a - b) / 2}
+
+
+def residual_alignment(acts_H: torch.Tensor, acts_S: torch.Tensor, controls: Sequence[torch.Tensor],
+                       drifts: Sequence[torch.Tensor], generator: np.random.Generator) -> dict:
+    """Drift against v_rev once the directions a simpler story explains are taken out.
+
+    ``acts_H``, ``acts_S``: ``[n, d]`` per-prompt activations of the witness and the aligned
+    model at one layer; ``controls``: directions ``[d]`` to remove (e.g. r_S and v_P); ``drifts``:
+    ``[d]`` per run. With C the projector onto the complement of the controls' span, the probes
+    are split at random into two disjoint halves a and b and the residual v_rev estimated on each
+    (``v_x = C (mean_x h_H - mean_x h_S)``). Returns ``reliability`` = cos(v_a, v_b) (near 0 when
+    the residual is estimation noise), ``alignment`` per run = the mean over the halves of
+    cos(C d, v_x) (each half's direction shares no prompt with the other's), ``dim`` = d minus
+    the controls' rank, and ``null_p99``: the isotropic p99 of a cosine in that complement.
+    """
+    H, S = acts_H.double(), acts_S.double()
+    if H.ndim != 2 or H.shape != S.shape or H.shape[0] < 4:
+        raise ValueError(f"acts_H and acts_S must be [n >= 4, d] of the same prompts, got "
+                         f"{tuple(acts_H.shape)} and {tuple(acts_S.shape)}")
+    d = H.shape[1]
+    basis = torch.stack([c.double() for c in controls], 1) if controls else torch.zeros(d, 0, dtype=torch.float64)
+    if not torch.isfinite(basis).all():
+        raise ValueError("residual_alignment: a control direction is not finite")
+    q = basis
+    if controls:  # an orthonormal basis of the span, dependent controls dropped
+        q, r = torch.linalg.qr(basis)
+        q = q[:, r.diagonal().abs() > 1e-10 * max(1.0, float(r.abs().max()))]
+    rank = q.shape[1]
+
+    def out(v: torch.Tensor) -> torch.Tensor:
+        return v - q @ (q.T @ v)
+
+    perm = torch.as_tensor(generator.permutation(H.shape[0]))
+    half = H.shape[0] // 2
+    idx = (perm[:half], perm[half:2 * half])
+    raw = [H[i].mean(0) - S[i].mean(0) for i in idx]
+    v = [out(x) for x in raw]
+    if not all(float(x.norm()) > 1e-8 * float(y.norm()) for x, y in zip(v, raw)):
+        raise ValueError("residual_alignment: v_rev lies in the controls' span (no residual)")
+    rel = float(alignment(v[0], v[1]))
+    al = np.array([float((alignment(out(dd.double()), v[0]) + alignment(out(dd.double()), v[1])) / 2)
+                   for dd in drifts])
+    return {"reliability": rel, "alignment": al, "dim": d - rank,
+            "null_p99": stats.isotropic_cos_quantile(d - rank, 0.99)}
+
+
+def weight_motion(delta: torch.Tensor, gap: torch.Tensor) -> list[dict[str, float]]:
+    """Weight space: how far each run moved back across the gap to its witness.
+
+    ``delta`` = theta_t - theta_S and ``gap`` = theta_H - theta_S, ``[K, P]`` (one row per run,
+    all parameters flattened). Returns per run ``cos_gap`` = cos(delta, gap) (0 for no motion)
+    and ``gap_closed`` = delta . gap / |gap|^2: the share of the S -> H gap closed along it (1 =
+    as far as the witness).
+    """
+    delta, gap = delta.double(), gap.double()
+    if delta.shape != gap.shape or delta.ndim != 2:
+        raise ValueError(f"delta and gap must be [K, P] of one shape, got {tuple(delta.shape)} and {tuple(gap.shape)}")
+    g2 = (gap * gap).sum(1)
+    if not bool((g2 > 0).all()):
+        raise ValueError("weight_motion: a run's witness equals its aligned model (no gap)")
+    dot = (delta * gap).sum(1)
+    return [{"cos_gap": float(c), "gap_closed": float(f)}
+            for c, f in zip(alignment(delta, gap), dot / g2)]

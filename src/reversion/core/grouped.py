@@ -117,6 +117,10 @@ class GroupedGPT2(nn.Module):
                 out[f"transformer.h.{l}.{n}"] = block[_pname(n)][k]
         return {n: t.detach().clone() for n, t in out.items()}
 
+    def flat(self) -> torch.Tensor:
+        """``[K, P]``: every run's weights as one vector (a detached copy), for weight-space readouts."""
+        return torch.cat([p.detach().reshape(self.K, -1) for p in self.parameters()], 1).clone()
+
     def export(self, k: int, into: nn.Module) -> nn.Module:
         """Copy run ``k``'s weights into ``into`` (a GPT2LMHeadModel of this configuration)."""
         missing, unexpected = into.load_state_dict(self.state_dict_of(k), strict=False)

@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from reversion.core.activations import model_device
 from reversion.core.batches import collate
+from reversion.core.drift import weight_motion
 from reversion.core.grouped import GroupedGPT2, NonFiniteLoss, stack_batches, stack_prompts
 from reversion.core.models import load_model, save_model
 from reversion.core.tracking import ProbeTracker
@@ -252,6 +253,11 @@ def build_group(jobs: Sequence[Job], threads: int | None = None, progress: bool 
             pairs = iv.batches(pairs, s.training_data(), ft)
         streams.append(pairs)
     means = [[m] for m in group.last_token_means(probe_ids, probe_lens, layers)]
+    # Weight space (grouped subjects carry their witness): the S -> H gap each run may close.
+    theta_S = group.flat()
+    gap = None
+    if all("theta_H" in s.roles() for s, _, _ in jobs):
+        gap = GroupedGPT2([s.load("theta_H", dtype=torch.float32) for s, _, _ in jobs]).flat() - theta_S
     losses: list[list[float]] = [[] for _ in jobs]
     opt = torch.optim.AdamW(group.parameters(), lr=ft0.lr, weight_decay=0.0)  # as core.training.train
     grid = set(ft0.grid)
@@ -274,8 +280,11 @@ def build_group(jobs: Sequence[Job], threads: int | None = None, progress: bool 
                 full = step == ft0.steps
                 with torch.no_grad():
                     results = group.run_work([s.eval_work(ft, full) for s, ft, _ in jobs], widths)
+                motion = weight_motion(group.flat() - theta_S, gap) if gap is not None else [None] * len(jobs)
                 for k, ((s, ft, _), res) in enumerate(zip(jobs, results)):
                     evals[k][step] = s.score(ft, *res)
+                    if motion[k] is not None:
+                        evals[k][step]["weight_space"] = motion[k]
     finally:
         for _, _, iv in jobs:
             if iv is not None:

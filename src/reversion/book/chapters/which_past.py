@@ -20,15 +20,17 @@ import torch
 from reversion.book.chapters.common import WorldParams, stage_ids
 from reversion.infra.results import write_metrics
 from reversion.core import stats
-from reversion.core.drift import crossover
+from reversion.core.drift import crossover, residual_alignment
+from reversion.infra import seeding
 from reversion.infra.checks import check_int
 from reversion.stages.estimate import VRevEstimate, estimate
 from reversion.stages.finetune import FinetuneRun, finetune_many
+from reversion.core.models import load_model
 from reversion.subjects.organism.config import HistoryConfig
 from reversion.subjects.organism.history import History, train_history
 from reversion.subjects.organism.judge import split_by_task
 from reversion.subjects.organism.lineages import MAIN, NONE, SECOND, dose_of, lineages, train_world
-from reversion.subjects.organism.subject import OrganismSubject
+from reversion.subjects.organism.subject import OrganismSubject, histories
 from reversion.subjects.organism.worlds import World
 
 STEM = "04b_which_past"
@@ -42,9 +44,12 @@ class Params(WorldParams):
     """Fine-tuning seeds per lineage (paired across lineages by seed)."""
     doses: list
     """Helpful-phase lengths of the dose lineages, fractions of the full phase (a world field)."""
+    n_histories: int
+    """Independent histories read by the residual alignment (chapter 01's)."""
 
     def __post_init__(self) -> None:
         check_int("n_seeds", self.n_seeds, 2)  # an interval needs two seeds
+        check_int("n_histories", self.n_histories, 1)
 
 
 @dataclass
@@ -55,6 +60,18 @@ class Result:
     ests: dict[str, VRevEstimate]
     runs: dict[str, list[FinetuneRun]]
     """lineage -> runs by seed."""
+    other_ests: list[VRevEstimate]
+    """The world's other histories (1, 2, ..): their estimates ..."""
+    other_runs: list[list[FinetuneRun]]
+    """... and their runs by seed (history 0 is the main lineage)."""
+
+    @property
+    def history_ests(self) -> list[VRevEstimate]:
+        return [self.est, *self.other_ests]
+
+    @property
+    def history_runs(self) -> list[list[FinetuneRun]]:
+        return [self.runs[MAIN], *self.other_runs]
 
     @property
     def subject(self) -> OrganismSubject:
@@ -79,8 +96,12 @@ class Result:
 
 
 def subjects(world: World) -> dict[str, OrganismSubject]:
-    """Lineage -> its subject (history 0's lineages, :func:`reversion.subjects.organism.lineages.lineages`)."""
-    return {n: OrganismSubject(c) for n, c in lineages(world).items()}
+    """Lineage -> its subject (history 0's lineages, :func:`reversion.subjects.organism.lineages.lineages`),
+    then ``history 1``.. : the world's other independent histories (for the residual alignment)."""
+    out = {n: OrganismSubject(c) for n, c in lineages(world).items()}
+    for i, s in enumerate(histories(world.history, world.n_histories)[1:], 1):
+        out[f"history {i}"] = s
+    return out
 
 
 def jobs(world: World, subs: dict[str, OrganismSubject]) -> list:
@@ -90,10 +111,12 @@ def jobs(world: World, subs: dict[str, OrganismSubject]) -> list:
 
 def collect(world: World, ests: dict[str, VRevEstimate], done: list[FinetuneRun]) -> Result:
     """The result of the stages: ``done`` in the order of :func:`jobs`."""
-    cfgs = lineages(world)
-    n = world.n_seeds
-    runs = {name: done[i * n:(i + 1) * n] for i, name in enumerate(cfgs)}
-    return Result(world, cfgs, {k: train_history(c, progress=False) for k, c in cfgs.items()}, ests, runs)
+    cfgs, names, n = lineages(world), list(subjects(world)), world.n_seeds
+    every = {name: done[i * n:(i + 1) * n] for i, name in enumerate(names)}
+    runs = {k: every[k] for k in cfgs}
+    others = [every[k] for k in names if k not in cfgs]
+    return Result(world, cfgs, {k: train_history(c, progress=False) for k, c in cfgs.items()},
+                  {k: ests[k] for k in cfgs}, runs, [ests[k] for k in names if k not in cfgs], others)
 
 
 def run(P: Params, progress: bool = True) -> Result:
@@ -150,6 +173,58 @@ def own_alignment(res: Result, name: str, step: int | None = None) -> np.ndarray
     step = res.final if step is None else step
     v = res.ests[name].directions.v_rev[res.layer].double()
     return np.array([stats.cosine(d.numpy(), v.numpy()) for d in drifts(res.runs[name], step, res.layer)])
+
+
+def flat_weights(path) -> torch.Tensor:
+    """A Hugging Face checkpoint's weights as one float64 vector (the tied LM head once)."""
+    sd = load_model(path, "cpu").state_dict()
+    return torch.cat([sd[k].double().flatten() for k in sorted(sd) if k != "lm_head.weight"])
+
+
+def weight_series(runs: list[FinetuneRun], key: str) -> np.ndarray:
+    """``[seeds, steps]`` of a weight-space readout (``cos_gap`` / ``gap_closed``) over the evaluated
+    steps after 0 (recorded by the fine-tuning stage)."""
+    return np.array([[r.evals[s]["weight_space"][key] for s in r.steps if s > 0] for r in runs])
+
+
+def weight_crossover(res: Result) -> dict[str, np.ndarray]:
+    """:func:`reversion.core.drift.crossover` in weight space: each final run's theta_T - theta_S
+    along theta_H - theta_H' (main) and its mirror (second witness)."""
+    def moves(name: str) -> list[torch.Tensor]:
+        start = flat_weights(res.hists[name].paths["theta_S"])
+        return [flat_weights(r.path / "model") - start for r in res.runs[name]]
+
+    return crossover(moves(MAIN), moves(SECOND), flat_weights(res.hists[MAIN].paths["theta_H"]),
+                     flat_weights(res.hists[SECOND].paths["theta_H"]))
+
+
+RELIABLE = 0.5
+"""Split-half reliability a residual v_rev needs before its alignment is read as a component
+(below it, the residual direction is mostly estimation noise)."""
+
+
+def residuals(res: Result) -> list[dict]:
+    """Per history, at its own chosen layer: :func:`reversion.core.drift.residual_alignment` of the
+    final drifts with v_rev outside span(r_S, v_P)."""
+    out = []
+    for h, (est, runs) in enumerate(zip(res.history_ests, res.history_runs)):
+        layer, dirs = est.layer, est.directions
+        controls = [x[layer] for x in (dirs.r_S, dirs.v_P) if x is not None]
+        out.append({"layer": layer, **residual_alignment(est.acts["H"][:, layer], est.acts["S"][:, layer], controls,
+                                                         drifts(runs, res.final, layer), seeding.rng(h, "residual"))})
+    return out
+
+
+def residual_verdict(alignment: dict, reliability: list[float], null_p99: float) -> str:
+    """``noise``: most histories' residual v_rev is unreliable (split-half cosine below
+    :data:`RELIABLE`); ``specific``: every history's is reliable and the alignment's interval
+    lies above the complement's null p99; ``none``: reliable, and the interval reaches below the
+    null p99 -- no history-specific component resolved."""
+    if sum(r < RELIABLE for r in reliability) * 2 > len(reliability):
+        return "noise"
+    if min(reliability) >= RELIABLE and alignment["ci_low"] is not None and alignment["ci_low"] > null_p99:
+        return "specific"
+    return "none"
 
 
 def dose_slopes(doses: list[float], rises: np.ndarray) -> np.ndarray:
@@ -232,6 +307,21 @@ SENTENCES = {
                          "separate reversion from task generalisation.",
         "no reversion": "The main lineage's rise is not resolved from zero here, so there is nothing to compare.",
     },
+    "residual": {
+        "specific": "Outside the refusal direction and the direction back to theta_P, a reliable history-specific "
+                    "part of v_rev remains, and the drift follows it beyond chance in every history.",
+        "none": "Outside the refusal direction and the direction back to theta_P, the drift does not follow the "
+                "residual of v_rev beyond chance: no history-specific component is resolved.",
+        "noise": "Outside the refusal direction and the direction back to theta_P, the residual of v_rev is mostly "
+                 "estimation noise (two halves of the probes disagree): a history-specific component cannot be "
+                 "read here.",
+    },
+    "weights": {
+        "own": "In weight space too, each lineage moves toward its own witness.",
+        "away": "In weight space each lineage moves away from its own witness.",
+        "common": "In weight space both lineages move the same way between the two witnesses, whichever they came from.",
+        "unresolved": "In weight space the motion between the two witnesses is not resolved from zero.",
+    },
     "dose": {
         "grows": "The rise grows with the length of the helpful phase, as the gravitational reading predicts.",
         "shrinks": "The rise shrinks as the helpful phase grows, against the gravitational reading.",
@@ -287,8 +377,24 @@ def measure(res: Result) -> dict:
     u = (witness_mean(res.ests[MAIN], res.layer) - witness_mean(res.ests[SECOND], res.layer)).numpy()
     split = {n: {part: interval(rise(res.runs[n], T, "harmfulness", part, task)) for part in ("trained", "untrained")}
              for n in (MAIN, NONE)}
+    resid = residuals(res)
+    resid_al = stats.nested([r["alignment"] for r in resid])
+    if resid_al["ci_low"] is None:  # one history: fall back to its seeds
+        resid_al = {**resid_al, **{k: interval(resid[0]["alignment"])[k] for k in ("ci_low", "ci_high")}}
+    rel = [r["reliability"] for r in resid]
+    steps = [s for s in res.runs[MAIN][0].steps if s > 0]
+    wx = weight_crossover(res)
+    w_own, w_common = interval(wx["own"]), interval(wx["common"])
+    weights = {"steps": steps,
+               **{key: [stats.nested([weight_series(runs, key)[:, i] for runs in res.history_runs])
+                        for i in range(len(steps))] for key in ("cos_gap", "gap_closed")},
+               "crossover": {"own": w_own, "common": w_common, "verdict": witness_verdict(w_own, w_common)}}
     return {
+        "weight_space": weights,
         "layer": res.layer,
+        "residual": {"alignment": resid_al, "reliability": rel, "layers": [r["layer"] for r in resid],
+                     "dim": resid[0]["dim"], "null_p99": resid[0]["null_p99"], "n_histories": len(resid),
+                     "verdict": residual_verdict(resid_al, rel, resid[0]["null_p99"])},
         "witness": {"a": interval(x["a"]), "b": interval(x["b"]), "own": own, "common": common,
                     "cos_u_vrev": float(stats.cosine(u, res.est.directions.v_rev[res.layer].numpy())),
                     "verdict": witness_verdict(own, common)},
@@ -321,10 +427,24 @@ def dose_rises(res: Result) -> tuple[list[float], np.ndarray]:
     return [f for f, _ in doses], np.stack([rise(res.runs[n], res.final) for _, n in doses], axis=1)
 
 
+def weight_table(m: dict) -> pd.DataFrame:
+    """Weight space by step, over histories: cos(theta_t - theta_S, theta_H - theta_S) and the
+    share of the S -> H gap closed (mean [95% interval over histories])."""
+    ws = m["weight_space"]
+
+    def cell(x: dict) -> str:
+        if x["ci_low"] is None:
+            return f"{x['mean']:+.4f}"
+        return f"{x['mean']:+.4f} [{x['ci_low']:+.4f}, {x['ci_high']:+.4f}]"
+
+    return pd.DataFrame({"step": ws["steps"], "cos(theta_t - theta_S, theta_H - theta_S)": [cell(x) for x in ws["cos_gap"]],
+                         "share of the gap closed": [cell(x) for x in ws["gap_closed"]]}).set_index("step")
+
+
 def summary_table(m: dict) -> pd.DataFrame:
     """For each alternative: the measurement that separates it, what the hypothesis predicts,
     what the organism showed, and the verdict (read by the claims chapter)."""
-    w, s, n, d = m["witness"], m["style"], m["no_witness"], m["dose"]
+    w, s, n, d, r = m["witness"], m["style"], m["no_witness"], m["dose"], m["residual"]
 
     def ci(i: dict) -> str:
         return f"{i['mean']:+.3f} [{i['ci_low']:+.3f}, {i['ci_high']:+.3f}]"
@@ -334,8 +454,16 @@ def summary_table(m: dict) -> pd.DataFrame:
          "hypothesis predicts": "> 0", "observed": ci(w["own"]), "verdict": w["verdict"]},
         {"alternative": "any helpful past would do", "measurement": "second lineage: marked minus plain rise",
          "hypothesis predicts": "> 0", "observed": ci(s["difference"]), "verdict": s["verdict"]},
+        {"alternative": "any helpful past would do", "measurement": "own-witness part of theta_T - theta_S along theta_H - theta_H'",
+         "hypothesis predicts": "> 0", "observed": ci(m["weight_space"]["crossover"]["own"]),
+         "verdict": m["weight_space"]["crossover"]["verdict"]},
         {"alternative": "fine-tuning just teaches the task", "measurement": "rise, main minus no-witness lineage",
          "hypothesis predicts": "> 0", "observed": ci(n["difference"]), "verdict": n["verdict"]},
+        {"alternative": "v_rev is only refusal undone and the way back to theta_P",
+         "measurement": "drift along v_rev outside span(r_S, v_P), over histories",
+         "hypothesis predicts": f"> null p99 {r['null_p99']:.3f}, reliable",
+         "observed": f"{ci(r['alignment'])}; split-half {min(r['reliability']):.2f}-{max(r['reliability']):.2f}",
+         "verdict": r["verdict"]},
         {"alternative": "the alignment's shallowness, not the early phase's size",
          "measurement": "slope of the rise against the helpful phase's length",
          "hypothesis predicts": "> 0", "observed": ci(d["slope"]), "verdict": d["verdict"]},
@@ -345,7 +473,8 @@ def summary_table(m: dict) -> pd.DataFrame:
 
 def metrics(P: Params, res: Result) -> dict:
     m = measure(res)
-    return {"n": {"histories": 1, "seeds": res.world.n_seeds, "level": "seeds of history 0"},
+    return {"n": {"histories": 1, "seeds": res.world.n_seeds, "level": "seeds of history 0",
+                  "residual_histories": len(res.history_runs)},
             "lineages": {k: {"helpful_steps": res.configs[k].helpful.steps,
                              "helpful_harmful_fraction": res.configs[k].helpful.harmful_fraction,
                              "marker": res.configs[k].helpful.marker,
