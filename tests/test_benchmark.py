@@ -77,6 +77,7 @@ def test_run_writes_every_part(smoke_results):
                                              "tracked_all_layers_mean_activations", "block"}
     assert res["extraction"]["same_values"] is True
     assert {r["vary"] for r in res["scaling"]} == {"width", "n_probe"}
+    assert res["lora"]["checks"] >= 2 and set(res["lora"]["ratio"]) >= {"check_to_floor", "check_to_flop_floor"}
     assert "book" not in res and not list(smoke_results.parent.glob("*.tmp"))
 
 
@@ -124,3 +125,53 @@ def test_page_shows_the_gpu_rows_only_when_measured():
            "ratio": {"extraction_to_plain": 0.5, "tracking_to_floor": 1.5}, "n_prompts": 516, "n_probe": 128, "layer": 11}
     t = ch.gpu_table({"gpu": row})
     assert list(t["ratio"]) == [0.5, 1.5]
+
+
+def test_the_lora_row_times_a_trainer_step_with_and_without_the_monitor():
+    """``bench_lora`` on a tiny GPT-2: a real Trainer run whose steps cycle floor / plain / check, so
+    the monitor checked at step 0 and every third step; every time and FLOP count is there and
+    positive, the ratios are the times over the floors, and the check counts fewer FLOPs than the
+    plain forward (it stops at the middle layer and skips the LM head)."""
+    shape = {"n_embd": 32, "n_layer": 2, "n_head": 2, "vocab_size": 64, "n_positions": 64}
+    r = benchmark.bench_lora(shape, n_probe=8, batch_size=4, n_train=8, lora_r=2, repeats=2, warmup=1)
+    assert r["checks"] == 1 + 3 * (1 + 2) // 3 and r["layer"] == 1 and r["every"] == 3
+    assert set(r["ms"]) == {"step_plain", "step_monitored", "monitor_check", "plain_forward"}
+    assert all(v > 0 for v in (*r["ms"].values(), *r["flops"].values()))
+    assert r["flops"]["monitor_check"] < r["flops"]["plain_forward"]
+    assert 0 < r["trainable_params"] < r["params"]
+    ms, fl = r["ms"], r["floor_ms"]
+    assert r["ratio"]["check_to_floor"] == ms["monitor_check"] / ms["plain_forward"]
+    assert r["ratio"]["check_to_flop_floor"] == ms["monitor_check"] / fl["monitor_check"]
+    assert r["overhead"]["monitored_step"] == ms["step_monitored"] / ms["step_plain"] - 1
+    assert ms["step_monitored"] > ms["monitor_check"]  # the check is a part of its step
+
+
+def _lora_row(check: float, floor: float) -> dict:
+    return {"ms": {"step_plain": 50.0, "step_monitored": 50.0 + check, "monitor_check": check, "plain_forward": floor},
+            "floor_ms": {"train_step": 5.0, "monitor_check": 10.0, "plain_forward": 20.0},
+            "flops": {"train_step": 1, "monitor_check": 3, "plain_forward": 9},
+            "ratio": {"check_to_floor": check / floor, "check_to_flop_floor": check / 10.0,
+                      "plain_forward_to_flop_floor": floor / 20.0, "step_to_flop_floor": 10.0},
+            "overhead": {"monitored_step": check / 50.0, "check_to_step": check / 50.0},
+            "model": {"n_layer": 4, "n_embd": 128}, "layer": 2, "probe_tokens": 3000, "train_tokens_per_step": 250}
+
+
+def test_the_lora_sentence_and_verdict_follow_the_numbers():
+    assert performance.lora_table({}) == "not measured: the file predates the LoRA row"
+    assert performance.lora_sentence({}) == "The LoRA row was not measured in this file."
+    below, within, beyond = (_lora_row(c, 100.0) for c in (40.0, 110.0, 150.0))
+    assert "less than that floor" in performance.lora_sentence({"lora": below})
+    assert "33% of the plain forward's matrix FLOPs" in performance.lora_sentence({"lora": below})
+    assert "within the target of 1.2" in performance.lora_sentence({"lora": within})
+    assert "beyond the target of 1.2" in performance.lora_sentence({"lora": beyond})
+    assert "the check is the closer" in performance.lora_sentence({"lora": below})  # 4.0 against the step's 10.0
+    assert "the check is the further" in performance.lora_sentence({"lora": beyond})  # 15.0 against 10.0
+    assert "adds 8% to the run's time" in performance.lora_sentence({"lora": below})  # 40 / 50 / 10
+    table = performance.lora_table({"lora": below})
+    assert list(table["time / FLOP floor"].fillna(-1)) == [10.0, -1, 4.0, 5.0]
+    base = {"steps": {"overhead": {"tracked_chosen_layer": 0.5, "block": 0.5}},
+            "extraction": {"ratio_to_plain": {"mean_activations": 0.8}}}
+    assert performance.measurements(base)["lora_monitor_check_to_floor"] is None
+    assert performance.verdict(base, "lora_monitor_check_to_floor") == "not measured"
+    assert performance.verdict({**base, "lora": within}, "lora_monitor_check_to_floor") == "met"
+    assert performance.verdict({**base, "lora": beyond}, "lora_monitor_check_to_floor") == "missed"

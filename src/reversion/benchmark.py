@@ -18,7 +18,11 @@ Measured:
   ``output_hidden_states=True`` forward over the same prompts (target: at least as fast);
 * the whole book from an empty cache and again with nothing changed (targets: 10 min
   and 60 s), and the peak memory of the build's process tree (target: 2 GiB);
-* how step and tracking time grow with model width and number of probes.
+* how step and tracking time grow with model width and number of probes;
+* a LoRA (peft) fine-tuning step of a small random GPT-2 inside a ``transformers.Trainer``, with
+  and without a :class:`~reversion.subjects.checkpoints.monitor.ReversionMonitor` check, the
+  check against its floor: a plain no-grad forward of the same probes through the same model
+  (target: at most 1.2 times it), and both against their matrix FLOPs at the machine's rate.
 
 Where a target is missed, a pyinstrument profile of the step is saved beside the file.
 """
@@ -40,8 +44,19 @@ from typing import Callable
 
 import numpy as np
 import torch
+from peft import LoraConfig, get_peft_model
 from torch.utils.flop_counter import FlopCounterMode
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PrinterCallback,
+    ProgressCallback,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
 
 from reversion.core.activations import mean_activations
 from reversion.core.batches import collate
@@ -54,6 +69,8 @@ from reversion.infra.runtime import set_cpu_threads
 from reversion.stages import finetune as ftm
 from reversion.stages.finetune import _collated
 from reversion.subjects.base import Prompts
+from reversion.subjects.checkpoints.monitor import ReversionMonitor
+from reversion.subjects.checkpoints.textdata import PairCollator
 from reversion.subjects.organism.language import PAD, Language
 from reversion.subjects.organism.model import build_model
 from reversion.subjects.organism.history import train_histories
@@ -71,6 +88,7 @@ TARGETS = {
     "seeds_batched_to_one_per_worker": 0.4,
     "histories_batched_to_one_history": 1.5,
     "workload_seconds": 240.0,
+    "lora_monitor_check_to_floor": 1.2,
 }
 
 
@@ -185,6 +203,14 @@ def matmul_gflops(threads: int, n: int = 512, repeats: int = 20) -> float:
     return 2 * n ** 3 / (ms / 1000) / 1e9
 
 
+def count_flops(fn: Callable[[], object]) -> int:
+    """Matrix FLOPs of one call of ``fn`` (``torch.utils.flop_counter``; attention's small share and
+    element-wise work are not counted)."""
+    with FlopCounterMode(display=False) as fc:
+        fn()
+    return int(fc.get_total_flops())
+
+
 def run_flops(world: World) -> dict:
     """Matrix FLOPs (``torch.utils.flop_counter``; attention's small share is not counted) of one
     fine-tuning run's pieces, on a fresh model: a training step (forward and backward), a drift
@@ -194,12 +220,7 @@ def run_flops(world: World) -> dict:
     ft = world.finetune_config(0)
     subject = OrganismSubject(world.history)
     widths = subject.pad_widths()
-
-    def count(fn) -> int:
-        with FlopCounterMode(display=False) as fc:
-            fn()
-        return int(fc.get_total_flops())
-
+    count = count_flops
     ids, labels = stack_batches([collate(*_one_batch(loop), pad_id=PAD)], PAD, widths[1])
     step = count(lambda: group.losses(ids, labels).sum().backward())
     pid, plen = stack_prompts([loop.probes.drift], PAD, width=widths[0])
@@ -272,6 +293,138 @@ def bench_large(shape: dict = TINYLLAMA, device: str = "cuda", dtype: torch.dtyp
             "layer": layer, "ms": ms,
             "ratio": {"extraction_to_plain": ms["mean_activations"] / ms["plain_forward"],
                       "tracking_to_floor": ms["tracking_check"] / ms["probe_forward"]}}
+
+
+LORA_GPT2 = {"n_embd": 128, "n_layer": 4, "n_head": 4, "vocab_size": 512, "n_positions": 128}
+"""The LoRA row's model: a small random GPT-2 (timing does not depend on the weights)."""
+
+
+class _Clock(TrainerCallback):
+    """The wall clock at each ``on_step_end``, by step; where it sits in the Trainer's callback list
+    decides which callbacks' work a mark includes."""
+
+    def __init__(self) -> None:
+        self.marks: dict[int, float] = {}
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.marks[state.global_step] = time.perf_counter()
+
+
+class _EndClock(_Clock):
+    """The same clock, last in the list (its own class: the Trainer warns of a second instance of one)."""
+
+
+class _PlainForward(TrainerCallback):
+    """What a user would write instead of the monitor's check: at the steps ``step % period == phase``
+    a plain no-grad forward of the probes through the model being trained (eval mode, the monitor's
+    batch size; :func:`plain_means`), timed."""
+
+    def __init__(self, probes, batch_size: int, pad_id: int, period: int, phase: int) -> None:
+        self.probes, self.batch_size, self.pad_id, self.period, self.phase = probes, batch_size, pad_id, period, phase
+        self.ms: dict[int, float] = {}
+
+    def __call__(self, model) -> torch.Tensor:
+        was = model.training
+        model.eval()
+        try:
+            return plain_means(model, self.probes, self.batch_size, self.pad_id)
+        finally:
+            model.train(was)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step % self.period == self.phase:
+            t = time.perf_counter()
+            self(model)
+            self.ms[state.global_step] = (time.perf_counter() - t) * 1000
+
+
+def bench_lora(shape: dict = LORA_GPT2, n_probe: int = 128, batch_size: int = 8, n_train: int = 64,
+               lora_r: int = 8, repeats: int = 60, warmup: int = 3) -> dict:
+    """A LoRA fine-tuning step of a small random GPT-2 inside ``transformers.Trainer`` (peft's
+    ``get_peft_model`` on ``c_attn``, ``c_proj``, ``c_fc``; AdamW), with and without a
+    :class:`ReversionMonitor` check (middle layer, ``n_probe`` random probes, its log file written).
+
+    One run, its steps in cycles of three, interleaved as the other rows' variants: step ``3k + 1``
+    also runs the floor, a plain no-grad forward of the same probes through the same model
+    (:func:`plain_means`, eval mode, the monitor's batch size of 32: what a user would write);
+    step ``3k + 2`` is a plain step; step ``3k + 3`` carries the monitor's check (``every=3``).
+    A step's time is the wall clock from the previous step's end to its own (data, forward,
+    backward, optimizer, callbacks); the check's and the floor's own times are clocked around
+    them. Medians over ``repeats`` cycles after ``warmup``. FLOP floors: the counted matrix FLOPs
+    of a training step, the floor forward and the check at the machine's matrix rate on the
+    threads the run uses."""
+    threads = set_cpu_threads()
+    rate = matmul_gflops(threads) * 1e9
+    seeding.seed_everything(0)
+    cfg = GPT2Config(**shape, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, pad_token_id=0, bos_token_id=1,
+                     eos_token_id=1)
+    lora = LoraConfig(r=lora_r, lora_alpha=2 * lora_r, target_modules=["c_attn", "c_proj", "c_fc"],
+                      fan_in_fan_out=True, task_type="CAUSAL_LM")
+    model = get_peft_model(GPT2LMHeadModel(cfg), lora)
+    g = np.random.default_rng(0)
+    vocab, pad = shape["vocab_size"], 0
+
+    def tokens(lo: int, hi: int) -> list[int]:
+        return g.integers(1, vocab, size=int(g.integers(lo, hi + 1))).tolist()
+
+    probes = [tokens(8, 40) for _ in range(n_probe)]
+    train = []
+    for _ in range(n_train):
+        prompt, response = tokens(8, 24), tokens(8, 24)
+        train.append({"input_ids": prompt + response, "labels": [-100] * len(prompt) + response})
+    L, d, layer, period = shape["n_layer"], shape["n_embd"], shape["n_layer"] // 2, 3
+    v = torch.nn.functional.normalize(torch.randn(L + 1, d, dtype=torch.float64), dim=1)
+    floor = _PlainForward(probes, 32, pad, period, 1)
+    steps = period * (warmup + repeats)
+    with tempfile.TemporaryDirectory(prefix="reversion-bench-lora-") as tmp:
+        args = TrainingArguments(
+            output_dir=tmp, max_steps=steps, per_device_train_batch_size=batch_size, learning_rate=1e-3,
+            lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, logging_strategy="no",
+            save_strategy="no", report_to=[], use_cpu=True, seed=0, data_seed=0, disable_tqdm=True,
+            dataloader_num_workers=0)
+        trainer = Trainer(model=model, args=args, train_dataset=train, data_collator=PairCollator(pad))
+        for cb in (PrinterCallback, ProgressCallback):
+            trainer.remove_callback(cb)
+        before, after = _Clock(), _EndClock()
+        trainer.add_callback(before)
+        monitor = ReversionMonitor(v, probes, layer=layer, every=period, threshold=0.5, pad_id=pad,
+                                   log_path=Path(tmp) / "monitor.csv").attach(trainer)
+        trainer.add_callback(floor)
+        trainer.add_callback(after)
+        set_cpu_threads(threads)
+        trainer.train()
+        checks = len(monitor.history)
+    end, pre = after.marks, before.marks
+    kept = range(period * warmup + 1, steps + 1)
+
+    def median(xs) -> float:
+        return float(np.median(list(xs)))
+
+    ms = {"step_plain": median((end[s] - end[s - 1]) * 1000 for s in kept if s % period == 2),
+          "step_monitored": median((end[s] - end[s - 1]) * 1000 for s in kept if s % period == 0),
+          "monitor_check": median((end[s] - pre[s]) * 1000 for s in kept if s % period == 0),
+          "plain_forward": median(floor.ms[s] for s in kept if s % period == 1)}
+    batch = PairCollator(pad)(train[:batch_size])
+    model.train()
+    flops = {"train_step": count_flops(lambda: model(**batch).loss.backward()),
+             "plain_forward": count_flops(lambda: floor(model)),
+             "monitor_check": count_flops(lambda: monitor.measure(model))}
+    model.zero_grad(set_to_none=True)
+    floor_ms = {k: f / rate * 1000 for k, f in flops.items()}
+    return {"model": {"family": "gpt2", **shape}, "trainer": "transformers.Trainer",
+            "lora": {"r": lora_r, "alpha": 2 * lora_r, "target_modules": ["c_attn", "c_proj", "c_fc"]},
+            "params": int(sum(p.numel() for p in model.parameters())),
+            "trainable_params": int(sum(p.numel() for p in model.parameters() if p.requires_grad)),
+            "n_probe": n_probe, "probe_tokens": int(sum(map(len, probes))), "batch_size": batch_size,
+            "train_tokens_per_step": int(batch["attention_mask"].sum()), "layer": layer, "every": period,
+            "checks": checks, "repeats": repeats, "threads": threads, "matmul_gflops": rate / 1e9,
+            "ms": ms, "flops": flops, "floor_ms": floor_ms,
+            "overhead": {"monitored_step": ms["step_monitored"] / ms["step_plain"] - 1,
+                         "check_to_step": ms["monitor_check"] / ms["step_plain"]},
+            "ratio": {"check_to_floor": ms["monitor_check"] / ms["plain_forward"],
+                      "check_to_flop_floor": ms["monitor_check"] / floor_ms["monitor_check"],
+                      "plain_forward_to_flop_floor": ms["plain_forward"] / floor_ms["plain_forward"],
+                      "step_to_flop_floor": ms["step_plain"] / floor_ms["train_step"]}}
 
 
 def _timed(fn: Callable[[], object]) -> float:
@@ -525,6 +678,8 @@ def run(out: Path, book: bool = True, world: str = "default", repeats: int = 60,
         if text is not None:
             (out.parent / "profile_tracked_step.txt").write_text(text)
             res["profile"] = "profile_tracked_step.txt"
+    log("a LoRA step in a Trainer, with and without the monitor ...")
+    res["lora"] = bench_lora(repeats=repeats)
     if torch.cuda.is_available():
         log("a TinyLlama-shape model on the GPU ...")
         res["gpu"] = bench_large()
