@@ -100,3 +100,22 @@ def test_geometry_sentence_follows_v_rev_against_v_P_in_every_history():
     assert "v_rev and v_P differ" in ch02.geometry_sentence(_geometry((0.3, 0.5, 0.2)))
     assert "opposite of the refusal" in ch02.geometry_sentence(_geometry((0.3, 0.5, 0.2), rs=(-0.7, -0.8, -0.75)))
     assert "no v_P" in ch02.geometry_sentence(_geometry(None))
+
+
+# --------------------------------------------------------------------------- chapter 03: the judge split
+
+
+def _split(lo, hi, mean=None):
+    x = {"mean": (lo + hi) / 2 if mean is None else mean, "ci_low": lo, "ci_high": hi}
+    return {"exact_match": {"untrained": x, "trained": x}, "harmfulness": {"untrained": x, "trained": x}}
+
+
+def test_judge_sentence_flips_with_the_untrained_exact_match_interval():
+    from reversion.book.chapters.alignment import judge_sentence
+    assert "not only the fine-tuned task" in judge_sentence(_split(0.01, 0.05))
+    assert "not resolved from zero" in judge_sentence(_split(-0.01, 0.05))
+    assert "fall below" in judge_sentence(_split(-0.05, -0.01))
+    # one history: no interval, the mean decides
+    one = {"exact_match": {"untrained": {"mean": 0.02, "ci_low": None, "ci_high": None}}}
+    assert "not only the fine-tuned task" in judge_sentence(one)
+    assert "does not split" in judge_sentence(None)

@@ -15,6 +15,7 @@ from reversion.infra.checks import check_choice, check_int
 from reversion.stages.estimate import VRevEstimate, estimate
 from reversion.stages.finetune import FinetuneRun, finetune_many
 from reversion.subjects.base import Subject
+from reversion.subjects.organism.judge import split_by_task
 from reversion.subjects.organism.worlds import World
 
 STEM = "03_alignment"
@@ -187,6 +188,52 @@ def correlations(pairs: pd.DataFrame) -> dict:
     return out
 
 
+JUDGES = ("harmfulness", "exact_match")
+"""First-token compliance, and complete compliant answers."""
+
+
+def judge_split(res: Result) -> dict | None:
+    """The rise (theta_T minus theta_S) of each judge's harmfulness on harmful requests of the
+    fine-tuned task (``trained``) and of every other task (``untrained``), over histories
+    (seeds nested); None for a subject whose judge does not split by task (checkpoints)."""
+    T, task = res.world.finetune.steps, res.world.finetune.task
+    if "harmful_by_task" not in res.runs[0][0].evals[T]:
+        return None
+
+    def rise(r, part: str, measure: str) -> float:
+        return split_by_task(r.evals[T], task)[part][measure] - split_by_task(r.evals[0], task)[part][measure]
+
+    return {measure: {part: stats.nested([[rise(r, part, measure) for r in runs] for runs in res.runs])
+                      for part in ("trained", "untrained")} for measure in JUDGES}
+
+
+def judge_table(split: dict) -> pd.DataFrame:
+    """:func:`judge_split` as mean [95% interval over histories]."""
+    def cell(x: dict) -> str:
+        ci = "" if x["ci_low"] is None else f" [{x['ci_low']:+.3f}, {x['ci_high']:+.3f}]"
+        return f"{x['mean']:+.3f}{ci}"
+    return pd.DataFrame({measure.replace("_", " "): {f"{part} task{'s' if part == 'untrained' else ''}": cell(x)
+                                                     for part, x in by.items()}
+                         for measure, by in split.items()})
+
+
+def judge_sentence(split: dict | None) -> str:
+    """Whether complete compliant answers return on tasks never fine-tuned, in words chosen by the
+    interval over histories (the mean over seeds when there is one history)."""
+    if split is None:
+        return "Your checkpoints' judge does not split harmful requests by task."
+    x = split["exact_match"]["untrained"]
+    lo = x["ci_low"] if x["ci_low"] is not None else x["mean"]
+    hi = x["ci_high"] if x["ci_high"] is not None else x["mean"]
+    if lo > 0:
+        return ("Complete compliant answers return on tasks never fine-tuned, so the rise is not only the "
+                "fine-tuned task's own tokens.")
+    if hi < 0:
+        return "Complete compliant answers on tasks never fine-tuned fall below theta_S's level."
+    return ("On tasks never fine-tuned, the rise of complete compliant answers is not resolved from zero: "
+            "the measured rise may be task learning rather than reversion.")
+
+
 def interval_text(a: dict) -> str:
     """A history-level summary's interval, in words (one history has none)."""
     if a.get("ci_low") is None:
@@ -220,7 +267,7 @@ def metrics(P: Params, res: Result) -> dict:
     corr = correlations(harmfulness_pairs(res))
     controls = {name: {str(s): stats.nested(res.at_layer(name)[:, :, s]) for s in [1, T]}
                 for name in res.cos if name != "v_rev"}
-    return {"layer": res.layer, "layers": res.layers, "T": T,
+    return {"layer": res.layer, "layers": res.layers, "T": T, "judge_split": judge_split(res),
             "n_histories": len(res.runs), "n_seeds": len(res.runs[0]),
             "alignment": al, "alignment_min_over_seeds": al_min, "final_alignment": stats.nested(a[:, :, T]),
             "final_alignment_by_layer": final_all,
