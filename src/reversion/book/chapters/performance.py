@@ -41,6 +41,7 @@ def measurements(res: dict) -> dict[str, float | None]:
     """Each target's measured value (None when not measured, e.g. a run with --no-book)."""
     s, e, b, g = res["steps"], res["extraction"], res.get("book"), res.get("batched")
     r = g["ratio"] if g else {}
+    lora = res.get("lora")
     return {
         "seeds_batched_to_one_seed": r.get("seeds_batched_to_one_seed"),
         "seeds_batched_to_one_per_worker": r.get("seeds_batched_to_one_per_worker"),
@@ -49,6 +50,7 @@ def measurements(res: dict) -> dict[str, float | None]:
         "tracking_chosen_layer_overhead": s["overhead"]["tracked_chosen_layer"],
         "block_overhead": s["overhead"]["block"],
         "extraction_ratio": e["ratio_to_plain"]["mean_activations"],
+        "lora_monitor_check_to_floor": lora["ratio"]["check_to_floor"] if lora else None,
         "book_cold_seconds": b["cold"]["seconds"] if b else None,
         "book_warm_seconds": b["warm"]["seconds"] if b else None,
         "book_peak_memory_gib": max(b["cold"]["peak_memory_gib"], b["warm"]["peak_memory_gib"]) if b else None,
@@ -63,6 +65,7 @@ LABELS = {
     "tracking_chosen_layer_overhead": ("drift tracking, chosen layer, every step", "added time per step"),
     "block_overhead": ("block objective", "added time per step"),
     "extraction_ratio": ("activation extraction (mean_activations)", "time / plain forward"),
+    "lora_monitor_check_to_floor": ("monitor check in a LoRA Trainer run", "time / plain forward of the probes"),
     "book_cold_seconds": ("whole book, empty cache", "seconds"),
     "book_warm_seconds": ("whole book, nothing changed", "seconds"),
     "book_peak_memory_gib": ("peak memory of the book build", "GiB"),
@@ -120,6 +123,58 @@ def gpu_table(res: dict) -> pd.DataFrame | str:
          "reference (ms)": round(ms["probe_forward"], 1), "reference": "plain forward of the probes (floor)",
          "ratio": round(r["tracking_to_floor"], 2), "target": "≤ 1.2"},
     ]).set_index("measurement")
+
+
+def lora_table(res: dict) -> pd.DataFrame | str:
+    """The LoRA row: each part's median milliseconds, its matrix-FLOP floor and the ratio of the two."""
+    g = res.get("lora")
+    if not g:
+        return "not measured: the file predates the LoRA row"
+    ms, fl = g["ms"], g["floor_ms"]
+    rows = [("LoRA step, no check", "step_plain", "train_step"),
+            ("LoRA step carrying a monitor check", "step_monitored", None),
+            ("the monitor's check alone", "monitor_check", "monitor_check"),
+            ("plain no-grad forward of the probes (floor)", "plain_forward", "plain_forward")]
+    return pd.DataFrame([{"measurement": name, "ms": round(ms[k], 1),
+                          "FLOP floor (ms)": None if f is None else round(fl[f], 1),
+                          "time / FLOP floor": None if f is None else round(ms[k] / fl[f], 1)}
+                         for name, k, f in rows]).set_index("measurement")
+
+
+def lora_sentence(res: dict) -> str:
+    """What the LoRA row says, chosen by its numbers: the check against its floor, then what the
+    check adds to a step at the monitor's default of a check every 10 steps."""
+    g = res.get("lora")
+    if not g:
+        return "The LoRA row was not measured in this file."
+    r, fl = g["ratio"], g["flops"]
+    x = r["check_to_floor"]
+    share = fl["monitor_check"] / fl["plain_forward"]
+    if x <= 1:
+        first = (f"Inside the Trainer the monitor's check takes {x:.2f} times the plain forward a user would write: "
+                 f"less than that floor, because it stops the forward after layer {g['layer']} of "
+                 f"{g['model']['n_layer']} and skips the LM head ({share:.0%} of the plain forward's matrix FLOPs), "
+                 "and pads its length-sorted probe batches once.")
+    elif x <= TARGETS["lora_monitor_check_to_floor"]:
+        first = (f"Inside the Trainer the monitor's check takes {x:.2f} times the plain forward a user would write, "
+                 f"within the target of {TARGETS['lora_monitor_check_to_floor']:g}: a check costs its forward.")
+    else:
+        first = (f"Inside the Trainer the monitor's check takes {x:.2f} times the plain forward a user would write, "
+                 f"beyond the target of {TARGETS['lora_monitor_check_to_floor']:g}: the check costs more than "
+                 "its forward there.")
+    per10 = g["overhead"]["check_to_step"] / 10
+    second = (f" A check adds {g['overhead']['monitored_step']:.0%} to the step that carries it (the probe forward "
+              f"covers {g['probe_tokens']} tokens, the step {g['train_tokens_per_step']}); at the monitor's default "
+              f"of a check every 10 steps that adds {per10:.0%} to the run's time.")
+    if r["check_to_flop_floor"] <= r["step_to_flop_floor"]:
+        third = (f" Against the matrix arithmetic, the check runs at {r['check_to_flop_floor']:.1f} times its FLOP "
+                 f"floor and the LoRA step at {r['step_to_flop_floor']:.1f} times its own: the check is the closer "
+                 "of the two to its arithmetic.")
+    else:
+        third = (f" Against the matrix arithmetic, the check runs at {r['check_to_flop_floor']:.1f} times its FLOP "
+                 f"floor and the LoRA step at {r['step_to_flop_floor']:.1f} times its own: the check is the further "
+                 "of the two from its arithmetic.")
+    return first + second + third
 
 
 def batched_sentence(res: dict) -> str:
