@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +19,7 @@ from reversion.stages.finetune import FinetuneRun, finetune_many
 from reversion.stages.nulls import alignment_nulls
 from reversion.stages.nulls import p99 as null_p99
 from reversion.subjects.base import Subject
+from reversion.subjects.organism.subject import histories
 from reversion.subjects.organism.worlds import World
 
 STEM = "04_null_test"
@@ -37,11 +39,14 @@ class Params(SubjectParams):
     """Random directions drawn for each Monte-Carlo null."""
     alpha: float
     """Error rate of the per-run test (Bonferroni over runs)."""
+    n_histories: int
+    """Independent histories tested (history 0 in full; the others' pairs and runs, chapter 01's)."""
 
     def __post_init__(self) -> None:
         check_int("n_seeds", self.n_seeds, 1)
         check_int("n_control_seeds", self.n_control_seeds, 1)
         check_int("n_null", self.n_null, 1000)  # for a p99
+        check_int("n_histories", self.n_histories, 1)
         check_float("alpha", self.alpha, 0.0, 0.5, lo_open=True, hi_open=True)
         if self.n_null * self.alpha / self.n_seeds < 50:
             raise ValueError(f"n_null={self.n_null} leaves fewer than 50 null draws beyond the "
@@ -67,6 +72,8 @@ class Result:
     steps: list[int]
     subject: Subject
     """The organism or your checkpoints."""
+    others: list = dataclasses.field(default_factory=list)
+    """Histories 1, 2, .. (:func:`other_histories`), each a Result without control runs."""
 
     @property
     def notes(self) -> list[str]:
@@ -103,7 +110,9 @@ def run(P: Params, progress: bool = True) -> Result:
     steps = pair_steps(P, world)
     est = estimate(subject, world.finetune.n_probe, progress=progress)
     done = finetune_many(jobs(P, world, subject), progress)
-    return analyse(P, world, subject, est, done[:world.n_seeds], done[world.n_seeds:], steps)
+    res = analyse(P, world, subject, est, done[:world.n_seeds], done[world.n_seeds:], steps)
+    res.others = other_histories(P, world, steps, progress)
+    return res
 
 
 def analyse(P: Params, world: World, subject: Subject, est: VRevEstimate, runs: list[FinetuneRun],
@@ -112,7 +121,7 @@ def analyse(P: Params, world: World, subject: Subject, est: VRevEstimate, runs: 
     layer, v = est.layer, est.directions.v_rev[est.layer].numpy()
     # Matched: Gaussian drift with the covariance of theta_S's activations at this layer.
     acts_S = est.acts["S"][:, layer].numpy()
-    nulls = alignment_nulls(v, acts_S, P.n_null, seeding.rng(world.history.seed, "null-test"))
+    nulls = alignment_nulls(v, acts_S, P.n_null, seeding.rng(getattr(subject, "seed", world.history.seed), "null-test"))
     p99 = null_p99(nulls, v.shape[0])
     rows = []
     for seed, r in zip(world.seeds, runs):
@@ -123,8 +132,34 @@ def analyse(P: Params, world: World, subject: Subject, est: VRevEstimate, runs: 
     pairs["above isotropic p99"] = pairs["alignment"] > p99["isotropic"]
     pairs["above matched p99"] = pairs["alignment"] > p99["matched"]
     pairs["above both"] = pairs["alignment"] > threshold(p99)
-    control_cos = np.stack([drift_alignment(c.probe_means, est.directions.v_rev)[steps, layer] for c in controls])
+    control_cos = np.stack([drift_alignment(c.probe_means, est.directions.v_rev)[steps, layer] for c in controls]) \
+        if controls else np.zeros((0, len(steps)))
     return Result(world, est, runs, controls, pairs, nulls, p99, control_cos, steps, subject)
+
+
+def other_histories(P: Params, world: World, steps: list[int], progress: bool = True) -> list[Result]:
+    """Histories 1, 2, .. of the organism (none for your checkpoints): each against its own
+    estimate's nulls at its own layer, without control runs. Their estimates and runs are
+    chapters 02-03's and 01's (cache hits)."""
+    if P.checkpoints:
+        return []
+    out = []
+    for s in histories(world.history, world.n_histories)[1:]:
+        est = estimate(s, world.finetune.n_probe, progress=progress)
+        runs = finetune_many([(s, world.finetune_config(k), None) for k in world.seeds], progress)
+        out.append(analyse(P, world, s, est, runs, [], steps))
+    return out
+
+
+def history_table(results: list[Result], alpha: float) -> pd.DataFrame:
+    """Per history: its layer, threshold (the larger p99), pairs above it, runs significant."""
+    rows = []
+    for h, r in enumerate(results):
+        per = per_run_test(r, alpha)
+        rows.append({"history": h, "layer": r.est.layer, "threshold": threshold(r.p99),
+                     "pairs above": int((r.pairs["alignment"] > threshold(r.p99)).sum()), "pairs": len(r.pairs),
+                     "runs significant": int(per["significant"].sum()), "runs": len(per)})
+    return pd.DataFrame(rows).set_index("history")
 
 
 def threshold(p99: dict) -> float:
@@ -166,7 +201,10 @@ def per_run_test(res: Result, alpha: float) -> pd.DataFrame:
 
 
 def metrics(P: Params, res: Result) -> dict:
+    """History 0's nulls, pairs and runs in full; ``by_history``: every history's counts (the
+    history is the unit of replication: ``histories_all_pairs_above`` of ``n_histories``)."""
     runs = per_run_test(res, P.alpha)
+    by = history_table([res, *res.others], P.alpha).reset_index().to_dict(orient="records")
     ctrl_mean = res.control_cos.mean(1)
     return {
         "layer": res.est.layer, "width": int(res.est.directions.v_rev.shape[1]),
@@ -187,6 +225,9 @@ def metrics(P: Params, res: Result) -> dict:
         "sign_consistency_p": stats.sign_flip_test(runs["mean alignment"].to_numpy()),
         "runs_above_every_control": int((runs["mean alignment"].to_numpy()[:, None] > ctrl_mean[None]).all(1).sum()),
         "paper": {"pairs_above_isotropic": "24 of 24"},
+        "by_history": by, "n_histories": len(by), "n_seeds": len(runs),
+        "histories_all_pairs_above": sum(r["pairs above"] == r["pairs"] for r in by),
+        "histories_all_runs_significant": sum(r["runs significant"] == r["runs"] for r in by),
     }
 
 
