@@ -2,7 +2,8 @@
 
 The page runs the whole text-model workflow -- ``reversion estimate``, the
 :class:`~reversion.subjects.checkpoints.monitor.ReversionMonitor` in a ``transformers.Trainer`` run,
-``reversion track`` over the run's checkpoints, harmfulness and task cost -- on
+``reversion track`` over the run's checkpoints, the same for a LoRA run and its adapter
+checkpoints, harmfulness and task cost -- on
 checkpoints given as local paths. With the paths left empty it builds **tiny random
 demo models** in a scratch folder of the cache: a small Llama (or GPT-2) and a byte-level BPE
 tokenizer with a chat template, trained from scratch on the project's example files in
@@ -30,6 +31,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 import pandas as pd
 import torch
+from peft import LoraConfig, get_peft_model
 from transformers import PrinterCallback, ProgressCallback, TrainingArguments
 from transformers.utils import logging as hf_logging
 
@@ -110,6 +112,10 @@ class Params:
     """Checks in a row above the threshold before the monitor flags."""
     block_strength: float
     """Strength of the bounded block term in a second run (0 = skip it)."""
+    lora_rank: int
+    """Rank of the LoRA adapters of a third run (0 = skip the LoRA section)."""
+    lora_learning_rate: float
+    """Learning rate of the LoRA run (constant, AdamW; adapters usually want a larger one)."""
     max_new_tokens: int
     """Tokens generated per prompt for the harmfulness judge."""
     seed: int
@@ -124,6 +130,9 @@ class Params:
             check_int(name, getattr(self, name), 1)
         if self.finetune_steps < 0 or self.block_strength < 0 or self.learning_rate <= 0:
             raise ValueError("finetune_steps and block_strength must be >= 0, learning_rate > 0")
+        check_int("lora_rank", self.lora_rank, 0)
+        if self.lora_learning_rate <= 0:
+            raise ValueError(f"lora_learning_rate must be > 0, got {self.lora_learning_rate}")
         if bool(self.witness) != bool(self.aligned):
             raise ValueError("give both witness and aligned, or neither (neither = demo models)")
 
@@ -296,16 +305,22 @@ def quiet_trainer(trainer) -> None:
         trainer.remove_callback(cb)
 
 
-def finetune(P: Params, ck: Checkpoints, name: str, block_strength: float = 0.0) -> Run:
+def lora_config(model, rank: int) -> LoraConfig:
+    """The LoRA run's adapters: rank ``rank``, alpha ``2 * rank``, on every linear layer but the
+    LM head (peft's ``"all-linear"``; GPT-2's ``Conv1D`` layers store their weights transposed)."""
+    return LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules="all-linear",
+                      fan_in_fan_out=model.config.model_type == "gpt2", task_type="CAUSAL_LM")
+
+
+def finetune(P: Params, ck: Checkpoints, name: str, block_strength: float = 0.0, lora_rank: int = 0) -> Run:
     """Fine-tune theta_S on the training pairs with a Trainer and the ReversionMonitor attached.
 
     Checkpoints are saved every ``monitor_every`` steps (weights only) so that
     ``reversion track`` can re-measure them; with ``block_strength > 0`` the loss adds
     the bounded block term (:class:`~reversion.subjects.checkpoints.monitor.BlockTrainer`).
+    With ``lora_rank > 0`` only LoRA adapters train (peft's ``get_peft_model`` on theta_S,
+    :func:`lora_config`, at ``lora_learning_rate``) and each checkpoint is an adapter folder.
     """
-
-
-
     hf_logging.set_verbosity_error()
     seeding.seed_everything(P.seed)
     tok = load_tokenizer(ck.tokenizer)
@@ -316,11 +331,14 @@ def finetune(P: Params, ck: Checkpoints, name: str, block_strength: float = 0.0)
     out_dir = ck.work / "runs" / (re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower() or "run")
     args = TrainingArguments(
         output_dir=str(out_dir), max_steps=P.finetune_steps, per_device_train_batch_size=P.batch_size,
-        learning_rate=P.learning_rate, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
+        learning_rate=P.lora_learning_rate if lora_rank > 0 else P.learning_rate, lr_scheduler_type="constant",
+        warmup_steps=0, weight_decay=0.0,
         logging_steps=P.monitor_every, save_strategy="steps", save_steps=P.monitor_every,
         save_only_model=True, report_to=[], use_cpu=not torch.cuda.is_available(), seed=P.seed,
         data_seed=P.seed, disable_tqdm=True, dataloader_num_workers=0)
     block = block_term(model, dirs, probes, block_strength) if block_strength > 0 else None
+    if lora_rank > 0:
+        model = get_peft_model(model, lora_config(model, lora_rank))
     trainer = BlockTrainer(model=model, args=args, train_dataset=encode_pairs(tok, train),
                            data_collator=PairCollator(pad_id_of(tok)), block=block)
     quiet_trainer(trainer)
@@ -361,6 +379,80 @@ def plot_alignment(runs: list[Run]):
     ax.legend(fontsize=8, loc="lower right")
     ax.set_title(f"ReversionMonitor log, layer {m.layer}")
     return fig
+
+
+TRACKED = ("alignment", "projection", "drift_norm")
+"""The values both the monitor's log and ``reversion track``'s CSV hold, compared step by step."""
+
+
+def compare_track(run: Run, track_csv: Path) -> pd.DataFrame:
+    """The monitor's log at the steps ``reversion track`` measured, side by side: per step and value,
+    the logged and the tracked number and their absolute difference."""
+    tracked = pd.read_csv(track_csv).set_index("step")
+    logged = pd.read_csv(run.log_path).set_index("step")
+    missing = sorted(set(tracked.index) - set(logged.index))
+    if missing:
+        raise ValueError(f"track measured steps {missing} that the monitor's log {run.log_path} lacks")
+    cols = {}
+    for k in TRACKED:
+        cols[(k, "monitor")] = logged.loc[tracked.index, k]
+        cols[(k, "track")] = tracked[k]
+        cols[(k, "|difference|")] = (tracked[k] - logged.loc[tracked.index, k]).abs()
+    return pd.DataFrame(cols)
+
+
+def plot_track(run: Run, compared: pd.DataFrame):
+    """The monitor's log over the run (lines) and ``reversion track``'s values at the saved
+    checkpoints (open circles): alignment with the threshold, and the projection on v_rev."""
+    log = pd.read_csv(run.log_path)
+    m = run.monitor
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
+    for ax, key, label in zip(axes, ("alignment", "projection"), (r"cos(drift, $v_{rev}$)", r"projection $d_t \cdot v_{rev}$")):
+        ax.plot(log["step"], log[key], "-", color="C2", marker=".", label="monitor's log")
+        ax.plot(compared.index, compared[(key, "track")], "o", mfc="none", color="k", ms=8,
+                label="reversion track (adapters)")
+        ax.axhline(0, color="0.7", lw=0.8)
+        ax.set_xlabel("fine-tuning step")
+        ax.set_ylabel(label)
+    axes[0].axhline(m.threshold, color="k", ls="--", lw=1, label=f"threshold ({m.threshold_source})")
+    axes[0].set_ylim(-1.05, 1.05)
+    axes[0].legend(fontsize=8, loc="lower right")
+    fig.suptitle(f"{run.name}: the monitor's log and track on the adapter checkpoints, layer {m.layer}", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+TRACK_TOL = 1e-6
+"""How close ``reversion track``'s values must come to the monitor's log to reproduce it (float32 runs)."""
+
+
+def track_diff(compared: pd.DataFrame) -> dict[str, float]:
+    """The largest absolute difference between track and the monitor's log, per value."""
+    return {k: float(compared[(k, "|difference|")].max()) for k in TRACKED}
+
+
+def track_sentence(compared: pd.DataFrame, tol: float = TRACK_TOL) -> str:
+    """Whether ``reversion track`` on the adapter checkpoints reproduces the monitor's log within
+    ``tol``, chosen by the largest difference."""
+    diff = track_diff(compared)
+    worst = max(diff, key=diff.get)
+    n = len(compared)
+    head = f"On the LoRA run's {n} adapter checkpoints, reversion track (the adapters applied to --base)"
+    if diff[worst] == 0.0:
+        return f"{head} reproduces the monitor's log exactly: alignment, projection and drift norm are equal at every step."
+    if diff[worst] <= tol:
+        return (f"{head} reproduces the monitor's log: alignment, projection and drift norm agree within {tol:g} "
+                f"(largest difference {diff[worst]:.1e}, in the {worst.replace('_', ' ')}).")
+    step = int(compared[(worst, "|difference|")].idxmax())
+    return (f"{head} does NOT reproduce the monitor's log within {tol:g}: the {worst.replace('_', ' ')} "
+            f"differs by {diff[worst]:.1e} at step {step}.")
+
+
+def trainable(run: Run) -> dict[str, int]:
+    """The run's trainable and total parameter counts."""
+    ps = list(run.trainer.model.parameters())
+    return {"trainable_params": int(sum(p.numel() for p in ps if p.requires_grad)),
+            "params": int(sum(p.numel() for p in ps))}
 
 
 def harm_and_cost(P: Params, ck: Checkpoints, models: dict[str, Path]):
