@@ -142,7 +142,8 @@ def chapter03(s: dict, world) -> dict:
     L1 = world.history.model.n_layer + 1
     mid = lambda f: agg(np.array(s["a1"]) * (1 - f) + np.array(s["a20"]) * f)  # noqa: E731
     return {
-        "layer": LAYER, "layers": [LAYER] * len(s["a1"]), "T": T, "n_histories": len(s["a1"]), "n_seeds": 1,
+        "layer": LAYER, "layers": [LAYER] * len(s["a1"]), "T": T, "judge_split": None,
+        "n_histories": len(s["a1"]), "n_seeds": 1,
         "alignment": {"1": agg(s["a1"]), "5": mid(0.2), "10": mid(0.5), "20": agg(s["a20"])},
         "alignment_min_over_seeds": {"1": float(min(s["a1"])), "5": 0.0, "10": 0.0,
                                      "20": float(min(s["a20"]))},
@@ -173,6 +174,12 @@ def chapter04(s: dict) -> dict:
         "sign_consistency_p": 0.125,
         "runs_above_every_control": s["runs_sig"],
         "paper": {"pairs_above_isotropic": "24 of 24"},
+        "by_history": [{"history": 0, "layer": LAYER, "threshold": max(s["iso"], s["matched"]),
+                        "pairs above": min(s["above_iso"], s["above_matched"]), "pairs": s["pairs_n"],
+                        "runs significant": s["runs_sig"], "runs": s["runs_n"]}],
+        "n_histories": 1, "n_seeds": s["runs_n"],
+        "histories_all_pairs_above": int(min(s["above_iso"], s["above_matched"]) == s["pairs_n"]),
+        "histories_all_runs_significant": int(s["runs_sig"] == s["runs_n"]),
     }
 
 
@@ -245,7 +252,7 @@ def test_hand_built_chapter04_has_the_keys_of_its_metrics(world):
                       {"isotropic": 0.29, "isotropic_mc": 0.3, "matched": 0.4},
                       g.uniform(-0.1, 0.1, size=(2, len(steps))), steps, OrganismSubject(world.history))
     P = ch04.Params(world="smoke", world_overrides={}, n_seeds=N_SEEDS, n_control_seeds=2, pair_steps=steps,
-                    n_null=20000, alpha=0.01)
+                    n_null=20000, alpha=0.01, n_histories=1)
     assert _keys(chapter04(GOOD)) == _keys(ch04.metrics(P, res))
 
 
