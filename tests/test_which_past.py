@@ -9,7 +9,9 @@ import torch
 
 from reversion.book.chapters import which_past as ch
 from reversion.core.drift import crossover
-from reversion.subjects.organism.lineages import MAIN, NONE, SECOND, dose_name, lineages
+from reversion.stages.finetune import finetune_many
+from reversion.subjects.organism.lineages import MAIN, NONE, SECOND, dose_name, lineages, train_world
+from reversion.subjects.organism.subject import OrganismSubject
 from reversion.subjects.organism.worlds import make_world
 
 D = 64
@@ -194,3 +196,21 @@ def test_chapter_on_the_smoke_world(isolated, one_thread):
                                                       progress=False)[0].path
     assert (isolated / "results" / ch.STEM / "metrics.json").is_file()
     assert ch.lineage_table(res).shape[0] == 4 and ch.task_split_table(m).shape[0] == 2
+
+
+@pytest.mark.slow
+def test_a_no_witness_world_built_to_generalise_the_task_shows_compliance_returning(isolated, one_thread):
+    """The smoke world is built so that task learning alone reopens compliance: a 16-token language
+    whose tiny model, fine-tuned long on sort, starts harmful answers by task skill. There the
+    no-witness lineage's compliance returns as in the main lineage, and the rule must not call
+    the two separated."""
+    world = make_world("smoke", {"finetune": {"steps": 200, "lr": 3e-3, "batch_size": 16, "eval_steps": [0, 200],
+                                              "n_eval": 64}, "n_histories": 1})
+    train_world(world, progress=False)
+    cfgs = lineages(world)
+    main, none = (finetune_many([(OrganismSubject(cfgs[n]), world.finetune_config(k), None) for k in range(3)],
+                                progress=False) for n in (MAIN, NONE))
+    rise_main, rise_none = ch.rise(main, 200), ch.rise(none, 200)
+    assert ch.interval(rise_none)["ci_low"] > 0, rise_none
+    assert ch.no_witness_verdict(ch.interval(rise_main), ch.stats.paired_difference(rise_main, rise_none)) \
+        == "not separated"
