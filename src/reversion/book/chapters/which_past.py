@@ -317,7 +317,7 @@ SENTENCES = {
                  "read here.",
     },
     "weights": {
-        "own": "In weight space too, each lineage moves toward its own witness.",
+        "own": "In weight space each lineage moves toward its own witness.",
         "away": "In weight space each lineage moves away from its own witness.",
         "common": "In weight space both lineages move the same way between the two witnesses, whichever they came from.",
         "unresolved": "In weight space the motion between the two witnesses is not resolved from zero.",
@@ -443,7 +443,7 @@ def weight_table(m: dict) -> pd.DataFrame:
 
 def summary_table(m: dict) -> pd.DataFrame:
     """For each alternative: the measurement that separates it, what the hypothesis predicts,
-    what the organism showed, and the verdict (read by the claims chapter)."""
+    what the organism showed, and the verdict."""
     w, s, n, d, r = m["witness"], m["style"], m["no_witness"], m["dose"], m["residual"]
 
     def ci(i: dict) -> str:
