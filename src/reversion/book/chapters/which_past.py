@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
@@ -46,6 +47,13 @@ class Params(WorldParams):
     """Helpful-phase lengths of the dose lineages, fractions of the full phase (a world field)."""
     n_histories: int
     """Independent histories read by the residual alignment (chapter 01's)."""
+
+    MOVED: ClassVar[dict[str, str]] = {
+        "checkpoints": "chapter 'Which past?' runs on the organism only: its lineages (a second witness "
+                       "trained from the same theta_P, a lineage without a witness, shorter helpful phases) "
+                       "need a training history that checkpoints do not carry; chapters 02-05 take "
+                       "'checkpoints' (README, 'Your own checkpoints')"}
+    """Parameters other chapters take that this one refuses, with why (read by :func:`reversion.book.nb.collect`)."""
 
     def __post_init__(self) -> None:
         check_int("n_seeds", self.n_seeds, 2)  # an interval needs two seeds
