@@ -175,3 +175,11 @@ def test_the_lora_sentence_and_verdict_follow_the_numbers():
     assert performance.verdict(base, "lora_monitor_check_to_floor") == "not measured"
     assert performance.verdict({**base, "lora": within}, "lora_monitor_check_to_floor") == "met"
     assert performance.verdict({**base, "lora": beyond}, "lora_monitor_check_to_floor") == "missed"
+
+
+def test_notebook_seconds_reads_every_stem_of_the_executor_log():
+    from reversion.benchmark import notebook_seconds
+    log = ("[book] 01_training_history: executed in 370.6 s, 336 stderr output(s) moved\n"
+           "[book] 04b_which_past: executing\n[book] 04b_which_past: executed in 89.9 s\n"
+           "[book]   05_interventions                 executed in     90.2 s\n")
+    assert notebook_seconds(log) == {"01_training_history": 370.6, "04b_which_past": 89.9, "05_interventions": 90.2}

@@ -623,8 +623,16 @@ def _timed_book(args: list[str], env: dict) -> dict:
     peak = mon.stop()
     if proc.returncode != 0:
         raise RuntimeError(f"book build failed (exit {proc.returncode}):\n{out[-4000:]}")
-    per = {m[1]: float(m[2]) for m in re.finditer(r"\[book\]\s+(\d\d_\w+)\s+executed in\s+([\d.]+) s", out)}
-    return {"seconds": time.perf_counter() - t0, "peak_memory_gib": peak / 2**30, "notebook_seconds": per}
+    return {"seconds": time.perf_counter() - t0, "peak_memory_gib": peak / 2**30,
+            "notebook_seconds": notebook_seconds(out)}
+
+
+_EXECUTED = re.compile(r"\[book\]\s+(\d\d[a-z]?_\w+):?\s+executed in\s+([\d.]+) s")
+
+
+def notebook_seconds(log: str) -> dict[str, float]:
+    """Each executed notebook's seconds, from the book executor's log (stems like ``04b_name`` too)."""
+    return {m[1]: float(m[2]) for m in _EXECUTED.finditer(log)}
 
 
 def bench_book() -> dict:
