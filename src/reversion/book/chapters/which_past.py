@@ -479,6 +479,51 @@ def summary_table(m: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def prose(m: dict) -> dict:
+    """Every number and sentence the chapter's prose pastes (myst-nb glue), by name."""
+    return {
+        "layer": m["layer"],
+        "n_seeds": m["n"]["seeds"],
+        "own": m["witness"]["own"]["mean"],
+        "own_lo": m["witness"]["own"]["ci_low"],
+        "own_hi": m["witness"]["own"]["ci_high"],
+        "common": m["witness"]["common"]["mean"],
+        "common_lo": m["witness"]["common"]["ci_low"],
+        "common_hi": m["witness"]["common"]["ci_high"],
+        "cos_u_vrev": m["witness"]["cos_u_vrev"],
+        "witness_sentence": sentence("witness", m["witness"]["verdict"]),
+        "marked_rise": m["style"]["marked_rise"]["mean"],
+        "plain_rise": m["style"]["plain_rise"]["mean"],
+        "style_lo": m["style"]["difference"]["ci_low"],
+        "style_hi": m["style"]["difference"]["ci_high"],
+        "style_sentence": sentence("style", m["style"]["verdict"]),
+        "main_rise": m["no_witness"]["main_rise"]["mean"],
+        "nw_rise": m["no_witness"]["no_witness_rise"]["mean"],
+        "nw_lo": m["no_witness"]["difference"]["ci_low"],
+        "nw_hi": m["no_witness"]["difference"]["ci_high"],
+        "nw_theta_H": m["no_witness"]["theta_H_harmfulness"],
+        "nw_sentence": sentence("no_witness", m["no_witness"]["verdict"]),
+        "slope": m["dose"]["slope"]["mean"],
+        "slope_lo": m["dose"]["slope"]["ci_low"],
+        "slope_hi": m["dose"]["slope"]["ci_high"],
+        "dose_sentence": sentence("dose", m["dose"]["verdict"]),
+        "res_al": m["residual"]["alignment"]["mean"],
+        "res_lo": m["residual"]["alignment"]["ci_low"],
+        "res_hi": m["residual"]["alignment"]["ci_high"],
+        "res_null": m["residual"]["null_p99"],
+        "res_dim": m["residual"]["dim"],
+        "res_rel": ", ".join(f"{x:.2f}" for x in m["residual"]["reliability"]),
+        "res_h": m["residual"]["n_histories"],
+        "residual_sentence": sentence("residual", m["residual"]["verdict"]),
+        "w_cos_T": m["weight_space"]["cos_gap"][-1]["mean"],
+        "w_closed_T": m["weight_space"]["gap_closed"][-1]["mean"],
+        "w_own": m["weight_space"]["crossover"]["own"]["mean"],
+        "w_own_lo": m["weight_space"]["crossover"]["own"]["ci_low"],
+        "w_own_hi": m["weight_space"]["crossover"]["own"]["ci_high"],
+        "weights_sentence": sentence("weights", m["weight_space"]["crossover"]["verdict"]),
+    }
+
+
 def metrics(P: Params, res: Result) -> dict:
     m = measure(res)
     return {"n": {"histories": 1, "seeds": res.world.n_seeds, "level": "seeds of history 0",
