@@ -19,6 +19,7 @@ rehearsal/alignment mix draw from its training data (the organism's language).
 from __future__ import annotations
 
 import copy
+import json
 from itertools import islice
 from pathlib import Path
 from types import SimpleNamespace
@@ -29,16 +30,20 @@ import torch
 from reversion.book.chapters import interventions as ch05
 from reversion.core.batches import collate
 from reversion.core.hooks import get_blocks
+from reversion.core.directions import control_directions, random_directions, residual_direction
 from reversion.core.interventions import (
     AlignmentMix,
     Block,
+    Oppose,
     Projection,
     Push,
     Rehearsal,
     all_block_layers,
+    gradient_norms,
 )
+from reversion.stages import finetune as finetune_mod
 from reversion.stages.estimate import estimate
-from reversion.stages.finetune import FinetuneRun, finetune
+from reversion.stages.finetune import FinetuneRun, finetune, finetune_many
 from reversion.subjects.base import TrainingData
 from reversion.subjects.organism.history import train_history
 from reversion.subjects.organism.language import BOS, EOS, PAD, SEP, Language, apply_task
@@ -128,7 +133,7 @@ def _motion(run: FinetuneRun, v_rev: torch.Tensor, layer: int) -> float:
 # --------------------------------------------------------------------------- strength zero
 
 
-@pytest.mark.parametrize("cls", [Block, Push])
+@pytest.mark.parametrize("cls", [Block, Oppose, Push])
 def test_strength_zero_reproduces_the_baseline_exactly(cls, world, ft, est, layers, baseline):
     d = est.directions
     term = cls(d.v_rev, d.displacement_norm, 0.0, layers)
@@ -160,18 +165,17 @@ def test_the_baseline_is_deterministic_for_a_seed(world, ft, baseline, tmp_path,
 @pytest.fixture(scope="module")
 def strong_runs(world, ft, est, layers, baseline, module_env):
     d = est.directions
-    return {"baseline": baseline,
-            "block": _run(world, ft, Block(d.v_rev, d.displacement_norm, STRONG, layers)),
-            "push": _run(world, ft, Push(d.v_rev, d.displacement_norm, STRONG, layers))}
+    jobs = [(OrganismSubject(world.history), ft, cls(d.v_rev, d.displacement_norm, STRONG, layers))
+            for cls in (Block, Oppose, Push)]
+    runs = finetune_many(jobs, progress=False)  # one group: the grouped directional terms
+    return {"baseline": baseline, "block": runs[0], "oppose": runs[1], "push": runs[2]}
 
 
-def test_block_lowers_and_push_raises_the_motion_along_v_rev(strong_runs, est, layers):
+def test_oppose_lowers_and_push_raises_the_motion_along_v_rev(strong_runs, est, layers):
     d = est.directions
     runs = strong_runs
     # same start (theta_S) and the same first batch: the task loss at step 1 is untouched.
-    # The baseline trains in a group (reversion.core.grouped), a model-touching variant alone:
-    # the same arithmetic in another order, equal to float32 rounding.
-    for name in ("block", "push"):
+    for name in ("block", "oppose", "push"):
         torch.testing.assert_close(runs[name].probe_means[0], runs["baseline"].probe_means[0], rtol=0, atol=1e-6)
         assert runs[name].losses[0] == pytest.approx(runs["baseline"].losses[0], rel=1e-6)
         assert runs[name].losses[1:] != runs["baseline"].losses[1:]
@@ -180,9 +184,25 @@ def test_block_lowers_and_push_raises_the_motion_along_v_rev(strong_runs, est, l
         scale = float(d.displacement_norm[layer])
         # Float noise on these numbers is ~1e-7 (a rerun gives them bit for bit); the gaps
         # must be a sizeable fraction of the layer's own scale ||mu_H - mu_S||.
-        assert m["block"] - m["baseline"] < -0.1 * scale, (layer, m, scale)
+        assert m["oppose"] - m["baseline"] < -0.1 * scale, (layer, m, scale)
         assert m["push"] - m["baseline"] > 0.1 * scale, (layer, m, scale)
-        assert abs(m["block"] - m["baseline"]) > 1e-3 and abs(m["push"] - m["baseline"]) > 1e-3
+
+
+def test_block_resists_motion_along_v_rev_without_steering_past_theta_S(strong_runs, est, layers):
+    """The hinge has no gradient at theta_S (p = 0 exactly), so block's first step is the
+    baseline's; after that it resists positive motion: it ends below the baseline and above
+    oppose. (AdamW's momentum carries a strong hinge's steps past p = 0, so "one-sided" holds
+    for the loss, not for the trajectory: the chapter reports where block ends.)"""
+    d = est.directions
+    runs = strong_runs
+    assert runs["block"].losses[1] == pytest.approx(runs["baseline"].losses[1], rel=1e-6)
+    torch.testing.assert_close(runs["block"].probe_means[1], runs["baseline"].probe_means[1], rtol=0, atol=1e-5)
+    assert runs["oppose"].losses[1] != pytest.approx(runs["baseline"].losses[1], rel=1e-6)
+    for layer in layers:
+        m = {k: _motion(r, d.v_rev, layer) for k, r in runs.items()}
+        scale = float(d.displacement_norm[layer])
+        assert m["block"] < m["baseline"], (layer, m)
+        assert m["block"] > m["oppose"], (layer, m, scale)
 
 
 def test_block_projection_is_zero_at_theta_S_and_ordered_after_training(strong_runs, est, hist, lang,
@@ -199,7 +219,8 @@ def test_block_projection_is_zero_at_theta_S_and_ordered_after_training(strong_r
         loss0 = term.aux_loss(theta_S, None, 1)
         assert abs(float(loss0)) < 1e-4
         p = {k: term.projection(r.load_model(), 1) for k, r in strong_runs.items()}
-    assert torch.all(p["block"] < p["baseline"]) and torch.all(p["baseline"] < p["push"]), p
+    assert torch.all(p["oppose"] < p["block"]) and torch.all(p["block"] < p["baseline"]), p
+    assert torch.all(p["baseline"] < p["push"]), p
     term.teardown()
     assert term.probe_batches == []
 
@@ -357,7 +378,8 @@ def fake_dirs():
     return v, torch.ones(3, dtype=torch.float64)  # L = 2
 
 
-@pytest.mark.parametrize("cls,name", [(Block, "block strength"), (Push, "push strength")])
+@pytest.mark.parametrize("cls,name", [(Block, "block strength"), (Oppose, "oppose strength"),
+                                      (Push, "push strength")])
 @pytest.mark.parametrize("bad", [-0.1, -1, float("nan"), float("inf"), -float("inf"), True, False, "1", None])
 def test_bad_strengths_are_refused(cls, name, bad, fake_dirs):
     v, s = fake_dirs
@@ -471,3 +493,115 @@ def test_a_zero_or_nan_direction_where_it_acts_is_refused(make, fill, message, f
     ok = v.clone()
     ok[0] = fill  # layer 0 is never acted on: no complaint
     make(ok, s)
+
+
+# --------------------------------------------------------------------------- grouped terms
+
+
+def test_directional_terms_trained_in_a_group_equal_the_runs_trained_alone(world, est, hist, tmp_path,
+                                                                             monkeypatch):
+    """Every objective, two layer sets and two seeds in one group, against each run on the plain
+    loop (the Hugging Face model, the term's own ``aux_loss``): the same runs to float32 rounding."""
+    d = est.directions
+    L = d.v_rev.shape[0] - 1
+    r = random_directions(tuple(d.v_rev.shape), 0)
+    jobs = [(OrganismSubject(world.history), world.finetune_config(seed),
+             cls(v, d.displacement_norm, STRONG, lay))
+            for seed, (cls, v, lay) in [(0, (Block, d.v_rev, [1, L])), (1, (Oppose, r, [1])),
+                                        (0, (Push, -d.v_rev, [L])), (1, (Block, r, list(range(1, L + 1))))]]
+    monkeypatch.setenv("REVERSION_CACHE", str(tmp_path / "grouped"))
+    together = finetune_many(jobs, progress=False)
+    assert all(json.loads((t.path / "timings.json").read_text())["group"]["runs"] == 4 for t in together)
+    monkeypatch.setenv("REVERSION_CACHE", str(tmp_path / "plain"))
+    monkeypatch.setattr(finetune_mod, "_groupable", lambda *a: False)
+    alone = [finetune(*j, progress=False) for j in jobs]
+    for a, b in zip(together, alone):
+        torch.testing.assert_close(a.probe_means, b.probe_means, rtol=0, atol=2e-5)
+        assert a.losses == pytest.approx(b.losses, rel=2e-5)
+    assert together[0].losses != together[2].losses  # the runs are not one run
+
+
+def test_a_term_group_refuses_a_run_without_a_term(world, est, hist):
+    d = est.directions
+    sub = OrganismSubject(world.history)
+    with pytest.raises(ValueError, match="differ in their seed only"):
+        finetune_mod.build_group([(sub, world.finetune_config(0), Block(d.v_rev, d.displacement_norm, 1.0, [1])),
+                                  (sub, world.finetune_config(1), None)])
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+def test_calibrated_strength_makes_the_term_gradient_a_fixed_multiple_of_the_task_gradient(
+        world, est, hist, probes, lang, ft, layers):
+    """strength = multiple * task / term gives ||grad strength * sum p/s|| = multiple * ||grad task||
+    at theta_S, checked against an independent autograd of the oppose term (tanh'(0) = 1) and
+    of the task loss, for v_rev and a random direction alike."""
+    d = est.directions
+    model = hist.load("theta_S")
+    batches = [collate([q for q, _ in b], [a for _, a in b], pad_id=PAD)
+               for b in islice(benign_batches(lang, ft), 2)]
+    params = list(model.parameters())
+
+    def gnorm(loss):
+        return float(torch.sqrt(sum((g.double() ** 2).sum() for g in torch.autograd.grad(loss, params))))
+
+    task = gnorm((model(**batches[0]).loss + model(**batches[1]).loss) / 2)
+    got = []
+    for v in (d.v_rev, random_directions(tuple(d.v_rev.shape), 3)):
+        n = gradient_norms(model, Oppose(v, d.displacement_norm, 1.0, layers), probes, batches)
+        assert n["task"] == pytest.approx(task, rel=1e-6)
+        term = Oppose(v, d.displacement_norm, 0.5 * n["ratio"], layers)
+        term.setup(model, lang, probes)
+        assert len(term.probe_batches) == 1  # smoke: one probe batch, the mean gradient is its own
+        got.append(gnorm(term.aux_loss(model, None, 1)))
+        term.teardown()
+    assert got == pytest.approx([0.5 * task, 0.5 * task], rel=1e-5)
+
+
+# --------------------------------------------------------------------------- control directions
+
+
+def test_control_directions_are_unit_seeded_and_the_residual_is_outside_the_controls():
+    g = torch.Generator().manual_seed(1)
+    L1, dim = 3, 16
+    unit = lambda x: x / x.norm(dim=-1, keepdim=True)  # noqa: E731
+    r_S, v_P, extra = (unit(torch.randn(L1, dim, generator=g, dtype=torch.float64)) for _ in range(3))
+    # planted: v_rev = 0.6 r_S + 0.3 v_P + (a known unit residual orthogonal to both)
+    q = extra - torch.einsum("ld,ld->l", extra, r_S)[:, None] * r_S
+    basis_v = v_P - torch.einsum("ld,ld->l", v_P, r_S)[:, None] * r_S
+    basis_v = unit(basis_v)
+    q = unit(q - torch.einsum("ld,ld->l", q, basis_v)[:, None] * basis_v)
+    v_rev = unit(0.6 * r_S + 0.3 * v_P + 0.5 * q)
+    res = residual_direction(v_rev, [r_S, v_P])
+    torch.testing.assert_close(res, q, rtol=0, atol=1e-10)
+    # null: v_rev inside the span has no residual (zero rows, not noise)
+    assert residual_direction(unit(r_S + v_P), [r_S, v_P]).abs().max() < 1e-12
+    dirs = SimpleNamespace(v_rev=v_rev, r_S=r_S, v_P=v_P)
+    c = control_directions(dirs, n_random=2, random_seed=5)
+    assert list(c) == ["v_rev", "-r_S", "v_P", "residual", "random0+", "random0-", "random1+", "random1-"]
+    torch.testing.assert_close(c["-r_S"], -r_S)
+    torch.testing.assert_close(c["random0-"], -c["random0+"])
+    torch.testing.assert_close(c["random0+"], random_directions((L1, dim), 5))
+    assert not torch.allclose(c["random0+"], c["random1+"])
+    for v in c.values():
+        torch.testing.assert_close(v.norm(dim=-1), torch.ones(L1, dtype=torch.float64))
+    only = control_directions(SimpleNamespace(v_rev=v_rev, r_S=None, v_P=None), n_random=0)
+    assert list(only) == ["v_rev"]  # what an estimate lacks is absent, not zero
+
+
+# --------------------------------------------------------------------------- rehearsal, added
+
+
+@pytest.mark.parametrize("fraction", [0.25, 0.5])
+def test_added_rehearsal_keeps_the_whole_benign_batch_and_appends_refusals(fraction, lang, ft):
+    base = list(islice(benign_batches(lang, ft), 3))
+    got = list(islice(Rehearsal(fraction, mode="add").batches(benign_batches(lang, ft), lang, ft), 3))
+    k = int(ft.batch_size * fraction + 0.5)
+    for b, g in zip(base, got):
+        assert g[:len(b)] == b and len(g) == len(b) + k
+        assert all(_is_real_harmful_request(lang, p) and a == lang.refusal_answer for p, a in g[len(b):])
+    assert Rehearsal(fraction, mode="add").key() != Rehearsal(fraction).key()
+    assert Rehearsal(fraction).key() == {"variant": "rehearsal", "fraction": fraction}  # old keys kept
+    with pytest.raises(ValueError, match="rehearsal mode"):
+        Rehearsal(fraction, mode="append")

@@ -60,7 +60,7 @@ def _one_step(gpt2, tmp_path, kind: str, ga: int, batch: int, strength: float) -
     """The weights after one plain-SGD optimizer step (no clipping, no decay)."""
     model = load_model(gpt2["aligned"], device="cpu")
     pad = pad_id_of(gpt2["tok"])
-    block = block_term(model, gpt2["dirs"], gpt2["probes"], strength, pad_id=pad)
+    block = block_term(model, gpt2["dirs"], gpt2["probes"], strength, pad_id=pad, objective="oppose")
     common = dict(output_dir=str(tmp_path / f"{kind}-{ga}-{strength}"), max_steps=1, per_device_train_batch_size=batch,
                   gradient_accumulation_steps=ga, optim="sgd", learning_rate=LR, lr_scheduler_type="constant",
                   warmup_steps=0, weight_decay=0.0, max_grad_norm=0.0, save_strategy="no", report_to=[],
@@ -81,7 +81,8 @@ def _one_step(gpt2, tmp_path, kind: str, ga: int, batch: int, strength: float) -
 @pytest.mark.parametrize("kind", ["Trainer", "SFTTrainer"])
 def test_the_term_counts_once_per_optimizer_step_with_accumulation(gpt2, tmp_path, kind):
     model = load_model(gpt2["aligned"], device="cpu").train()
-    block = block_term(model, gpt2["dirs"], gpt2["probes"], STRENGTH, pad_id=pad_id_of(gpt2["tok"]))
+    block = block_term(model, gpt2["dirs"], gpt2["probes"], STRENGTH, pad_id=pad_id_of(gpt2["tok"]),
+                       objective="oppose")
     block.aux_loss(model, None, 1).backward()  # the hand computation: grad T at theta_S, probe batch of step 1
     grad_t = {k: p.grad for k, p in model.named_parameters()}
     with_term = _one_step(gpt2, tmp_path, kind, ga=2, batch=4, strength=STRENGTH)
@@ -99,7 +100,7 @@ def test_a_lora_sft_run_with_monitor_and_block_is_what_track_reads(gpt2, tmp_pat
     adapter checkpoints saved there (float32 training: SFTConfig's bf16 default is turned off)."""
     record = run(gpt2["aligned"], gpt2["directions"], gpt2["harmful"], gpt2["benign"], tmp_path, steps=4)
     assert record["world"] == 1 and record["checks"] == 3 and record["global_step"] == 4
-    assert record["last_block_term"] is not None and record["last_block_term"] < 0  # blocking pushes p down
+    assert record["last_block_term"] is not None and record["last_block_term"] < 0  # opposing pushes p down (tanh: a gradient from theta_S on)
     with (tmp_path / "monitor.csv").open() as f:
         monitored = list(csv.DictReader(f))
     assert [int(r["step"]) for r in monitored] == [0, 2, 4]
@@ -130,7 +131,7 @@ def assert_agree(monitored: list[dict], tracked: list[dict]) -> None:
 def test_objective_argument_errors(gpt2):
     with pytest.raises(ValueError, match="block must have an aux_loss"):
         BlockTrainer(model=load_model(gpt2["aligned"], device="cpu"), block=1.0)
-    with pytest.raises(ValueError, match="term must be a set-up Block or Push"):
+    with pytest.raises(ValueError, match="term must be a set-up Block, Oppose or Push"):
         ShardedTerm(object())
     dirs = gpt2["dirs"]
     bare = Block(dirs.v_rev, dirs.displacement_norm, 1.0, [1])
@@ -142,3 +143,14 @@ def test_objective_argument_errors(gpt2):
     with torch.no_grad():
         model.transformer.h[0].mlp.c_fc.weight.add_(0.05)
     assert torch.equal(term.aux_loss(model, None, 2), term.term.aux_loss(model, None, 2))
+
+
+def test_block_term_builds_the_named_objective(gpt2):
+    from reversion.core.interventions import Block, Oppose, Push  # noqa: PLC0415 (test-local)
+    model = load_model(gpt2["aligned"], device="cpu")
+    pad = pad_id_of(gpt2["tok"])
+    for name, cls in (("block", Block), ("oppose", Oppose), ("push", Push)):
+        assert type(block_term(model, gpt2["dirs"], gpt2["probes"], STRENGTH, pad_id=pad, objective=name).term) is cls
+    assert type(block_term(model, gpt2["dirs"], gpt2["probes"], STRENGTH, pad_id=pad).term) is Block  # one-sided
+    with pytest.raises(ValueError, match="objective must be one of"):
+        block_term(model, gpt2["dirs"], gpt2["probes"], STRENGTH, pad_id=pad, objective="tanh")

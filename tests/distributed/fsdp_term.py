@@ -4,9 +4,9 @@ Run by ``tests/test_distributed.py``::
 
     python -m torch.distributed.run --nproc_per_node 2 tests/distributed/fsdp_term.py --out OUT
 
-A tiny random GPT-2 (from its config: nothing is read) and a Block on 9 random probes in
+A tiny random GPT-2 (from its config: nothing is read) and an Oppose term (tanh: a gradient at theta_S) on 9 random probes in
 batches of 4, 4 and 1 (the last leaves rank 1 without a row). At 3 steps, every rank computes
-the term and its gradient twice: on an unsharded copy with the Block itself (the one-process
+the term and its gradient twice: on an unsharded copy with the term itself (the one-process
 answer) and on the sharded model through :class:`ShardedTerm`; the sharded gradients are
 gathered (``full_tensor``). Then once more with the all-reduce's backward cut to the local
 part (a planted error: the gradient must come out 1/W of the answer). Rank 0 writes
@@ -28,7 +28,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from reversion.core.interventions import Block
+from reversion.core.interventions import Oppose
 from reversion.subjects.base import Prompts
 from reversion.subjects.checkpoints import monitor
 from reversion.subjects.checkpoints.monitor import ReversionMonitor, ShardedTerm
@@ -36,7 +36,7 @@ from reversion.subjects.checkpoints.monitor import ReversionMonitor, ShardedTerm
 STEPS = (1, 2, 3)
 
 
-def tiny() -> tuple[GPT2LMHeadModel, Block]:
+def tiny() -> tuple[GPT2LMHeadModel, Oppose]:
     torch.manual_seed(0)
     cfg = GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=4, n_positions=32, bos_token_id=1,
                      eos_token_id=1, pad_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
@@ -45,7 +45,7 @@ def tiny() -> tuple[GPT2LMHeadModel, Block]:
     ids = [tuple(torch.randint(2, 64, (int(n),), generator=g).tolist())
            for n in torch.randint(3, 9, (9,), generator=g)]
     v = torch.randn(3, 32, generator=g, dtype=torch.float64)
-    block = Block(v / v.norm(dim=1, keepdim=True), torch.full((3,), 0.5, dtype=torch.float64), 3.0, [1, 2], 4)
+    block = Oppose(v / v.norm(dim=1, keepdim=True), torch.full((3,), 0.5, dtype=torch.float64), 3.0, [1, 2], 4)
     block.setup(model, None, Prompts(ids, None, ids, ids, 0))
     with torch.no_grad():  # move away from theta_S, so the projection is not 0
         for p in model.parameters():

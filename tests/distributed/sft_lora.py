@@ -46,7 +46,7 @@ def run(aligned: Path, directions: Path, prompts: Path, pairs: Path, out: Path, 
     dirs = Directions.load(directions)
     model = load_model(aligned, device="cpu")
     # theta_S: the LoRA adapter starts at B = 0, so the base's probe means are the run's reference.
-    block = block_term(model, dirs, probes, strength, n_probe_batch=8, pad_id=pad_id_of(tok))
+    block = block_term(model, dirs, probes, strength, n_probe_batch=8, pad_id=pad_id_of(tok), objective="oppose")
     data = Dataset.from_list([{"prompt": p, "completion": " " + r} for p, r in read_pairs(pairs)])
     # float32 (SFTConfig defaults to bf16, under which the monitor measures in bf16 too, while
     # `reversion track` reads the checkpoints in float32: equal only to bf16 rounding).

@@ -22,6 +22,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from reversion.core import stats
+from reversion.infra import seeding
 from reversion.core.hooks import text_config
 
 
@@ -199,3 +200,51 @@ def logit_lens(model, direction: torch.Tensor) -> torch.Tensor:
             offset = 1.0 if "gemma" in str(getattr(text_config(model), "model_type", "")) else 0.0
             v = v * (weight + offset)
     return (W_U @ v).double().cpu()
+
+
+def random_directions(shape: tuple[int, int], seed: int) -> torch.Tensor:
+    """``[L+1, d]`` unit rows drawn uniformly on the sphere at every layer, from the project's
+    seed helper (the same ``seed`` gives the same direction on any machine)."""
+    g = seeding.rng(seed, "random-direction")
+    x = torch.from_numpy(g.standard_normal(shape))
+    return x / x.norm(dim=-1, keepdim=True)
+
+
+def residual_direction(v: torch.Tensor, controls: list[torch.Tensor]) -> torch.Tensor:
+    """``[L+1, d]``: at each layer, the unit part of ``v`` outside the span of the ``controls``'
+    rows (Gram-Schmidt; a control row of zero norm is skipped). A layer where ``v`` lies in
+    the span (no residual) is a zero row."""
+    out = torch.zeros_like(v, dtype=torch.float64)
+    for l in range(v.shape[0]):
+        basis: list[torch.Tensor] = []
+        for c in controls:
+            b = c[l].double()
+            for q in basis:
+                b = b - (b @ q) * q
+            if float(b.norm()) > 1e-8:
+                basis.append(b / b.norm())
+        r = v[l].double()
+        for q in basis:
+            r = r - (r @ q) * q
+        if float(r.norm()) > 1e-8 * max(float(v[l].norm()), 1e-300):
+            out[l] = r / r.norm()
+    return out
+
+
+def control_directions(d: "Directions", n_random: int = 1, random_seed: int = 0) -> dict[str, torch.Tensor]:
+    """The directions an intervention is compared along, by name: ``v_rev``; ``-r_S`` (undoing
+    theta_S's refusal) and ``v_P`` (toward the pretrained model) where the estimate has them;
+    ``residual`` (v_rev outside their span) where both exist; and ``n_random`` random unit
+    directions (seeds ``random_seed + i``), each with both signs (``random{i}+``, ``random{i}-``).
+    A direction an estimate lacks is absent, not zero."""
+    out = {"v_rev": d.v_rev.double()}
+    if d.r_S is not None:
+        out["-r_S"] = -d.r_S.double()
+    if d.v_P is not None:
+        out["v_P"] = d.v_P.double()
+    if d.r_S is not None and d.v_P is not None:
+        out["residual"] = residual_direction(d.v_rev, [d.r_S, d.v_P])
+    for i in range(n_random):
+        r = random_directions(tuple(d.v_rev.shape), random_seed + i)
+        out[f"random{i}+"], out[f"random{i}-"] = r, -r
+    return out

@@ -1,24 +1,34 @@
 """Fine-tuning variants, all optimizer-matched to the baseline.
 
 Same optimizer, learning rate, steps and benign data order per seed; each variant
-changes one thing:
+changes one thing. The directional terms read ``p_l``, the projection on a direction ``v``
+(v_rev or a control) of the probe activations' mean drift from theta_S at layer l, scaled by
+``s_l = ||mu_H - mu_S||``; ``p`` is exactly 0 at theta_S on every probe batch.
 
-* :class:`Block` -- adds ``+strength * sum_l tanh(p_l / s_l)`` to the loss, where ``p_l``
-  is the projection on v_rev of the probe activations' drift from theta_S at layer l and
-  ``s_l = ||mu_H - mu_S||`` its natural scale. Linear at p = 0, so it acts from the first
-  step (a quadratic or a hinge has no gradient there); the tanh bounds it.
-* :class:`Push` -- the same term with the opposite sign: reinforces the motion, bounded.
+* :class:`Block` -- adds ``+strength * sum_l relu(p_l / s_l)``: resists motion *along +v* and
+  nothing else (a hinge). Its gradient is zero at theta_S, so it acts from the first step at
+  which a probe batch's ``p`` turns positive, and it never pushes the model along -v.
+* :class:`Oppose` -- adds ``+strength * sum_l tanh(p_l / s_l)``: linear at p = 0, so it acts
+  from the first step, and its slope vanishes only around p ~ -2s, so its optimum lies
+  beyond theta_S on the -v side: it steers along -v rather than only blocking motion along
+  +v (the paper-style objective, named for what it does).
+* :class:`Push` -- the tanh term with the opposite sign: reinforces the motion, bounded.
 * :class:`Projection` -- during the training forward pass, removes the component along
-  v_rev of each token's activation change from what a frozen theta_S computes for the
+  v of each token's activation change from what a frozen theta_S computes for the
   same input, at the chosen layers (a CAFT-style edit of the forward pass, not of the
   loss; the identity at theta_S). No edit at evaluation.
-* :class:`Rehearsal` -- replaces a fraction of each batch with safety-alignment
-  examples (harmful request -> refusal); never sees v_rev.
+* :class:`Rehearsal` -- safety-alignment examples (harmful request -> refusal) in each batch,
+  either replacing a share of the benign examples or added to the full benign batch (the
+  benign data then equal the baseline's; the extra examples are the extra compute); never
+  sees a direction.
 * :class:`AlignmentMix` -- the null control of chapter 04: fine-tune on the alignment
   mix itself (continued safety training) instead of the benign task.
 
-Each is a plain object with ``aux_loss(model, batch, step)`` and ``batches(...)``, so it
-drops into any training loop (see :mod:`reversion.stages.finetune`).
+Strengths are comparable across directions through :func:`gradient_norms`: a term's gradient
+at theta_S (its linear part, where it acts) against the task gradient's. Each variant is a plain
+object with ``aux_loss(model, batch, step)`` and ``batches(...)``, so it drops into any training
+loop (see :mod:`reversion.stages.finetune`, which also trains the directional terms of grouped
+subjects in groups: :class:`GroupTerms`).
 """
 
 from __future__ import annotations
@@ -33,6 +43,7 @@ import torch
 
 from reversion.core.activations import mean_activations
 from reversion.core.batches import collate
+from reversion.core.grouped import stack_prompts
 from reversion.core.hooks import add_hooks, edit_block_output, get_blocks, n_layers
 from reversion.infra import seeding
 from reversion.infra.checks import check_float, check_fraction, check_int
@@ -68,14 +79,20 @@ def _check_direction(v: torch.Tensor, layers: Sequence[int], who: str) -> None:
         raise ValueError(f"{who}: v_rev is zero at layer(s) {zero}; nothing to act on there")
 
 
+PENALTIES = ("tanh", "relu")
+
+
 class _DirectionalTerm:
-    """Shared by Block and Push: a bounded term linear at theta_S in the probe projection."""
+    """Shared by Block, Oppose and Push: ``sign * strength * sum_l penalty(p_l / s_l)``."""
     sign = +1.0
+    penalty_kind = "tanh"
     name = "directional"
+    group_term = True  # a grouped subject trains it in a group (GroupTerms)
 
     def __init__(self, v_rev: torch.Tensor, scale: torch.Tensor, strength: float,
-                 layers: Sequence[int], n_probe_batch: int = 32):
-        """``v_rev`` ``[L+1, d]`` unit rows; ``scale`` ``[L+1]`` (e.g. ||mu_H - mu_S||)."""
+                 layers: Sequence[int], n_probe_batch: int = 32, direction: str = "v_rev"):
+        """``v_rev`` ``[L+1, d]`` unit rows: the direction acted along (v_rev or a control, named
+        ``direction``); ``scale`` ``[L+1]`` (e.g. ||mu_H - mu_S||)."""
         self.strength = check_float(f"{self.name} strength", strength, 0.0)
         self.v = v_rev.detach().double()
         self.scale = scale.detach().double()
@@ -84,6 +101,9 @@ class _DirectionalTerm:
         if not torch.all(self.scale[self.layers] > 0):
             raise ValueError(f"{self.name}: scale must be > 0 at every layer acted on")
         self.n_probe_batch = check_int("n_probe_batch", n_probe_batch, 1)
+        if not isinstance(direction, str) or not direction:
+            raise ValueError(f"{self.name}: direction must be a name, got {direction!r}")
+        self.direction = direction
         self.mu_S: torch.Tensor | None = None
         self.probe_batches: list[dict] = []
 
@@ -97,12 +117,20 @@ class _DirectionalTerm:
                 "v_rev": _digest(self.v), "scale": _digest(self.scale),
                 "n_probe_batch": self.n_probe_batch}
 
+    def penalty(self, z: torch.Tensor) -> torch.Tensor:
+        """The per-layer penalty of the scaled projection ``z = p / s`` (before sign and strength)."""
+        return torch.tanh(z) if self.penalty_kind == "tanh" else torch.relu(z)
+
+    def probe_chunks(self, probes) -> list[list]:
+        """The probe prompts (the subject's ``block`` set), in batches of ``n_probe_batch``."""
+        prompts = probes.harmful_block
+        return [prompts[i:i + self.n_probe_batch] for i in range(0, len(prompts), self.n_probe_batch)]
+
     def setup(self, model, data, probes) -> None:
         """``probes``: the subject's :class:`~reversion.subjects.base.Prompts` (``block`` set and
         ``pad_id`` are read); ``data`` is not used."""
-        prompts = probes.harmful_block
         device = next(model.parameters()).device
-        chunks = [prompts[i:i + self.n_probe_batch] for i in range(0, len(prompts), self.n_probe_batch)]
+        chunks = self.probe_chunks(probes)
         # theta_S reference mean of *each* probe batch, so the projection is exactly 0 at
         # theta_S whichever batch a step looks at (a set-wide mean would leave each batch's
         # sampling offset in p).
@@ -112,7 +140,7 @@ class _DirectionalTerm:
         self.probe_batches = [collate(c, pad_id=probes.pad_id, device=device) for c in chunks]
 
     def projection(self, model, step: int) -> torch.Tensor:
-        """``[len(layers)]`` projection on v_rev of the probe batch's mean drift (differentiable)."""
+        """``[len(layers)]`` projection on the direction of the probe batch's mean drift (differentiable)."""
         i = (step - 1) % len(self.probe_batches)
         b = self.probe_batches[i]
         out = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
@@ -127,7 +155,7 @@ class _DirectionalTerm:
         if self.strength == 0.0:
             return None  # exactly the baseline: no extra forward, no extra graph
         p = self.projection(model, step)
-        return (self.sign * self.strength * torch.tanh(p / self._scale).sum()).float()
+        return (self.sign * self.strength * self.penalty(p / self._scale).sum()).float()
 
     def batches(self, benign, data, ft):
         return benign
@@ -137,15 +165,113 @@ class _DirectionalTerm:
 
 
 class Block(_DirectionalTerm):
-    """Opposes positive motion of the probe activations along v_rev."""
+    """Resists positive motion along the direction, one-sided (a hinge on ``p / s``)."""
     sign = +1.0
+    penalty_kind = "relu"
     name = "block"
 
 
+class Oppose(_DirectionalTerm):
+    """Opposes motion along the direction with a bounded linear-at-zero term: it acts from the
+    first step and keeps pushing past theta_S toward -v (what the paper-style "block" does)."""
+    sign = +1.0
+    penalty_kind = "tanh"
+    name = "oppose"
+
+
 class Push(_DirectionalTerm):
-    """Reinforces motion along v_rev; bounded by the tanh so it cannot run away."""
+    """Reinforces motion along the direction; bounded by the tanh so it cannot run away."""
     sign = -1.0
+    penalty_kind = "tanh"
     name = "push"
+
+
+DIRECTIONAL = {c.name: c for c in (Block, Oppose, Push)}
+"""The directional objectives by name."""
+
+
+class GroupTerms:
+    """The directional terms of a :class:`~reversion.core.grouped.GroupedGPT2` group's runs, one
+    per run, computed in one batched probe forward.
+
+    Run k's term is exactly what its term object adds when the run trains alone (the same probe
+    batch at each step, the same theta_S reference per batch, the same penalty), so a run's
+    numbers do not depend on its group beyond float rounding (``tests/test_interventions.py``).
+    Every run of the group needs a term (the stage groups runs with and without one apart).
+    """
+
+    def __init__(self, group, terms: Sequence[_DirectionalTerm], probes: Sequence, width: int):
+        from_chunks = [t.probe_chunks(p) for t, p in zip(terms, probes)]
+        shapes = {tuple(len(c) for c in ch) for ch in from_chunks}
+        if len(shapes) != 1:
+            raise ValueError("a group's directional terms need probe batches of one shape "
+                             f"(got {sorted(shapes)})")
+        if any(t is None or t.strength == 0.0 for t in terms):
+            raise ValueError("every run of a term group needs a directional term of strength > 0")
+        device = group.wte.device
+        self.group, self.width = group, width
+        self.layers = sorted({l for t in terms for l in t.layers})
+        L1 = len(self.layers)
+        at = {l: i for i, l in enumerate(self.layers)}
+        pad = probes[0].pad_id
+        self.batches = [stack_prompts([ch[i] for ch in from_chunks], pad, device, width)
+                        for i in range(len(from_chunks[0]))]
+        self.v = torch.stack([t.v[self.layers] for t in terms]).to(device)  # [K, L1, d]
+        self.scale = torch.stack([torch.where(t.scale[self.layers] > 0, t.scale[self.layers],
+                                              torch.ones(L1, dtype=torch.float64)) for t in terms]).to(device)
+        self.mask = torch.zeros(len(terms), L1, dtype=torch.float64, device=device)
+        for k, t in enumerate(terms):
+            self.mask[k, [at[l] for l in t.layers]] = 1.0
+        self.coef = torch.tensor([t.sign * t.strength for t in terms], dtype=torch.float64, device=device)
+        self.relu = torch.tensor([t.penalty_kind == "relu" for t in terms], device=device)[:, None]
+        # theta_S's reference, by the arithmetic of the training-time forward (p is exactly 0 there)
+        with torch.no_grad():
+            self.mu_S = [self._means(ids, lengths) for ids, lengths in self.batches]
+
+    def _means(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """``[K, L1, d]`` float64 mean last-token state of each run's probe batch (differentiable)."""
+        K, N, T = ids.shape
+        top = max(self.layers)
+        _, hs = self.group.hidden(ids, self.layers, upto=None if top >= self.group.L else top)
+        return torch.stack([self.group._at_last(h, lengths, T).double().sum(1) / N for h in hs], 1)
+
+    def __call__(self, step: int) -> torch.Tensor:
+        """``[K]``: each run's term at ``step`` (1-based, as the runs alone count it)."""
+        i = (step - 1) % len(self.batches)
+        p = ((self._means(*self.batches[i]) - self.mu_S[i]) * self.v).sum(-1)  # [K, L1]
+        z = p / self.scale
+        pen = torch.where(self.relu, torch.relu(z), torch.tanh(z))
+        return (self.coef * (pen * self.mask).sum(1)).float()
+
+
+def gradient_norms(model, term: _DirectionalTerm, probes, task_batches: Sequence[dict]) -> dict:
+    """The norms, at ``model`` (theta_S), of the task loss's gradient (mean loss over
+    ``task_batches``, collated) and of the term's linear part ``sum_l p_l / s_l`` averaged over
+    every probe batch: the slope the term has wherever it acts (tanh at p = 0, the hinge for
+    p > 0). ``strength = multiple * task / term`` makes the term's gradient ``multiple`` times
+    the task's, whatever the direction -- a calibration that sees no outcome."""
+    params = [q for q in model.parameters() if q.requires_grad]
+    was = model.training
+    model.eval()  # dropout off: the same forward at every call
+
+    def norm(loss: torch.Tensor) -> float:
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        return float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads if g is not None)))
+
+    try:
+        task = norm(sum(model(**b).loss for b in task_batches) / len(task_batches))
+        term.setup(model, None, probes)
+        try:
+            n = len(term.probe_batches)
+            lin = sum((term.projection(model, i + 1) / term._scale).sum() for i in range(n)) / n
+            g_term = norm(lin)
+        finally:
+            term.teardown()
+    finally:
+        model.train(was)
+    if not g_term > 0:
+        raise ValueError(f"{term.name} along {term.direction}: the term has no gradient at theta_S")
+    return {"task": task, "term": g_term, "ratio": task / g_term}
 
 
 class Projection:
@@ -218,15 +344,29 @@ class Projection:
 
 
 class Rehearsal:
-    """Mixes safety-alignment examples into each benign batch (no access to v_rev)."""
+    """Safety-alignment examples in each benign batch (no access to any direction).
+
+    ``mode="replace"``: they replace the batch's tail (the same batch size as the baseline, a
+    quarter less benign data at fraction 0.25). ``mode="add"``: they are appended to the full
+    benign batch, so the benign data equal the baseline's and the extra examples are the extra
+    compute (``round(fraction * batch_size)`` sequences per step)."""
     name = "rehearsal"
     batches_only = True  # changes the data, not the model: runs train in groups
+    MODES = ("replace", "add")
 
-    def __init__(self, fraction: float):
+    def __init__(self, fraction: float, mode: str = "replace"):
         self.fraction = check_fraction("rehearsal fraction", fraction)
+        if mode not in self.MODES:
+            raise ValueError(f"rehearsal mode must be one of {', '.join(self.MODES)}, got {mode!r}")
+        self.mode = mode
 
     def key(self) -> dict:
-        return {"variant": self.name, "fraction": self.fraction}
+        k = {"variant": self.name, "fraction": self.fraction}
+        return k if self.mode == "replace" else {**k, "mode": self.mode}  # old keys stay valid
+
+    def group_tag(self, ft) -> str:
+        """Runs whose batches differ in size cannot share a group."""
+        return f"+{_share(ft.batch_size, self.fraction)}" if self.mode == "add" else ""
 
     def setup(self, model, data, probes) -> None:
         pass
@@ -242,8 +382,9 @@ class Rehearsal:
                 yield batch
                 continue
             harm = data.sample(r, k, "train", harmful=True)
+            safety = [(q.prompt, data.refusal_answer) for q in harm]
             # Replace the tail: the benign head keeps the baseline's data order.
-            yield batch[: len(batch) - k] + [(q.prompt, data.refusal_answer) for q in harm]
+            yield batch + safety if self.mode == "add" else batch[: len(batch) - k] + safety
 
     def teardown(self) -> None:
         pass

@@ -33,6 +33,7 @@ from reversion.core.activations import model_device
 from reversion.core.batches import collate
 from reversion.core.drift import weight_motion
 from reversion.core.grouped import GroupedGPT2, NonFiniteLoss, stack_batches, stack_prompts
+from reversion.core.interventions import GroupTerms
 from reversion.core.models import load_model, save_model
 from reversion.core.tracking import ProbeTracker
 from reversion.core.training import FinetuneConfig, train
@@ -213,25 +214,33 @@ GROUP_MAX = 16
 
 
 def _groupable(subject: Subject, intervention: Intervention | None) -> bool:
-    """Whether a run trains in a group: a grouped subject, and no intervention that touches the
-    model (those that only change the data do not)."""
+    """Whether a run trains in a group: a grouped subject, and an intervention that only changes
+    the data or is a directional term the group computes itself (:class:`GroupTerms`)."""
     return bool(getattr(subject, "grouped", False)) and (
-        intervention is None or bool(getattr(intervention, "batches_only", False)))
+        intervention is None or bool(getattr(intervention, "batches_only", False))
+        or bool(getattr(intervention, "group_term", False)))
 
 
-def _group_signature(ft: FinetuneConfig) -> str:
-    """Runs in one group share everything in ``ft`` but the seed (steps, lr, grid, sizes)."""
-    return json.dumps(dataclasses.asdict(dataclasses.replace(ft, seed=0)), sort_keys=True)
+def _has_term(intervention: Intervention | None) -> bool:
+    return bool(getattr(intervention, "group_term", False)) and not intervention.batches_only
+
+
+def _group_signature(ft: FinetuneConfig, intervention: Intervention | None = None) -> str:
+    """Runs in one group share everything in ``ft`` but the seed (steps, lr, grid, sizes), and
+    either all carry a directional term or none does (and their batches have one size)."""
+    tag = getattr(intervention, "group_tag", None)
+    return json.dumps({**dataclasses.asdict(dataclasses.replace(ft, seed=0)), "term": _has_term(intervention),
+                       "tag": tag(ft) if tag is not None else ""}, sort_keys=True)
 
 
 def build_group(jobs: Sequence[Job], threads: int | None = None, progress: bool = False) -> None:
     """Build the cache entries of ``jobs`` (grouped subjects, one :func:`_group_signature`) as one
     batched computation; ``threads``: torch threads (default :func:`reversion.infra.parallel.cores_here`)."""
     jobs = [tuple(j) for j in jobs]
-    if not jobs or len({_group_signature(ft) for _, ft, _ in jobs}) != 1:
+    if not jobs or len({_group_signature(ft, iv) for _, ft, iv in jobs}) != 1:
         raise ValueError("a group needs runs that differ in their seed only")
     if not all(_groupable(s, iv) for s, _, iv in jobs):
-        raise ValueError("a group's runs need grouped subjects and data-only interventions")
+        raise ValueError("a group's runs need grouped subjects and data-only or directional interventions")
     t0 = time.perf_counter()
     set_cpu_threads(threads or parallel.cores_here())
     ft0 = jobs[0][1]
@@ -249,9 +258,11 @@ def build_group(jobs: Sequence[Job], threads: int | None = None, progress: bool 
     for (s, ft, iv), model, p in zip(jobs, models, prompts):
         pairs = s.benign_batches(ft)
         if iv is not None:
-            iv.setup(model, s.training_data(), p)
+            if not _has_term(iv):  # a directional term is the group's (below), not the model's
+                iv.setup(model, s.training_data(), p)
             pairs = iv.batches(pairs, s.training_data(), ft)
         streams.append(pairs)
+    terms = GroupTerms(group, [iv for _, _, iv in jobs], prompts, widths[0]) if _has_term(jobs[0][2]) else None
     means = [[m] for m in group.last_token_means(probe_ids, probe_lens, layers)]
     # Weight space (grouped subjects carry their witness): the S -> H gap each run may close.
     theta_S = group.flat()
@@ -268,7 +279,8 @@ def build_group(jobs: Sequence[Job], threads: int | None = None, progress: bool 
             ids, labels = stack_batches([collate([q for q, _ in b], [a for _, a in b], pad_id=p.pad_id, device=device)
                                          for b, p in zip(batches, prompts)], prompts[0].pad_id, widths[1])
             try:
-                step_losses = group.train_step(opt, ids, labels)
+                step_losses = group.train_step(opt, ids, labels) if terms is None else \
+                    _term_step(group, opt, ids, labels, terms, step)
             except NonFiniteLoss as e:
                 bad = [jobs[k][1].seed for k in e.runs]
                 raise FloatingPointError(f"finetune seed(s) {bad}: non-finite loss at step {step}") from None
@@ -297,6 +309,20 @@ def build_group(jobs: Sequence[Job], threads: int | None = None, progress: bool 
             write_run(out, means[k], losses[k], evals[k], seconds=seconds / len(jobs),
                       group={"runs": len(jobs), "seconds": seconds})
         cache.cached("finetune", _key(s, ft, iv), build, code=_code(s, iv))
+
+
+def _term_step(group: GroupedGPT2, opt, ids, labels, terms: GroupTerms, step: int) -> list[float]:
+    """:meth:`GroupedGPT2.train_step` with each run's directional term added to its loss (the
+    runs stay independent: the group minimises the sum of the runs' totals)."""
+    loss = group.losses(ids, labels)
+    total = loss + terms(step)
+    bad = [k for k in range(group.K) if not torch.isfinite(total[k])]
+    if bad:
+        raise NonFiniteLoss(bad)
+    opt.zero_grad(set_to_none=True)
+    total.sum().backward()
+    opt.step()
+    return loss.tolist()
 
 
 def _build_quietly(subject: Subject, ft: FinetuneConfig, intervention: Intervention | None) -> None:
@@ -332,7 +358,7 @@ def finetune_many(jobs: Sequence[Job], progress: bool = True,
     alone = []
     for j in missing.values():
         if _groupable(j[0], j[2]):
-            groups.setdefault(_group_signature(j[1]), []).append(j)
+            groups.setdefault(_group_signature(j[1], j[2]), []).append(j)
         else:
             alone.append(j)
     grouped = [g[i: i + GROUP_MAX] for g in groups.values() for i in range(0, len(g), GROUP_MAX)]

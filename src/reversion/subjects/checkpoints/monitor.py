@@ -39,7 +39,7 @@ drift barely off-random already passes it; prefer the matched null or a threshol
 your own.
 
 :class:`ObjectiveMixin` adds the bounded block term of
-:class:`reversion.core.interventions.Block` (``+strength * sum_l tanh(p_l / s_l)``) to the
+:class:`reversion.core.interventions.Block` (``+strength * sum_l relu(p_l / s_l)``; ``Oppose`` is the tanh) to the
 loss of any ``Trainer`` subclass (``class MySFT(ObjectiveMixin, trl.SFTTrainer)``;
 :class:`BlockTrainer` is ``ObjectiveMixin`` on ``Trainer``); :func:`block_term` builds and
 sets one up for a text model.
@@ -80,7 +80,7 @@ from reversion.core.directions import Directions
 from reversion.core.drift import read_drift
 from reversion.core.drift import threshold as drift_threshold
 from reversion.core.hooks import hidden_size, n_layers
-from reversion.core.interventions import Block, all_block_layers
+from reversion.core.interventions import DIRECTIONAL, all_block_layers
 from reversion.core.tracking import ProbeTracker
 from reversion.infra.checks import check_float, check_int
 from reversion.subjects.base import Prompts
@@ -339,10 +339,14 @@ class ReversionMonitor(TrainerCallback):
 
 
 def block_term(model, directions: Directions, probe_ids: Sequence[Sequence[int]], strength: float,
-               layers: Sequence[int] | None = None, n_probe_batch: int = 32, pad_id: int = 0) -> "ShardedTerm":
-    """A :class:`reversion.core.interventions.Block` set up on ``model`` (which must be theta_S now),
-    wrapped in a :class:`ShardedTerm` (in one process exactly the Block; over several, each rank
-    forwards its share of the probes).
+               layers: Sequence[int] | None = None, n_probe_batch: int = 32, pad_id: int = 0,
+               objective: str = "block") -> "ShardedTerm":
+    """A directional term of :mod:`reversion.core.interventions` set up on ``model`` (which must be
+    theta_S now), wrapped in a :class:`ShardedTerm` (in one process exactly the term; over
+    several, each rank forwards its share of the probes).
+
+    ``objective``: ``"block"`` (one-sided: resists motion along +v_rev only, a hinge),
+    ``"oppose"`` (the bounded tanh term, which also steers along -v_rev) or ``"push"``.
 
     ``layers``: where the term acts (default every block output 1..L, as in the
     book's interventions); its scale per layer is ||mu_H - mu_S|| from ``directions``;
@@ -352,7 +356,9 @@ def block_term(model, directions: Directions, probe_ids: Sequence[Sequence[int]]
     """
 
     layers = list(layers) if layers is not None else all_block_layers(model)
-    block = Block(directions.v_rev, directions.displacement_norm, strength, layers, n_probe_batch)
+    if objective not in DIRECTIONAL:
+        raise ValueError(f"objective must be one of {', '.join(DIRECTIONAL)}, got {objective!r}")
+    block = DIRECTIONAL[objective](directions.v_rev, directions.displacement_norm, strength, layers, n_probe_batch)
     # Block.setup reads only the ``block`` prompts (token ids), their pad id and the model.
     ids = [tuple(map(int, p)) for p in probe_ids]
     block.setup(model, None, Prompts(ids, None, ids, ids, int(pad_id)))
@@ -367,7 +373,7 @@ def _world() -> tuple[int, int]:
 
 
 class ShardedTerm:
-    """A set-up :class:`~reversion.core.interventions.Block` (or ``Push``) whose probe forward is
+    """A set-up directional term (:class:`~reversion.core.interventions.Block`, ``Oppose`` or ``Push``) whose probe forward is
     split over the ranks of a ``torch.distributed`` run.
 
     One process: ``aux_loss`` is the term's own, unchanged. ``W`` processes: rank ``r``
@@ -388,9 +394,9 @@ class ShardedTerm:
     """
 
     def __init__(self, term):
-        for attr in ("probe_batches", "mu_S", "v", "scale", "layers", "sign", "strength"):
+        for attr in ("probe_batches", "mu_S", "v", "scale", "layers", "sign", "strength", "penalty"):
             if not hasattr(term, attr):
-                raise ValueError(f"term must be a set-up Block or Push (it has no {attr!r}), "
+                raise ValueError(f"term must be a set-up Block, Oppose or Push (it has no {attr!r}), "
                                  f"got {type(term).__name__}")
         if not term.probe_batches:
             raise ValueError("term has no probe batches: call its setup(model, data, probes) first")
@@ -428,7 +434,7 @@ class ShardedTerm:
         device = total.device
         drift = total / n - t.mu_S[i].to(device)
         p = (drift * t.v[t.layers].to(device)).sum(-1)
-        return (t.sign * t.strength * torch.tanh(p / t.scale[t.layers].to(device)).sum()).float()
+        return (t.sign * t.strength * t.penalty(p / t.scale[t.layers].to(device)).sum()).float()
 
 
 class ObjectiveMixin:
