@@ -216,3 +216,21 @@ def test_finetune_run_json_holds_no_timing(world, subject, run_a):
     assert key["subject"] == as_json(subject.key()) == as_json({"kind": "organism", "history": to_dict(world.history)})
     assert key["finetune"] == as_json(to_dict(world.finetune_config(0)))
     assert key["intervention"] is None
+
+
+@pytest.mark.parametrize("grouped", [True, False], ids=["grouped", "plain"])
+def test_sparse_tracking_records_the_same_rows_and_nan_between(world, subject, tmp_path, monkeypatch, grouped):
+    """``track_every = 4`` over T = 6: rows 0, 4 and 6 are the every-step run's rows (the same
+    training), the others NaN; a bad value is refused naming the field."""
+    monkeypatch.setenv("REVERSION_CACHE", str(tmp_path / "cache"))
+    if not grouped:
+        monkeypatch.setattr(finetune_mod, "_groupable", lambda *a: False)
+    every = finetune(subject, world.finetune_config(0), progress=False)
+    sparse = finetune(subject, world.finetune_config(0, track_every=4), progress=False)
+    assert sparse.losses == every.losses
+    kept = [0, 4, 6]
+    assert torch.equal(sparse.probe_means[kept], every.probe_means[kept])
+    skipped = [s for s in range(7) if s not in kept]
+    assert torch.isnan(sparse.probe_means[skipped]).all()
+    with pytest.raises(ValueError, match="track_every"):
+        world.finetune_config(0, track_every=0)

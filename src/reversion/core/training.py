@@ -64,6 +64,9 @@ class FinetuneConfig:
     """Held-out harmful prompts judged at each evaluation step (and benign prompts per task)."""
     n_probe: int = 128
     """Drift-probe prompts whose mean activations are recorded at every step."""
+    track_every: int = 1
+    """Record the drift probes every this many steps (and at 0 and T); the steps between hold
+    NaN. 1 (every step) for trajectories; runs read only at T need fewer forwards."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.task, str) or not self.task:
@@ -74,10 +77,15 @@ class FinetuneConfig:
         check_int("finetune.seed", self.seed, 0)
         check_int("finetune.n_eval", self.n_eval, 1)
         check_int("finetune.n_probe", self.n_probe, 2)
+        check_int("finetune.track_every", self.track_every, 1)
         if isinstance(self.eval_steps, list):
             object.__setattr__(self, "eval_steps", tuple(self.eval_steps))
         if any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in self.eval_steps):
             raise ValueError(f"finetune.eval_steps must be ints >= 0, got {self.eval_steps}")
+
+    def tracked(self, step: int) -> bool:
+        """Whether the drift probes are recorded after ``step``."""
+        return step % self.track_every == 0 or step == self.steps
 
     @property
     def grid(self) -> tuple[int, ...]:

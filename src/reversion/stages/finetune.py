@@ -72,7 +72,7 @@ class FinetuneRun:
     path: Path
     probe_means: torch.Tensor
     """``[T+1, L+1, d]`` float64: mean drift-probe activation at every step and layer
-    (step 0 = theta_S)."""
+    (step 0 = theta_S; NaN at the steps a ``track_every > 1`` run skips)."""
     losses: list[float]
     """Task loss per step 1..T."""
     evals: dict[int, dict]
@@ -181,7 +181,8 @@ def train_with(model, pairs: Iterator[list[Pair]], ft: FinetuneConfig, intervent
                data: TrainingData, prompts: Prompts, tracker, judge, device, progress: bool):
     """The fine-tuning loop of a run: ``(losses, means, evals)``.
 
-    ``tracker(model)`` (drift probes' means) runs at step 0 and after every step;
+    ``tracker(model)`` (drift probes' means) runs at step 0 and after every step ``ft.tracked``
+    (NaN rows between);
     ``judge(step, model)`` at step 0 and on ``ft.grid``; both see the model without a
     training-time edit. The intervention is set up on ``(data, prompts)`` after step 0 and
     always torn down.
@@ -191,7 +192,7 @@ def train_with(model, pairs: Iterator[list[Pair]], ft: FinetuneConfig, intervent
 
     def on_step(step: int, m) -> None:
         with paused():
-            means.append(tracker(m))
+            means.append(tracker(m) if ft.tracked(step) else torch.full_like(means[0], float("nan")))
             if step in grid:
                 evals[step] = judge(step, m)
 
@@ -286,7 +287,9 @@ def build_group(jobs: Sequence[Job], threads: int | None = None, progress: bool 
                 raise FloatingPointError(f"finetune seed(s) {bad}: non-finite loss at step {step}") from None
             for k, v in enumerate(step_losses):
                 losses[k].append(v)
-            for k, m in enumerate(group.last_token_means(probe_ids, probe_lens, layers)):
+            tracked = group.last_token_means(probe_ids, probe_lens, layers) if ft0.tracked(step) else \
+                [torch.full_like(means[0][0], float("nan"))] * len(jobs)
+            for k, m in enumerate(tracked):
                 means[k].append(m)
             if step in grid:
                 full = step == ft0.steps
