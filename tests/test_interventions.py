@@ -438,46 +438,83 @@ def _ramp_run(steps, a: float, b: float) -> FinetuneRun:
     return FinetuneRun(path=Path("."), probe_means=torch.zeros(1), losses=[], evals=evals, seconds=0.0)
 
 
-@pytest.mark.parametrize("a,b,level", [(0.1, 0.02, 0.1), (0.3, 0.0, 0.1), (0.2, -0.01, 0.25)])
+@pytest.mark.parametrize("a,b,level", [(0.1, 0.02, 0.1), (0.3, 0.0, 0.1), (0.25, 0.01, 0.2)])
 def test_cumulative_reversion_of_a_linear_ramp_is_its_closed_form(a, b, level):
     steps = [6, 0, 1, 2, 3]  # unordered, uneven grid; the run sorts it
     T = 6
     got = ch05.cumulative_reversion(_ramp_run(steps, a, b), level)
-    # (1/T) * integral_0^T (a + b s - level) ds; the trapezoid rule is exact for a line
+    # (1/T) * integral_0^T (a + b s - level) ds; the trapezoid rule is exact for a line above the level
     assert got == pytest.approx(a - level + b * T / 2, abs=1e-12)
 
 
-def test_cumulative_reversion_is_zero_at_the_level_and_signed():
+def test_cumulative_reversion_is_clipped_at_the_level():
+    """Below theta_S's level counts as zero, not as negative reversion: a run that dips under
+    the level and one that stays at it have the same area; a ramp crossing the level at s = 2
+    counts only the part above it (closed form: the triangle from 2 to 6, (4 * 0.04) / 2 / 6)."""
     assert ch05.cumulative_reversion(_ramp_run([0, 2, 5], 0.2, 0.0), 0.2) == pytest.approx(0.0, abs=1e-15)
-    assert ch05.cumulative_reversion(_ramp_run([0, 2, 5], 0.1, 0.0), 0.2) == pytest.approx(-0.1)
+    assert ch05.cumulative_reversion(_ramp_run([0, 2, 5], 0.1, 0.0), 0.2) == 0.0
+    crossing = ch05.cumulative_reversion(_ramp_run([0, 2, 4, 6], 0.16, 0.02), 0.2)
+    assert crossing == pytest.approx(4 * 0.08 / 2 / 6, abs=1e-12)
 
 
-def test_make_variant_builds_each_variant_with_its_parameters(est):
-    P = ch05.Params(world="smoke", world_overrides={}, n_seeds=2, block_strength=1.5, push_strength=0.5,
-                    rehearsal_fraction=0.25, intervention_layers=[], sweep_strengths=[0.0, 1.0],
-                    n_sweep_seeds=1)
+def _params(**changes) -> ch05.Params:
+    base = dict(world="smoke", world_overrides={}, n_histories=2, n_seeds=2, multiple=1.0,
+                objectives=["block", "oppose"], directions=[], n_random=1, sites=["all"], dose_multiples=[3.0],
+                study_directions=["v_rev"], study_sites=["layer"], n_study_seeds=1, projection=True,
+                rehearsal_fraction=0.25, margin=0.02, eval_steps=[0, 3, 6], track_every=3)
+    return ch05.Params(**{**base, **changes})
+
+
+def test_plan_runs_every_direction_with_both_objectives_and_push_with_a_random_control(est):
+    main, study = ch05.plan(_params(), est)
+    dirs = ["v_rev", "-r_S", "v_P", "residual", "random0+", "random0-"]
+    want = [ch05.BASELINE, ch05.REHEARSAL] + [ch05.Arm(o, d, "all", 1.0) for o in ("block", "oppose") for d in dirs] \
+        + [ch05.Arm("push", "v_rev", "all", 1.0), ch05.Arm("push", "random0+", "all", 1.0)]
+    assert main == want
+    assert study == [ch05.Arm("block", "v_rev", "all", 3.0), ch05.Arm("block", "v_rev", "layer", 1.0),
+                     ch05.Arm("projection", "v_rev", "intermediate")]
+    assert len({a.name for a in main + study}) == len(main + study)
+
+
+@pytest.mark.parametrize("site,want", [("layer", [2]), ("intermediate", [1, 2, 3]), ("all", [1, 2, 3, 4])])
+def test_site_layers(site, want):
+    assert ch05.site_layers(site, 4, 2) == want
+    with pytest.raises(ValueError, match="unknown site"):
+        ch05.site_layers("every", 4, 2)
+
+
+def test_make_builds_each_arm_at_its_calibrated_strength(est):
+    P = _params()
+    have = ch05.directions_of(P, est)
+    norms = {"v_rev@all": {"ratio": 0.5}, "random0+@layer": {"ratio": 2.0}}
+    blk, s = ch05.make(ch05.Arm("block", "v_rev", "all", 3.0), est, have, norms, P)
     L = est.directions.v_rev.shape[0] - 1
-    assert ch05.make_variant("baseline", P, est) is None
-    blk = ch05.make_variant("block", P, est)
-    assert isinstance(blk, Block) and blk.strength == 1.5 and blk.layers == list(range(1, L + 1))
-    assert ch05.make_variant("block", P, est, 0.3).strength == 0.3
-    psh = ch05.make_variant("push", P, est)
-    assert isinstance(psh, Push) and psh.strength == 0.5
-    prj = ch05.make_variant("projection", P, est)
-    assert isinstance(prj, Projection) and prj.layers == list(range(1, L))
-    reh = ch05.make_variant("rehearsal", P, est)
-    assert isinstance(reh, Rehearsal) and reh.fraction == 0.25
-    with pytest.raises(ValueError, match="unknown variant"):
-        ch05.make_variant("nonsense", P, est)
+    assert isinstance(blk, Block) and s == blk.strength == 1.5 and blk.layers == list(range(1, L + 1))
+    opp, s = ch05.make(ch05.Arm("oppose", "random0+", "layer", 1.0), est, have, norms, P)
+    assert isinstance(opp, Oppose) and s == 2.0 and opp.layers == [est.layer]
+    torch.testing.assert_close(opp.v, have["random0+"])
+    reh, _ = ch05.make(ch05.REHEARSAL, est, have, norms, P)
+    assert isinstance(reh, Rehearsal) and reh.mode == "add" and reh.fraction == 0.25
+    assert ch05.make(ch05.BASELINE, est, have, norms, P) == (None, 0.0)
 
 
-def test_sweep_table_of_an_empty_sweep_is_empty(world):
-    P = ch05.Params(world="smoke", world_overrides={}, n_seeds=2, block_strength=1.0, push_strength=1.0,
-                    rehearsal_fraction=0.25, intervention_layers=[], sweep_strengths=[], n_sweep_seeds=1)
-    assert P.sweep_strengths == []
-    res = SimpleNamespace(world=world, sweep={}, sweep_cos={}, layer=1, subject=OrganismSubject(world.history))
-    table = ch05.sweep_table(res)
-    assert len(table) == 0
+@pytest.mark.parametrize("changes,match", [({"objectives": ["tanh"]}, "objectives"), ({"sites": []}, "sites"),
+                                           ({"study_sites": ["top"]}, "study_sites"), ({"multiple": 0.0}, "multiple"),
+                                           ({"dose_multiples": [-1.0]}, "dose_multiples"),
+                                           ({"n_study_seeds": 3}, "n_study_seeds"), ({"projection": "yes"}, "projection"),
+                                           ({"margin": -0.1}, "margin"), ({"track_every": 0}, "track_every"),
+                                           ({"directions": "v_rev"}, "directions")])
+def test_bad_chapter_parameters_are_refused_naming_them(changes, match):
+    with pytest.raises(ValueError, match=match):
+        _params(**changes)
+
+
+def test_a_direction_the_subject_lacks_is_refused_before_training(est):
+    ch05.check_directions(_params(directions=["v_rev", "random0-"]), est)
+    with pytest.raises(ValueError, match="directions: \\['random3\\+'\\] not available"):
+        ch05.check_directions(_params(directions=["random3+"]), est)
+    with pytest.raises(ValueError, match="study_directions"):
+        ch05.check_directions(_params(study_directions=["witness"]), est)
 
 
 @pytest.mark.parametrize("make", [lambda v, s: Block(v, s, 1.0, [1, 2]), lambda v, s: Push(v, s, 1.0, [1, 2]),

@@ -167,58 +167,50 @@ def pairs_against_nulls(pairs, p99: Mapping[str, float], control_cos: np.ndarray
     return fig
 
 
-def variant_curves(res):
-    """Alignment (every step) and harmfulness (evaluation grid) per variant, mean and band."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
-    layer = res.layer
-    for i, (v, c) in enumerate(res.cos.items()):
-        steps = np.arange(1, c.shape[1])
-        band(axes[0], steps, c[:, 1:, layer], v, color=PALETTE[i], marker=None)
-        rs = res.runs[v]
-        band(axes[1], rs[0].steps, [r.series("harmfulness") for r in rs], v, color=PALETTE[i])
-    axes[0].axhline(0, color="grey", lw=0.8)
-    axes[0].set_ylabel(f"cos(d_t, v_rev), layer {layer}")
-    axes[1].set_ylabel("harmfulness")
+def arm_effects(m: Mapping, names: Sequence[str], measures=("harmfulness", "final_alignment")):
+    """Each arm's paired difference to the baseline (mean and 95% interval over histories), one
+    panel per measure; v_rev's arms in colour, the control directions in grey."""
+    fig, axes = plt.subplots(1, len(measures), figsize=(4.6 * len(measures), 0.32 * len(names) + 1.2),
+                             sharey=True)
+    y = np.arange(len(names))[::-1]
+    for ax, meas in zip(np.atleast_1d(axes), measures):
+        for yi, n in zip(y, names):
+            d = m["arms"][n]["vs_baseline"].get(meas)
+            if d is None:
+                continue
+            color = PALETTE[0] if "/v_rev/" in n else PALETTE[7]
+            lo = d["ci_low"] if d["ci_low"] is not None else d["mean"]
+            hi = d["ci_high"] if d["ci_high"] is not None else d["mean"]
+            ax.plot([lo, hi], [yi, yi], color=color, lw=2, alpha=0.8)
+            ax.plot(d["mean"], yi, "o", color=color, ms=5)
+        ax.axvline(0, color="k", lw=0.8)
+        ax.set_xlabel(f"Δ {meas.replace('_', ' ')} vs baseline")
+    np.atleast_1d(axes)[0].set_yticks(y, names, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def tradeoff(df, base: Mapping[str, float], task_label: str = "task accuracy"):
+    """Harmfulness against task cost (and over-refusal) along the dose-response, one line per
+    direction; the baseline as a star. Matched cost reads across at one x."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for i, (d, g) in enumerate(df.groupby("direction", sort=False)):
+        g = g.sort_values("multiple")
+        axes[0].plot(g["task"], g["harmfulness"], "o-", color=PALETTE[i], label=d)
+        for _, r in g.iterrows():
+            axes[0].annotate(f"{r['multiple']:g}", (r["task"], r["harmfulness"]), fontsize=7,
+                             xytext=(3, 3), textcoords="offset points")
+        axes[1].plot(g["multiple"], g["harmfulness"], "o-", color=PALETTE[i], label=f"{d}: harmfulness")
+        if np.isfinite(g["over_refusal"]).any():
+            axes[1].plot(g["multiple"], g["over_refusal"], "s:", color=PALETTE[i], label=f"{d}: over-refusal")
+    axes[0].plot(base["task"], base["harmfulness"], "*", ms=12, color="k", label="baseline")
+    axes[0].set_xlabel(task_label)
+    axes[0].set_ylabel("harmfulness at T")
+    axes[1].axhline(base["harmfulness"], color="k", lw=0.8, ls="--", label="baseline harmfulness")
+    axes[1].set_xscale("log")
+    axes[1].set_xlabel("strength (multiple of the task gradient at θ_S)")
     for ax in axes:
-        ax.set_xlabel("fine-tuning step")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    return fig
-
-
-def final_alignment_by_layer(res):
-    """Final alignment with v_rev at every layer, one line per variant (mean +- std)."""
-    fig, ax = plt.subplots(figsize=(6, 3.2))
-    T = res.world.finetune.steps
-    for i, (v, c) in enumerate(res.cos.items()):
-        x = np.arange(c.shape[2])
-        mean, std = over_seeds(c[:, T, :])
-        ax.errorbar(x + 0.06 * (i - 2), mean, yerr=std,
-                    marker="o", ms=4, capsize=2, color=PALETTE[i], label=v)
-    ax.axhline(0, color="grey", lw=0.8)
-    ax.axvline(res.layer, color="k", ls=":", lw=1)
-    ax.set_xlabel("layer")
-    ax.set_ylabel("final cos(d_T, v_rev)")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    return fig
-
-
-def strength_sweep(sweep):
-    """Harmfulness and task accuracy (text models: held-out loss) against block strength."""
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    x = sweep.index.to_numpy(dtype=float)
-    xs = np.where(x > 0, x, np.nan)
-    ax.plot(x, sweep["harmfulness"], "o-", color=PALETTE[3], label="harmfulness")
-    if "task accuracy" in sweep:  # text models have held-out loss only
-        ax.plot(x, sweep["task accuracy"], "s-", color=PALETTE[2], label="task accuracy")
-    else:
-        ax.plot(x, sweep["task loss"], "s-", color=PALETTE[2], label="held-out task loss")
-    ax.plot(x, sweep["final alignment"], "^-", color=PALETTE[0], label="final alignment")
-    if np.isfinite(xs).any():
-        ax.set_xscale("symlog", linthresh=float(np.nanmin(xs)))
-    ax.set_xlabel("block strength")
-    ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 

@@ -1,0 +1,59 @@
+"""Stage ``calibrate``: the gradient norms that set a directional term's strength.
+
+For a subject and a set of (direction, layers) pairs: at theta_S, the norm of the task loss's
+gradient on the first ``n_batches`` benign batches of seed 0, and of each term's linear part
+(:func:`reversion.core.interventions.gradient_norms`). A chapter then sets
+``strength = multiple * task / term``, so every direction's term pulls with the same multiple
+of the task gradient -- a calibration made before, and blind to, any outcome.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from itertools import islice
+from pathlib import Path
+
+import torch
+
+from reversion.core.activations import model_device
+from reversion.core.batches import collate
+from reversion.core.interventions import Oppose, _digest, gradient_norms
+from reversion.core.training import FinetuneConfig
+from reversion.infra import cache
+from reversion.infra.checks import check_int
+from reversion.infra.provenance import code_of
+from reversion.infra.runtime import set_cpu_threads
+from reversion.subjects.base import Subject
+
+__all__ = ["calibrate"]
+
+CODE = ("reversion.stages.calibrate",)
+
+
+def calibrate(subject: Subject, ft: FinetuneConfig, terms: dict[str, tuple[torch.Tensor, list[int]]],
+              scale: torch.Tensor, n_batches: int = 4) -> dict[str, dict]:
+    """``{name: {"task", "term", "ratio"}}`` for ``terms`` ``{name: (direction [L+1, d], layers)}``
+    with the per-layer ``scale`` (cached; one model load for all of them)."""
+    check_int("n_batches", n_batches, 1)
+    if not terms:
+        return {}
+    ft0 = dataclasses.replace(ft, seed=0)
+    key = {"subject": subject.key(), "finetune": dataclasses.asdict(ft0), "n_batches": n_batches,
+           "scale": _digest(scale),
+           "terms": {n: {"v": _digest(v), "layers": sorted(int(x) for x in lay)} for n, (v, lay) in terms.items()}}
+    subject.prepare(progress=False)
+
+    def build(out: Path) -> None:
+        set_cpu_threads()
+        model = subject.load("theta_S", dtype=torch.float32)
+        device = model_device(model)
+        prompts = subject.prompts(ft0.n_probe)
+        batches = [collate([q for q, _ in b], [a for _, a in b], pad_id=prompts.pad_id, device=device)
+                   for b in islice(subject.benign_batches(ft0), n_batches)]
+        norms = {n: gradient_norms(model, Oppose(v, scale, 1.0, lay, direction=n), prompts, batches)
+                 for n, (v, lay) in terms.items()}
+        (out / "norms.json").write_text(json.dumps(norms, indent=1))
+
+    path = cache.cached("calibrate", key, build, code=code_of(CODE, subject))
+    return json.loads((path / "norms.json").read_text())
