@@ -111,7 +111,7 @@ class Params:
     patience: int
     """Checks in a row above the threshold before the monitor flags."""
     block_strength: float
-    """Strength of the bounded block term in a second run (0 = skip it)."""
+    """Strength of the one-sided block term (chapter 05) in a second run (0 = skip it)."""
     lora_rank: int
     """Rank of the LoRA adapters of a third run (0 = skip the LoRA section)."""
     lora_learning_rate: float
@@ -317,7 +317,7 @@ def finetune(P: Params, ck: Checkpoints, name: str, block_strength: float = 0.0,
 
     Checkpoints are saved every ``monitor_every`` steps (weights only) so that
     ``reversion track`` can re-measure them; with ``block_strength > 0`` the loss adds
-    the bounded block term (:class:`~reversion.subjects.checkpoints.monitor.BlockTrainer`).
+    the one-sided block term (:class:`~reversion.subjects.checkpoints.monitor.BlockTrainer`).
     With ``lora_rank > 0`` only LoRA adapters train (peft's ``get_peft_model`` on theta_S,
     :func:`lora_config`, at ``lora_learning_rate``) and each checkpoint is an adapter folder.
     """
