@@ -116,6 +116,12 @@ class Params(SubjectParams):
             if not isinstance(got, list) or any(not isinstance(x, str) for x in got):
                 raise ValueError(f"{name} must be a list of direction names, got {got!r}")
         check_int("n_random", self.n_random, 0)
+        names = {"v_rev", "-r_S", "v_P", "residual"} | {f"random{i}{c}" for i in range(self.n_random) for c in "+-"}
+        for name in ("directions", "study_directions"):
+            bad = [d for d in getattr(self, name) if d not in names]
+            if bad:
+                raise ValueError(f"{name}: {bad} not available here (known: {', '.join(sorted(names))}; "
+                                 "randomN needs n_random > N)")
         for m in self.dose_multiples:
             check_float("dose_multiples", m, 0.0, lo_open=True)
         check_int("n_study_seeds", self.n_study_seeds, 1, self.n_seeds)
