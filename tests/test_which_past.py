@@ -1,5 +1,6 @@
 """Chapter "Which past?": the crossover statistic and every verdict rule on planted cases with
-known answers (each rule flipped by a planted case), and the chapter on the smoke world."""
+known answers (each rule flipped by a planted case), and the chapter on the smoke world (on your
+checkpoints: ``test_which_past_checkpoints.py``)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from reversion.book import nb
 from reversion.book.chapters import which_past as ch
 from reversion.core.drift import crossover
 from reversion.stages.finetune import finetune_many
@@ -170,12 +170,6 @@ def test_lineages_share_theta_P_and_differ_in_the_helpful_phase_only():
 def test_bad_world_lineage_fields(over, match):
     with pytest.raises(ValueError, match=match):
         make_world("smoke", over)
-
-
-def test_checkpoints_are_refused_with_the_reason():
-    with pytest.raises(ValueError, match="organism only"):
-        nb.collect(ch.Params, {"world": "smoke", "world_overrides": {}, "n_seeds": 3, "doses": [0.5],
-                               "n_histories": 2, "checkpoints": {"witness": "w", "aligned": "a"}})
 
 
 def test_params_need_two_seeds():

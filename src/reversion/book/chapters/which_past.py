@@ -6,27 +6,34 @@ history 0. Everything here is on history 0 (one history): intervals are over fin
 seeds (t, n - 1 degrees of freedom), paired by seed where two lineages are compared (a
 seed fixes the benign data order). Each verdict is a rule on those intervals, unit-tested
 with planted numbers that flip it (``tests/test_which_past.py``).
+
+On your own checkpoints (``checkpoints``) the chapter runs what real checkpoints can show: with a
+second lineage (``second_witness`` and ``second_aligned``) the witness crossover in activations,
+and, with ``pretrained`` and ``harmless``, the residual alignment; the measurements that need the
+organism's lineages (style, no witness, dose) or fine-tuned weights are rows marked
+:data:`NOT_TESTABLE` that say what they need (:func:`missing`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import ClassVar
 
 import numpy as np
 import pandas as pd
 import torch
 
-from reversion.book.chapters.common import WorldParams, stage_ids
-from reversion.infra.results import write_metrics
+from reversion.book.chapters.common import SubjectParams, write_chapter
 from reversion.core import stats
 from reversion.core.drift import crossover, residual_alignment
 from reversion.infra import seeding
 from reversion.infra.checks import check_int
+from reversion.infra.paths import resolve
 from reversion.stages.estimate import VRevEstimate, estimate
 from reversion.stages.finetune import FinetuneRun, finetune_many
 from reversion.core.models import load_model
+from reversion.subjects.base import Subject
+from reversion.subjects.checkpoints.subject import SECOND_LINEAGE_KEYS, CheckpointSubject, where
 from reversion.subjects.organism.config import HistoryConfig
 from reversion.subjects.organism.history import History, train_history
 from reversion.subjects.organism.judge import split_by_task
@@ -38,22 +45,15 @@ STEM = "04b_which_past"
 
 
 @dataclass(frozen=True)
-class Params(WorldParams):
-    """Parameters of chapter "Which past?"."""
+class Params(SubjectParams):
+    """Parameters of chapter "Which past?" (``checkpoints``: see :func:`missing` for what runs on them)."""
 
     n_seeds: int
     """Fine-tuning seeds per lineage (paired across lineages by seed)."""
     doses: list
     """Helpful-phase lengths of the dose lineages, fractions of the full phase (a world field)."""
     n_histories: int
-    """Independent histories read by the residual alignment (chapter 01's)."""
-
-    MOVED: ClassVar[dict[str, str]] = {
-        "checkpoints": "chapter 'Which past?' runs on the organism only: its lineages (a second witness "
-                       "trained from the same theta_P, a lineage without a witness, shorter helpful phases) "
-                       "need a training history that checkpoints do not carry; chapters 02-05 take "
-                       "'checkpoints' (README, 'Your own checkpoints')"}
-    """Parameters other chapters take that this one refuses, with why (read by :func:`reversion.book.nb.collect`)."""
+    """Independent histories read by the residual alignment (chapter 01's; your checkpoints are one)."""
 
     def __post_init__(self) -> None:
         check_int("n_seeds", self.n_seeds, 2)  # an interval needs two seeds
@@ -102,24 +102,105 @@ class Result:
     def doses(self) -> list[tuple[float, str]]:
         return sorted((dose_of(self.world, n), n) for n in self.runs if n == MAIN or n.startswith("dose"))
 
+    @property
+    def notes(self) -> list[str]:
+        return []  # the organism: nothing differs from the chapter's text
 
-def subjects(world: World) -> dict[str, OrganismSubject]:
-    """Lineage -> its subject (history 0's lineages, :func:`reversion.subjects.organism.lineages.lineages`),
-    then ``history 1``.. : the world's other independent histories (for the residual alignment)."""
+
+@dataclass
+class CheckpointResult:
+    """The chapter on your checkpoints: your lineage (:data:`MAIN`) and, where ``checkpoints``
+    has ``second_witness`` and ``second_aligned``, the second one (:data:`SECOND`), fine-tuned
+    with the same seeds; one history."""
+
+    world: World
+    subjects: dict[str, CheckpointSubject]
+    ests: dict[str, VRevEstimate]
+    runs: dict[str, list[FinetuneRun]]
+    """lineage -> runs by seed."""
+    checkpoints: dict
+    """The ``checkpoints`` parameter (what :func:`missing` reads)."""
+
+    @property
+    def subject(self) -> CheckpointSubject:
+        return self.subjects[MAIN]
+
+    @property
+    def est(self) -> VRevEstimate:
+        return self.ests[MAIN]
+
+    @property
+    def layer(self) -> int:
+        return self.est.layer
+
+    @property
+    def final(self) -> int:
+        return self.world.finetune.steps
+
+    @property
+    def history_ests(self) -> list[VRevEstimate]:
+        return [self.est]
+
+    @property
+    def history_runs(self) -> list[list[FinetuneRun]]:
+        return [self.runs[MAIN]]
+
+    @property
+    def notes(self) -> list[str]:
+        """What differs from the organism's chapter, and what is not measured for want of which key."""
+        out = self.subject.describe(self.world.finetune)
+        if SECOND in self.subjects:
+            s = self.subjects[SECOND]
+            out.append(f"Second lineage: witness = {s.witness}, aligned = {s.aligned}; it is estimated, fine-tuned "
+                       "and judged like yours, with the same prompts, data, tokenizer and seeds.")
+        out.append("Your checkpoints are one history: intervals are over fine-tuning seeds; n_histories and doses "
+                   "do not apply.")
+        out += [f"Not measurable with these checkpoints ({LABELS[k]}): needs {v}."
+                for k, v in missing(self.checkpoints).items()]
+        return out
+
+
+def subjects(P: Params, world: World, main: Subject | None = None) -> dict[str, Subject]:
+    """Lineage -> its subject. The organism: history 0's lineages
+    (:func:`reversion.subjects.organism.lineages.lineages`), then ``history 1``.. : the world's other
+    independent histories (for the residual alignment). Your checkpoints: yours (``main``, else
+    ``P.subject``), then the second lineage where ``checkpoints`` gives it (:func:`second_subject`)."""
+    if P.checkpoints:
+        main = P.subject(world, need_finetune=True) if main is None else main
+        second = second_subject(P.checkpoints, main)
+        return {MAIN: main, **({SECOND: second} if second is not None else {})}
     out = {n: OrganismSubject(c) for n, c in lineages(world).items()}
     for i, s in enumerate(histories(world.history, world.n_histories)[1:], 1):
         out[f"history {i}"] = s
     return out
 
 
-def jobs(world: World, subs: dict[str, OrganismSubject]) -> list:
+def second_subject(checkpoints: dict, main: CheckpointSubject) -> CheckpointSubject | None:
+    """The second lineage as a subject: ``main`` with ``second_witness`` and ``second_aligned``
+    (checked when ``main`` was built) as its witness and aligned model -- same prompts, fine-tuning
+    data, tokenizer, base and settings -- and without the v_P / r_S controls (only its v_rev is read).
+    None unless both keys are given."""
+    if not all(checkpoints.get(k) for k in SECOND_LINEAGE_KEYS):
+        return None
+    return dataclasses.replace(main, witness=resolve(checkpoints["second_witness"]),
+                               aligned=resolve(checkpoints["second_aligned"]), pretrained=None, harmless=None)
+
+
+def jobs(world: World, subs: dict[str, Subject]) -> list:
     """Every lineage fine-tuned with the world's seeds, lineage by lineage."""
     return [(s, world.finetune_config(k), None) for s in subs.values() for k in world.seeds]
 
 
-def collect(world: World, ests: dict[str, VRevEstimate], done: list[FinetuneRun]) -> Result:
-    """The result of the stages: ``done`` in the order of :func:`jobs`."""
-    cfgs, names, n = lineages(world), list(subjects(world)), world.n_seeds
+def collect(P: Params, world: World, ests: dict[str, VRevEstimate], done: list[FinetuneRun],
+            subs: dict[str, Subject] | None = None) -> Result | CheckpointResult:
+    """The result of the stages: ``ests`` by lineage in the order of :func:`subjects`, ``done`` in the
+    order of :func:`jobs` (``subs``: the subjects they ran on, else :func:`subjects` again)."""
+    n = world.n_seeds
+    if P.checkpoints:
+        subs = subjects(P, world) if subs is None else subs
+        runs = {k: done[i * n:(i + 1) * n] for i, k in enumerate(subs)}
+        return CheckpointResult(world, dict(subs), {k: ests[k] for k in subs}, runs, dict(P.checkpoints))
+    cfgs, names = lineages(world), list(subjects(P, world))
     every = {name: done[i * n:(i + 1) * n] for i, name in enumerate(names)}
     runs = {k: every[k] for k in cfgs}
     others = [every[k] for k in names if k not in cfgs]
@@ -127,14 +208,16 @@ def collect(world: World, ests: dict[str, VRevEstimate], done: list[FinetuneRun]
                   {k: ests[k] for k in cfgs}, runs, [ests[k] for k in names if k not in cfgs], others)
 
 
-def run(P: Params, progress: bool = True) -> Result:
+def run(P: Params, progress: bool = True) -> Result | CheckpointResult:
     """What the notebook shows, in one call: stages ``train_history`` (the lineages, with the
-    histories), ``estimate`` (each lineage) and ``finetune`` (each lineage x seed)."""
+    histories; not for your checkpoints), ``estimate`` (each lineage) and ``finetune`` (each
+    lineage x seed)."""
     world = P.make_world(lineages=True)
-    train_world(world, progress)
-    subs = subjects(world)
+    if not P.checkpoints:
+        train_world(world, progress)
+    subs = subjects(P, world)
     ests = {n: estimate(s, world.finetune.n_probe, progress=progress) for n, s in subs.items()}
-    return collect(world, ests, finetune_many(jobs(world, subs), progress))
+    return collect(P, world, ests, finetune_many(jobs(world, subs), progress), subs)
 
 
 # --------------------------------------------------------------------------- measurements
@@ -342,6 +425,67 @@ def sentence(kind: str, verdict: str) -> str:
     return SENTENCES[kind][verdict]
 
 
+# --------------------------------------------------------------------------- what your checkpoints can show
+
+NOT_TESTABLE = "not testable here"
+"""The verdict of a measurement your checkpoints cannot give (its ``needs`` says why)."""
+LABELS = {"witness": "the witness crossover", "style": "the returning compliance's style",
+          "weights": "the crossover in weight space", "no_witness": "the no-witness lineage",
+          "residual": "the residual alignment", "dose": "the dose"}
+"""Each measurement, by the key of its block in the metrics (``weights``: ``weight_space``)."""
+BLOCK = {"weights": "weight_space"}
+ORGANISM_ONLY = {
+    "style": "a second witness whose compliance carries a style the first never used, which the judge reads "
+             "(the organism's marked style)",
+    "weights": "the fine-tuned weights theta_T of both lineages, which runs on checkpoints do not keep",
+    "no_witness": "a lineage whose helpful phase held no harmful request, aligned and fine-tuned as yours "
+                  "(the organism's no-witness lineage)",
+    "dose": "lineages with shorter helpful phases from the same theta_P, each aligned and fine-tuned as yours "
+            "(the organism's dose lineages)",
+}
+"""What each measurement that needs the organism's lineages needs."""
+
+
+def missing(checkpoints: dict) -> dict[str, str]:
+    """Measurement (:data:`LABELS`) -> what it needs that ``checkpoints`` does not give (empty for
+    the organism). The witness crossover needs ``second_witness`` and ``second_aligned``; the
+    residual alignment ``pretrained`` (v_P) and ``harmless`` (r_S); the others the organism's
+    lineages or fine-tuned weights (:data:`ORGANISM_ONLY`)."""
+    if not checkpoints:
+        return {}
+    out = {}
+    absent = [k for k in SECOND_LINEAGE_KEYS if not checkpoints.get(k)]
+    if absent:
+        out["witness"] = (f"{' and '.join(where(k) for k in absent)} (a second helpful-only witness theta_H' "
+                          "and the model aligned from it, ideally from the same theta_P)")
+    out["style"], out["weights"], out["no_witness"] = (ORGANISM_ONLY[k] for k in ("style", "weights", "no_witness"))
+    controls = [f"{where(k)} ({what})" for k, what in (("pretrained", "theta_P, for v_P"),
+                                                      ("harmless", "harmless prompts, for r_S"))
+                if not checkpoints.get(k)]
+    if controls:
+        out["residual"] = " and ".join(controls)
+    out["dose"] = ORGANISM_ONLY["dose"]
+    return out
+
+
+def not_testable(needs: str) -> dict:
+    """The metrics block of a measurement these checkpoints cannot give."""
+    return {"verdict": NOT_TESTABLE, "needs": needs}
+
+
+def testable(m: dict, kind: str) -> bool:
+    """Whether measurement ``kind`` (:data:`LABELS`) was made."""
+    return "needs" not in m[BLOCK.get(kind, kind)]
+
+
+def sentence_of(m: dict, kind: str) -> str:
+    """The sentence of a measurement's verdict, or what it would need."""
+    block = m[BLOCK.get(kind, kind)]
+    if "needs" in block:
+        return f"Not measurable with these checkpoints ({LABELS[kind]}): needs {block['needs']}."
+    return sentence(kind, block["verdict"] if kind != "weights" else block["crossover"]["verdict"])
+
+
 # --------------------------------------------------------------------------- tables and metrics
 
 
@@ -349,13 +493,20 @@ def _rates(m: dict) -> dict:
     return {k: float(m[k]) for k in ("harmfulness", "marked", "exact_match")}
 
 
-def lineage_table(res: Result) -> pd.DataFrame:
+def lineage_table(res: Result | CheckpointResult) -> pd.DataFrame:
     """One row per lineage: its helpful phase, compliance of its theta_H and theta_S, the rise
-    after fine-tuning (mean and 95% interval over seeds) and the alignment with its own v_rev."""
+    after fine-tuning (mean and 95% interval over seeds) and the alignment with its own v_rev.
+    Your checkpoints: compliance of theta_S and theta_T, the rise and the alignment."""
     rows = []
     for name, runs in res.runs.items():
-        c = res.configs[name].helpful
         r = interval(rise(runs, res.final))
+        if isinstance(res, CheckpointResult):
+            rows.append({"lineage": name, "theta_S harmful": runs[0].evals[0]["harmfulness"],
+                         "theta_T harmful": float(np.mean([x.evals[res.final]["harmfulness"] for x in runs])),
+                         "rise": r["mean"], "rise 95% CI": f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]",
+                         "cos(d_T, own v_rev)": float(own_alignment(res, name).mean())})
+            continue
+        c = res.configs[name].helpful
         rows.append({
             "lineage": name,
             "helpful phase": f"{c.steps} steps, harmful {c.harmful_fraction:.0%}" + (", marked" if c.marker else ""),
@@ -370,11 +521,33 @@ def lineage_table(res: Result) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("lineage")
 
 
-def measure(res: Result) -> dict:
-    """Every number the chapter's verdicts read."""
-    T, task = res.final, res.world.finetune.task
+def witness_measure(res: Result | CheckpointResult) -> dict:
+    """The witness crossover's intervals over seeds, cos(u, v_rev) and the verdict."""
     x = witness_crossover(res)
     own, common = interval(x["own"]), interval(x["common"])
+    u = (witness_mean(res.ests[MAIN], res.layer) - witness_mean(res.ests[SECOND], res.layer)).numpy()
+    return {"a": interval(x["a"]), "b": interval(x["b"]), "own": own, "common": common,
+            "cos_u_vrev": float(stats.cosine(u, res.est.directions.v_rev[res.layer].numpy())),
+            "verdict": witness_verdict(own, common)}
+
+
+def residual_measure(res: Result | CheckpointResult) -> dict:
+    """The residual alignment over histories (one history: over its seeds) and the verdict."""
+    resid = residuals(res)
+    resid_al = stats.nested([r["alignment"] for r in resid])
+    if resid_al["ci_low"] is None:  # one history: fall back to its seeds
+        resid_al = {**resid_al, **{k: interval(resid[0]["alignment"])[k] for k in ("ci_low", "ci_high")}}
+    rel = [r["reliability"] for r in resid]
+    return {"alignment": resid_al, "reliability": rel, "layers": [r["layer"] for r in resid],
+            "dim": resid[0]["dim"], "null_p99": resid[0]["null_p99"], "n_histories": len(resid),
+            "verdict": residual_verdict(resid_al, rel, resid[0]["null_p99"])}
+
+
+def measure(res: Result | CheckpointResult) -> dict:
+    """Every number the chapter's verdicts read (your checkpoints: :func:`measure_checkpoints`)."""
+    if isinstance(res, CheckpointResult):
+        return measure_checkpoints(res)
+    T, task = res.final, res.world.finetune.task
     marked, plain = interval(rise(res.runs[SECOND], T, "marked")), interval(plain_rise(res.runs[SECOND], T))
     style_diff = stats.paired_difference(rise(res.runs[SECOND], T, "marked"), plain_rise(res.runs[SECOND], T))
     main, none = rise(res.runs[MAIN], T), rise(res.runs[NONE], T)
@@ -382,14 +555,8 @@ def measure(res: Result) -> dict:
     nw_diff = stats.paired_difference(main, none)
     doses, by_dose = dose_rises(res)
     slope = interval(dose_slopes(doses, by_dose))
-    u = (witness_mean(res.ests[MAIN], res.layer) - witness_mean(res.ests[SECOND], res.layer)).numpy()
     split = {n: {part: interval(rise(res.runs[n], T, "harmfulness", part, task)) for part in ("trained", "untrained")}
              for n in (MAIN, NONE)}
-    resid = residuals(res)
-    resid_al = stats.nested([r["alignment"] for r in resid])
-    if resid_al["ci_low"] is None:  # one history: fall back to its seeds
-        resid_al = {**resid_al, **{k: interval(resid[0]["alignment"])[k] for k in ("ci_low", "ci_high")}}
-    rel = [r["reliability"] for r in resid]
     steps = [s for s in res.runs[MAIN][0].steps if s > 0]
     wx = weight_crossover(res)
     w_own, w_common = interval(wx["own"]), interval(wx["common"])
@@ -400,12 +567,8 @@ def measure(res: Result) -> dict:
     return {
         "weight_space": weights,
         "layer": res.layer,
-        "residual": {"alignment": resid_al, "reliability": rel, "layers": [r["layer"] for r in resid],
-                     "dim": resid[0]["dim"], "null_p99": resid[0]["null_p99"], "n_histories": len(resid),
-                     "verdict": residual_verdict(resid_al, rel, resid[0]["null_p99"])},
-        "witness": {"a": interval(x["a"]), "b": interval(x["b"]), "own": own, "common": common,
-                    "cos_u_vrev": float(stats.cosine(u, res.est.directions.v_rev[res.layer].numpy())),
-                    "verdict": witness_verdict(own, common)},
+        "residual": residual_measure(res),
+        "witness": witness_measure(res),
         "style": {"marked_rise": marked, "plain_rise": plain, "difference": style_diff,
                   "main_marked_rise": interval(rise(res.runs[MAIN], T, "marked")),
                   "verdict": style_verdict(marked, plain, style_diff)},
@@ -419,9 +582,38 @@ def measure(res: Result) -> dict:
     }
 
 
+def measure_checkpoints(res: CheckpointResult) -> dict:
+    """What your checkpoints can show, in the organism's layout: the witness crossover (with the
+    second lineage) and the residual alignment (with v_P and r_S) as there; every other block
+    :func:`not_testable`, saying what it needs (``missing``: all of them)."""
+    needs = missing(res.checkpoints)
+
+    def block(kind: str, made) -> dict:
+        return not_testable(needs[kind]) if kind in needs else made(res)
+
+    return {
+        "weight_space": not_testable(needs["weights"]),
+        "layer": res.layer,
+        "residual": block("residual", residual_measure),
+        "witness": block("witness", witness_measure),
+        "style": not_testable(needs["style"]),
+        "no_witness": not_testable(needs["no_witness"]),
+        "dose": not_testable(needs["dose"]),
+        "missing": needs,
+    }
+
+
+def _not_measured(m: dict, kind: str) -> pd.DataFrame | None:
+    if testable(m, kind):
+        return None
+    return pd.DataFrame({"not measurable with these checkpoints: needs": [m[BLOCK.get(kind, kind)]["needs"]]})
+
+
 def task_split_table(m: dict) -> pd.DataFrame:
     """The rise of harmfulness in the main and no-witness lineages, on harmful requests of the
     fine-tuned task (``trained``) and of the other tasks (``untrained``): mean [95% interval]."""
+    if (none := _not_measured(m, "no_witness")) is not None:
+        return none
     rows = {}
     for name, parts in m["no_witness"]["by_task"].items():
         rows[name] = {f"rise, {part} task{'s' if part == 'untrained' else ''}":
@@ -438,6 +630,8 @@ def dose_rises(res: Result) -> tuple[list[float], np.ndarray]:
 def weight_table(m: dict) -> pd.DataFrame:
     """Weight space by step, over histories: cos(theta_t - theta_S, theta_H - theta_S) and the
     share of the S -> H gap closed (mean [95% interval over histories])."""
+    if (none := _not_measured(m, "weights")) is not None:
+        return none
     ws = m["weight_space"]
 
     def cell(x: dict) -> str:
@@ -451,81 +645,117 @@ def weight_table(m: dict) -> pd.DataFrame:
 
 def summary_table(m: dict) -> pd.DataFrame:
     """For each alternative: the measurement that separates it, what the hypothesis predicts,
-    what the organism showed, and the verdict."""
-    w, s, n, d, r = m["witness"], m["style"], m["no_witness"], m["dose"], m["residual"]
-
+    what the organism (or your checkpoints) showed, and the verdict; a measurement not made says
+    what it needs, with the verdict :data:`NOT_TESTABLE`."""
     def ci(i: dict) -> str:
         return f"{i['mean']:+.3f} [{i['ci_low']:+.3f}, {i['ci_high']:+.3f}]"
 
+    def row(alternative: str, kind: str, measurement: str, predicts, observed) -> dict:
+        block = m[BLOCK.get(kind, kind)]
+        if "needs" in block:
+            return {"alternative": alternative, "measurement": measurement,
+                    "hypothesis predicts": predicts(None), "verdict": NOT_TESTABLE,
+                    "observed": f"not measurable with these checkpoints: needs {block['needs']}"}
+        verdict = block["crossover"]["verdict"] if kind == "weights" else block["verdict"]
+        return {"alternative": alternative, "measurement": measurement, "hypothesis predicts": predicts(block),
+                "observed": observed(block), "verdict": verdict}
+
+    def above_zero(_) -> str:
+        return "> 0"
+
+    def residual_observed(r: dict) -> str:
+        return f"{ci(r['alignment'])}; split-half {min(r['reliability']):.2f}-{max(r['reliability']):.2f}"
+
     rows = [
-        {"alternative": "any helpful past would do", "measurement": "own-witness part of drift along mu_H - mu_H'",
-         "hypothesis predicts": "> 0", "observed": ci(w["own"]), "verdict": w["verdict"]},
-        {"alternative": "any helpful past would do", "measurement": "second lineage: marked minus plain rise",
-         "hypothesis predicts": "> 0", "observed": ci(s["difference"]), "verdict": s["verdict"]},
-        {"alternative": "any helpful past would do", "measurement": "own-witness part of theta_T - theta_S along theta_H - theta_H'",
-         "hypothesis predicts": "> 0", "observed": ci(m["weight_space"]["crossover"]["own"]),
-         "verdict": m["weight_space"]["crossover"]["verdict"]},
-        {"alternative": "fine-tuning just teaches the task", "measurement": "rise, main minus no-witness lineage",
-         "hypothesis predicts": "> 0", "observed": ci(n["difference"]), "verdict": n["verdict"]},
-        {"alternative": "v_rev is only refusal undone and the way back to theta_P",
-         "measurement": "drift along v_rev outside span(r_S, v_P), over histories",
-         "hypothesis predicts": f"> null p99 {r['null_p99']:.3f}, reliable",
-         "observed": f"{ci(r['alignment'])}; split-half {min(r['reliability']):.2f}-{max(r['reliability']):.2f}",
-         "verdict": r["verdict"]},
-        {"alternative": "the alignment's shallowness, not the early phase's size",
-         "measurement": "slope of the rise against the helpful phase's length",
-         "hypothesis predicts": "> 0", "observed": ci(d["slope"]), "verdict": d["verdict"]},
+        row("any helpful past would do", "witness", "own-witness part of drift along mu_H - mu_H'", above_zero,
+            lambda w: ci(w["own"])),
+        row("any helpful past would do", "style", "second lineage: marked minus plain rise", above_zero,
+            lambda s: ci(s["difference"])),
+        row("any helpful past would do", "weights", "own-witness part of theta_T - theta_S along theta_H - theta_H'",
+            above_zero, lambda ws: ci(ws["crossover"]["own"])),
+        row("fine-tuning just teaches the task", "no_witness", "rise, main minus no-witness lineage", above_zero,
+            lambda n: ci(n["difference"])),
+        row("v_rev is only refusal undone and the way back to theta_P", "residual",
+            "drift along v_rev outside span(r_S, v_P), over histories",
+            lambda r: "> null p99, reliable" if r is None else f"> null p99 {r['null_p99']:.3f}, reliable",
+            residual_observed),
+        row("the alignment's shallowness, not the early phase's size", "dose",
+            "slope of the rise against the helpful phase's length", above_zero, lambda d: ci(d["slope"])),
     ]
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["alternative", "measurement", "hypothesis predicts", "observed", "verdict"])
+
+
+NAN = float("nan")
 
 
 def prose(m: dict) -> dict:
-    """Every number and sentence the chapter's prose pastes (myst-nb glue), by name."""
+    """Every number and sentence the chapter's prose pastes (myst-nb glue), by name; on your
+    checkpoints a measurement not made pastes NaN and a sentence that says what it needs."""
+    def get(kind: str, *path: str):
+        x = m[BLOCK.get(kind, kind)]
+        if "needs" in x:
+            return NAN
+        for p in path:
+            x = x[p]
+        return x
+
+    res_ok = testable(m, "residual")
     return {
         "layer": m["layer"],
         "n_seeds": m["n"]["seeds"],
-        "own": m["witness"]["own"]["mean"],
-        "own_lo": m["witness"]["own"]["ci_low"],
-        "own_hi": m["witness"]["own"]["ci_high"],
-        "common": m["witness"]["common"]["mean"],
-        "common_lo": m["witness"]["common"]["ci_low"],
-        "common_hi": m["witness"]["common"]["ci_high"],
-        "cos_u_vrev": m["witness"]["cos_u_vrev"],
-        "witness_sentence": sentence("witness", m["witness"]["verdict"]),
-        "marked_rise": m["style"]["marked_rise"]["mean"],
-        "plain_rise": m["style"]["plain_rise"]["mean"],
-        "style_lo": m["style"]["difference"]["ci_low"],
-        "style_hi": m["style"]["difference"]["ci_high"],
-        "style_sentence": sentence("style", m["style"]["verdict"]),
-        "main_rise": m["no_witness"]["main_rise"]["mean"],
-        "nw_rise": m["no_witness"]["no_witness_rise"]["mean"],
-        "nw_lo": m["no_witness"]["difference"]["ci_low"],
-        "nw_hi": m["no_witness"]["difference"]["ci_high"],
-        "nw_theta_H": m["no_witness"]["theta_H_harmfulness"],
-        "nw_sentence": sentence("no_witness", m["no_witness"]["verdict"]),
-        "slope": m["dose"]["slope"]["mean"],
-        "slope_lo": m["dose"]["slope"]["ci_low"],
-        "slope_hi": m["dose"]["slope"]["ci_high"],
-        "dose_sentence": sentence("dose", m["dose"]["verdict"]),
-        "res_al": m["residual"]["alignment"]["mean"],
-        "res_lo": m["residual"]["alignment"]["ci_low"],
-        "res_hi": m["residual"]["alignment"]["ci_high"],
-        "res_null": m["residual"]["null_p99"],
-        "res_dim": m["residual"]["dim"],
-        "res_rel": ", ".join(f"{x:.2f}" for x in m["residual"]["reliability"]),
-        "res_h": m["residual"]["n_histories"],
-        "residual_sentence": sentence("residual", m["residual"]["verdict"]),
-        "w_cos_T": m["weight_space"]["cos_gap"][-1]["mean"],
-        "w_closed_T": m["weight_space"]["gap_closed"][-1]["mean"],
-        "w_own": m["weight_space"]["crossover"]["own"]["mean"],
-        "w_own_lo": m["weight_space"]["crossover"]["own"]["ci_low"],
-        "w_own_hi": m["weight_space"]["crossover"]["own"]["ci_high"],
-        "weights_sentence": sentence("weights", m["weight_space"]["crossover"]["verdict"]),
+        "own": get("witness", "own", "mean"),
+        "own_lo": get("witness", "own", "ci_low"),
+        "own_hi": get("witness", "own", "ci_high"),
+        "common": get("witness", "common", "mean"),
+        "common_lo": get("witness", "common", "ci_low"),
+        "common_hi": get("witness", "common", "ci_high"),
+        "cos_u_vrev": get("witness", "cos_u_vrev"),
+        "witness_sentence": sentence_of(m, "witness"),
+        "marked_rise": get("style", "marked_rise", "mean"),
+        "plain_rise": get("style", "plain_rise", "mean"),
+        "style_lo": get("style", "difference", "ci_low"),
+        "style_hi": get("style", "difference", "ci_high"),
+        "style_sentence": sentence_of(m, "style"),
+        "main_rise": get("no_witness", "main_rise", "mean"),
+        "nw_rise": get("no_witness", "no_witness_rise", "mean"),
+        "nw_lo": get("no_witness", "difference", "ci_low"),
+        "nw_hi": get("no_witness", "difference", "ci_high"),
+        "nw_theta_H": get("no_witness", "theta_H_harmfulness"),
+        "nw_sentence": sentence_of(m, "no_witness"),
+        "slope": get("dose", "slope", "mean"),
+        "slope_lo": get("dose", "slope", "ci_low"),
+        "slope_hi": get("dose", "slope", "ci_high"),
+        "dose_sentence": sentence_of(m, "dose"),
+        "res_al": get("residual", "alignment", "mean"),
+        "res_lo": get("residual", "alignment", "ci_low"),
+        "res_hi": get("residual", "alignment", "ci_high"),
+        "res_null": get("residual", "null_p99"),
+        "res_dim": get("residual", "dim"),
+        "res_rel": ", ".join(f"{x:.2f}" for x in m["residual"]["reliability"]) if res_ok else "",
+        "res_h": get("residual", "n_histories"),
+        "residual_sentence": sentence_of(m, "residual"),
+        "w_cos_T": get("weights", "cos_gap", -1, "mean"),
+        "w_closed_T": get("weights", "gap_closed", -1, "mean"),
+        "w_own": get("weights", "crossover", "own", "mean"),
+        "w_own_lo": get("weights", "crossover", "own", "ci_low"),
+        "w_own_hi": get("weights", "crossover", "own", "ci_high"),
+        "weights_sentence": sentence_of(m, "weights"),
     }
 
 
-def metrics(P: Params, res: Result) -> dict:
+def metrics(P: Params, res: Result | CheckpointResult) -> dict:
     m = measure(res)
+    if isinstance(res, CheckpointResult):
+        second = res.subjects.get(SECOND)
+        return {"n": {"histories": 1, "seeds": res.world.n_seeds, "level": "seeds of your checkpoints' lineages",
+                      "residual_histories": 1 if testable(m, "residual") else 0},
+                "lineages": {k: {"theta_S": {q: float(v[0].evals[0][q]) for q in ("harmfulness", "non_refusal")},
+                                 "rise": interval(rise(v, res.final)),
+                                 "own_alignment": interval(own_alignment(res, k))}
+                             for k, v in res.runs.items()},
+                "second_lineage": None if second is None else {"witness": second.witness.as_posix(),
+                                                               "aligned": second.aligned.as_posix()},
+                **m, "summary": summary_table(m).to_dict(orient="records")}
     return {"n": {"histories": 1, "seeds": res.world.n_seeds, "level": "seeds of history 0",
                   "residual_histories": len(res.history_runs)},
             "lineages": {k: {"helpful_steps": res.configs[k].helpful.steps,
@@ -540,9 +770,7 @@ def metrics(P: Params, res: Result) -> dict:
             **m, "summary": summary_table(m).to_dict(orient="records")}
 
 
-def save(P: Params, res: Result) -> dict:
-    """``results/04b_which_past/metrics.json``."""
-    m = metrics(P, res)
-    write_metrics(STEM, m, dataclasses.asdict(P), seeds=res.world.seeds, subject=res.subject.record(),
-                  stages=stage_ids(res.subject, res.est), code=(__name__,))
-    return m
+def save(P: Params, res: Result | CheckpointResult) -> dict:
+    """``results/04b_which_past/metrics.json`` (the parameters without an empty ``checkpoints``,
+    as before the parameter existed)."""
+    return write_chapter(STEM, __name__, P, res, metrics(P, res))

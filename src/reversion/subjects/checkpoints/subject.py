@@ -74,8 +74,8 @@ from reversion.subjects.checkpoints.textdata import (
     split_pairs,
 )
 
-__all__ = ["CHECKPOINT_KEYS", "CheckpointSubject", "DEFAULT_REFUSAL", "MIN_PROMPTS", "TEXT_TASK", "TextData",
-           "checkpoint_identity", "from_parameters"]
+__all__ = ["CHECKPOINT_KEYS", "CheckpointSubject", "DEFAULT_REFUSAL", "MIN_PROMPTS", "SECOND_LINEAGE_KEYS",
+           "TEXT_TASK", "TextData", "checkpoint_identity", "from_parameters"]
 
 DEFAULT_REFUSAL = "I can't help with that."
 """Default refusal response of the safety examples (rehearsal, the chapter-04 control)."""
@@ -103,8 +103,15 @@ CHECKPOINT_KEYS = {
              "fine-tuned weights are always float32",
     "refusal_response": f"answer of the safety examples (default {DEFAULT_REFUSAL!r})",
     "max_new_tokens": "greedy tokens judged per held-out harmful prompt (default 32)",
+    "second_witness": "a second helpful-only witness theta_H' (chapter 'Which past?' only, with "
+                      "second_aligned): its lineage is fine-tuned beside yours for the witness crossover",
+    "second_aligned": "the safety-aligned model theta_S' of second_witness's lineage (chapter 'Which past?' "
+                      "only); fine-tuned like aligned",
 }
 """The keys of the chapters' ``checkpoints`` parameter, with what each is."""
+SECOND_LINEAGE_KEYS = ("second_witness", "second_aligned")
+"""The keys of a second lineage (chapter "Which past?"): checked like ``witness`` and ``aligned``
+(a checkpoint or adapter folder of the same architecture), not part of the subject itself."""
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 
 
@@ -450,7 +457,8 @@ def from_parameters(checkpoints: Mapping[str, Any], need_finetune: bool = False,
     split = options.get("split_prompts", True)
     field = options.get("prompt_field", "prompt")
     template = options.get("chat_template", "auto")
-    for key in ("witness", "aligned", "tokenizer", "prompts", "finetune_data", "pretrained", "harmless"):
+    for key in ("witness", "aligned", "tokenizer", "prompts", "finetune_data", "pretrained", "harmless",
+                *SECOND_LINEAGE_KEYS):
         if not isinstance(_value(checkpoints, key), str):
             raise ValueError(f"{w(key)} must be a path string, got {checkpoints[key]!r}")
     witness, aligned = _value(checkpoints, "witness"), _value(checkpoints, "aligned")
@@ -493,6 +501,9 @@ def from_parameters(checkpoints: Mapping[str, Any], need_finetune: bool = False,
     if _value(checkpoints, "pretrained"):
         P, cfg_P = folder("pretrained")
         same(cfg, "pretrained", cfg_P)
+    for key in SECOND_LINEAGE_KEYS:  # checked here, read by the chapter that uses them
+        if _value(checkpoints, key):
+            same(cfg, key, folder(key)[1])
 
     if not _value(checkpoints, "prompts"):
         raise ValueError(f"{w('prompts')} is empty: give a file of harmful probe prompts "
