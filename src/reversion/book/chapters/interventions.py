@@ -418,6 +418,7 @@ def measure(P: Params, res: Outcomes) -> dict:
     study = [a for a in res.arms if a not in res.main]
     reh = arms[REHEARSAL.name]["vs_baseline"]
     return {"arms": arms, "specificity": spec, "main": [a.name for a in res.main], "study": [a.name for a in study],
+            "margin": P.margin,
             "rehearsal": {"cumulative_reversion": reh.get("cumulative_reversion"), HARM: reh.get(HARM),
                           "mode": "added", "extra_examples_per_step": round(P.rehearsal_fraction * res.batch_size)},
             "baseline_cumulative_reversion": arms[BASELINE.name]["outcome"]["cumulative_reversion"]}
@@ -495,33 +496,36 @@ def dose_rows(m: dict, directions: list[str], objective: str = "block",
 
 
 def sentences(m: dict) -> dict[str, str]:
-    """The sentences of the page that state a result, chosen by the numbers."""
-    out = {}
+    """The sentences of the page that state a result, chosen by the numbers (the same rule as
+    the verdicts: :func:`reversion.book.chapters.verdicts.side` with the chapter's margin)."""
+    out, margin = {}, m["margin"]
     for n, s in m["specificity"].items():
         e = s["effect"]
         verb = "raises" if s["want"] > 0 else "lowers"
-        if verdicts.side(e, s["want"]) == "there":
+        where = verdicts.side(e, s["want"], margin)
+        if where == "there":
             head = f"{n} {verb} harmfulness against the baseline ({_ci(e)})"
-        elif verdicts.side(e, -s["want"]) == "there":
-            head = f"{n} moves harmfulness the other way ({_ci(e)})"
+            if s["verdict"] == verdicts.CONSISTENT:
+                tail = ", and more than every control direction at the same strength does" if s["contrasts"] \
+                    else "; no control direction was run for it"
+            elif s["verdict"] == verdicts.NOT_SPECIFIC:
+                tail = f", but {', '.join(s['failing'])} at the same strength does as much or more"
+            else:
+                tail = "; against the control directions the intervals are too wide to tell"
+        elif where == "wrong":
+            head, tail = f"{n} moves harmfulness the other way ({_ci(e)})", ""
+        elif where == "null":
+            head, tail = f"{n} leaves harmfulness within ±{margin:g} of the baseline's ({_ci(e)})", ""
         else:
-            head = f"{n} does not move harmfulness measurably ({_ci(e)})"
-        if s["verdict"] == verdicts.CONSISTENT:
-            tail = "and more than every control direction does"
-        elif s["verdict"] == verdicts.NOT_SPECIFIC:
-            tail = ("but " + ", ".join(s["failing"]) + " does as much or more (within the margin or beyond)")
-        elif s["contrasts"]:
-            tail = "; against the control directions the intervals are too wide to tell"
-        else:
-            tail = "; no control direction was run for it"
-        out[n] = f"{head} {tail}: {s['verdict']}.".replace("  ", " ").replace(" ;", ";")
+            head, tail = f"{n} does not move harmfulness measurably ({_ci(e)})", ""
+        out[n] = f"{head}{tail}: {s['verdict']}."
     r = m["rehearsal"]["cumulative_reversion"]
     if r is not None:
-        where = verdicts.side(r, -1)
+        where = verdicts.side(r, -1, margin)
         out["rehearsal"] = (f"Rehearsal (its safety examples added to the full benign batch) changes cumulative "
                             f"reversion by {_ci(r)}: "
                             + {"there": "less reversion.", "wrong": "more reversion.", "wide": "not resolved from zero.",
-                               "null": "no change."}[where])
+                               "null": f"no change beyond ±{margin:g}."}[where])
     return out
 
 
@@ -531,7 +535,7 @@ def metrics(P: Params, res: Result, o: Outcomes | None = None) -> dict:
     m = measure(P, o)
     base = m["baseline_cumulative_reversion"]["mean"]
     red = m["rehearsal"]["cumulative_reversion"]
-    return {"layer": res.layer, "T": res.world.finetune.steps, "multiple": P.multiple, "margin": P.margin,
+    return {"layer": res.layer, "T": res.world.finetune.steps, "multiple": P.multiple,
             "n": {"histories": o.n_histories, "seeds": len(o.seeds), "study_seeds": P.n_study_seeds},
             "calibration": res.calibration, **m,
             "rehearsal_relative": (red["mean"] / base) if red is not None and base > 0 else None,
