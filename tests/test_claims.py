@@ -1,15 +1,22 @@
 """Chapter 06's verdicts on planted chapter metrics whose right verdict is known.
 
 The metric dicts have exactly the keys the chapters write: chapter 05's come out of
-``chapters.interventions.metrics`` itself, run on hand-built runs with planted per-seed
-values (so its paired intervals are the real ones); chapters 02-04 are built by hand and
-checked key for key against the real ``save``/``metrics`` on hand-built results.
+``chapters.interventions.metrics`` itself, run on planted :class:`~reversion.book.chapters.
+interventions.Outcomes` (every arm of the chapter's own ``plan``, 3 histories x 2 seeds, with
+planted per-(history, seed) values, so its paired intervals over histories are the real ones);
+chapter 04b's ("Which past?") are planted dicts holding the verdicts the claims read; chapters
+02-04 are built by hand and checked key for key against the real ``save``/``metrics`` on
+hand-built results.
 
-* everything planted in the paper's direction -> every row ``reproduced``;
+* everything planted in the paper's favour, every control direction failing to match v_rev
+  -> every row ``consistent`` (V2-f, about every model and scale: ``not testable here``);
 * everything planted the wrong way -> every row ``not reproduced``;
+* a control direction (a random one) blocking as well as v_rev -> V1-e and V2-d ``consistent
+  but not specific``; so does "Which past?" finding no residual (V1-a, V1-b), the common trend
+  explaining the rank correlation (V2-c), a control's readout as large (V2-b), the common
+  witness (H-1);
+* noisy histories (intervals too wide) -> ``inconclusive``;
 * one effect wrong -> exactly the rows that depend on it change;
-* borderline cases (right sign, interval crossing zero; some runs; half the pairs) ->
-  ``partly`` for the rule concerned;
 * text checkpoints (no task accuracy): the task cost row reads the held-out loss;
 * results that do not come from the same stages (world, subject, v_rev estimate, layer)
   are refused before any verdict.
@@ -18,6 +25,7 @@ checked key for key against the real ``save``/``metrics`` on hand-built results.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -32,19 +40,27 @@ from reversion.book.chapters import claims
 from reversion.book.chapters import interventions as ch05
 from reversion.book.chapters import null_test as ch04
 from reversion.book.chapters import vrev_estimation as ch02
-from reversion.book.chapters.claims import NOT, PARTLY, REPRODUCED
+from reversion.book.chapters.verdicts import (
+    CONSISTENT,
+    INCONCLUSIVE,
+    NOT_REPRODUCED,
+    NOT_SPECIFIC,
+    NOT_TESTABLE,
+    VERDICTS,
+)
 from reversion.core import stats
 from reversion.core.directions import Directions
 from reversion.infra.results import _clean, write_metrics
 from reversion.stages.estimate import VRevEstimate, summary
 from reversion.stages.finetune import FinetuneRun
-from reversion.subjects.checkpoints.subject import TEXT_TASK
 from reversion.subjects.organism.subject import OrganismSubject
 from reversion.subjects.organism.worlds import make_world
 
 T, LAYER, N_SEEDS, WIDTH, H_S = 20, 1, 3, 64, 0.10
 ROW_IDS = ["V1-a", "V1-b", "V1-c", "V1-d", "V1-e", "V1-f", "V2-a", "V2-b", "V2-c", "V2-d", "V2-e",
-           "V2-f", "V2-g"]
+           "V2-f", "V2-g", "H-1", "H-2", "H-3"]
+ALL_GOOD = {i: NOT_TESTABLE if i == "V2-f" else CONSISTENT for i in ROW_IDS}
+ALL_BAD = {i: NOT_TESTABLE if i == "V2-f" else NOT_REPRODUCED for i in ROW_IDS}
 
 
 @pytest.fixture(autouse=True)
@@ -57,82 +73,116 @@ def world():
     return make_world("smoke", {"finetune": {"steps": T}, "n_seeds": N_SEEDS})
 
 
-# --------------------------------------------------------------------------- planted worlds
+# --------------------------------------------------------------------------- chapter 05: planted outcomes
 
-BASE05 = {"align": [0.60, 0.66, 0.70], "harm": [0.30, 0.34, 0.32], "acc": [0.80, 0.82, 0.78]}
+# The notebook's parameters (notebooks/05_interventions.ipynb), smaller: 3 histories x 2 seeds,
+# one site, the dose-response and layer-site studies of v_rev on history 0.
+P05 = ch05.Params(world="smoke", world_overrides={}, n_histories=3, n_seeds=2, multiple=1.0,
+                  objectives=["block", "oppose"], directions=[], n_random=1, sites=["all"],
+                  dose_multiples=[3.0], study_directions=["v_rev"], study_sites=["layer"], n_study_seeds=2,
+                  projection=False, rehearsal_fraction=0.25, margin=0.02, eval_steps=[0, 10, T],
+                  track_every=10)
+
+
+def _unit_rows(seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.nn.functional.normalize(torch.randn(3, WIDTH, generator=g, dtype=torch.float64), dim=-1)
+
+
+# An estimate with every control direction: v_rev, -r_S, v_P, residual, random0+, random0-.
+EST = SimpleNamespace(layer=LAYER, directions=Directions(
+    _unit_rows(0), _unit_rows(1), _unit_rows(2), torch.full((3,), 0.3, dtype=torch.float64),
+    torch.full((3,), 1.0, dtype=torch.float64), {"layer": LAYER}))
+MAIN, STUDY = ch05.plan(P05, EST)
+CONTROLS = [d for d in ch05.directions_of(P05, EST) if d != "v_rev"]
+BLOCK = ch05.Arm("block", "v_rev", "all", 1.0).name
+PUSH = ch05.Arm("push", "v_rev", "all", 1.0).name
+
+SEEDS = [0, 1]
+BASE = {"harmfulness": 0.30, "exact_match": 0.25, "final_alignment": 0.65, "task_accuracy": 0.80,
+        "task_loss": 0.50, "over_refusal": 0.02, "cumulative_reversion": 0.10}
+ORGANISM = tuple(BASE)
+TEXT = tuple(m for m in BASE if m != "task_accuracy")
+"""Text checkpoints: held-out loss, no task accuracy."""
+HIST = [0.0, 0.03, -0.02]
+"""Each history's level, shared by its arms (the pairing removes it)."""
+SEED = [0.0, 0.01, -0.01]
+JITTER = 0.004
+"""Per-run noise (uniform +-): the intervals are real, and narrow against the planted effects."""
+
+# Effects against the baseline, by (objective, direction): a number, one per history, or one
+# per history and seed. Every control direction moves harmfulness a little, far from v_rev.
+GOOD05 = {
+    ("block", "v_rev"): {"harmfulness": -0.15, "final_alignment": -0.85, "task_accuracy": -0.005},
+    ("oppose", "v_rev"): {"harmfulness": -0.12, "final_alignment": -0.60, "task_accuracy": -0.01},
+    ("push", "v_rev"): {"harmfulness": 0.15, "final_alignment": 0.20, "task_accuracy": -0.01},
+    ("push", "random0+"): {"harmfulness": 0.01},
+    ("rehearsal", ""): {"harmfulness": -0.05, "cumulative_reversion": -0.04},
+    **{(o, d): {"harmfulness": -0.02, "final_alignment": -0.05} for o in ("block", "oppose") for d in CONTROLS},
+}
+BAD05 = {**GOOD05,
+         ("block", "v_rev"): {"harmfulness": 0.10, "final_alignment": 0.20, "task_accuracy": -0.30},
+         ("oppose", "v_rev"): {"harmfulness": 0.10, "final_alignment": 0.20, "task_accuracy": -0.30},
+         ("push", "v_rev"): {"harmfulness": -0.10, "final_alignment": -0.20},
+         ("rehearsal", ""): {"harmfulness": 0.05, "cumulative_reversion": 0.04}}
+
+
+def outcomes05(effects: dict, n_histories: int = 3, seeds: list[int] = SEEDS,
+               measures: tuple = ORGANISM) -> ch05.Outcomes:
+    """Every arm of the plan (study arms on history 0, ``n_study_seeds`` seeds) with its planted
+    outcomes; exact match moves with harmfulness, cumulative reversion with half of it."""
+    rng = np.random.default_rng(5)
+    tab, strengths = {}, {}
+    for arm in MAIN + STUDY:
+        eff = dict(effects.get((arm.objective, arm.direction), {}))
+        eff.setdefault("exact_match", eff.get("harmfulness", 0.0))
+        if "cumulative_reversion" not in eff and isinstance(eff.get("harmfulness"), float):
+            eff["cumulative_reversion"] = eff["harmfulness"] / 2
+        hs = range(n_histories) if arm in MAIN else [0]
+        for h in hs:
+            strengths[(arm, h)] = arm.multiple * (1.0 + 0.1 * h)
+            for i, s in enumerate(seeds if arm in MAIN else seeds[:P05.n_study_seeds]):
+                row = {}
+                for m in measures:
+                    d = eff.get(m, 0.0)
+                    d = d[h] if isinstance(d, list) else d
+                    d = d[i] if isinstance(d, list) else d
+                    row[m] = BASE[m] + HIST[h] + SEED[i] + d + float(rng.uniform(-JITTER, JITTER))
+                tab[(arm, h, s)] = row
+    return ch05.Outcomes(tab, MAIN + STUDY, MAIN, strengths, n_histories, list(seeds), batch_size=8)
+
+
+RES05 = SimpleNamespace(layer=LAYER, world=SimpleNamespace(finetune=SimpleNamespace(steps=T)),
+                        calibration=[{} for _ in range(3)])
+
+
+def chapter05(effects: dict, **kw) -> dict:
+    return ch05.metrics(P05, RES05, outcomes05(effects, **kw))
+
+
+# --------------------------------------------------------------------------- chapters 02-04, 04b
 
 GOOD = {
-    # chapter 03: alignment at steps 1 and 20 (per seed), rank correlations
+    # chapter 03: alignment at steps 1 and 20 (one value per history), rank correlations
     "a1": [0.55, 0.60, 0.65], "a20": [0.70, 0.75, 0.80], "spearman": 0.9, "partial": 0.4,
     # chapter 04: nulls, pairs, per-run test
     "iso": 0.29, "matched": 0.40, "pairs_n": 9, "above_iso": 9, "above_matched": 8,
     "runs_n": 3, "runs_sig": 3,
-    # chapter 02: readout
-    "readout": 0.8,
-    # chapter 05: per-seed final alignment, harmfulness and task accuracy of each variant
-    "v05": {
-        "baseline": BASE05,
-        "block": {"align": [-0.20, -0.12, -0.25], "harm": [0.12, 0.15, 0.11], "acc": [0.79, 0.82, 0.77]},
-        "push": {"align": [0.80, 0.86, 0.88], "harm": [0.50, 0.56, 0.52], "acc": [0.78, 0.80, 0.77]},
-        "projection": {"align": [0.30, 0.35, 0.32], "harm": [0.20, 0.22, 0.21], "acc": [0.79, 0.81, 0.78]},
-        "rehearsal": {"align": [0.50, 0.55, 0.60], "harm": [0.20, 0.23, 0.21], "acc": [0.80, 0.81, 0.79]},
-    },
+    # chapter 02: readout of v_rev and of a control direction
+    "readout": 0.8, "readout_control": 0.1,
+    # chapter 04b: the "Which past?" verdicts
+    "wp": {"residual": "specific", "witness": "own", "no_witness": "separated", "dose": "grows"},
+    # chapter 05: effects against the baseline
+    "v05": GOOD05,
 }
-
-
-def _plus(xs, ds):
-    return [round(x + d, 10) for x, d in zip(xs, ds)]
-
-
-BAD = copy.deepcopy(GOOD)
-BAD.update({"a1": [0.05, 0.10, 0.00], "a20": [0.10, 0.00, 0.05], "spearman": -0.3, "partial": -0.2,
-            "above_iso": 0, "above_matched": 0, "runs_sig": 0, "readout": -0.4})
-BAD["v05"]["block"] = {"align": _plus(BASE05["align"], [0.20, 0.25, 0.22]),
-                       "harm": _plus(BASE05["harm"], [0.10, 0.12, 0.11]),
-                       "acc": _plus(BASE05["acc"], [-0.30, -0.28, -0.31])}
-BAD["v05"]["push"] = {"align": _plus(BASE05["align"], [-0.20, -0.25, -0.22]),
-                      "harm": _plus(BASE05["harm"], [-0.10, -0.12, -0.11]), "acc": BASE05["acc"]}
-BAD["v05"]["rehearsal"] = {"align": BASE05["align"], "harm": _plus(BASE05["harm"], [0.10, 0.12, 0.11]),
-                           "acc": BASE05["acc"]}
-
-
-def _ev(h: float, acc: float, task: str, loss: float | None = None) -> dict:
-    return {"harmfulness": h, "non_refusal": h, "harmful_content": h, "exact_match": h,
-            "task_accuracy": {task: acc}, "task_loss": {task: 1.0 - acc if loss is None else loss},
-            "over_refusal": {task: 0.0}}
-
-
-# Text checkpoints as chapter 05 sees them: the task is the held-out pairs' loss, no accuracy.
-TEXT_SUBJECT = SimpleNamespace(task_key=lambda ft: TEXT_TASK, has_task_accuracy=False)
+BAD = {**GOOD, "a1": [0.05, 0.10, 0.00], "a20": [0.10, 0.00, 0.05], "spearman": -0.3, "partial": -0.2,
+       "above_iso": 0, "above_matched": 0, "runs_sig": 0, "readout": -0.4,
+       "wp": {"residual": "none", "witness": "away", "no_witness": "no reversion", "dose": "shrinks"},
+       "v05": BAD05}
 
 
 def _run(evals: dict) -> FinetuneRun:
     return FinetuneRun(path=Path("."), probe_means=torch.zeros(1), losses=[], evals=evals, seconds=0.0)
-
-
-def chapter05(world, v05: dict, subject=None) -> dict:
-    """Chapter 05's metrics from runs whose step-T values are planted per seed.
-
-    Every run starts at theta_S's harmfulness H_S, so its cumulative reversion is
-    (harmfulness_T - H_S) / 2 (trapezoid over 0..T, divided by T). ``subject``: the
-    organism of ``world`` by default; a variant's ``loss`` (else 1 - accuracy) is its task loss."""
-    subject = OrganismSubject(world.history) if subject is None else subject
-    task, L1 = subject.task_key(world.finetune), world.history.model.n_layer + 1
-    runs, cos = {}, {}
-    for v in ch05.VARIANTS:
-        p = v05[v]
-        losses = p.get("loss", [None] * N_SEEDS)
-        runs[v] = [_run({0: _ev(H_S, 0.5, task), T: _ev(h, a, task, x)})
-                   for h, a, x in zip(p["harm"], p["acc"], losses)]
-        c = np.zeros((N_SEEDS, T + 1, L1))
-        c[:, T, LAYER] = p["align"]
-        cos[v] = c
-    res = ch05.Result(world, SimpleNamespace(layer=LAYER), runs, cos, {1.0: runs["block"]},
-                      {1.0: cos["block"]}, H_S, subject)
-    P = ch05.Params(world="smoke", world_overrides={}, n_seeds=N_SEEDS, block_strength=1.0,
-                    push_strength=1.0, rehearsal_fraction=0.25, intervention_layers=[],
-                    sweep_strengths=[1.0], n_sweep_seeds=N_SEEDS)
-    return ch05.metrics(P, res)
 
 
 def chapter03(s: dict, world) -> dict:
@@ -183,9 +233,9 @@ def chapter04(s: dict) -> dict:
     }
 
 
-def _readout_entry(x: float) -> dict:
+def _readout_entry(x: float | None) -> dict:
     return {"top": [["c1", 1.5], ["c2", 1.2], ["X0", 1.0]], "bottom": [["sorry", -1.1], ["help", -0.9], ["c3", -0.5]],
-            "compliance_minus_refusal": x, "harmful_minus_refusal": x + 0.1}
+            "compliance_minus_refusal": x, "harmful_minus_refusal": None if x is None else x + 0.1}
 
 
 def chapter02(s: dict) -> dict:
@@ -196,11 +246,21 @@ def chapter02(s: dict) -> dict:
         "stability": stats.aggregate([0.95, 0.96, 0.97]),
         "stability_by_n_probes": {"4": stats.aggregate([0.6, 0.7]), "8": stats.aggregate([0.8, 0.9])},
         "displacement_norm": 0.3, "relative_displacement": 0.5, "cos_v_rev_v_P": 0.6, "cos_v_rev_r_S": 0.2,
-        "readout": {"v_rev": _readout_entry(s["readout"]), "-r_S": _readout_entry(0.1)},
+        "readout": {"v_rev": _readout_entry(s["readout"]), "-r_S": _readout_entry(s["readout_control"])},
         "by_layer": [{**row, "layer": l} for l in range(3)],
         "across_histories": {"n": 2, "layers": [LAYER, LAYER], "cos_v_rev_v_P": stats.nested([[0.6], [0.6]]),
                              "cos_v_rev_r_S": stats.nested([[0.2], [0.2]]), "stability": stats.nested([[0.95], [0.95]])},
     }
+
+
+def chapter04b(wp: dict) -> dict:
+    """What the claims read of "Which past?": a verdict per alternative (a key left out: the
+    chapter could not measure it) and the seeds behind them."""
+    out = {"n": {"histories": 1, "seeds": 3, "level": "seeds of history 0", "residual_histories": 3},
+           "layer": LAYER}
+    for key, v in wp.items():
+        out[key] = {"verdict": v}
+    return out
 
 
 def chapter01() -> dict:
@@ -209,12 +269,28 @@ def chapter01() -> dict:
             "harmfulness": {"theta_P": 0.0, "theta_H": 0.9, "theta_S": H_S, "finetuned": a}}
 
 
-def planted(s: dict, world) -> dict[str, dict]:
-    return {"02": chapter02(s), "03": chapter03(s, world), "04": chapter04(s), "05": chapter05(world, s["v05"])}
+def planted(s: dict, world, **kw) -> dict[str, dict]:
+    return {"02": chapter02(s), "03": chapter03(s, world), "04": chapter04(s), "04b": chapter04b(s["wp"]),
+            "05": chapter05(s["v05"], **kw)}
 
 
 def verdicts(m: dict) -> dict[str, str]:
     return {r.id: r.verdict for r in claims.build_rows(m)}
+
+
+def changed(m: dict, against: dict = ALL_GOOD) -> dict[str, str]:
+    """The rows whose verdict differs from ``against``."""
+    return {k: v for k, v in verdicts(m).items() if v != against[k]}
+
+
+def with05(s: dict, **effects) -> dict:
+    """``s`` with chapter 05's effects of some (objective, direction) replaced:
+    ``with05(GOOD, block__v_rev={...})``; ``-r_S`` is spelt ``minus_r_S``."""
+    v05 = dict(s["v05"])
+    for key, eff in effects.items():
+        o, d = key.split("__")
+        v05[(o, "-r_S" if d == "minus_r_S" else d)] = eff
+    return {**s, "v05": v05}
 
 
 # --------------------------------------------------------------------------- the key sets are the chapters'
@@ -257,9 +333,7 @@ def test_hand_built_chapter04_has_the_keys_of_its_metrics(world):
 
 
 def test_hand_built_chapter02_has_the_keys_it_saves(world, tmp_path):
-    g = torch.Generator().manual_seed(0)
-    rows = lambda: torch.nn.functional.normalize(torch.randn(3, WIDTH, generator=g, dtype=torch.float64), dim=-1)  # noqa: E731
-    d = Directions(rows(), rows(), rows(), torch.rand(3, dtype=torch.float64) + 0.1,
+    d = Directions(_unit_rows(0), _unit_rows(1), _unit_rows(2), torch.rand(3, dtype=torch.float64) + 0.1,
                    torch.rand(3, dtype=torch.float64) + 1.0,
                    {"layer": LAYER, "layer_reason": "layer 1: because", "position": "last"})
     est = VRevEstimate(d, {}, np.full((10, 3), 0.95), tmp_path, [])
@@ -272,131 +346,285 @@ def test_hand_built_chapter02_has_the_keys_it_saves(world, tmp_path):
     assert _keys(chapter02(GOOD)) == _keys(ch02.save(P, res))
 
 
+def test_the_planted_chapter05_has_the_arms_the_claims_read():
+    """The plan's arms: v_rev and every control direction under block and oppose, push along v_rev
+    and random0+, baseline and rehearsal; the studies on history 0 only."""
+    assert set(CONTROLS) == {"-r_S", "v_P", "residual", "random0+", "random0-"}
+    m = chapter05(GOOD05)
+    assert m["main"] == [a.name for a in MAIN] and m["study"] == [a.name for a in STUDY] != []
+    assert set(m["specificity"]) == {BLOCK, PUSH, ch05.Arm("oppose", "v_rev", "all", 1.0).name}
+    assert set(m["specificity"][BLOCK]["contrasts"]) == set(CONTROLS)
+    assert set(m["specificity"][PUSH]["contrasts"]) == {"random0+"}
+    b = m["arms"][BLOCK]
+    assert (b["n_histories"], b["n_seeds"]) == (3, 2) and b["outcome"]["harmfulness"]["level"] == "histories"
+    assert m["arms"][STUDY[0].name]["n_histories"] == 1
+    assert m["n"] == {"histories": 3, "seeds": 2, "study_seeds": 2}
+    json.dumps(_clean(m))  # writable as the chapter writes it
+
+
 # --------------------------------------------------------------------------- whole tables
 
 
-def test_everything_planted_right_is_reproduced(world):
-    rows = claims.build_rows(planted(GOOD, world))
+def test_everything_planted_right_is_consistent(world):
+    m = planted(GOOD, world)
+    # the planted effects are what they say in the chapter's own numbers: v_rev's block lowers
+    # harm (interval below zero), and more than every control direction (every contrast below zero)
+    sp = m["05"]["specificity"][BLOCK]
+    assert sp["effect"]["ci_high"] < 0 and sp["effect"]["ci_low"] < sp["effect"]["ci_high"]
+    assert all(c["ci_high"] < 0 for c in sp["contrasts"].values())
+    assert sp["verdict"] == CONSISTENT and sp["failing"] == []
+    rows = claims.build_rows(m)
     assert [r.id for r in rows] == ROW_IDS
-    assert {r.id: r.verdict for r in rows} == {i: REPRODUCED for i in ROW_IDS}
-    assert claims.counts(rows) == {REPRODUCED: 13, PARTLY: 0, NOT: 0}
+    assert {r.id: r.verdict for r in rows} == ALL_GOOD
+    assert claims.counts(rows) == {CONSISTENT: 15, NOT_SPECIFIC: 0, INCONCLUSIVE: 0, NOT_REPRODUCED: 0,
+                                   NOT_TESTABLE: 1}
     assert set(claims.RULES) == set(ROW_IDS)  # every verdict has its rule stated
+    by = {r.id: r for r in rows}
+    assert "organism: final alignment: yes; harmfulness: yes" == by["V2-f"].ours
 
 
 def test_everything_planted_wrong_is_not_reproduced(world):
     m = planted(BAD, world)
     # the planted effects really are the wrong way round in the chapter's own numbers
-    pv = m["05"]["paired_vs_baseline"]
-    assert pv["block"]["harmfulness"]["ci_low"] > 0 and pv["push"]["final_alignment"]["ci_high"] < 0
-    assert m["05"]["ordering"] == {"alignment": False, "harmfulness": False}
+    vb = m["05"]["arms"][BLOCK]["vs_baseline"]
+    assert vb["harmfulness"]["ci_low"] > 0 and m["05"]["arms"][PUSH]["vs_baseline"]["final_alignment"]["ci_high"] < 0
+    assert m["05"]["rehearsal"]["cumulative_reversion"]["ci_low"] > 0
     rows = claims.build_rows(m)
-    assert {r.id: r.verdict for r in rows} == {i: NOT for i in ROW_IDS}
-    assert claims.counts(rows) == {REPRODUCED: 0, PARTLY: 0, NOT: 13}
-
-
-def _mutate(s: dict, **changes) -> dict:
-    s = copy.deepcopy(s)
-    for key, value in changes.items():
-        if "__" in key:
-            variant, field = key.split("__")
-            s["v05"][variant][field] = value
-        else:
-            s[key] = value
-    return s
+    assert {r.id: r.verdict for r in rows} == ALL_BAD
+    assert claims.counts(rows) == {CONSISTENT: 0, NOT_SPECIFIC: 0, INCONCLUSIVE: 0, NOT_REPRODUCED: 15,
+                                   NOT_TESTABLE: 1}
 
 
 def test_block_raising_harmfulness_fails_exactly_the_rows_that_need_it(world):
-    s = _mutate(GOOD, block__harm=_plus(BASE05["harm"], [0.10, 0.12, 0.11]))
-    v = verdicts(planted(s, world))
-    changed = {k: x for k, x in v.items() if x != REPRODUCED}
-    # alignment still drops significantly: V2-d is half there; ordering holds for alignment only
-    assert changed == {"V1-e": NOT, "V2-d": PARTLY, "V2-f": PARTLY}
+    s = with05(GOOD, block__v_rev={**GOOD05[("block", "v_rev")], "harmfulness": 0.10})
+    # alignment still drops: V1-d holds, V2-d is the weaker of the two
+    assert changed(planted(s, world)) == {"V1-e": NOT_REPRODUCED, "V2-d": NOT_REPRODUCED}
 
 
-def test_no_pair_above_the_null_fails_only_the_pairs_row(world):
-    v = verdicts(planted(_mutate(GOOD, above_iso=0, above_matched=0), world))
-    assert {k: x for k, x in v.items() if x != REPRODUCED} == {"V1-c": NOT}
+# --------------------------------------------------------------------------- specificity: the key flip
 
 
-# The right sign without the significance (or the strength) the "reproduced" rule asks for.
-PARTLY_CASES = {
-    "V1-a: above the isotropic p99 only": (dict(a1=[0.32, 0.33, 0.34]), {"V1-a": PARTLY}),
-    "V1-b: above the matched p99 but not above step 1": (dict(a20=[0.45, 0.50, 0.55]), {"V1-b": PARTLY}),
-    "V1-c: exactly half the pairs": (dict(pairs_n=8, above_iso=4), {"V1-c": PARTLY}),
-    "V1-d: block alignment mean below zero, CI crossing": (
-        dict(block__align=_plus(BASE05["align"], [-0.5, 0.3, -0.1])), {"V1-d": PARTLY, "V2-d": PARTLY}),
-    "V1-e: block harmfulness mean below zero, CI crossing": (
-        dict(block__harm=_plus(BASE05["harm"], [-0.2, 0.1, -0.05])), {"V1-e": PARTLY, "V2-d": PARTLY}),
-    "V1-f: task cost of 0.07": (dict(block__acc=_plus(BASE05["acc"], [-0.07, -0.06, -0.08])), {"V1-f": PARTLY}),
-    "V1-f: small mean, wide CI": (dict(block__acc=_plus(BASE05["acc"], [0.10, -0.10, 0.02])), {"V1-f": PARTLY}),
-    "V2-a: some runs significant": (dict(runs_sig=1), {"V2-a": PARTLY}),
-    "V2-c: no rise beyond the common trend": (dict(spearman=0.8, partial=-0.1), {"V2-c": PARTLY}),
-    "V2-c: partial undefined": (dict(spearman=0.8, partial=None), {"V2-c": PARTLY}),
-    "V2-e: push harmfulness mean above zero, CI crossing": (
-        dict(push__harm=_plus(BASE05["harm"], [0.3, -0.1, 0.1])), {"V2-e": PARTLY}),
-    "V2-f: harmfulness ordering broken by push": (
-        dict(push__harm=_plus(BASE05["harm"], [0.25, -0.2, -0.08])), {"V2-e": PARTLY, "V2-f": PARTLY}),
-    "V2-g: rehearsal mean below zero, CI crossing": (
-        dict(rehearsal__harm=_plus(BASE05["harm"], [-0.1, 0.06, -0.02])), {"V2-g": PARTLY}),
-}
+def _as_v_rev(shift: list[float]) -> dict:
+    """A control's effects: v_rev's block harm drop, shifted per history."""
+    return {"harmfulness": [GOOD05[("block", "v_rev")]["harmfulness"] + x for x in shift],
+            "final_alignment": -0.05}
 
 
-@pytest.mark.parametrize("case", sorted(PARTLY_CASES))
-def test_borderline_cases_are_partly(case, world):
-    changes, expected = PARTLY_CASES[case]
-    m = planted(_mutate(GOOD, **changes), world)
-    v = verdicts(m)
-    assert {k: x for k, x in v.items() if x != REPRODUCED} == expected
-    rows = claims.build_rows(m)
-    c = claims.counts(rows)
-    assert sum(c.values()) == len(rows) == 13
-    assert c[PARTLY] == len(expected)
+@pytest.mark.parametrize("control,effect", [
+    ("random0+", _as_v_rev([0.002, -0.003, 0.001])),   # as good: the contrast within the margin
+    ("random0-", _as_v_rev([-0.10, -0.11, -0.09])),    # better: the contrast favours the control
+    ("minus_r_S", _as_v_rev([0.0, 0.004, -0.002])),    # the refusal direction as good
+])
+def test_a_control_blocking_as_well_as_v_rev_makes_block_not_specific(control, effect, world):
+    good = planted(GOOD, world)
+    assert verdicts(good)["V1-e"] == CONSISTENT
+    m = planted(with05(GOOD, **{f"block__{control}": effect}), world)
+    name = "-r_S" if control == "minus_r_S" else control
+    sp = m["05"]["specificity"][BLOCK]
+    c = sp["contrasts"][name]
+    if control == "random0-":
+        assert c["ci_low"] > 0  # the control lowers harm more than v_rev
+    else:
+        assert -P05.margin <= c["ci_low"] <= c["ci_high"] <= P05.margin
+    assert sp["effect"]["ci_high"] < 0 and sp["failing"] == [name]
+    # exactly the rows that read block's specificity change; alignment (V1-d) needs no control
+    assert changed(m) == {"V1-e": NOT_SPECIFIC, "V2-d": NOT_SPECIFIC}
+    row = {r.id: r for r in claims.build_rows(m)}["V1-e"]
+    assert f"not specific against {name}" in row.ours
 
 
-def test_the_partly_intervals_really_cross_zero(world):
-    """The planted borderline cases are borderline in the chapter's own numbers."""
-    m = planted(_mutate(GOOD, block__align=_plus(BASE05["align"], [-0.5, 0.3, -0.1])), world)
-    d = m["05"]["paired_vs_baseline"]["block"]["final_alignment"]
-    assert d["mean"] < 0 < d["ci_high"] and d["ci_low"] < 0
+def test_a_random_push_raising_harm_as_much_makes_push_not_specific(world):
+    eff = {"harmfulness": [0.15, 0.152, 0.148]}
+    m = planted(with05(GOOD, **{"push__random0+": eff}), world)
+    assert m["05"]["specificity"][PUSH]["verdict"] == NOT_SPECIFIC
+    assert changed(m) == {"V2-e": NOT_SPECIFIC}
+
+
+# --------------------------------------------------------------------------- intervals too wide
+
+
+NOISY = [-0.15, 0.12, -0.40]
+"""Block's harm drop per history: the mean is below zero, the histories disagree."""
+
+
+@pytest.mark.parametrize("effects,expected", [
+    (dict(block__v_rev={**GOOD05[("block", "v_rev")], "harmfulness": NOISY}),
+     {"V1-e": INCONCLUSIVE, "V2-d": INCONCLUSIVE}),
+    (dict(block__v_rev={**GOOD05[("block", "v_rev")], "final_alignment": [-0.8, 0.2, -0.9]}),
+     {"V1-d": INCONCLUSIVE, "V2-d": INCONCLUSIVE}),
+    (dict(push__v_rev={**GOOD05[("push", "v_rev")], "harmfulness": [0.15, -0.12, 0.40]}),
+     {"V2-e": INCONCLUSIVE}),
+    (dict(rehearsal__={"harmfulness": -0.05, "cumulative_reversion": [-0.04, 0.05, -0.10]}),
+     {"V2-g": INCONCLUSIVE}),
+    # the effect is there, but its contrast with a random direction is too wide to tell
+    (dict(block__random0p={"harmfulness": [-0.15, 0.20, -0.45]}), {"V1-e": INCONCLUSIVE, "V2-d": INCONCLUSIVE}),
+    (dict(block__v_rev={**GOOD05[("block", "v_rev")], "task_accuracy": [0.0, -0.12, 0.10]}),
+     {"V1-f": INCONCLUSIVE}),
+])
+def test_noisy_histories_are_inconclusive(effects, expected, world):
+    effects = {k.replace("random0p", "random0+"): v for k, v in effects.items()}
+    m = planted(with05(GOOD, **effects), world)
+    assert changed(m) == expected
+    if "V1-e" in expected and "block__v_rev" in effects:  # the interval really crosses zero
+        e = m["05"]["specificity"][BLOCK]["effect"]
+        assert e["ci_low"] < 0 < e["ci_high"] and e["mean"] < 0
+
+
+def test_one_history_one_seed_is_inconclusive(world):
+    """No interval at all (one history, one seed): nothing in chapter 05 can be told."""
+    m = planted(GOOD, world, n_histories=1, seeds=[0])
+    assert m["05"]["arms"][BLOCK]["vs_baseline"]["harmfulness"]["ci_low"] is None
+    assert changed(m) == {k: INCONCLUSIVE for k in ("V1-d", "V1-e", "V1-f", "V2-d", "V2-e", "V2-g")}
+
+
+# --------------------------------------------------------------------------- the other controls
+
+
+@pytest.mark.parametrize("residual,expected", [
+    ("specific", CONSISTENT), ("none", NOT_SPECIFIC), ("noise", INCONCLUSIVE), (None, NOT_TESTABLE),
+])
+def test_the_residual_test_is_V1_a_and_V1_b_s_control(residual, expected, world):
+    wp = {k: v for k, v in GOOD["wp"].items() if k != "residual"}
+    if residual is not None:
+        wp["residual"] = residual
+    m = planted({**GOOD, "wp": wp}, world)
+    assert changed(m) == ({} if expected == CONSISTENT else {"V1-a": expected, "V1-b": expected})
+    assert f"residual: {residual or 'not run'}" in {r.id: r for r in claims.build_rows(m)}["V1-b"].ours
+
+
+def test_the_residual_does_not_rescue_a_missing_pattern(world):
+    """The control is read only when the pattern is there: V1-a below the isotropic null stays not reproduced."""
+    m = planted({**GOOD, "a1": [0.20, 0.25, 0.30], "wp": {**GOOD["wp"], "residual": "none"}}, world)
+    assert verdicts(m)["V1-a"] == NOT_REPRODUCED and verdicts(m)["V1-b"] == NOT_SPECIFIC
+
+
+@pytest.mark.parametrize("row,key", [("H-1", "witness"), ("H-2", "no_witness"), ("H-3", "dose")])
+def test_which_past_verdicts_read_as_their_claims(row, key, world):
+    for got, expected in claims.ALTERNATIVE[key].items():
+        m = planted({**GOOD, "wp": {**GOOD["wp"], key: got}}, world)
+        assert changed(m) == ({} if expected == CONSISTENT else {row: expected}), got
+    # a block the chapter could not measure (e.g. checkpoints without a second lineage)
+    m = planted({**GOOD, "wp": {k: v for k, v in GOOD["wp"].items() if k != key}}, world)
+    assert changed(m) == {row: NOT_TESTABLE}
+    assert {r.id: r for r in claims.build_rows(m)}[row].ours == '"Which past?": not run'
+
+
+def test_the_common_witness_makes_H_1_not_specific(world):
+    m = planted({**GOOD, "wp": {**GOOD["wp"], "witness": "common"}}, world)
+    assert changed(m) == {"H-1": NOT_SPECIFIC}
+
+
+@pytest.mark.parametrize("partial", [0.0, -0.1, None])
+def test_the_common_trend_makes_V2_c_not_specific(partial, world):
+    assert changed(planted({**GOOD, "spearman": 0.8, "partial": partial}, world)) == {"V2-c": NOT_SPECIFIC}
+
+
+@pytest.mark.parametrize("control", [0.9, 0.8])
+def test_a_control_readout_as_large_makes_V2_b_not_specific(control, world):
+    assert changed(planted({**GOOD, "readout_control": control}, world)) == {"V2-b": NOT_SPECIFIC}
 
 
 @pytest.mark.parametrize("changes,row,verdict", [
-    (dict(spearman=0.5, partial=0.01), "V2-c", REPRODUCED),   # r >= 0.5 is inclusive
-    (dict(spearman=0.49, partial=0.4), "V2-c", NOT),
-    (dict(spearman=None, partial=None), "V2-c", NOT),
-    (dict(pairs_n=8, above_iso=3), "V1-c", NOT),               # below half
-    (dict(a1=[0.20, 0.25, 0.30]), "V1-a", NOT),                # mean 0.25 < isotropic p99 0.29
-    (dict(a20=[0.30, 0.35, 0.38]), "V1-b", NOT),               # below the matched p99
-    (dict(readout=0.0), "V2-b", NOT),                          # no preference is not a preference
-    (dict(block__acc=_plus(BASE05["acc"], [-0.2, -0.1, -0.15])), "V1-f", NOT),
+    (dict(spearman=0.5, partial=0.01), "V2-c", CONSISTENT),   # r >= 0.5 is inclusive
+    (dict(spearman=0.49, partial=0.4), "V2-c", NOT_REPRODUCED),
+    (dict(spearman=None, partial=None), "V2-c", NOT_REPRODUCED),
+    (dict(pairs_n=8, above_iso=7, above_matched=7), "V1-c", NOT_REPRODUCED),  # the claim says all
+    (dict(runs_sig=2), "V2-a", NOT_REPRODUCED),
+    (dict(a1=[0.20, 0.25, 0.30]), "V1-a", NOT_REPRODUCED),    # mean 0.25 < isotropic p99 0.29
+    (dict(a1=[0.32, 0.33, 0.34]), "V1-a", INCONCLUSIVE),       # between the two nulls
+    (dict(a20=[0.30, 0.35, 0.38]), "V1-b", INCONCLUSIVE),      # above the isotropic, below the matched p99
+    (dict(a20=[0.20, 0.22, 0.25]), "V1-b", NOT_REPRODUCED),    # below the isotropic p99
+    (dict(a20=[0.45, 0.50, 0.55]), "V1-b", INCONCLUSIVE),      # above both nulls, not above step 1
+    (dict(readout=0.0), "V2-b", NOT_REPRODUCED),               # no preference is not a preference
+    (dict(readout=None), "V2-b", NOT_REPRODUCED),              # no answer-opening token
 ])
 def test_rule_boundaries(changes, row, verdict, world):
-    assert verdicts(planted(_mutate(GOOD, **changes), world))[row] == verdict
+    assert changed(planted({**GOOD, **changes}, world)) == ({row: verdict} if verdict != CONSISTENT else {})
+
+
+def test_V1_f_task_cost(world):
+    def v(acc):
+        return verdicts(planted(with05(GOOD, block__v_rev={**GOOD05[("block", "v_rev")], "task_accuracy": acc}),
+                                world))["V1-f"]
+    assert v(0.02) == CONSISTENT          # a gain within the margin is "little" cost too
+    assert v(-0.30) == NOT_REPRODUCED     # the interval entirely below -0.05
+    assert v([-0.06, -0.03, -0.09]) == INCONCLUSIVE  # beyond the margin on average, the interval reaches it
+    assert v(0.30) == INCONCLUSIVE        # a large gain is not "little" cost; not a failure either
 
 
 def test_a_run_shorter_than_20_steps_cannot_reproduce_V1_b(world):
     m = planted(GOOD, world)
     del m["03"]["alignment"]["20"], m["03"]["alignment"]["10"]
     rows = {r.id: r for r in claims.build_rows(m)}
-    assert rows["V1-b"].verdict == NOT and rows["V1-b"].ours == "T < 20"
-    assert rows["V1-a"].verdict == REPRODUCED
+    assert rows["V1-b"].verdict == NOT_REPRODUCED and rows["V1-b"].ours == "T < 20"
+    assert rows["V1-a"].verdict == CONSISTENT
 
 
 def test_V1_a_needs_every_seed_above_the_isotropic_null(world):
-    # The mean clears both nulls, but one seed sits below the isotropic p99 (0.29).
-    s = _mutate(GOOD, a1=[0.95, 0.90, 0.25])
+    # The mean clears both nulls, but one history sits below the isotropic p99 (0.29).
+    s = {**GOOD, "a1": [0.95, 0.90, 0.25]}
     assert min(s["a1"]) < s["iso"] and stats.aggregate(s["a1"])["mean"] > s["matched"]
-    assert verdicts(planted(s, world))["V1-a"] == PARTLY
+    assert verdicts(planted(s, world))["V1-a"] == INCONCLUSIVE
 
 
-def test_table_lists_every_row_with_its_chapter(world):
+def test_a_chapter_without_block_says_so(world):
+    """Chapter 05 run with oppose only: the block rows are not testable, the rest as before."""
+    P = dataclasses.replace(P05, objectives=["oppose"])
+    main, study = ch05.plan(P, EST)
+    assert not any(a.objective == "block" for a in main)
+    o = outcomes05(GOOD05)
+    keep = set(main + study)
+    o = ch05.Outcomes({k: v for k, v in o.tab.items() if k[0] in keep}, [a for a in o.arms if a in keep], main,
+                      o.strengths, o.n_histories, o.seeds, o.batch_size)
+    m = {**planted(GOOD, world), "05": ch05.metrics(P, RES05, o)}
+    assert changed(m) == {k: NOT_TESTABLE for k in ("V1-d", "V1-e", "V1-f", "V2-d")}
+    assert {r.id: r for r in claims.build_rows(m)}["V2-f"].ours == "organism: not run"
+
+
+# --------------------------------------------------------------------------- text checkpoints
+
+
+def test_text_task_cost_is_judged_on_the_held_out_loss(world):
+    """Text checkpoints have no task accuracy and one history: V1-f reads block's held-out loss
+    against the baseline's (within 5% of it: consistent; entirely beyond: not reproduced),
+    the interval over seeds."""
+    def with_block_loss(loss):
+        v05 = with05(GOOD, block__v_rev={**GOOD05[("block", "v_rev")], "task_loss": loss})["v05"]
+        return {**planted(GOOD, world), "05": chapter05(v05, n_histories=1, seeds=[0, 1, 2], measures=TEXT)}
+
+    cheap = with_block_loss(0.005)
+    b = cheap["05"]["arms"][BLOCK]
+    assert "task_accuracy" not in b["outcome"] and b["vs_baseline"]["task_loss"]["level"] == "seeds"
+    assert cheap["05"]["specificity"][BLOCK]["task_measure"] == "task_loss"
+    rows = {r.id: r for r in claims.build_rows(cheap)}
+    assert rows["V1-f"].verdict == CONSISTENT and "held-out loss" in rows["V1-f"].ours
+    assert rows["V1-f"].n == "1×3"
+    assert verdicts(with_block_loss(0.10))["V1-f"] == NOT_REPRODUCED  # +20% of the baseline's 0.5
+    assert verdicts(with_block_loss([[0.0, 0.05, 0.025]]))["V1-f"] == INCONCLUSIVE  # +5% on average, wide
+    # Everything else reads as on the organism (one history: the intervals are over seeds).
+    assert changed(cheap) == {}
+
+
+# --------------------------------------------------------------------------- the table
+
+
+def test_table_lists_every_row_with_its_chapter_and_n(world):
     df = claims.table(claims.build_rows(planted(GOOD, world)))
     assert list(df.index) == ROW_IDS
-    assert set(df.columns) == {"claim", "paper", "ours", "verdict", "magnitude", "chapter"}
+    assert list(df.columns) == ["claim", "paper", "ours", "verdict", "magnitude", "n", "chapter"]
+    chapters = {"V1-a": "03", "V1-b": "03", "V1-c": "04", "V1-d": "05", "V1-e": "05", "V1-f": "05", "V2-a": "04",
+                "V2-b": "02", "V2-c": "03", "V2-d": "05", "V2-e": "05", "V2-f": "05", "V2-g": "05",
+                "H-1": "04b", "H-2": "04b", "H-3": "04b"}
+    assert {i: df.loc[i, "chapter"].split(" · ")[0] for i in ROW_IDS} == chapters
     assert df.loc["V1-c", "chapter"] == "04 · null test"
     assert df.loc["V2-b", "chapter"] == "02 · vrev estimation"
+    assert df.loc["H-1", "chapter"] == "04b · which past"
+    assert df.loc["V1-e", "n"] == df.loc["V2-e", "n"] == df.loc["V2-g", "n"] == "3×2"
+    assert df.loc["V1-a", "n"] == "3 histories"
+    assert df.loc["H-1", "n"] == "3 seeds, history 0"
     linked = claims.table(claims.build_rows(planted(GOOD, world)), links=True)
     assert linked.loc["V1-c", "chapter"] == '<a href="04_null_test.html">04 · null test</a>'
+    assert linked.loc["H-2", "chapter"] == '<a href="04b_which_past.html">04b · which past</a>'
 
 
 def test_magnitude_words():
@@ -407,9 +635,11 @@ def test_magnitude_words():
 
 
 def test_counts_of_a_mixed_table():
-    rows = [claims.Row(str(i), "", "", "", v, "03") for i, v in enumerate([REPRODUCED, PARTLY, PARTLY, NOT])]
-    assert claims.counts(rows) == {REPRODUCED: 1, PARTLY: 2, NOT: 1}
-    assert claims.counts([]) == {REPRODUCED: 0, PARTLY: 0, NOT: 0}
+    vs = [CONSISTENT, NOT_SPECIFIC, NOT_SPECIFIC, NOT_REPRODUCED, NOT_TESTABLE]
+    rows = [claims.Row(str(i), "", "", "", v, "03") for i, v in enumerate(vs)]
+    assert claims.counts(rows) == {CONSISTENT: 1, NOT_SPECIFIC: 2, INCONCLUSIVE: 0, NOT_REPRODUCED: 1,
+                                   NOT_TESTABLE: 1}
+    assert claims.counts([]) == {v: 0 for v in VERDICTS}
 
 
 # --------------------------------------------------------------------------- load_all
@@ -418,7 +648,7 @@ def test_counts_of_a_mixed_table():
 def _write_all(m: dict) -> None:
     """As the chapters write them: one subject throughout, one estimate in chapters 02-05."""
     for k, stem in claims.CHAPTERS.items():
-        stages = {"subject": "organism-0", **({"estimate": "est-0"} if k != "01" else {})}
+        stages = {"subject": "organism-0", **({"estimate": "est-0"} if k not in ("01", "04b") else {})}
         write_metrics(stem, m[k], {"world": "smoke"}, seeds=list(range(N_SEEDS)), subject={"kind": "organism"},
                       stages=stages)
 
@@ -426,12 +656,20 @@ def _write_all(m: dict) -> None:
 def test_load_all_reads_every_chapter_back(world, tmp_path):
     m = {"01": chapter01(), **planted(GOOD, world)}
     _write_all(m)
-    assert (tmp_path / "results" / "05_interventions" / "metrics.json").is_file()
+    for stem in ("05_interventions", "04b_which_past"):
+        assert (tmp_path / "results" / stem / "metrics.json").is_file()
     back = claims.load_all()
-    assert set(back) == set(claims.CHAPTERS)
+    assert set(back) == set(claims.CHAPTERS) == {"01", "02", "03", "04", "04b", "05"}
     for k in claims.CHAPTERS:  # what was written, as written (12 significant digits)
         assert back[k] == json.loads(json.dumps(_clean(m[k]))), k
-    assert verdicts(back) == verdicts(m) == {i: REPRODUCED for i in ROW_IDS}
+    assert verdicts(back) == verdicts(m) == ALL_GOOD
+
+
+def test_load_all_reads_a_not_specific_table_back(world):
+    m = {"01": chapter01(), **planted(with05(GOOD, **{"block__random0+": _as_v_rev([0.002, -0.003, 0.001])}),
+                                      world)}
+    _write_all(m)
+    assert changed(claims.load_all()) == {"V1-e": NOT_SPECIFIC, "V2-d": NOT_SPECIFIC}
 
 
 @pytest.mark.parametrize("missing", sorted(claims.CHAPTERS))
@@ -450,42 +688,31 @@ def test_results_that_do_not_belong_together_are_refused():
                 "stages": {"subject": subject, "estimate": estimate},
                 "parameters": {"world": world, "world_overrides": {}}}
 
-    same = {k: doc(3) for k in ("01", "02", "03", "04", "05")}
-    same["01"]["stages"].pop("estimate")  # chapter 01 estimates nothing
+    same = {k: doc(3) for k in ("01", "02", "03", "04", "04b", "05")}
+    for k in ("01", "04b"):  # chapters that use no v_rev estimate
+        same[k]["stages"].pop("estimate")
     claims.check_consistent(same)  # the positive control: nothing raised
     with pytest.raises(ValueError, match="different layers"):
         claims.check_consistent({**same, "04": doc(2)})
     with pytest.raises(ValueError, match="world"):
         claims.check_consistent({**same, "03": doc(3, world="smoke")})
+    with pytest.raises(ValueError, match="world"):
+        claims.check_consistent({**same, "04b": {**same["04b"], "parameters": {"world": "smoke",
+                                                                             "world_overrides": {}}}})
     with pytest.raises(ValueError, match=r"different subjects \(\{.*'05': 'checkpoints'"):
         claims.check_consistent({**same, "05": doc(3, subject="ckpt-1", kind="checkpoints")})
     with pytest.raises(ValueError, match="different subjects"):  # another history of the same kind
         claims.check_consistent({**same, "01": {**same["01"], "stages": {"subject": "organism-1"}}})
+    with pytest.raises(ValueError, match="different subjects"):
+        claims.check_consistent({**same, "04b": {**same["04b"], "stages": {"subject": "organism-1"}}})
     with pytest.raises(ValueError, match="different v_rev estimates"):
         claims.check_consistent({**same, "02": doc(3, estimate="est-1")})
     # A code edit that changes no stage (a plot, the prose) does not split the results.
     claims.check_consistent({**same, "05": doc(3, code="other")})
 
 
-def test_text_task_cost_is_judged_on_the_held_out_loss(world):
-    """Text checkpoints have no task accuracy: V1-f reads block's held-out loss relative to the
-    baseline's (<= 5% and CI high <= 10%: reproduced; <= 10%: partly), planted per seed."""
-    def with_block_loss(block_loss):
-        v05 = copy.deepcopy(GOOD["v05"])
-        v05["baseline"]["loss"] = [2.0, 2.1, 1.9]
-        for v in ("push", "projection", "rehearsal"):
-            v05[v]["loss"] = [2.0, 2.1, 1.9]
-        v05["block"]["loss"] = block_loss
-        return {**planted(GOOD, world), "05": chapter05(world, v05, TEXT_SUBJECT)}
-
-    cheap = with_block_loss([2.02, 2.11, 1.92])
-    assert "task_accuracy" not in cheap["05"]["variants"]["block"]
-    assert set(cheap["05"]["paired_vs_baseline"]["block"]) == {"final_alignment", "harmfulness", "task_loss",
-                                                               "cumulative_reversion"}
-    rows = {r.id: r for r in claims.build_rows(cheap)}
-    assert rows["V1-f"].verdict == REPRODUCED and "held-out loss" in rows["V1-f"].ours
-    assert verdicts(with_block_loss([2.15, 2.26, 2.04]))["V1-f"] == PARTLY  # +7.5%
-    assert verdicts(with_block_loss([2.6, 2.8, 2.5]))["V1-f"] == NOT  # +32%
-    # Everything else reads as on the organism.
-    assert {k: v for k, v in verdicts(cheap).items() if k != "V1-f"} == {i: REPRODUCED for i in ROW_IDS
-                                                                          if i != "V1-f"}
+def test_the_planted_worlds_are_not_shared_state(world):
+    """Building a table leaves the planted inputs as they were (the tests reuse them)."""
+    before = copy.deepcopy(GOOD)
+    claims.build_rows(planted(GOOD, world))
+    assert GOOD == before
