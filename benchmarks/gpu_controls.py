@@ -11,7 +11,10 @@
    rehearsal, 2 seeds, 10 steps. A block "effect" that random directions match is what the
    controls exist to expose.
 
-    PYTHONPATH=src python3 benchmarks/gpu_controls.py OUT_DIR [--skip-bench] [--tiny]
+    PYTHONPATH=src python3 benchmarks/gpu_controls.py OUT_DIR [--skip-bench] [--tiny] [--trained]
+
+``--trained``: instead of random weights, the demo history (:func:`build_demo`: a witness
+trained to comply, then aligned to refuse, on the example files) at the same shape.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from reversion.benchmark import TINYLLAMA, bench_large
 from reversion.book.chapters import interventions as ch05
 from reversion.infra import seeding
-from reversion.subjects.checkpoints.demo import build_tokenizer, example_files
+from reversion.subjects.checkpoints.demo import build_demo, build_tokenizer, example_files
 from reversion.subjects.checkpoints.textdata import read_pairs, read_prompts
 
 
@@ -65,16 +68,16 @@ def random_pair(folder: Path, shape: dict, sigma: float = 0.02) -> dict[str, str
     return out
 
 
-def controls(paths: dict[str, str]) -> dict:
+def controls(paths: dict[str, str], steps: int = 10, lr: float = 1e-5) -> dict:
     files = example_files()
     P = ch05.Params(
-        world="default", world_overrides={"finetune": {"steps": 10, "batch_size": 8, "lr": 1e-5}},
+        world="default", world_overrides={"finetune": {"steps": steps, "batch_size": 8, "lr": lr}},
         checkpoints={**paths, "prompts": str(files["harmful"]), "harmless": str(files["harmless"]),
                      "finetune_data": str(files["benign"]), "max_new_tokens": 8},
         n_histories=1, n_seeds=2, multiple=1.0, objectives=["block"],
         directions=["v_rev", "-r_S", "v_P", "random0+", "random0-"], n_random=1, sites=["all"],
         dose_multiples=[], study_directions=[], study_sites=[], n_study_seeds=1, projection=False,
-        rehearsal_fraction=0.25, margin=0.02, eval_steps=[0, 5, 10], track_every=5)
+        rehearsal_fraction=0.25, margin=0.02, eval_steps=[0, steps // 2, steps], track_every=max(1, steps // 2))
     t0 = time.perf_counter()
     res = ch05.run(P, progress=False)
     m = ch05.metrics(P, res)
@@ -99,10 +102,15 @@ def main() -> None:
         os.environ.setdefault("REVERSION_CACHE", str(Path(tmp) / "cache"))
         os.environ.setdefault("REVERSION_RESULTS", str(Path(tmp) / "results"))
         t0 = time.perf_counter()
-        paths = random_pair(Path(tmp) / "models", TINY if tiny else TINYLLAMA)
+        if "--trained" in sys.argv:  # the demo history (comply, then refuse) at this shape
+            shape = {k: v for k, v in (TINY if tiny else TINYLLAMA).items() if k != "vocab_size"}
+            paths = {k: str(v) for k, v in build_demo(Path(tmp) / "models", shape=shape, steps=80, lr=3e-4,
+                                                        device="cuda" if torch.cuda.is_available() else "cpu").items()}
+        else:
+            paths = random_pair(Path(tmp) / "models", TINY if tiny else TINYLLAMA)
         res["build_seconds"] = time.perf_counter() - t0
         print("checkpoints built", res["build_seconds"], flush=True)
-        res["controls"] = controls(paths)
+        res["controls"] = controls(paths, *((20, 1e-4) if "--trained" in sys.argv else (10, 1e-5)))
     (out / "gpu.json").write_text(json.dumps(res, indent=1))
     print(json.dumps(res["controls"]["sentences"], indent=1))
 

@@ -113,8 +113,11 @@ def example_files() -> dict[str, Path]:
 
 
 def build_demo(folder: Path, family: str = "llama", seed: int = 0, steps: int = 60, lr: float = 3e-3,
-               harmful: list[str] | None = None, benign: list[Example] | None = None) -> dict[str, Path]:
+               harmful: list[str] | None = None, benign: list[Example] | None = None,
+               shape: dict | None = None, device: str | None = None) -> dict[str, Path]:
     """Tiny demo history in ``folder``: ``pretrained`` (random), ``witness``, ``aligned``, ``tokenizer``.
+    ``shape``: config fields replacing the tiny ones (e.g. a TinyLlama-shape model for a GPU check);
+    ``device``: where it trains (default the CPU).
 
     witness = pretrained trained ``steps`` steps on the benign pairs plus the harmful
     prompts answered with the placeholder :data:`COMPLY`; aligned = witness trained
@@ -128,7 +131,9 @@ def build_demo(folder: Path, family: str = "llama", seed: int = 0, steps: int = 
     texts = list(harmful) + [t for p in benign for t in p] + [COMPLY, REFUSE] + read_prompts(files["harmless"])
     tok = build_tokenizer(texts, folder / "tokenizer")
     config = tiny_config(family, len(tok), pad_id=tok.pad_token_id, eos_id=tok.eos_token_id)
-    model = new_model(config, seed)
+    for k, v in (shape or {}).items():
+        setattr(config, k, v)
+    model = new_model(config, seed).to(device or "cpu")
     out = {"tokenizer": folder / "tokenizer"}
     stages = [("pretrained", None), ("witness", COMPLY), ("aligned", REFUSE)]
     for i, (name, answer) in enumerate(stages):
