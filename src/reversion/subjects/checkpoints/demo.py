@@ -93,12 +93,13 @@ def train_on_pairs(model, tokenizer, pairs: list, steps: int, lr: float, batch_s
     examples = encode_pairs(tokenizer, pairs)
     collate = PairCollator(pad_id_of(tokenizer))
     g = seeding.rng(seed, "own-checkpoints-train")
+    device = next(model.parameters()).device
 
     def batches():
         while True:
             for i in g.permutation(len(examples)).reshape(-1)[: (len(examples) // batch_size) * batch_size] \
                     .reshape(-1, batch_size):
-                yield collate([examples[j] for j in i])
+                yield {k: v.to(device) for k, v in collate([examples[j] for j in i]).items()}
 
     out = train(model, iter(batches()), steps, lr, desc="demo", progress=False)
     model.eval()
