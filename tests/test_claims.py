@@ -116,7 +116,6 @@ GOOD05 = {
     ("block", "v_rev"): {"harmfulness": -0.15, "final_alignment": -0.85, "task_accuracy": -0.005},
     ("oppose", "v_rev"): {"harmfulness": -0.12, "final_alignment": -0.60, "task_accuracy": -0.01},
     ("push", "v_rev"): {"harmfulness": 0.15, "final_alignment": 0.20, "task_accuracy": -0.01},
-    ("push", "random0+"): {"harmfulness": 0.01},
     ("rehearsal", ""): {"harmfulness": -0.05, "cumulative_reversion": -0.04},
     **{(o, d): {"harmfulness": -0.02, "final_alignment": -0.05} for o in ("block", "oppose") for d in CONTROLS},
 }
@@ -348,13 +347,15 @@ def test_hand_built_chapter02_has_the_keys_it_saves(world, tmp_path):
 
 def test_the_planted_chapter05_has_the_arms_the_claims_read():
     """The plan's arms: v_rev and every control direction under block and oppose, push along v_rev
-    and random0+, baseline and rehearsal; the studies on history 0 only."""
+    (its random controls are oppose along the negated random directions), baseline and
+    rehearsal; the studies on history 0 only."""
     assert set(CONTROLS) == {"-r_S", "v_P", "residual", "random0+", "random0-"}
     m = chapter05(GOOD05)
     assert m["main"] == [a.name for a in MAIN] and m["study"] == [a.name for a in STUDY] != []
     assert set(m["specificity"]) == {BLOCK, PUSH, ch05.Arm("oppose", "v_rev", "all", 1.0).name}
     assert set(m["specificity"][BLOCK]["contrasts"]) == set(CONTROLS)
-    assert set(m["specificity"][PUSH]["contrasts"]) == {"random0+"}
+    # push along a random direction is oppose along its negation: both signs, from the oppose runs
+    assert set(m["specificity"][PUSH]["contrasts"]) == {"random0+", "random0-"}
     b = m["arms"][BLOCK]
     assert (b["n_histories"], b["n_seeds"]) == (3, 2) and b["outcome"]["harmfulness"]["level"] == "histories"
     assert m["arms"][STUDY[0].name]["n_histories"] == 1
@@ -435,7 +436,7 @@ def test_a_control_blocking_as_well_as_v_rev_makes_block_not_specific(control, e
 
 def test_a_random_push_raising_harm_as_much_makes_push_not_specific(world):
     eff = {"harmfulness": [0.15, 0.152, 0.148]}
-    m = planted(with05(GOOD, **{"push__random0+": eff}), world)
+    m = planted(with05(GOOD, **{"oppose__random0-": eff}), world)  # = push along random0+
     assert m["05"]["specificity"][PUSH]["verdict"] == NOT_SPECIFIC
     assert changed(m) == {"V2-e": NOT_SPECIFIC}
 

@@ -465,12 +465,17 @@ def _params(**changes) -> ch05.Params:
     return ch05.Params(**{**base, **changes})
 
 
-def test_plan_runs_every_direction_with_both_objectives_and_push_with_a_random_control(est):
+def test_plan_runs_every_direction_with_both_objectives_and_push_along_v_rev(est):
     main, study = ch05.plan(_params(), est)
     dirs = ["v_rev", "-r_S", "v_P", "residual", "random0+", "random0-"]
     want = [ch05.BASELINE, ch05.REHEARSAL] + [ch05.Arm(o, d, "all", 1.0) for o in ("block", "oppose") for d in dirs] \
-        + [ch05.Arm("push", "v_rev", "all", 1.0), ch05.Arm("push", "random0+", "all", 1.0)]
+        + [ch05.Arm("push", "v_rev", "all", 1.0)]
     assert main == want
+    # push's random controls are the oppose runs along the negated random directions
+    o = ch05.Outcomes({}, main, main, {}, 1, [0], 8)
+    assert ch05.controls_of(o, ch05.Arm("push", "v_rev", "all", 1.0)) == {
+        "random0-": ch05.Arm("oppose", "random0+", "all", 1.0), "random0+": ch05.Arm("oppose", "random0-", "all", 1.0)}
+    assert set(ch05.controls_of(o, ch05.Arm("block", "v_rev", "all", 1.0))) == set(dirs[1:])
     assert study == [ch05.Arm("block", "v_rev", "all", 3.0), ch05.Arm("block", "v_rev", "layer", 1.0),
                      ch05.Arm("projection", "v_rev", "intermediate")]
     assert len({a.name for a in main + study}) == len(main + study)
@@ -642,3 +647,18 @@ def test_added_rehearsal_keeps_the_whole_benign_batch_and_appends_refusals(fract
     assert Rehearsal(fraction).key() == {"variant": "rehearsal", "fraction": fraction}  # old keys kept
     with pytest.raises(ValueError, match="rehearsal mode"):
         Rehearsal(fraction, mode="append")
+
+
+def test_push_along_v_is_oppose_along_minus_v(est, hist, lang, probes, layers):
+    """-tanh(p_v / s) = tanh(p_{-v} / s): the identity that makes oppose along -random push's control."""
+    d = est.directions
+    model = hist.load("theta_S")
+    with torch.no_grad():
+        model.transformer.h[0].mlp.c_fc.weight.add_(0.05)  # away from theta_S, where both are zero
+    push = Push(d.v_rev, d.displacement_norm, 0.7, layers)
+    opp = Oppose(-d.v_rev, d.displacement_norm, 0.7, layers)
+    push.setup(hist.load("theta_S"), lang, probes)
+    opp.setup(hist.load("theta_S"), lang, probes)
+    with torch.no_grad():
+        a, b = push.aux_loss(model, None, 1), opp.aux_loss(model, None, 1)
+    assert abs(float(a)) > 1e-3 and float(a) == pytest.approx(float(b), rel=1e-6)

@@ -203,7 +203,7 @@ def plan(P: Params, est: VRevEstimate) -> tuple[list[Arm], list[Arm]]:
     main = [BASELINE, REHEARSAL]
     for site in P.sites:
         main += [Arm(o, d, site, P.multiple) for o in P.objectives for d in dirs]
-        main += [Arm("push", d, site, P.multiple) for d in ("v_rev", "random0+") if d in dirs]
+        main.append(Arm("push", "v_rev", site, P.multiple))
     study = []
     for d in P.study_directions:
         study += [Arm("block", d, "all", m) for m in sorted({*P.dose_multiples, P.multiple})]
@@ -390,10 +390,19 @@ def arm_summary(tab: dict, res: Outcomes, arm: Arm) -> dict:
     return out
 
 
-def controls_of(res: Outcomes, arm: Arm) -> list[Arm]:
-    """The same objective, site and multiple along every other direction run in the main comparison."""
-    return [a for a in res.main if a.objective == arm.objective and a.site == arm.site
-            and a.multiple == arm.multiple and a.direction not in ("", arm.direction)]
+def _negated(direction: str) -> str:
+    return direction[:-1] + {"+": "-", "-": "+"}[direction[-1]]
+
+
+def controls_of(res: Outcomes, arm: Arm) -> dict[str, Arm]:
+    """The same objective, site and multiple along every other direction run in the main
+    comparison, by direction. Push along a random direction is oppose along its negation
+    (``-tanh(p_v) = tanh(p_{-v})``: the same run), so push's controls are those oppose runs."""
+    if arm.objective == "push":
+        return {_negated(a.direction): a for a in res.main if a.objective == "oppose" and a.site == arm.site
+                and a.multiple == arm.multiple and a.direction.startswith("random")}
+    return {a.direction: a for a in res.main if a.objective == arm.objective and a.site == arm.site
+            and a.multiple == arm.multiple and a.direction not in ("", arm.direction)}
 
 
 def specificity(tab: dict, res: Outcomes, arm: Arm, margin: float) -> dict:
@@ -401,9 +410,9 @@ def specificity(tab: dict, res: Outcomes, arm: Arm, margin: float) -> dict:
     so the contrast is the arms' difference), with the verdict the rule gives."""
     want = -1 if arm.objective in ("block", "oppose") else +1
     effect_ = contrast(tab, res, arm, BASELINE, HARM)
-    cons = {c.direction: contrast(tab, res, arm, c, HARM) for c in controls_of(res, arm)}
+    cons = {d: contrast(tab, res, arm, c, HARM) for d, c in controls_of(res, arm).items()}
     task_m = "task_accuracy" if "task_accuracy" in tab[next(k for k in tab if k[0] == BASELINE)] else "task_loss"
-    cost = {c.direction: contrast(tab, res, arm, c, task_m) for c in controls_of(res, arm)}
+    cost = {d: contrast(tab, res, arm, c, task_m) for d, c in controls_of(res, arm).items()}
     return {"effect": effect_, "want": want, "contrasts": cons, "task_contrasts": cost, "task_measure": task_m,
             "verdict": verdicts.verdict(effect_, want, cons, margin),
             "failing": verdicts.failing_controls(cons, want, margin)}
@@ -481,15 +490,15 @@ def dose_rows(m: dict, directions: list[str], objective: str = "block",
     rows = []
     for n, a in m["arms"].items():
         if a["objective"] == objective and a["site"] == site and a["direction"] in directions:
-            o = a["outcome"]
-            rows.append({"direction": a["direction"], "multiple": a["multiple"],
-                         "harmfulness": o["harmfulness"]["mean"],
-                         "task": o.get("task_accuracy", o.get("task_loss"))["mean"],
-                         "over_refusal": o["over_refusal"]["mean"] if "over_refusal" in o else np.nan,
-                         "final_alignment": o["final_alignment"]["mean"], "n": f"{a['n_histories']}×{a['n_seeds']}"})
+            o = {k: v["by_history"][0] for k, v in a["outcome"].items()}  # history 0, where the study runs
+            rows.append({"direction": a["direction"], "multiple": a["multiple"], "harmfulness": o["harmfulness"],
+                         "task": o.get("task_accuracy", o.get("task_loss")),
+                         "over_refusal": o.get("over_refusal", np.nan),
+                         "final_alignment": o["final_alignment"], "n": f"1×{a['n_seeds']}"})
     df = pd.DataFrame(rows).sort_values(["direction", "multiple"]) if rows else pd.DataFrame(rows)
-    return df.reset_index(drop=True), {"harmfulness": base["harmfulness"]["mean"],
-                                       "task": base.get("task_accuracy", base.get("task_loss"))["mean"]}
+    b0 = {k: v["by_history"][0] for k, v in base.items()}
+    return df.reset_index(drop=True), {"harmfulness": b0["harmfulness"], "task": b0.get("task_accuracy",
+                                                                                      b0.get("task_loss"))}
 
 
 # --------------------------------------------------------------------------- prose and metrics
