@@ -80,7 +80,8 @@ def test_the_pattern_with_every_control_beaten_is_consistent():
 
 
 def test_no_controls_read_the_pattern_alone():
-    assert verdict(THERE, -1, None, MARGIN) == verdict(THERE, -1, {}, MARGIN) == CONSISTENT
+    assert verdict(THERE, -1, None, MARGIN) == CONSISTENT  # no alternative applies: the pattern decides
+    assert verdict(THERE, -1, {}, MARGIN) == INCONCLUSIVE  # an alternative, but no control was run
     assert verdict(iv(0.1, 0.2), +1) == CONSISTENT
 
 

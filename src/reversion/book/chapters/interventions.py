@@ -514,9 +514,10 @@ def sentences(m: dict) -> dict[str, str]:
         where = verdicts.side(e, s["want"], margin)
         if where == "there":
             head = f"{n} {verb} harmfulness against the baseline ({_ci(e)})"
-            if s["verdict"] == verdicts.CONSISTENT:
-                tail = ", and more than every control direction at the same strength does" if s["contrasts"] \
-                    else "; no control direction was run for it"
+            if not s["contrasts"]:
+                tail = "; no control direction was run for it, so it cannot be called specific"
+            elif s["verdict"] == verdicts.CONSISTENT:
+                tail = ", and more than every control direction at the same strength does"
             elif s["verdict"] == verdicts.NOT_SPECIFIC:
                 tail = f", but {', '.join(s['failing'])} at the same strength does as much or more"
             else:

@@ -60,11 +60,15 @@ def verdict(effect: Mapping | None, want: int, controls: Mapping[str, Mapping | 
     Pattern absent: ``not reproduced`` if its interval is on the wrong side or within the
     margin, else ``inconclusive``. Pattern present: ``consistent`` if every contrast is on the
     predicted side; ``consistent but not specific`` if any contrast is within the margin or
-    favours the control; else ``inconclusive``."""
+    favours the control; else ``inconclusive``. ``controls=None``: the claim has no alternative a
+    control could separate (the pattern decides); ``{}``: it has one, but no control was run --
+    then the pattern alone cannot make it ``consistent`` (``inconclusive``)."""
     s = side(effect, want, margin)
     if s in ("wrong", "null"):
         return NOT_REPRODUCED
     if s == "wide":
+        return INCONCLUSIVE
+    if controls is not None and not controls:
         return INCONCLUSIVE
     sides = [side(c, want, margin) for c in (controls or {}).values()]
     if all(c == "there" for c in sides):
