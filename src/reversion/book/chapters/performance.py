@@ -115,8 +115,9 @@ def gpu_table(res: dict) -> pd.DataFrame | str:
     if not g:
         return "not measured: the file was written on a machine without CUDA"
     ms, r = g["ms"], g["ratio"]
+    on = f" ({g['card']}, {g.get('dtype', '')})" if g.get("card") else ""
     return pd.DataFrame([
-        {"measurement": f"extraction, every layer, {g['n_prompts']} prompts", "ours (ms)": round(ms["mean_activations"], 1),
+        {"measurement": f"extraction, every layer, {g['n_prompts']} prompts{on}", "ours (ms)": round(ms["mean_activations"], 1),
          "reference (ms)": round(ms["plain_forward"], 1), "reference": "plain output_hidden_states forward",
          "ratio": round(r["extraction_to_plain"], 2), "target": "≤ 1.0"},
         {"measurement": f"tracking check, layer {g['layer']}, {g['n_probe']} probes", "ours (ms)": round(ms["tracking_check"], 1),
