@@ -431,7 +431,7 @@ def test_a_control_blocking_as_well_as_v_rev_makes_block_not_specific(control, e
     # exactly the rows that read block's specificity change; alignment (V1-d) needs no control
     assert changed(m) == {"V1-e": NOT_SPECIFIC, "V2-d": NOT_SPECIFIC}
     row = {r.id: r for r in claims.build_rows(m)}["V1-e"]
-    assert f"not specific against {name}" in row.ours
+    assert f"{name} at matched strength as good" in row.ours
 
 
 def test_a_random_push_raising_harm_as_much_makes_push_not_specific(world):

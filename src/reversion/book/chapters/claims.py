@@ -202,7 +202,10 @@ def build_rows(m: dict[str, dict]) -> list[Row]:
                         "with block: " + magnitude(b["outcome"]["final_alignment"]["mean"], -0.211, 0.021), _nx(b)))
         sp = iv["specificity"][blk]
         v_h = sp["verdict"]
-        worst = (f"; not specific against {', '.join(sp['failing'])}" if v_h == NOT_SPECIFIC else "")
+        worst = (f"; {', '.join(sp.get('matching') or sp['failing'])} at matched strength as good"
+                 if v_h == NOT_SPECIFIC else
+                 f"; against {', '.join(sp['failing'])} too wide to tell" if v_h == INCONCLUSIVE and sp["failing"]
+                 else "")
         rows.append(Row("V1-e", "harmfulness at T, baseline → block", "0.190 → 0.085",
                         f"{base['harmfulness']['mean']:.3f} → {b['outcome']['harmfulness']['mean']:.3f} "
                         f"(Δ {fmt(sp['effect'])}){worst}", v_h, "05",
@@ -274,7 +277,7 @@ def build_rows(m: dict[str, dict]) -> list[Row]:
     v = INCONCLUSIVE if red is None else {"there": CONSISTENT, "wrong": NOT_REPRODUCED, "null": NOT_REPRODUCED,
                                           "wide": INCONCLUSIVE}[side(red, -1, margin)]
     rows.append(Row("V2-g", "safety rehearsal (no v_rev) cuts cumulative reversion", "≈ 30%",
-                    f"Δ {fmt(red)}" + (f" ({-rel:.0%} of the baseline's)" if rel is not None else ""), v, "05",
+                    f"Δ {fmt(red)}" + (f" ({-rel:.0%} reduction)" if rel is not None else ""), v, "05",
                     magnitude(-rel if rel is not None else None, 0.30), _nx(A["rehearsal"])))
 
     wn = (wp.get("n") or {})

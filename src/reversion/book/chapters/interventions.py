@@ -415,7 +415,8 @@ def specificity(tab: dict, res: Outcomes, arm: Arm, margin: float) -> dict:
     cost = {d: contrast(tab, res, arm, c, task_m) for d, c in controls_of(res, arm).items()}
     return {"effect": effect_, "want": want, "contrasts": cons, "task_contrasts": cost, "task_measure": task_m,
             "verdict": verdicts.verdict(effect_, want, cons, margin),
-            "failing": verdicts.failing_controls(cons, want, margin)}
+            "failing": verdicts.failing_controls(cons, want, margin),
+            "matching": [d for d, c in cons.items() if verdicts.side(c, want, margin) in ("null", "wrong")]}
 
 
 def measure(P: Params, res: Outcomes) -> dict:
@@ -519,7 +520,10 @@ def sentences(m: dict) -> dict[str, str]:
             elif s["verdict"] == verdicts.CONSISTENT:
                 tail = ", and more than every control direction at the same strength does"
             elif s["verdict"] == verdicts.NOT_SPECIFIC:
-                tail = f", but {', '.join(s['failing'])} at the same strength does as much or more"
+                wide = [d for d in s["failing"] if d not in s["matching"]]
+                tail = (f", but along {', '.join(s['matching'])} the same objective at the same strength does as "
+                        f"much (within ±{margin:g}) or more"
+                        + (f"; against {', '.join(wide)} the intervals are too wide to tell" if wide else ""))
             else:
                 tail = "; against the control directions the intervals are too wide to tell"
         elif where == "wrong":
