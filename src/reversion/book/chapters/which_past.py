@@ -60,8 +60,25 @@ class Params(SubjectParams):
         check_int("n_histories", self.n_histories, 1)
 
 
+class _Readings:
+    """What both results read the same way: the main lineage's estimate, its layer and T."""
+
+    @property
+    def est(self) -> VRevEstimate:
+        return self.ests[MAIN]
+
+    @property
+    def layer(self) -> int:
+        """Every reading is at the main lineage's chosen layer."""
+        return self.est.layer
+
+    @property
+    def final(self) -> int:
+        return self.world.finetune.steps
+
+
 @dataclass
-class Result:
+class Result(_Readings):
     world: World
     configs: dict[str, HistoryConfig]
     hists: dict[str, History]
@@ -85,18 +102,6 @@ class Result:
     def subject(self) -> OrganismSubject:
         return OrganismSubject(self.configs[MAIN])
 
-    @property
-    def est(self) -> VRevEstimate:
-        return self.ests[MAIN]
-
-    @property
-    def layer(self) -> int:
-        """Every reading is at the main lineage's chosen layer."""
-        return self.est.layer
-
-    @property
-    def final(self) -> int:
-        return self.world.finetune.steps
 
     @property
     def doses(self) -> list[tuple[float, str]]:
@@ -108,7 +113,7 @@ class Result:
 
 
 @dataclass
-class CheckpointResult:
+class CheckpointResult(_Readings):
     """The chapter on your checkpoints: your lineage (:data:`MAIN`) and, where ``checkpoints``
     has ``second_witness`` and ``second_aligned``, the second one (:data:`SECOND`), fine-tuned
     with the same seeds; one history."""
@@ -125,17 +130,6 @@ class CheckpointResult:
     def subject(self) -> CheckpointSubject:
         return self.subjects[MAIN]
 
-    @property
-    def est(self) -> VRevEstimate:
-        return self.ests[MAIN]
-
-    @property
-    def layer(self) -> int:
-        return self.est.layer
-
-    @property
-    def final(self) -> int:
-        return self.world.finetune.steps
 
     @property
     def history_ests(self) -> list[VRevEstimate]:
