@@ -181,8 +181,14 @@ def second_subject(checkpoints: dict, main: CheckpointSubject) -> CheckpointSubj
 
 
 def jobs(world: World, subs: dict[str, Subject]) -> list:
-    """Every lineage fine-tuned with the world's seeds, lineage by lineage."""
-    return [(s, world.finetune_config(k), None) for s in subs.values() for k in world.seeds]
+    """Every lineage fine-tuned with the world's seeds, lineage by lineage. The main lineage and
+    the other histories are the runs of chapters 01-04 (every step recorded); the extra lineages
+    are read at steps 0 and T only, so their runs record the drift probes and the judge there alone."""
+    T = world.finetune.steps
+    read_at_T = {"eval_steps": (0, T), "track_every": T}
+    extra = set(lineages(world)) - {MAIN}
+    return [(s, world.finetune_config(k, **(read_at_T if name in extra else {})), None)
+            for name, s in subs.items() for k in world.seeds]
 
 
 def collect(P: Params, world: World, ests: dict[str, VRevEstimate], done: list[FinetuneRun],
