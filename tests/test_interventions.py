@@ -460,7 +460,7 @@ def test_cumulative_reversion_is_clipped_at_the_level():
 def _params(**changes) -> ch05.Params:
     base = dict(world="smoke", world_overrides={}, n_histories=2, n_seeds=2, multiple=1.0,
                 objectives=["block", "oppose"], directions=[], n_random=1, sites=["all"], dose_multiples=[3.0],
-                study_directions=["v_rev"], study_sites=["layer"], n_study_seeds=1, projection=True,
+                study_directions=["v_rev"], study_sites=["layer"], n_study_seeds=1, projection=True, witness=True,
                 rehearsal_fraction=0.25, margin=0.02, eval_steps=[0, 3, 6], track_every=3)
     return ch05.Params(**{**base, **changes})
 
@@ -662,3 +662,26 @@ def test_push_along_v_is_oppose_along_minus_v(est, hist, lang, probes, layers):
     with torch.no_grad():
         a, b = push.aux_loss(model, None, 1), opp.aux_loss(model, None, 1)
     assert abs(float(a)) > 1e-3 and float(a) == pytest.approx(float(b), rel=1e-6)
+
+
+def test_the_witness_arm_blocks_along_the_witness_difference_on_history_0(world, est, hist, monkeypatch):
+    """With ``witness``, history 0 gets one more arm, the block along unit(mu_H - mu_H'), whose
+    direction is the difference of the two witnesses' mean activations (by hand here)."""
+    from reversion.subjects.organism.lineages import SECOND, lineages  # noqa: PLC0415 (test-local)
+
+    P = _params(witness=True, n_histories=1)
+    w = P.make_world()
+    sub = OrganismSubject(w.history)
+    js, strengths, calib, main = ch05.jobs(P, w, [sub], [estimate(sub, w.finetune.n_probe, progress=False)])
+    arm = ch05.Arm("block", "witness", "all", 1.0)
+    keys = [k for k in js if k[0] == arm]
+    assert [k[1:] for k in keys] == [(0, 0)]  # history 0, the study's seeds
+    second = estimate(OrganismSubject(lineages(w)[SECOND]), w.finetune.n_probe, progress=False)
+    u = est.acts["H"].double().mean(0) - second.acts["H"].double().mean(0)
+    got = js[keys[0]][2].v
+    L = u.shape[0] - 1
+    torch.testing.assert_close(got[1:], u[1:] / u[1:].norm(dim=-1, keepdim=True))
+    assert "witness@all" in calib[0] and strengths[(arm, 0)] == pytest.approx(calib[0]["witness@all"]["ratio"])
+    assert L >= 1
+    no = ch05.jobs(_params(witness=False, n_histories=1), w, [sub], [est])[0]
+    assert not [k for k in no if k[0].direction == "witness"]

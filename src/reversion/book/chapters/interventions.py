@@ -19,7 +19,7 @@ import torch
 from reversion.book.chapters import verdicts
 from reversion.book.chapters.common import SubjectParams, write_chapter
 from reversion.core import stats
-from reversion.core.directions import control_directions
+from reversion.core.directions import control_directions, unit_rows
 from reversion.core.drift import drift_alignment
 from reversion.core.interventions import DIRECTIONAL, Projection, Rehearsal
 from reversion.infra.checks import check_float, check_fraction, check_int
@@ -27,6 +27,8 @@ from reversion.stages.calibrate import calibrate
 from reversion.stages.estimate import VRevEstimate, estimate
 from reversion.stages.finetune import FinetuneRun, finetune_many
 from reversion.subjects.base import Subject
+from reversion.subjects.organism.lineages import SECOND, lineages
+from reversion.subjects.organism.subject import OrganismSubject
 from reversion.subjects.organism.worlds import World
 
 STEM = "05_interventions"
@@ -92,6 +94,9 @@ class Params(SubjectParams):
     """Seeds of the dose-response, layer-site and projection studies."""
     projection: bool
     """Run the CAFT-style forward-pass projection along ``study_directions`` (alone, not grouped)."""
+    witness: bool
+    """Also block along the witness difference unit(mu_H - mu_H') of "Which past?" (history 0 of the
+    organism, whose second-witness lineage defines it; checkpoints: skipped)."""
     rehearsal_fraction: float
     """Safety examples *added* to each full benign batch, as a share of its size."""
     margin: float
@@ -125,8 +130,9 @@ class Params(SubjectParams):
         for m in self.dose_multiples:
             check_float("dose_multiples", m, 0.0, lo_open=True)
         check_int("n_study_seeds", self.n_study_seeds, 1, self.n_seeds)
-        if not isinstance(self.projection, bool):
-            raise ValueError(f"projection must be true or false, got {self.projection!r}")
+        for name in ("projection", "witness"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         check_fraction("rehearsal_fraction", self.rehearsal_fraction)
         check_float("margin", self.margin, 0.0)
         if not isinstance(self.eval_steps, list) or not self.eval_steps:
@@ -196,6 +202,15 @@ def check_directions(P: Params, est: VRevEstimate) -> None:
                              "prompts, v_P a pretrained checkpoint, randomN needs n_random > N)")
 
 
+def witness_difference(world: World, est: VRevEstimate) -> torch.Tensor:
+    """``[L+1, d]``: unit(mu_H - mu_H') over history 0's estimation probes, theta_H' the witness of
+    the second-witness lineage (its own estimate, cached by "Which past?"): motion along it is
+    motion toward the model's own witness rather than the other one."""
+    second = estimate(OrganismSubject(lineages(world)[SECOND]), world.finetune.n_probe, progress=False)
+    diff = est.acts["H"].double().mean(0) - second.acts["H"].double().mean(0)
+    return unit_rows(diff, "witness difference mu_H - mu_H'")[0]
+
+
 def plan(P: Params, est: VRevEstimate) -> tuple[list[Arm], list[Arm]]:
     """(main comparison arms, history-0 study arms), baseline and rehearsal included in the main."""
     have = directions_of(P, est)
@@ -242,6 +257,9 @@ def jobs(P: Params, world: World, subjects: list[Subject], ests: list[VRevEstima
     for h, (s, est) in enumerate(zip(subjects, ests)):
         have = directions_of(P, est)
         arms = main + (study if h == 0 else [])
+        if h == 0 and P.witness and isinstance(s, OrganismSubject) and world.lineages:
+            have["witness"] = witness_difference(world, est)
+            arms = arms + [Arm("block", "witness", "all", P.multiple)]
         L = est.directions.v_rev.shape[0] - 1
         ft0 = world.finetune_config(0, **P.finetune_changes())
         norms = calibrate(s, ft0, _terms_needed(arms, L, est.layer, have), est.directions.displacement_norm)
