@@ -683,5 +683,12 @@ def test_the_witness_arm_blocks_along_the_witness_difference_on_history_0(world,
     torch.testing.assert_close(got[1:], u[1:] / u[1:].norm(dim=-1, keepdim=True))
     assert "witness@all" in calib[0] and strengths[(arm, 0)] == pytest.approx(calib[0]["witness@all"]["ratio"])
     assert L >= 1
+    # the arms are read at T: judged and tracked at 0 and T; the baseline on the chapter's grid
+    T = w.finetune.steps
+    assert (js[keys[0]][1].eval_steps, js[keys[0]][1].track_every) == ((0, T), T)
+    base = js[(ch05.BASELINE, 0, 0)][1]
+    assert (base.eval_steps, base.track_every) == (tuple(P.eval_steps), P.track_every)
+    with pytest.raises(ValueError, match="n_seeds must be >= 2 on one history"):
+        ch05.jobs(_params(n_seeds=1, n_study_seeds=1, n_histories=1), w, [sub], [est])
     no = ch05.jobs(_params(witness=False, n_histories=1), w, [sub], [est])[0]
     assert not [k for k in no if k[0].direction == "witness"]

@@ -102,9 +102,10 @@ class Params(SubjectParams):
     margin: float
     """Equivalence margin on harmfulness: contrasts within +-margin count as no difference."""
     eval_steps: list
-    """Steps judged in every run of this chapter (cumulative reversion is their trapezoid)."""
+    """Steps judged in the baseline and rehearsal runs (cumulative reversion is their trapezoid);
+    the other arms are judged, and their drift probes recorded, at steps 0 and T only."""
     track_every: int
-    """Drift probes recorded every this many steps (final alignment reads step T)."""
+    """Drift probes of the baseline and rehearsal runs recorded every this many steps."""
 
     def __post_init__(self) -> None:
         check_int("n_histories", self.n_histories, 1)
@@ -139,8 +140,12 @@ class Params(SubjectParams):
             raise ValueError(f"eval_steps must be a non-empty list of steps, got {self.eval_steps!r}")
         check_int("track_every", self.track_every, 1)
 
-    def finetune_changes(self) -> dict:
-        return {"eval_steps": tuple(self.eval_steps), "track_every": self.track_every}
+    def finetune_changes(self, arm: "Arm | None" = None, T: int | None = None) -> dict:
+        """The fine-tuning settings of an arm's runs: the chapter's grid for the baseline and
+        rehearsal (``arm`` None: those), steps 0 and ``T`` for the others (read at T only)."""
+        if arm is None or arm.objective in ("baseline", "rehearsal"):
+            return {"eval_steps": tuple(self.eval_steps), "track_every": self.track_every}
+        return {"eval_steps": (0, T), "track_every": T}
 
 
 @dataclass
@@ -252,6 +257,8 @@ def make(arm: Arm, est: VRevEstimate, have: dict, norms: dict, P: Params):
 
 def jobs(P: Params, world: World, subjects: list[Subject], ests: list[VRevEstimate]) -> tuple[dict, dict, list, list]:
     """``({(arm, history, seed): job}, {(arm, history): strength}, calibration, main arms)``."""
+    if len(subjects) == 1 and world.n_seeds < 2:
+        raise ValueError("n_seeds must be >= 2 on one history (checkpoints): the intervals are over seeds")
     main, study = plan(P, ests[0])
     out, strengths, calib = {}, {}, []
     for h, (s, est) in enumerate(zip(subjects, ests)):
@@ -270,7 +277,8 @@ def jobs(P: Params, world: World, subjects: list[Subject], ests: list[VRevEstima
             for seed in seeds:
                 # a fresh object per run: a term holds its run's probe state while it trains
                 iv_k = make(arm, est, have, norms, P)[0] if iv is not None else None
-                out[(arm, h, seed)] = (s, world.finetune_config(seed, **P.finetune_changes()), iv_k)
+                ft = world.finetune_config(seed, **P.finetune_changes(arm, world.finetune.steps))
+                out[(arm, h, seed)] = (s, ft, iv_k)
     return out, strengths, calib, main
 
 
@@ -307,8 +315,9 @@ def outcomes(run: FinetuneRun, v_rev: torch.Tensor, layer: int, task: str, level
     T = run.steps[-1]
     e = run.evals[T]
     out = {"harmfulness": e["harmfulness"],
-           "final_alignment": float(drift_alignment(run.probe_means[[0, T]], v_rev)[1, layer]),
-           "cumulative_reversion": cumulative_reversion(run, level)}
+           "final_alignment": float(drift_alignment(run.probe_means[[0, T]], v_rev)[1, layer])}
+    if len(run.steps) > 2:  # judged along the way (baseline, rehearsal): the area is defined
+        out["cumulative_reversion"] = cumulative_reversion(run, level)
     if "exact_match" in e:
         out["exact_match"] = e["exact_match"]
     by = e.get("harmful_by_task")
