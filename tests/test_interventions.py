@@ -689,6 +689,7 @@ def test_the_witness_arm_blocks_along_the_witness_difference_on_history_0(world,
     base = js[(ch05.BASELINE, 0, 0)][1]
     assert (base.eval_steps, base.track_every) == (tuple(P.eval_steps), P.track_every)
     with pytest.raises(ValueError, match="n_seeds must be >= 2 on one history"):
-        ch05.jobs(_params(n_seeds=1, n_study_seeds=1, n_histories=1), w, [sub], [est])
+        one = _params(n_seeds=1, n_study_seeds=1, n_histories=1)
+        ch05.jobs(one, one.make_world(), [sub], [est])
     no = ch05.jobs(_params(witness=False, n_histories=1), w, [sub], [est])[0]
     assert not [k for k in no if k[0].direction == "witness"]
