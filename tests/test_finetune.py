@@ -234,3 +234,19 @@ def test_sparse_tracking_records_the_same_rows_and_nan_between(world, subject, t
     assert torch.isnan(sparse.probe_means[skipped]).all()
     with pytest.raises(ValueError, match="track_every"):
         world.finetune_config(0, track_every=0)
+
+
+@pytest.mark.parametrize("n,workers,most,sizes", [
+    (50, 2, 16, [13, 13, 13, 11]),   # not 16 + 16 + 16 + 2: both workers busy to the end
+    (48, 2, 16, [12, 12, 12, 12]),
+    (15, 2, 16, [15]),               # one group: it runs on every core, nothing to balance
+    (17, 2, 16, [9, 8]),
+    (33, 4, 16, [9, 9, 9, 6]),
+    (5, 1, 2, [2, 2, 1]),
+    (0, 2, 16, []),
+])
+def test_groups_are_split_evenly_over_the_workers(n, workers, most, sizes):
+    chunks = finetune_mod.split_group(list(range(n)), workers, most)
+    assert [len(c) for c in chunks] == sizes
+    assert [x for c in chunks for x in c] == list(range(n))  # every run once, in order
+    assert all(len(c) <= most for c in chunks)

@@ -328,6 +328,21 @@ def _term_step(group: GroupedGPT2, opt, ids, labels, terms: GroupTerms, step: in
     return loss.tolist()
 
 
+def split_group(runs: list, workers: int, most: int | None = None) -> list[list]:
+    """Runs of one signature in chunks of at most ``most`` (:data:`GROUP_MAX`), as equal as
+    possible, and -- when there is more than one -- as many as a multiple of ``workers``, so the
+    workers finish together (16 + 16 + 16 + 2 runs on two workers would leave one idle for a
+    whole group; 13 + 13 + 13 + 11 does not)."""
+    most = GROUP_MAX if most is None else most
+    if not runs:
+        return []
+    k = -(-len(runs) // most)
+    if k > 1 and k % workers:
+        k += workers - k % workers
+    size = -(-len(runs) // k)
+    return [runs[i: i + size] for i in range(0, len(runs), size)]
+
+
 def _build_quietly(subject: Subject, ft: FinetuneConfig, intervention: Intervention | None) -> None:
     finetune(subject, ft, intervention, progress=False)
 
@@ -364,7 +379,9 @@ def finetune_many(jobs: Sequence[Job], progress: bool = True,
             groups.setdefault(_group_signature(j[1], j[2]), []).append(j)
         else:
             alone.append(j)
-    grouped = [g[i: i + GROUP_MAX] for g in groups.values() for i in range(0, len(g), GROUP_MAX)]
+    workers = parallel.n_workers() if all(s.parallel for s in subjects) else 1
+    # Largest first, so the pool's first-come order is longest-processing-time scheduling.
+    grouped = sorted((c for g in groups.values() for c in split_group(g, workers)), key=len, reverse=True)
     if len(grouped) == 1 and not alone and not extra:
         build_group(grouped[0], progress=progress)  # the only work: here, on every core
         grouped = []
