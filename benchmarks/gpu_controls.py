@@ -76,7 +76,7 @@ def controls(paths: dict[str, str], steps: int = 10, lr: float = 1e-5) -> dict:
                      "finetune_data": str(files["benign"]), "max_new_tokens": 8},
         n_histories=1, n_seeds=2, multiple=1.0, objectives=["block"],
         directions=["v_rev", "-r_S", "v_P", "random0+", "random0-"], n_random=1, sites=["all"],
-        dose_multiples=[], study_directions=[], study_sites=[], n_study_seeds=1, projection=False, witness=False,
+        dose_multiples=[], study_directions=[], study_sites=[], n_study_seeds=1, projection=False, witness_direction=False,
         rehearsal_fraction=0.25, margin=0.02, eval_steps=[0, steps // 2, steps], track_every=max(1, steps // 2))
     t0 = time.perf_counter()
     res = ch05.run(P, progress=False)

@@ -80,7 +80,7 @@ def world():
 P05 = ch05.Params(world="smoke", world_overrides={}, n_histories=3, n_seeds=2, multiple=1.0,
                   objectives=["block", "oppose"], directions=[], n_random=1, sites=["all"],
                   dose_multiples=[3.0], study_directions=["v_rev"], study_sites=["layer"], n_study_seeds=2,
-                  projection=False, witness=False, rehearsal_fraction=0.25, margin=0.02, eval_steps=[0, 10, T],
+                  projection=False, witness_direction=False, rehearsal_fraction=0.25, margin=0.02, eval_steps=[0, 10, T],
                   track_every=10)
 
 

@@ -460,7 +460,8 @@ def test_cumulative_reversion_is_clipped_at_the_level():
 def _params(**changes) -> ch05.Params:
     base = dict(world="smoke", world_overrides={}, n_histories=2, n_seeds=2, multiple=1.0,
                 objectives=["block", "oppose"], directions=[], n_random=1, sites=["all"], dose_multiples=[3.0],
-                study_directions=["v_rev"], study_sites=["layer"], n_study_seeds=1, projection=True, witness=True,
+                study_directions=["v_rev"], study_sites=["layer"], n_study_seeds=1, projection=True,
+                witness_direction=True,
                 rehearsal_fraction=0.25, margin=0.02, eval_steps=[0, 3, 6], track_every=3)
     return ch05.Params(**{**base, **changes})
 
@@ -665,11 +666,11 @@ def test_push_along_v_is_oppose_along_minus_v(est, hist, lang, probes, layers):
 
 
 def test_the_witness_arm_blocks_along_the_witness_difference_on_history_0(world, est, hist, monkeypatch):
-    """With ``witness``, history 0 gets one more arm, the block along unit(mu_H - mu_H'), whose
+    """With ``witness_direction``, history 0 gets one more arm, the block along unit(mu_H - mu_H'), whose
     direction is the difference of the two witnesses' mean activations (by hand here)."""
     from reversion.subjects.organism.lineages import SECOND, lineages  # noqa: PLC0415 (test-local)
 
-    P = _params(witness=True, n_histories=1)
+    P = _params(witness_direction=True, n_histories=1)
     w = P.make_world()
     sub = OrganismSubject(w.history)
     js, strengths, calib, main = ch05.jobs(P, w, [sub], [estimate(sub, w.finetune.n_probe, progress=False)])
@@ -691,5 +692,5 @@ def test_the_witness_arm_blocks_along_the_witness_difference_on_history_0(world,
     with pytest.raises(ValueError, match="n_seeds must be >= 2 on one history"):
         one = _params(n_seeds=1, n_study_seeds=1, n_histories=1)
         ch05.jobs(one, one.make_world(), [sub], [est])
-    no = ch05.jobs(_params(witness=False, n_histories=1), w, [sub], [est])[0]
+    no = ch05.jobs(_params(witness_direction=False, n_histories=1), w, [sub], [est])[0]
     assert not [k for k in no if k[0].direction == "witness"]

@@ -94,7 +94,7 @@ class Params(SubjectParams):
     """Seeds of the dose-response, layer-site and projection studies."""
     projection: bool
     """Run the CAFT-style forward-pass projection along ``study_directions`` (alone, not grouped)."""
-    witness: bool
+    witness_direction: bool
     """Also block along the witness difference unit(mu_H - mu_H') of "Which past?" (history 0 of the
     organism, whose second-witness lineage defines it; checkpoints: skipped)."""
     rehearsal_fraction: float
@@ -131,7 +131,7 @@ class Params(SubjectParams):
         for m in self.dose_multiples:
             check_float("dose_multiples", m, 0.0, lo_open=True)
         check_int("n_study_seeds", self.n_study_seeds, 1, self.n_seeds)
-        for name in ("projection", "witness"):
+        for name in ("projection", "witness_direction"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         check_fraction("rehearsal_fraction", self.rehearsal_fraction)
@@ -264,7 +264,7 @@ def jobs(P: Params, world: World, subjects: list[Subject], ests: list[VRevEstima
     for h, (s, est) in enumerate(zip(subjects, ests)):
         have = directions_of(P, est)
         arms = main + (study if h == 0 else [])
-        if h == 0 and P.witness and isinstance(s, OrganismSubject) and world.lineages:
+        if h == 0 and P.witness_direction and isinstance(s, OrganismSubject) and world.lineages:
             have["witness"] = witness_difference(world, est)
             arms = arms + [Arm("block", "witness", "all", P.multiple)]
         L = est.directions.v_rev.shape[0] - 1
