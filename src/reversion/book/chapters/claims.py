@@ -147,6 +147,10 @@ def _arm(iv: dict, objective: str, direction: str = "v_rev") -> str | None:
     return None
 
 
+def _histories(n: int) -> str:
+    return f"{n} histor{'y' if n == 1 else 'ies'}"
+
+
 def _nx(a: dict) -> str:
     return f"{a['n_histories']}×{a['n_seeds']}"
 
@@ -159,7 +163,7 @@ def build_rows(m: dict[str, dict]) -> list[Row]:
     p99_m = max(p99_iso, nt["null"]["matched_p99"])  # the stricter of the two nulls (chapter 04)
     res = _alt(wp, "residual")
     res_word = (wp.get("residual") or {}).get("verdict", "not run")
-    n_al = f"{al.get('n_histories', 1)} histories"
+    n_al = _histories(al.get("n_histories", 1))
 
     a1, a20 = al["alignment"].get("1"), al["alignment"].get("20")
     pat = NOT_REPRODUCED if a1 is None else _pattern(
@@ -181,7 +185,7 @@ def build_rows(m: dict[str, dict]) -> list[Row]:
     rows.append(Row("V1-c", "run-step pairs above the isotropic null's p99", "24 of 24",
                     f"{pr['above_isotropic']} of {pr['n']} (history 0){per}",
                     CONSISTENT if pr["above_isotropic"] == pr["n"] else NOT_REPRODUCED, "04", "",
-                    f"{len(by) or 1} histories"))
+                    _histories(len(by) or 1)))
 
     margin = iv["margin"]
     blk, psh = _arm(iv, "block"), _arm(iv, "push")
@@ -233,7 +237,7 @@ def build_rows(m: dict[str, dict]) -> list[Row]:
     rows.append(Row("V2-a", "every trajectory exceeds a matched empirical null", "all",
                     f"{sig} of {n_runs} runs (α={pr_run['alpha']}; history 0: {pr_run['significant']} of "
                     f"{pr_run['n']}, {pr['above_matched']} of {pr['n']} pairs)",
-                    CONSISTENT if sig == n_runs else NOT_REPRODUCED, "04", "", f"{len(by) or 1} histories"))
+                    CONSISTENT if sig == n_runs else NOT_REPRODUCED, "04", "", _histories(len(by) or 1)))
     ro = vr["readout"]
     x = ro["v_rev"]["compliance_minus_refusal"]
     others = {k: r["compliance_minus_refusal"] for k, r in ro.items() if k != "v_rev"}
