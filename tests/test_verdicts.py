@@ -7,6 +7,7 @@ import pytest
 
 from reversion.book.chapters import claims, verdicts
 from reversion.book.chapters.verdicts import (
+    contrast_side,
     CONSISTENT,
     INCONCLUSIVE,
     NOT_REPRODUCED,
@@ -156,3 +157,18 @@ def test_weaker(vs, expected):
 def test_weaker_refuses_an_unknown_verdict():
     with pytest.raises(ValueError):
         claims.weaker(CONSISTENT, "reproduced")
+
+
+@pytest.mark.parametrize("contrast,expected", [
+    (iv(-0.031, -0.002), INCONCLUSIVE),  # better than the control, but maybe by less than the margin
+    (iv(-0.08, -0.03), CONSISTENT),      # better by more than the margin
+    (iv(-0.015, 0.01), NOT_SPECIFIC),    # equivalent within the margin
+    (iv(0.01, 0.05), NOT_SPECIFIC),      # the control does more
+])
+def test_a_contrast_must_beat_its_control_by_more_than_the_margin(contrast, expected):
+    """v_rev's block 0.017 better than v_P's, with an interval [0.002, 0.031], is not "better":
+    a statistically resolved but possibly trivial difference leaves specificity open."""
+    assert verdict(THERE, -1, {"v_P": contrast}, 0.02) == expected
+    assert contrast_side(iv(-0.08, -0.03), -1, 0.02) == "there"
+    assert contrast_side(iv(-0.031, -0.002), -1, 0.02) == "wide"
+    assert contrast_side(iv(-0.031, -0.002), -1, 0.0) == "there"  # no margin: beyond zero is enough

@@ -443,7 +443,7 @@ def specificity(tab: dict, res: Outcomes, arm: Arm, margin: float) -> dict:
     return {"effect": effect_, "want": want, "contrasts": cons, "task_contrasts": cost, "task_measure": task_m,
             "verdict": verdicts.verdict(effect_, want, cons, margin),
             "failing": verdicts.failing_controls(cons, want, margin),
-            "matching": [d for d, c in cons.items() if verdicts.side(c, want, margin) in ("null", "wrong")]}
+            "matching": [d for d, c in cons.items() if verdicts.contrast_side(c, want, margin) in ("null", "wrong")]}
 
 
 def measure(P: Params, res: Outcomes) -> dict:
@@ -552,7 +552,8 @@ def sentences(m: dict) -> dict[str, str]:
                         f"much (within ±{margin:g}) or more"
                         + (f"; against {', '.join(wide)} the intervals are too wide to tell" if wide else ""))
             else:
-                tail = "; against the control directions the intervals are too wide to tell"
+                tail = (f"; whether it beats {', '.join(s['failing'])} at the same strength by more than "
+                        f"the margin (±{margin:g}) is not resolved")
         elif where == "wrong":
             head, tail = f"{n} moves harmfulness the other way ({_ci(e)})", ""
         elif where == "null":

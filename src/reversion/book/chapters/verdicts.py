@@ -52,15 +52,28 @@ def side(i: Mapping | None, want: int, margin: float = 0.0) -> str:
     return "wide"
 
 
+def contrast_side(i: Mapping | None, want: int, margin: float = 0.0) -> str:
+    """Where a contrast (the claim's effect minus a control's) lies: ``"there"`` only when it
+    beats the control by more than the margin (the interval beyond ``+margin`` on the predicted
+    side -- statistically better by a trivial amount is not better); ``"null"`` within
+    ``[-margin, +margin]`` (equivalent); ``"wrong"`` beyond zero on the control's side (the
+    control does more); else ``"wide"``."""
+    s = side(i, want, margin)
+    if s != "there" or margin == 0:
+        return s
+    lo = i["ci_low"] if want > 0 else -i["ci_high"]
+    return "there" if lo > margin else "wide"
+
+
 def verdict(effect: Mapping | None, want: int, controls: Mapping[str, Mapping | None] | None = None,
             margin: float = 0.0) -> str:
     """The verdict of a predicted effect of sign ``want`` and, where the claim has alternatives,
     of its contrasts with each control (``effect - control's effect``, same sign predicted).
 
     Pattern absent: ``not reproduced`` if its interval is on the wrong side or within the
-    margin, else ``inconclusive``. Pattern present: ``consistent`` if every contrast is on the
-    predicted side; ``consistent but not specific`` if any contrast is within the margin or
-    favours the control; else ``inconclusive``. ``controls=None``: the claim has no alternative a
+    margin, else ``inconclusive``. Pattern present: ``consistent`` if every contrast beats its
+    control by more than the margin (:func:`contrast_side`); ``consistent but not specific`` if
+    any contrast is within the margin or favours the control; else ``inconclusive``. ``controls=None``: the claim has no alternative a
     control could separate (the pattern decides); ``{}``: it has one, but no control was run --
     then the pattern alone cannot make it ``consistent`` (``inconclusive``)."""
     s = side(effect, want, margin)
@@ -70,7 +83,7 @@ def verdict(effect: Mapping | None, want: int, controls: Mapping[str, Mapping | 
         return INCONCLUSIVE
     if controls is not None and not controls:
         return INCONCLUSIVE
-    sides = [side(c, want, margin) for c in (controls or {}).values()]
+    sides = [contrast_side(c, want, margin) for c in (controls or {}).values()]
     if all(c == "there" for c in sides):
         return CONSISTENT
     if any(c in ("null", "wrong") for c in sides):
@@ -80,4 +93,4 @@ def verdict(effect: Mapping | None, want: int, controls: Mapping[str, Mapping | 
 
 def failing_controls(controls: Mapping[str, Mapping | None], want: int, margin: float = 0.0) -> list[str]:
     """The controls whose contrast is not on the predicted side (what makes a verdict weaker)."""
-    return [n for n, c in controls.items() if side(c, want, margin) != "there"]
+    return [n for n, c in controls.items() if contrast_side(c, want, margin) != "there"]
