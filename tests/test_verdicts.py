@@ -7,13 +7,13 @@ import pytest
 
 from reversion.book.chapters import claims, verdicts
 from reversion.book.chapters.verdicts import (
-    contrast_side,
     CONSISTENT,
     INCONCLUSIVE,
     NOT_REPRODUCED,
     NOT_SPECIFIC,
     NOT_TESTABLE,
     VERDICTS,
+    contrast_side,
     failing_controls,
     side,
     verdict,
