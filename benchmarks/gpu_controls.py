@@ -30,7 +30,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from reversion.benchmark import TINYLLAMA, bench_large
-from reversion.book.chapters import interventions as ch05
+from reversion.book.chapters import ch06_interventions as ch05
 from reversion.infra import seeding
 from reversion.subjects.checkpoints.demo import build_demo, build_tokenizer, example_files
 from reversion.subjects.checkpoints.textdata import read_pairs, read_prompts

@@ -64,7 +64,7 @@ from helpers import LAYERS
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTERS = {"01_training_history": "training_history", "02_vrev_estimation": "vrev_estimation",
-            "03_alignment": "alignment", "04_null_test": "null_test", "05_interventions": "interventions"}
+            "03_alignment": "alignment", "04_null_test": "null_test", "06_interventions": "interventions"}
 NAN = float("nan")
 
 
@@ -317,9 +317,9 @@ CASES = [
     nb_case("nb-03-unknown-parameter", "03_alignment", {"n_seed": 3}, r"unknown parameter\(s\) 'n_seed'"),
     nb_case("nb-02-wrong-type", "02_vrev_estimation", {"n_probe": "16"}, r"parameter 'n_probe' must be <class 'int'>"),
     nb_case("nb-04-alpha-out-of-range", "04_null_test", {"alpha": 0.7}, r"alpha must be a finite number in \(0, 0\.5\), got 0\.7"),
-    nb_case("nb-05-negative-multiple", "05_interventions", {"multiple": -1.0},
+    nb_case("nb-05-negative-multiple", "06_interventions", {"multiple": -1.0},
             r"multiple must be a finite number > 0, got -1\.0"),
-    nb_case("nb-05-unknown-site", "05_interventions", {"sites": ["top"]},
+    nb_case("nb-05-unknown-site", "06_interventions", {"sites": ["top"]},
             r"sites must be a list of layer, intermediate, all, got \['top'\]"),
 
     # package: worlds, configurations, chapter parameters (through run + save)
@@ -339,11 +339,11 @@ CASES = [
     Case("api-finetune-steps-zero", finetune_with(steps=0), r"finetune\.steps \(T\) must be an int >= 1, got 0"),
     Case("api-finetune-negative-lr", finetune_with(lr=-3e-4), r"finetune\.lr must be a finite number > 0"),
     Case("api-history-negative-lr", history_with({"history": {"safety": {"lr": -5e-4}}}), r"safety\.lr must be a finite number > 0"),
-    Case("api-05-multiple-nan", chapter("05_interventions", multiple=NAN),
+    Case("api-05-multiple-nan", chapter("06_interventions", multiple=NAN),
          r"multiple must be a finite number > 0, got nan"),
-    Case("api-05-unknown-direction", chapter("05_interventions", directions=["v_rev", "witness"]),
+    Case("api-05-unknown-direction", chapter("06_interventions", directions=["v_rev", "witness"]),
          r"directions: \['witness'\] not available here"),
-    Case("api-05-rehearsal-fraction-out-of-range", chapter("05_interventions", rehearsal_fraction=1.5),
+    Case("api-05-rehearsal-fraction-out-of-range", chapter("06_interventions", rehearsal_fraction=1.5),
          r"rehearsal_fraction must be a finite number in \[0, 1\], got 1\.5"),
     Case("api-04-alpha-nan", chapter("04_null_test", alpha=NAN), r"alpha must be a finite number in \(0, 0\.5\), got nan"),
     Case("api-03-position-mean", chapter("03_alignment", position="mean"), r"position must be 'last' here"),
@@ -359,7 +359,7 @@ CASES = [
     Case("api-04-checkpoints-no-finetune-data", chapter("04_null_test", checkpoints=tiny_checkpoints()),
          r"checkpoints\['finetune_data'\] is empty: this chapter fine-tunes"),
     Case("api-05-checkpoints-different-widths",
-         chapter("05_interventions", checkpoints=lambda c: tiny_checkpoints(witness=str(c.tiny.llama_wide),
+         chapter("06_interventions", checkpoints=lambda c: tiny_checkpoints(witness=str(c.tiny.llama_wide),
                                                                             finetune_data=str(c.tiny.benign))(c)),
          r"checkpoints\['witness'\]: width \(hidden_size\) 48 differs from checkpoints\['aligned'\]'s 32"),
 

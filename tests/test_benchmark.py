@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from reversion import benchmark
-from reversion.book.chapters import performance
+from reversion.book.chapters import ch09_performance
 from reversion.infra import results
 
 
@@ -118,7 +118,7 @@ def test_the_large_model_rows_run_on_a_tiny_shape_on_the_cpu():
 
 
 def test_page_shows_the_gpu_rows_only_when_measured():
-    from reversion.book.chapters import performance as ch
+    from reversion.book.chapters import ch09_performance as ch
 
     assert "without CUDA" in ch.gpu_table({})
     row = {"ms": {"mean_activations": 2.0, "plain_forward": 4.0, "tracking_check": 1.5, "probe_forward": 1.0},
@@ -180,6 +180,6 @@ def test_the_lora_sentence_and_verdict_follow_the_numbers():
 def test_notebook_seconds_reads_every_stem_of_the_executor_log():
     from reversion.benchmark import notebook_seconds
     log = ("[book] 01_training_history: executed in 370.6 s, 336 stderr output(s) moved\n"
-           "[book] 04b_which_past: executing\n[book] 04b_which_past: executed in 89.9 s\n"
-           "[book]   05_interventions                 executed in     90.2 s\n")
-    assert notebook_seconds(log) == {"01_training_history": 370.6, "04b_which_past": 89.9, "05_interventions": 90.2}
+           "[book] 05_which_past: executing\n[book] 05_which_past: executed in 89.9 s\n"
+           "[book]   06_interventions                 executed in     90.2 s\n")
+    assert notebook_seconds(log) == {"01_training_history": 370.6, "05_which_past": 89.9, "06_interventions": 90.2}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from reversion.book.chapters import training_history as ch
+from reversion.book.chapters import ch01_training_history as ch
 from reversion.core.stats import nested
 
 
@@ -75,7 +75,7 @@ def test_long_alignment_sentence(long_T, h_T0, want):
 
 
 def test_null_threshold_is_the_stricter_null_and_the_sentence_says_which():
-    from reversion.book.chapters import null_test as ch04
+    from reversion.book.chapters import ch04_null_test as ch04
 
     wide = {"isotropic": 0.29, "matched": 0.45}
     assert ch04.threshold(wide) == 0.45
@@ -93,7 +93,7 @@ def _geometry(vp, rs=(-0.2, -0.1, -0.3)):
 
 
 def test_geometry_sentence_follows_v_rev_against_v_P_in_every_history():
-    from reversion.book.chapters import vrev_estimation as ch02
+    from reversion.book.chapters import ch02_vrev_estimation as ch02
 
     assert "nearly v_P (cos 0.91 to 0.95)" in ch02.geometry_sentence(_geometry((0.93, 0.91, 0.95)))
     assert "some histories but not all" in ch02.geometry_sentence(_geometry((0.93, 0.5, 0.95)))
@@ -111,7 +111,7 @@ def _split(lo, hi, mean=None):
 
 
 def test_judge_sentence_flips_with_the_untrained_exact_match_interval():
-    from reversion.book.chapters.alignment import judge_sentence
+    from reversion.book.chapters.ch03_alignment import judge_sentence
     assert "not only the fine-tuned task" in judge_sentence(_split(0.01, 0.05))
     assert "not resolved from zero" in judge_sentence(_split(-0.01, 0.05))
     assert "fall below" in judge_sentence(_split(-0.05, -0.01))

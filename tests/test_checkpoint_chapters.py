@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # --------------------------------------------------------------------------- chapters 02-05
 
 
-CHAPTERS = ["02_vrev_estimation", "03_alignment", "04_null_test", "05_interventions"]
+CHAPTERS = ["02_vrev_estimation", "03_alignment", "04_null_test", "06_interventions"]
 
 
 def smoke_params(stem: str) -> dict:
@@ -64,7 +64,7 @@ def chapter_runs(demo, tmp_path_factory):
         mp.setenv("REVERSION_RESULTS", str(base / "results"))
         for stem in CHAPTERS:
             t0 = time.perf_counter()
-            lean = {"objectives": ["block"]} if stem == "05_interventions" else {}  # runs alone: fewer
+            lean = {"objectives": ["block"]} if stem == "06_interventions" else {}  # runs alone: fewer
             docs[stem] = execute(stem, {**smoke_params(stem), **checkpoint_params(demo), **lean}, base)
             seconds[stem] = time.perf_counter() - t0
     return {"docs": docs, "seconds": seconds, "base": base}
@@ -98,7 +98,7 @@ def test_chapter_runs_on_checkpoints(chapter_runs, demo, stem):
         assert set(m["control_alignment"]) == {"v_P", "r_S"}
     if stem == "04_null_test":
         assert m["pairs"]["n"] == 3 * 3  # 3 seeds x pair steps 1, 2, 3 (<= T = 4)
-    if stem == "05_interventions":
+    if stem == "06_interventions":
         # every control a checkpoint subject has: -r_S (harmless prompts), v_P (pretrained), both signs of random
         assert {n for n in m["arms"] if n.startswith("block/")} >= {
             f"block/{d}/all/1" for d in ("v_rev", "-r_S", "v_P", "residual", "random0+", "random0-")}
@@ -113,7 +113,7 @@ def test_chapter_runs_on_checkpoints(chapter_runs, demo, stem):
 @pytest.mark.notebooks
 @pytest.mark.slow  # papermill end to end; the stages on the subject: test_checkpoint_subject.py
 def test_claims_refuse_to_mix_subjects_or_estimates(chapter_runs):
-    from reversion.book.chapters.claims import check_consistent
+    from reversion.book.chapters.ch07_claims import check_consistent
 
     docs = {k: chapter_runs["docs"][s] for k, s in zip(("02", "03", "04", "05"), CHAPTERS)}
     check_consistent(docs)  # one subject throughout: fine

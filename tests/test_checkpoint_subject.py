@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from reversion.book.chapters import alignment as ch03
+from reversion.book.chapters import ch03_alignment as ch03
 from reversion.core.activations import mean_activations
 from reversion.core.drift import alignment, drift_alignment
 from reversion.core.hooks import get_blocks

@@ -1,7 +1,7 @@
 """Chapter 06's verdicts on planted chapter metrics whose right verdict is known.
 
 The metric dicts have exactly the keys the chapters write: chapter 05's come out of
-``chapters.interventions.metrics`` itself, run on planted :class:`~reversion.book.chapters.
+``chapters.ch06_interventions.metrics`` itself, run on planted :class:`~reversion.book.chapters.
 interventions.Outcomes` (every arm of the chapter's own ``plan``, 3 histories x 2 seeds, with
 planted per-(history, seed) values, so its paired intervals over histories are the real ones);
 chapter 04b's ("Which past?") are planted dicts holding the verdicts the claims read; chapters
@@ -35,11 +35,11 @@ import pandas as pd
 import pytest
 import torch
 
-from reversion.book.chapters import alignment as ch03
-from reversion.book.chapters import claims
-from reversion.book.chapters import interventions as ch05
-from reversion.book.chapters import null_test as ch04
-from reversion.book.chapters import vrev_estimation as ch02
+from reversion.book.chapters import ch03_alignment as ch03
+from reversion.book.chapters import ch07_claims as claims
+from reversion.book.chapters import ch06_interventions as ch05
+from reversion.book.chapters import ch04_null_test as ch04
+from reversion.book.chapters import ch02_vrev_estimation as ch02
 from reversion.book.chapters.verdicts import (
     CONSISTENT,
     INCONCLUSIVE,
@@ -75,7 +75,7 @@ def world():
 
 # --------------------------------------------------------------------------- chapter 05: planted outcomes
 
-# The notebook's parameters (notebooks/05_interventions.ipynb), smaller: 3 histories x 2 seeds,
+# The notebook's parameters (notebooks/06_interventions.ipynb), smaller: 3 histories x 2 seeds,
 # one site, the dose-response and layer-site studies of v_rev on history 0.
 P05 = ch05.Params(world="smoke", world_overrides={}, n_histories=3, n_seeds=2, multiple=1.0,
                   objectives=["block", "oppose"], directions=[], n_random=1, sites=["all"],
@@ -625,7 +625,7 @@ def test_table_lists_every_row_with_its_chapter_and_n(world):
     assert df.loc["H-1", "n"] == "3 seeds, history 0"
     linked = claims.table(claims.build_rows(planted(GOOD, world)), links=True)
     assert linked.loc["V1-c", "chapter"] == '<a href="04_null_test.html">04 · null test</a>'
-    assert linked.loc["H-2", "chapter"] == '<a href="04b_which_past.html">04b · which past</a>'
+    assert linked.loc["H-2", "chapter"] == '<a href="05_which_past.html">04b · which past</a>'
 
 
 def test_magnitude_words():
@@ -657,7 +657,7 @@ def _write_all(m: dict) -> None:
 def test_load_all_reads_every_chapter_back(world, tmp_path):
     m = {"01": chapter01(), **planted(GOOD, world)}
     _write_all(m)
-    for stem in ("05_interventions", "04b_which_past"):
+    for stem in ("06_interventions", "05_which_past"):
         assert (tmp_path / "results" / stem / "metrics.json").is_file()
     back = claims.load_all()
     assert set(back) == set(claims.CHAPTERS) == {"01", "02", "03", "04", "04b", "05"}

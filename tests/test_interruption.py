@@ -158,7 +158,7 @@ if workload == "finetune":
 else:
     import yaml
     from reversion.book import nb
-    from reversion.book.chapters import alignment as ch
+    from reversion.book.chapters import ch03_alignment as ch
 
     cells = json.loads((project / "notebooks" / "03_alignment.ipynb").read_text())["cells"]
     (cell,) = [c for c in cells if "parameters" in c["metadata"].get("tags", [])]

@@ -27,7 +27,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from reversion.book.chapters import interventions as ch05
+from reversion.book.chapters import ch06_interventions as ch05
 from reversion.core.batches import collate
 from reversion.core.hooks import get_blocks
 from reversion.core.directions import control_directions, random_directions, residual_direction

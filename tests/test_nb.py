@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from reversion.book.chapters import alignment, interventions, null_test, vrev_estimation
+from reversion.book.chapters import ch02_vrev_estimation, ch03_alignment, ch04_null_test, ch06_interventions
 from reversion.book.nb import collect
 from reversion.subjects.checkpoints.subject import CHECKPOINT_KEYS
 
@@ -129,8 +129,8 @@ def test_schema_post_init_runs():
 # --------------------------------------------------------------------------- chapters 02-05: checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
-CHAPTERS = {"02_vrev_estimation": vrev_estimation, "03_alignment": alignment, "04_null_test": null_test,
-            "05_interventions": interventions}
+CHAPTERS = {"02_vrev_estimation": ch02_vrev_estimation, "03_alignment": ch03_alignment, "04_null_test": ch04_null_test,
+            "06_interventions": ch06_interventions}
 
 
 def notebook_defaults(stem: str) -> dict:

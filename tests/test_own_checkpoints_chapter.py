@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from reversion.book.chapters import own_checkpoints as oc
+from reversion.book.chapters import ch08_own_checkpoints as oc
 
 
 def _csv(path, rows):

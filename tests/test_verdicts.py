@@ -1,11 +1,12 @@
 """The verdict vocabulary's rules (:mod:`reversion.book.chapters.verdicts`) on planted intervals,
-every branch, and :func:`reversion.book.chapters.claims.weaker`."""
+every branch, and :func:`reversion.book.chapters.ch07_claims.weaker`."""
 
 from __future__ import annotations
 
 import pytest
 
-from reversion.book.chapters import claims, verdicts
+from reversion.book.chapters import ch07_claims as claims
+from reversion.book.chapters import verdicts
 from reversion.book.chapters.verdicts import (
     CONSISTENT,
     INCONCLUSIVE,

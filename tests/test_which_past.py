@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from reversion.book.chapters import which_past as ch
+from reversion.book.chapters import ch05_which_past as ch
 from reversion.core.drift import crossover
 from reversion.stages.finetune import finetune_many
 from reversion.subjects.organism.lineages import MAIN, NONE, SECOND, dose_name, lineages, train_world

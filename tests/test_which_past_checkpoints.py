@@ -18,7 +18,7 @@ import pytest
 import torch
 from helpers import in_cache, perturbed, save
 
-from reversion.book.chapters import which_past as ch
+from reversion.book.chapters import ch05_which_past as ch
 from reversion.core.drift import crossover
 from reversion.infra.results import read_metrics
 from reversion.subjects.organism.lineages import MAIN, SECOND
@@ -181,7 +181,7 @@ def test_page_renders_on_checkpoints(tiny, second, cache, tmp_path, with_second)
 
     checkpoints = base_checkpoints(tiny, **(second if with_second else {}))
     out = tmp_path / "04b.ipynb"
-    pm.execute_notebook(str(ROOT / "notebooks" / "04b_which_past.ipynb"), str(out),
+    pm.execute_notebook(str(ROOT / "notebooks" / "05_which_past.ipynb"), str(out),
                         parameters={"world": "smoke", "world_overrides": FINETUNE, "n_seeds": 2, "doses": [0.5],
                                     "n_histories": 1, "checkpoints": checkpoints},
                         kernel_name="python3", cwd=str(tmp_path), progress_bar=False, log_output=False)

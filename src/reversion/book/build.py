@@ -48,6 +48,19 @@ INJECTED_TAG = "injected-parameters"
 REMOVE_TAG = "remove-cell"
 
 STAMP_DIR_NAME = ".stamps"
+
+#: Chapters renumbered when "Which past?" got a number of its own: old stem -> new stem.
+RENAMED = {"04b_which_past": "05_which_past", "05_interventions": "06_interventions",
+           "06_claims": "07_claims", "07_own_checkpoints": "08_own_checkpoints",
+           "08_performance": "09_performance"}
+
+
+def check_renamed(stems: Iterable[str], what: str) -> None:
+    """A ``ValueError`` naming the new stem for every old one in ``stems``."""
+    old = [s for s in stems if s in RENAMED]
+    if old:
+        raise ValueError(f"{what} {', '.join(old)}: the chapters were renumbered; use "
+                         + ", ".join(f"{RENAMED[s]} (was {s})" for s in old))
 LOG_DIR_NAME = ".logs"
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -318,6 +331,8 @@ def execute_notebooks(
     notebooks = list_notebooks(notebook_dir)
     known = {nb.stem for nb in notebooks}
     wanted = None if stems is None else list(stems)
+    check_renamed(wanted or [], "notebook")
+    check_renamed(parameters, "parameters given for")
     if wanted is not None:
         unknown = sorted(set(wanted) - known)
         if unknown:

@@ -1,4 +1,4 @@
-"""Book page "Run it on your own checkpoints" (``notebooks/07_own_checkpoints.ipynb``).
+"""Book page "Run it on your own checkpoints" (``notebooks/08_own_checkpoints.ipynb``).
 
 The page runs the whole text-model workflow -- ``reversion estimate``, the
 :class:`~reversion.subjects.checkpoints.monitor.ReversionMonitor` in a ``transformers.Trainer`` run,
@@ -66,7 +66,7 @@ from reversion.subjects.checkpoints.textdata import (
 # Saving tiny checkpoints dozens of times: their progress bars are noise.
 hf_logging.disable_progress_bar()
 
-STEM = "07_own_checkpoints"
+STEM = "08_own_checkpoints"
 
 DEMO_NOTE = "tiny random demo models: the numbers illustrate the pipeline and mean nothing about real models"
 
@@ -174,7 +174,7 @@ class Checkpoints:
 def prepare(P: Params, workdir: Path | None = None) -> Checkpoints:
     """The checkpoints and inputs to use, in a working folder.
 
-    The default folder is a scratch folder, ``<cache>/07_own_checkpoints/work`` (see
+    The default folder is a scratch folder, ``<cache>/08_own_checkpoints/work`` (see
     :func:`reversion.infra.paths.cache_dir`), emptied at the start of every run.
 
     The prompt files are copied to ``WORK/inputs/`` so that every command the page shows
@@ -483,5 +483,5 @@ def continuations(P: Params, ck: Checkpoints, models: dict[str, Path], text: str
 
 
 def save(P: Params, metrics: dict) -> Path:
-    """``results/07_own_checkpoints/metrics.json``."""
+    """``results/08_own_checkpoints/metrics.json``."""
     return write_metrics(STEM, metrics, dataclasses.asdict(P), seeds=[P.seed], code=(__name__,))

@@ -31,7 +31,7 @@ from reversion.subjects.organism.lineages import SECOND, lineages
 from reversion.subjects.organism.subject import OrganismSubject
 from reversion.subjects.organism.worlds import World
 
-STEM = "05_interventions"
+STEM = "06_interventions"
 OBJECTIVES = ("block", "oppose")
 """The objectives run along every direction (push runs along v_rev only)."""
 SITES = ("layer", "intermediate", "all")

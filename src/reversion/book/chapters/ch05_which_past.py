@@ -41,7 +41,7 @@ from reversion.subjects.organism.lineages import MAIN, NONE, SECOND, dose_of, li
 from reversion.subjects.organism.subject import OrganismSubject, histories
 from reversion.subjects.organism.worlds import World
 
-STEM = "04b_which_past"
+STEM = "05_which_past"
 
 
 @dataclass(frozen=True)
@@ -771,6 +771,6 @@ def metrics(P: Params, res: Result | CheckpointResult) -> dict:
 
 
 def save(P: Params, res: Result | CheckpointResult) -> dict:
-    """``results/04b_which_past/metrics.json`` (the parameters without an empty ``checkpoints``,
+    """``results/05_which_past/metrics.json`` (the parameters without an empty ``checkpoints``,
     as before the parameter existed)."""
     return write_chapter(STEM, __name__, P, res, metrics(P, res))

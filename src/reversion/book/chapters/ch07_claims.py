@@ -28,7 +28,7 @@ from reversion.book.chapters.verdicts import (
 from reversion.infra.results import read_metrics
 
 CHAPTERS = {"01": "01_training_history", "02": "02_vrev_estimation", "03": "03_alignment",
-            "04": "04_null_test", "04b": "04b_which_past", "05": "05_interventions"}
+            "04": "04_null_test", "04b": "05_which_past", "05": "06_interventions"}
 ORDER = (NOT_REPRODUCED, INCONCLUSIVE, NOT_SPECIFIC, CONSISTENT)
 """From weakest to strongest: a claim resting on two findings gets the weaker one."""
 TASK_MARGIN = 0.05
