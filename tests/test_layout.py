@@ -2,8 +2,9 @@
 imports only from its own layer and those below; the two subjects do not know each other;
 there is no import cycle; and an import inside a function names a reason.
 
-Layers, bottom to top: ``infra`` < ``core`` < ``subjects`` < ``stages`` < the entry points
-(``cli``, ``benchmark``) and ``book``.
+Layers, bottom to top: ``infra`` < ``core`` < ``subjects`` < ``stages`` < ``analysis`` (pure
+functions from stage outputs to typed results and verdicts) < the entry points (``cli``,
+``benchmark``, the public ``monitor`` API) and ``book``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import pytest
 from reversion.infra import provenance
 
 SRC = Path(provenance.module_file("reversion")).parent
-LAYER = {"infra": 0, "core": 1, "subjects": 2, "stages": 3, "cli": 4, "benchmark": 4, "book": 4}
+LAYER = {"infra": 0, "core": 1, "subjects": 2, "stages": 3, "analysis": 4,
+         "cli": 5, "benchmark": 5, "monitor": 5, "book": 5}
 
 
 def modules() -> list[str]:
