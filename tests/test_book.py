@@ -17,11 +17,9 @@ from reversion.book import build as book
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def write_notebook(path: Path, body: str, defaults: str = "x = 1", reads: list[str] | None = None) -> Path:
+def write_notebook(path: Path, body: str, defaults: str = "x = 1") -> Path:
     nb = new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    if reads:
-        nb.metadata["reversion"] = {"reads": reads}
     nb.cells = [
         new_markdown_cell("# Demo"),
         new_code_cell(defaults, metadata={"tags": ["parameters"]}),
@@ -111,20 +109,26 @@ WRITES = ("import os, json, pathlib\n"
           "f.write_text(json.dumps({'metrics': {'x': x}}))\n")
 
 
+READS_01 = "from reversion.infra.results import read_metrics\nprint(read_metrics('01_a')['metrics']['x'] + {k})"
+
+
 def test_a_chapter_reruns_when_what_it_reads_changes(project, isolated):
-    """Stamps follow outputs, not upstream stamps: a chapter that reads chapter 01's results
-    re-executes when they change, not when chapter 01 merely re-ran; one that reads nothing
-    of chapter 01 never re-executes for it."""
+    """Stamps follow outputs, not upstream stamps, and what a chapter reads is what its code read
+    when it last ran (no list by hand): a chapter that reads chapter 01's results re-executes when
+    they change, not when chapter 01 merely re-ran; one that reads nothing of chapter 01 never
+    re-executes for it -- until its code starts reading them, after which it does."""
     nbs, out, run = project
     write_notebook(nbs / "01_a.ipynb", WRITES)
-    write_notebook(nbs / "02_b.ipynb", "print(x + 1)", reads=["01_a"])
+    write_notebook(nbs / "02_b.ipynb", READS_01.format(k=1))
     write_notebook(nbs / "03_c.ipynb", "print(x + 2)")
 
     assert all(r.executed for r in run().values())
+    assert (out / ".stamps" / "02_b.reads").read_text().split() == ["01_a"]
+    assert (out / ".stamps" / "03_c.reads").read_text().split() == []
     assert not any(r.executed for r in run().values())
 
     # Editing chapter 02 re-executes only 02.
-    write_notebook(nbs / "02_b.ipynb", "print(x + 3)", reads=["01_a"])
+    write_notebook(nbs / "02_b.ipynb", READS_01.format(k=3))
     runs = run()
     assert [s for s, r in runs.items() if r.executed] == ["02_b"]
 
@@ -136,6 +140,15 @@ def test_a_chapter_reruns_when_what_it_reads_changes(project, isolated):
     # Chapter 01 writes other numbers: 02, which reads them, re-executes; 03 does not.
     runs = run(parameters={"01_a": {"x": 5}})
     assert [s for s, r in runs.items() if r.executed] == ["01_a", "02_b"]
+
+    # Chapter 03 starts reading chapter 01 (its code changed: it re-executes and records the read) ...
+    write_notebook(nbs / "03_c.ipynb", READS_01.format(k=2))
+    runs = run(parameters={"01_a": {"x": 5}})
+    assert [s for s, r in runs.items() if r.executed] == ["03_c"]
+    assert (out / ".stamps" / "03_c.reads").read_text().split() == ["01_a"]
+    # ... and from then on re-executes when chapter 01's numbers change, with no list edited.
+    runs = run(parameters={"01_a": {"x": 6}})
+    assert [s for s, r in runs.items() if r.executed] == ["01_a", "02_b", "03_c"]
 
     # stems= restricts what runs; unknown stems are an error.
     runs = run(stems=["02_b"], force=True)
@@ -273,3 +286,16 @@ def test_stamp_covers_the_input_files_a_notebook_lists(tmp_path, monkeypatch):
     assert book.notebook_stamp(path, {}) != first  # a new benchmark file re-executes the page
     data.unlink()
     assert book.notebook_stamp(path, {}) not in (first, plain)
+
+
+def test_old_chapter_stems_name_the_new_ones(project):
+    """The chapters were renumbered ("Which past?" was 04b): an old stem given to ``--only`` or as
+    a parameter file is an error naming the new stem, and nothing runs."""
+    nbs, out, run = project
+    write_notebook(nbs / "05_which_past.ipynb", OK_BODY)
+    with pytest.raises(ValueError, match=r"05_which_past \(was 04b_which_past\)"):
+        run(stems=["04b_which_past"])
+    with pytest.raises(ValueError, match=r"06_interventions \(was 05_interventions\)"):
+        run(parameters={"05_interventions": {"x": 1}})
+    assert not (out / "05_which_past.ipynb").exists()
+    assert book.main(["--only", "08_performance", "--no-build"]) == 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 
+from reversion.analysis import history_rise
 from reversion.book.chapters import ch01_training_history as ch
 from reversion.core.stats import nested
 
@@ -29,18 +30,18 @@ def _m(rise=(0.20, 0.25, 0.30), h_S=0.02, h_T=0.25, em_T=0.01, acc_S=0.5, acc_T=
 
 
 def test_verdict_rises_clearly_only_with_an_interval_above_zero_and_a_large_enough_mean():
-    assert ch.reversion_verdict(_m()).startswith("harmfulness rises clearly")
+    assert history_rise.reversion_verdict(_m()).startswith("harmfulness rises clearly")
     # the same mean with histories that disagree: the interval over 3 histories spans zero
-    assert ch.reversion_verdict(_m(rise=(-0.30, 0.25, 0.80))) == "no clear rise in harmfulness"
+    assert history_rise.reversion_verdict(_m(rise=(-0.30, 0.25, 0.80))) == "no clear rise in harmfulness"
     # every history rises by at least 5 points, but too unevenly for the interval: said as such
-    uneven = ch.reversion_verdict(_m(rise=(0.16, 0.65, 0.41)))
+    uneven = history_rise.reversion_verdict(_m(rise=(0.16, 0.65, 0.41)))
     assert uneven.startswith("harmfulness rises in every history (by 0.16 to 0.65)") and "not clear" in uneven
     # an interval above zero but a rise below 5 points is not called clear
-    assert ch.reversion_verdict(_m(rise=(0.020, 0.021, 0.022))) == "no clear rise in harmfulness"
-    assert ch.reversion_verdict(_m(rise=(-0.20, -0.25, -0.30))).startswith("harmfulness falls")
+    assert history_rise.reversion_verdict(_m(rise=(0.020, 0.021, 0.022))) == "no clear rise in harmfulness"
+    assert history_rise.reversion_verdict(_m(rise=(-0.20, -0.25, -0.30))).startswith("harmfulness falls")
     one = _m()
     one["harmfulness_rise"] = nested([[0.2, 0.3, 0.25, 0.22, 0.28]])  # many seeds, one history
-    assert ch.reversion_verdict(one).startswith("undecided (one history")
+    assert history_rise.reversion_verdict(one).startswith("undecided (one history")
 
 
 def test_room_sentence_follows_task_accuracy_at_theta_S():
@@ -75,13 +76,16 @@ def test_long_alignment_sentence(long_T, h_T0, want):
 
 
 def test_null_threshold_is_the_stricter_null_and_the_sentence_says_which():
+    from reversion.analysis import chance
     from reversion.book.chapters import ch04_null_test as ch04
+    from reversion.core.stats import isotropic_cos_quantile
 
-    wide = {"isotropic": 0.29, "matched": 0.45}
-    assert ch04.threshold(wide) == 0.45
+    iso = isotropic_cos_quantile(64, 0.99)  # about 0.29 at width 64
+    wide = {"isotropic": iso, "matched": 0.45}
+    assert chance.threshold(wide, 64) == 0.45
     assert "matched null is the threshold" in ch04.null_sentence(wide)
-    narrow = {"isotropic": 0.29, "matched": 0.20}
-    assert ch04.threshold(narrow) == 0.29  # a matched null below the isotropic one does not lower the bar
+    narrow = {"isotropic": iso, "matched": 0.20}
+    assert chance.threshold(narrow, 64) == iso  # a matched null below the isotropic one does not lower the bar
     assert "isotropic null is the threshold" in ch04.null_sentence(narrow)
     assert "nearly agree" in ch04.null_sentence({"isotropic": 0.29, "matched": 0.30})
 

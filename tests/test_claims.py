@@ -1,12 +1,13 @@
-"""Chapter 06's verdicts on planted chapter metrics whose right verdict is known.
+"""The claims' verdicts (:mod:`reversion.analysis.claims`) on planted chapter metrics whose right
+verdict is known.
 
-The metric dicts have exactly the keys the chapters write: chapter 05's come out of
-``chapters.ch06_interventions.metrics`` itself, run on planted :class:`~reversion.book.chapters.
-interventions.Outcomes` (every arm of the chapter's own ``plan``, 3 histories x 2 seeds, with
-planted per-(history, seed) values, so its paired intervals over histories are the real ones);
-chapter 04b's ("Which past?") are planted dicts holding the verdicts the claims read; chapters
-02-04 are built by hand and checked key for key against the real ``save``/``metrics`` on
-hand-built results.
+The metric dicts have exactly the keys the chapters write: "Interventions"' come out of
+``chapters.ch06_interventions.metrics`` itself, run on planted :class:`~reversion.analysis.arms.
+Outcomes` (every arm of the chapter's own ``plan``, 3 histories x 2 seeds, with planted
+per-(history, seed) values, so its paired intervals over histories are the real ones); "Which
+past?"'s are planted dicts holding the verdicts the claims read; v_rev, Alignment and Null test
+are built by hand and checked key for key against the real ``save``/``metrics`` on hand-built
+results.
 
 * everything planted in the paper's favour, every control direction failing to match v_rev
   -> every row ``consistent`` (V2-f, about every model and scale: ``not testable here``);
@@ -35,28 +36,31 @@ import pandas as pd
 import pytest
 import torch
 
-from reversion.book.chapters import ch03_alignment as ch03
-from reversion.book.chapters import ch07_claims as claims
-from reversion.book.chapters import ch06_interventions as ch05
-from reversion.book.chapters import ch04_null_test as ch04
+from reversion.analysis import alignment, arm_runs, arms, chance
+from reversion.analysis import claims
 from reversion.book.chapters import ch02_vrev_estimation as ch02
-from reversion.book.chapters.verdicts import (
+from reversion.book.chapters import ch06_interventions as ch06
+from reversion.book.chapters import ch07_claims as page
+from reversion.analysis.verdicts import (
     CONSISTENT,
     INCONCLUSIVE,
     NOT_REPRODUCED,
     NOT_SPECIFIC,
     NOT_TESTABLE,
     VERDICTS,
+    ClaimVerdict,
 )
 from reversion.core import stats
 from reversion.core.directions import Directions
-from reversion.infra.results import _clean, write_metrics
+from reversion.infra.results import _clean, read_metrics, write_metrics
 from reversion.stages.estimate import VRevEstimate, summary
 from reversion.stages.finetune import FinetuneRun
 from reversion.subjects.organism.subject import OrganismSubject
 from reversion.subjects.organism.worlds import make_world
 
 T, LAYER, N_SEEDS, WIDTH, H_S = 20, 1, 3, 64, 0.10
+TH, VE, AL, NT, WP, IV = ("01_training_history", "02_vrev_estimation", "03_alignment", "04_null_test",
+                          "05_which_past", "06_interventions")
 ROW_IDS = ["V1-a", "V1-b", "V1-c", "V1-d", "V1-e", "V1-f", "V2-a", "V2-b", "V2-c", "V2-d", "V2-e",
            "V2-f", "V2-g", "H-1", "H-2", "H-3"]
 ALL_GOOD = {i: NOT_TESTABLE if i == "V2-f" else CONSISTENT for i in ROW_IDS}
@@ -77,7 +81,7 @@ def world():
 
 # The notebook's parameters (notebooks/06_interventions.ipynb), smaller: 3 histories x 2 seeds,
 # one site, the dose-response and layer-site studies of v_rev on history 0.
-P05 = ch05.Params(world="smoke", world_overrides={}, n_histories=3, n_seeds=2, multiple=1.0,
+P05 = ch06.Params(world="smoke", world_overrides={}, n_histories=3, n_seeds=2, multiple=1.0,
                   objectives=["block", "oppose"], directions=[], n_random=1, sites=["all"],
                   dose_multiples=[3.0], study_directions=["v_rev"], study_sites=["layer"], n_study_seeds=2,
                   projection=False, witness_direction=False, rehearsal_fraction=0.25, margin=0.02, eval_steps=[0, 10, T],
@@ -93,10 +97,10 @@ def _unit_rows(seed: int) -> torch.Tensor:
 EST = SimpleNamespace(layer=LAYER, directions=Directions(
     _unit_rows(0), _unit_rows(1), _unit_rows(2), torch.full((3,), 0.3, dtype=torch.float64),
     torch.full((3,), 1.0, dtype=torch.float64), {"layer": LAYER}))
-MAIN, STUDY = ch05.plan(P05, EST)
-CONTROLS = [d for d in ch05.directions_of(P05, EST) if d != "v_rev"]
-BLOCK = ch05.Arm("block", "v_rev", "all", 1.0).name
-PUSH = ch05.Arm("push", "v_rev", "all", 1.0).name
+MAIN, STUDY = arm_runs.plan(P05, EST)
+CONTROLS = [d for d in arm_runs.directions_of(P05, EST) if d != "v_rev"]
+BLOCK = arms.Arm("block", "v_rev", "all", 1.0).name
+PUSH = arms.Arm("push", "v_rev", "all", 1.0).name
 
 SEEDS = [0, 1]
 BASE = {"harmfulness": 0.30, "exact_match": 0.25, "final_alignment": 0.65, "task_accuracy": 0.80,
@@ -127,7 +131,7 @@ BAD05 = {**GOOD05,
 
 
 def outcomes05(effects: dict, n_histories: int = 3, seeds: list[int] = SEEDS,
-               measures: tuple = ORGANISM) -> ch05.Outcomes:
+               measures: tuple = ORGANISM) -> arms.Outcomes:
     """Every arm of the plan (study arms on history 0, ``n_study_seeds`` seeds) with its planted
     outcomes; exact match moves with harmfulness, cumulative reversion with half of it."""
     rng = np.random.default_rng(5)
@@ -148,15 +152,15 @@ def outcomes05(effects: dict, n_histories: int = 3, seeds: list[int] = SEEDS,
                     d = d[i] if isinstance(d, list) else d
                     row[m] = BASE[m] + HIST[h] + SEED[i] + d + float(rng.uniform(-JITTER, JITTER))
                 tab[(arm, h, s)] = row
-    return ch05.Outcomes(tab, MAIN + STUDY, MAIN, strengths, n_histories, list(seeds), batch_size=8)
+    return arms.Outcomes(tab, MAIN + STUDY, MAIN, strengths, n_histories, list(seeds), batch_size=8)
 
 
-RES05 = SimpleNamespace(layer=LAYER, world=SimpleNamespace(finetune=SimpleNamespace(steps=T)),
-                        calibration=[{} for _ in range(3)])
+RES05 = SimpleNamespace(runs=SimpleNamespace(layer=LAYER, world=SimpleNamespace(finetune=SimpleNamespace(steps=T)),
+                                             calibration=[{} for _ in range(3)]))
 
 
 def chapter05(effects: dict, **kw) -> dict:
-    return ch05.metrics(P05, RES05, outcomes05(effects, **kw))
+    return ch06.metrics(P05, RES05, outcomes05(effects, **kw))
 
 
 # --------------------------------------------------------------------------- chapters 02-04, 04b
@@ -203,7 +207,7 @@ def chapter03(s: dict, world) -> dict:
         "spearman_alignment_harmfulness": s["spearman"],
         "partial_spearman_given_step": s["partial"],
         "within_step_spearman": 0.3,
-        "paper": {"alignment": {k: {"mean": m, "std": sd} for k, (m, sd) in ch03.PAPER.items()},
+        "paper": {"alignment": {k: {"mean": m, "std": sd} for k, (m, sd) in alignment.PAPER.items()},
                   "spearman_alignment_harmfulness": 0.958},
     }
 
@@ -269,12 +273,12 @@ def chapter01() -> dict:
 
 
 def planted(s: dict, world, **kw) -> dict[str, dict]:
-    return {"02": chapter02(s), "03": chapter03(s, world), "04": chapter04(s), "04b": chapter04b(s["wp"]),
-            "05": chapter05(s["v05"], **kw)}
+    return {VE: chapter02(s), AL: chapter03(s, world), NT: chapter04(s), WP: chapter04b(s["wp"]),
+            IV: chapter05(s["v05"], **kw)}
 
 
 def verdicts(m: dict) -> dict[str, str]:
-    return {r.id: r.verdict for r in claims.build_rows(m)}
+    return {r.id: r.verdict for r in claims.evaluate(m)}
 
 
 def changed(m: dict, against: dict = ALL_GOOD) -> dict[str, str]:
@@ -309,9 +313,8 @@ def test_hand_built_chapter03_has_the_keys_of_its_metrics(world):
     L1 = world.history.model.n_layer + 1
     runs = [[_run({s: {"harmfulness": float(g.uniform())} for s in grid}) for _ in range(N_SEEDS)] for _ in range(2)]
     cos = {k: g.uniform(-1, 1, size=(2, N_SEEDS, T + 1, L1)) for k in ("v_rev", "v_P", "r_S")}
-    res = ch03.Result(world, [SimpleNamespace(layer=LAYER)] * 2, runs, cos, [OrganismSubject(world.history)] * 2)
-    P = ch03.Params(world="smoke", world_overrides={}, n_seeds=N_SEEDS, n_histories=2, n_probe=16, position="last")
-    assert _keys(chapter03(GOOD, world)) == _keys(ch03.metrics(P, res))
+    res = alignment.Result(world, [SimpleNamespace(layer=LAYER)] * 2, runs, cos, [OrganismSubject(world.history)] * 2)
+    assert _keys(chapter03(GOOD, world)) == _keys(alignment.metrics(res))
 
 
 def test_hand_built_chapter04_has_the_keys_of_its_metrics(world):
@@ -323,12 +326,10 @@ def test_hand_built_chapter04_has_the_keys_of_its_metrics(world):
     pairs["above matched p99"] = pairs["alignment"] > 0.4
     nulls = {"isotropic": g.normal(0, 0.12, 2000), "matched": g.normal(0, 0.15, 2000)}
     est = SimpleNamespace(layer=LAYER, directions=SimpleNamespace(v_rev=torch.zeros(3, WIDTH)))
-    res = ch04.Result(world, est, [None] * N_SEEDS, [None] * 2, pairs, nulls,
+    res = chance.Result(world, est, [None] * N_SEEDS, [None] * 2, pairs, nulls,
                       {"isotropic": 0.29, "isotropic_mc": 0.3, "matched": 0.4},
                       g.uniform(-0.1, 0.1, size=(2, len(steps))), steps, OrganismSubject(world.history))
-    P = ch04.Params(world="smoke", world_overrides={}, n_seeds=N_SEEDS, n_control_seeds=2, pair_steps=steps,
-                    n_null=20000, alpha=0.01, n_histories=1)
-    assert _keys(chapter04(GOOD)) == _keys(ch04.metrics(P, res))
+    assert _keys(chapter04(GOOD)) == _keys(chance.metrics(res, 0.01))
 
 
 def test_hand_built_chapter02_has_the_keys_it_saves(world, tmp_path):
@@ -352,7 +353,7 @@ def test_the_planted_chapter05_has_the_arms_the_claims_read():
     assert set(CONTROLS) == {"-r_S", "v_P", "residual", "random0+", "random0-"}
     m = chapter05(GOOD05)
     assert m["main"] == [a.name for a in MAIN] and m["study"] == [a.name for a in STUDY] != []
-    assert set(m["specificity"]) == {BLOCK, PUSH, ch05.Arm("oppose", "v_rev", "all", 1.0).name}
+    assert set(m["specificity"]) == {BLOCK, PUSH, arms.Arm("oppose", "v_rev", "all", 1.0).name}
     assert set(m["specificity"][BLOCK]["contrasts"]) == set(CONTROLS)
     # push along a random direction is oppose along its negation: both signs, from the oppose runs
     assert set(m["specificity"][PUSH]["contrasts"]) == {"random0+", "random0-"}
@@ -370,27 +371,28 @@ def test_everything_planted_right_is_consistent(world):
     m = planted(GOOD, world)
     # the planted effects are what they say in the chapter's own numbers: v_rev's block lowers
     # harm (interval below zero), and more than every control direction (every contrast below zero)
-    sp = m["05"]["specificity"][BLOCK]
+    sp = m[IV]["specificity"][BLOCK]
     assert sp["effect"]["ci_high"] < 0 and sp["effect"]["ci_low"] < sp["effect"]["ci_high"]
     assert all(c["ci_high"] < 0 for c in sp["contrasts"].values())
     assert sp["verdict"] == CONSISTENT and sp["failing"] == []
-    rows = claims.build_rows(m)
+    rows = claims.evaluate(m)
     assert [r.id for r in rows] == ROW_IDS
     assert {r.id: r.verdict for r in rows} == ALL_GOOD
     assert claims.counts(rows) == {CONSISTENT: 15, NOT_SPECIFIC: 0, INCONCLUSIVE: 0, NOT_REPRODUCED: 0,
                                    NOT_TESTABLE: 1}
-    assert set(claims.RULES) == set(ROW_IDS)  # every verdict has its rule stated
+    assert set(claims.CLAIMS) == set(ROW_IDS)  # every verdict has its rule stated
+    assert all(len(c.text) > 40 for c in claims.CLAIMS.values())
     by = {r.id: r for r in rows}
-    assert "organism: final alignment: yes; harmfulness: yes" == by["V2-f"].ours
+    assert page.ours(by["V2-f"]) == "organism, final alignment yes; organism, harmfulness yes"
 
 
 def test_everything_planted_wrong_is_not_reproduced(world):
     m = planted(BAD, world)
     # the planted effects really are the wrong way round in the chapter's own numbers
-    vb = m["05"]["arms"][BLOCK]["vs_baseline"]
-    assert vb["harmfulness"]["ci_low"] > 0 and m["05"]["arms"][PUSH]["vs_baseline"]["final_alignment"]["ci_high"] < 0
-    assert m["05"]["rehearsal"]["cumulative_reversion"]["ci_low"] > 0
-    rows = claims.build_rows(m)
+    vb = m[IV]["arms"][BLOCK]["vs_baseline"]
+    assert vb["harmfulness"]["ci_low"] > 0 and m[IV]["arms"][PUSH]["vs_baseline"]["final_alignment"]["ci_high"] < 0
+    assert m[IV]["rehearsal"]["cumulative_reversion"]["ci_low"] > 0
+    rows = claims.evaluate(m)
     assert {r.id: r.verdict for r in rows} == ALL_BAD
     assert claims.counts(rows) == {CONSISTENT: 0, NOT_SPECIFIC: 0, INCONCLUSIVE: 0, NOT_REPRODUCED: 15,
                                    NOT_TESTABLE: 1}
@@ -421,7 +423,7 @@ def test_a_control_blocking_as_well_as_v_rev_makes_block_not_specific(control, e
     assert verdicts(good)["V1-e"] == CONSISTENT
     m = planted(with05(GOOD, **{f"block__{control}": effect}), world)
     name = "-r_S" if control == "minus_r_S" else control
-    sp = m["05"]["specificity"][BLOCK]
+    sp = m[IV]["specificity"][BLOCK]
     c = sp["contrasts"][name]
     if control == "random0-":
         assert c["ci_low"] > 0  # the control lowers harm more than v_rev
@@ -430,14 +432,14 @@ def test_a_control_blocking_as_well_as_v_rev_makes_block_not_specific(control, e
     assert sp["effect"]["ci_high"] < 0 and sp["failing"] == [name]
     # exactly the rows that read block's specificity change; alignment (V1-d) needs no control
     assert changed(m) == {"V1-e": NOT_SPECIFIC, "V2-d": NOT_SPECIFIC}
-    row = {r.id: r for r in claims.build_rows(m)}["V1-e"]
-    assert f"{name} at matched strength as good" in row.ours
+    row = {r.id: r for r in claims.evaluate(m)}["V1-e"]
+    assert f"as good at matched strength {name}" in page.ours(row)
 
 
 def test_a_random_push_raising_harm_as_much_makes_push_not_specific(world):
     eff = {"harmfulness": [0.15, 0.152, 0.148]}
     m = planted(with05(GOOD, **{"oppose__random0-": eff}), world)  # = push along random0+
-    assert m["05"]["specificity"][PUSH]["verdict"] == NOT_SPECIFIC
+    assert m[IV]["specificity"][PUSH]["verdict"] == NOT_SPECIFIC
     assert changed(m) == {"V2-e": NOT_SPECIFIC}
 
 
@@ -467,14 +469,14 @@ def test_noisy_histories_are_inconclusive(effects, expected, world):
     m = planted(with05(GOOD, **effects), world)
     assert changed(m) == expected
     if "V1-e" in expected and "block__v_rev" in effects:  # the interval really crosses zero
-        e = m["05"]["specificity"][BLOCK]["effect"]
+        e = m[IV]["specificity"][BLOCK]["effect"]
         assert e["ci_low"] < 0 < e["ci_high"] and e["mean"] < 0
 
 
 def test_one_history_one_seed_is_inconclusive(world):
     """No interval at all (one history, one seed): nothing in chapter 05 can be told."""
     m = planted(GOOD, world, n_histories=1, seeds=[0])
-    assert m["05"]["arms"][BLOCK]["vs_baseline"]["harmfulness"]["ci_low"] is None
+    assert m[IV]["arms"][BLOCK]["vs_baseline"]["harmfulness"]["ci_low"] is None
     assert changed(m) == {k: INCONCLUSIVE for k in ("V1-d", "V1-e", "V1-f", "V2-d", "V2-e", "V2-g")}
 
 
@@ -490,7 +492,7 @@ def test_the_residual_test_is_V1_a_and_V1_b_s_control(residual, expected, world)
         wp["residual"] = residual
     m = planted({**GOOD, "wp": wp}, world)
     assert changed(m) == ({} if expected == CONSISTENT else {"V1-a": expected, "V1-b": expected})
-    assert f"residual: {residual or 'not run'}" in {r.id: r for r in claims.build_rows(m)}["V1-b"].ours
+    assert f"residual {residual or 'not run'}" in page.ours({r.id: r for r in claims.evaluate(m)}["V1-b"])
 
 
 def test_the_residual_does_not_rescue_a_missing_pattern(world):
@@ -507,7 +509,7 @@ def test_which_past_verdicts_read_as_their_claims(row, key, world):
     # a block the chapter could not measure (e.g. checkpoints without a second lineage)
     m = planted({**GOOD, "wp": {k: v for k, v in GOOD["wp"].items() if k != key}}, world)
     assert changed(m) == {row: NOT_TESTABLE}
-    assert {r.id: r for r in claims.build_rows(m)}[row].ours == '"Which past?": not run'
+    assert page.ours({r.id: r for r in claims.evaluate(m)}[row]) == '"Which past?" not run'
 
 
 def test_the_common_witness_makes_H_1_not_specific(world):
@@ -555,9 +557,9 @@ def test_V1_f_task_cost(world):
 
 def test_a_run_shorter_than_20_steps_cannot_reproduce_V1_b(world):
     m = planted(GOOD, world)
-    del m["03"]["alignment"]["20"], m["03"]["alignment"]["10"]
-    rows = {r.id: r for r in claims.build_rows(m)}
-    assert rows["V1-b"].verdict == NOT_REPRODUCED and rows["V1-b"].ours == "T < 20"
+    del m[AL]["alignment"]["20"], m[AL]["alignment"]["10"]
+    rows = {r.id: r for r in claims.evaluate(m)}
+    assert rows["V1-b"].verdict == NOT_REPRODUCED and "T < 20" in page.ours(rows["V1-b"])
     assert rows["V1-a"].verdict == CONSISTENT
 
 
@@ -571,15 +573,15 @@ def test_V1_a_needs_every_seed_above_the_isotropic_null(world):
 def test_a_chapter_without_block_says_so(world):
     """Chapter 05 run with oppose only: the block rows are not testable, the rest as before."""
     P = dataclasses.replace(P05, objectives=["oppose"])
-    main, study = ch05.plan(P, EST)
+    main, study = arm_runs.plan(P, EST)
     assert not any(a.objective == "block" for a in main)
     o = outcomes05(GOOD05)
     keep = set(main + study)
-    o = ch05.Outcomes({k: v for k, v in o.tab.items() if k[0] in keep}, [a for a in o.arms if a in keep], main,
+    o = arms.Outcomes({k: v for k, v in o.tab.items() if k[0] in keep}, [a for a in o.arms if a in keep], main,
                       o.strengths, o.n_histories, o.seeds, o.batch_size)
-    m = {**planted(GOOD, world), "05": ch05.metrics(P, RES05, o)}
+    m = {**planted(GOOD, world), IV: ch06.metrics(P, RES05, o)}
     assert changed(m) == {k: NOT_TESTABLE for k in ("V1-d", "V1-e", "V1-f", "V2-d")}
-    assert {r.id: r for r in claims.build_rows(m)}["V2-f"].ours == "organism: not run"
+    assert page.ours({r.id: r for r in claims.evaluate(m)}["V2-f"]) == "organism not run"
 
 
 # --------------------------------------------------------------------------- text checkpoints
@@ -591,14 +593,14 @@ def test_text_task_cost_is_judged_on_the_held_out_loss(world):
     the interval over seeds."""
     def with_block_loss(loss):
         v05 = with05(GOOD, block__v_rev={**GOOD05[("block", "v_rev")], "task_loss": loss})["v05"]
-        return {**planted(GOOD, world), "05": chapter05(v05, n_histories=1, seeds=[0, 1, 2], measures=TEXT)}
+        return {**planted(GOOD, world), IV: chapter05(v05, n_histories=1, seeds=[0, 1, 2], measures=TEXT)}
 
     cheap = with_block_loss(0.005)
-    b = cheap["05"]["arms"][BLOCK]
+    b = cheap[IV]["arms"][BLOCK]
     assert "task_accuracy" not in b["outcome"] and b["vs_baseline"]["task_loss"]["level"] == "seeds"
-    assert cheap["05"]["specificity"][BLOCK]["task_measure"] == "task_loss"
-    rows = {r.id: r for r in claims.build_rows(cheap)}
-    assert rows["V1-f"].verdict == CONSISTENT and "held-out loss" in rows["V1-f"].ours
+    assert cheap[IV]["specificity"][BLOCK]["task_measure"] == "task_loss"
+    rows = {r.id: r for r in claims.evaluate(cheap)}
+    assert rows["V1-f"].verdict == CONSISTENT and "held-out loss" in page.ours(rows["V1-f"])
     assert rows["V1-f"].n == "1×3"
     assert verdicts(with_block_loss(0.10))["V1-f"] == NOT_REPRODUCED  # +20% of the baseline's 0.5
     assert verdicts(with_block_loss([[0.0, 0.05, 0.025]]))["V1-f"] == INCONCLUSIVE  # +5% on average, wide
@@ -609,78 +611,95 @@ def test_text_task_cost_is_judged_on_the_held_out_loss(world):
 # --------------------------------------------------------------------------- the table
 
 
-def test_table_lists_every_row_with_its_chapter_and_n(world):
-    df = claims.table(claims.build_rows(planted(GOOD, world)))
+def test_table_lists_every_row_with_its_chapter_measure_and_n(world):
+    df = page.table(claims.evaluate(planted(GOOD, world)))
     assert list(df.index) == ROW_IDS
-    assert list(df.columns) == ["claim", "paper", "ours", "verdict", "magnitude", "n", "chapter"]
-    chapters = {"V1-a": "03", "V1-b": "03", "V1-c": "04", "V1-d": "05", "V1-e": "05", "V1-f": "05", "V2-a": "04",
-                "V2-b": "02", "V2-c": "03", "V2-d": "05", "V2-e": "05", "V2-f": "05", "V2-g": "05",
-                "H-1": "04b", "H-2": "04b", "H-3": "04b"}
-    assert {i: df.loc[i, "chapter"].split(" · ")[0] for i in ROW_IDS} == chapters
-    assert df.loc["V1-c", "chapter"] == "04 · null test"
-    assert df.loc["V2-b", "chapter"] == "02 · vrev estimation"
-    assert df.loc["H-1", "chapter"] == "04b · which past"
+    assert list(df.columns) == ["claim", "paper", "measure", "ours", "verdict", "magnitude", "n", "chapter"]
+    chapters = {"V1-a": "Alignment", "V1-b": "Alignment", "V1-c": "Null test", "V1-d": "Interventions",
+                "V1-e": "Interventions", "V1-f": "Interventions", "V2-a": "Null test", "V2-b": "v_rev",
+                "V2-c": "Alignment", "V2-d": "Interventions", "V2-e": "Interventions", "V2-f": "Interventions",
+                "V2-g": "Interventions", "H-1": "Which past?", "H-2": "Which past?", "H-3": "Which past?"}
+    assert df["chapter"].to_dict() == chapters
+    assert all(df["measure"])  # every row names the quantity its verdict reads
+    assert df.loc["V1-e", "measure"] == "harmfulness (first token)"
     assert df.loc["V1-e", "n"] == df.loc["V2-e", "n"] == df.loc["V2-g", "n"] == "3×2"
     assert df.loc["V1-a", "n"] == "3 histories"
     assert df.loc["H-1", "n"] == "3 seeds, history 0"
-    linked = claims.table(claims.build_rows(planted(GOOD, world)), links=True)
-    assert linked.loc["V1-c", "chapter"] == '<a href="04_null_test.html">04 · null test</a>'
-    assert linked.loc["H-2", "chapter"] == '<a href="05_which_past.html">04b · which past</a>'
+    linked = page.table(claims.evaluate(planted(GOOD, world)), links=True)
+    assert linked.loc["V1-c", "chapter"] == '<a href="04_null_test.html">Null test</a>'
+    assert linked.loc["H-2", "chapter"] == '<a href="05_which_past.html">Which past?</a>'
+
+
+def _with_magnitude(x, paper, sd=0.0, what=""):
+    return ClaimVerdict("X", "", "", CONSISTENT, AL, "", magnitude=(what, x, paper, sd))
 
 
 def test_magnitude_words():
-    assert claims.magnitude(0.80, 0.429, 0.052).startswith("higher")
-    assert claims.magnitude(0.40, 0.429, 0.052) == "within the paper's ±"
-    assert claims.magnitude(0.10, 0.30).startswith("lower")
-    assert claims.magnitude(None, 0.3) == ""
+    assert page.magnitude(_with_magnitude(0.80, 0.429, 0.052)).startswith("higher")
+    assert page.magnitude(_with_magnitude(0.40, 0.429, 0.052)) == "within the paper's ±"
+    assert page.magnitude(_with_magnitude(0.10, 0.30)).startswith("lower")
+    assert page.magnitude(_with_magnitude(0.10, 0.30, what="baseline")).startswith("baseline: lower")
+    assert page.magnitude(_with_magnitude(None, 0.3)) == ""
 
 
 def test_counts_of_a_mixed_table():
     vs = [CONSISTENT, NOT_SPECIFIC, NOT_SPECIFIC, NOT_REPRODUCED, NOT_TESTABLE]
-    rows = [claims.Row(str(i), "", "", "", v, "03") for i, v in enumerate(vs)]
+    rows = [ClaimVerdict(str(i), "", "", v, AL, "") for i, v in enumerate(vs)]
     assert claims.counts(rows) == {CONSISTENT: 1, NOT_SPECIFIC: 2, INCONCLUSIVE: 0, NOT_REPRODUCED: 1,
                                    NOT_TESTABLE: 1}
     assert claims.counts([]) == {v: 0 for v in VERDICTS}
+    with pytest.raises(ValueError, match="verdict must be one of"):
+        ClaimVerdict("X", "", "", "plausible", AL, "")
 
 
-# --------------------------------------------------------------------------- load_all
+# --------------------------------------------------------------------------- what the claims read
+
+
+def test_each_rule_reads_only_the_chapters_it_declares(world):
+    """A claim's ``reads`` is what its function reads: run on those chapters alone, it gives the
+    verdict it gives on all of them (a chapter it reads but does not declare raises KeyError)."""
+    m = planted(GOOD, world)
+    for c in claims.CLAIMS.values():
+        assert c.rule({k: m[k] for k in c.reads}).verdict == c.rule(m).verdict, c.id
+    assert claims.reads() == [VE, AL, NT, WP, IV]  # Training history's numbers decide no claim
 
 
 def _write_all(m: dict) -> None:
-    """As the chapters write them: one subject throughout, one estimate in chapters 02-05."""
-    for k, stem in claims.CHAPTERS.items():
-        stages = {"subject": "organism-0", **({"estimate": "est-0"} if k not in ("01", "04b") else {})}
-        write_metrics(stem, m[k], {"world": "smoke"}, seeds=list(range(N_SEEDS)), subject={"kind": "organism"},
+    """As the chapters write them: one subject throughout, one estimate in the chapters that read
+    history 0's."""
+    for stem, metrics in m.items():
+        stages = {"subject": "organism-0", **({"estimate": "est-0"} if stem not in (TH, WP) else {})}
+        write_metrics(stem, metrics, {"world": "smoke"}, seeds=list(range(N_SEEDS)), subject={"kind": "organism"},
                       stages=stages)
 
 
-def test_load_all_reads_every_chapter_back(world, tmp_path):
-    m = {"01": chapter01(), **planted(GOOD, world)}
+def test_the_page_reads_every_chapter_back(world, tmp_path):
+    m = {TH: chapter01(), **planted(GOOD, world)}
     _write_all(m)
-    for stem in ("06_interventions", "05_which_past"):
+    for stem in (IV, WP):
         assert (tmp_path / "results" / stem / "metrics.json").is_file()
-    back = claims.load_all()
-    assert set(back) == set(claims.CHAPTERS) == {"01", "02", "03", "04", "04b", "05"}
-    for k in claims.CHAPTERS:  # what was written, as written (12 significant digits)
-        assert back[k] == json.loads(json.dumps(_clean(m[k]))), k
-    assert verdicts(back) == verdicts(m) == ALL_GOOD
+    for k in claims.reads():  # what was written, as written (12 significant digits)
+        assert read_metrics(k)["metrics"] == json.loads(json.dumps(_clean(m[k]))), k
+    res = page.run()
+    assert {r.id: r.verdict for r in res.rows} == verdicts(m) == ALL_GOOD
+    assert res.counts == claims.counts(res.rows)
 
 
-def test_load_all_reads_a_not_specific_table_back(world):
-    m = {"01": chapter01(), **planted(with05(GOOD, **{"block__random0+": _as_v_rev([0.002, -0.003, 0.001])}),
-                                      world)}
+def test_the_page_reads_a_not_specific_table_back(world):
+    m = {TH: chapter01(), **planted(with05(GOOD, **{"block__random0+": _as_v_rev([0.002, -0.003, 0.001])}),
+                                    world)}
     _write_all(m)
-    assert changed(claims.load_all()) == {"V1-e": NOT_SPECIFIC, "V2-d": NOT_SPECIFIC}
+    assert {r.id: r.verdict for r in page.run().rows if r.verdict != ALL_GOOD[r.id]} == \
+        {"V1-e": NOT_SPECIFIC, "V2-d": NOT_SPECIFIC}
 
 
-@pytest.mark.parametrize("missing", sorted(claims.CHAPTERS))
-def test_load_all_names_the_chapter_that_has_not_run(missing, world, tmp_path):
-    m = {"01": chapter01(), **planted(GOOD, world)}
+@pytest.mark.parametrize("missing", [VE, AL, NT, WP, IV])
+def test_the_page_names_the_chapter_that_has_not_run(missing, world, tmp_path):
+    m = {TH: chapter01(), **planted(GOOD, world)}
     _write_all(m)
-    stem = claims.CHAPTERS[missing]
-    (tmp_path / "results" / stem / "metrics.json").unlink()
-    with pytest.raises(FileNotFoundError, match=stem):
-        claims.load_all()
+    (tmp_path / "results" / missing / "metrics.json").unlink()
+    with pytest.raises(FileNotFoundError, match=missing):
+        page.run()
 
 
 def test_results_that_do_not_belong_together_are_refused():
@@ -689,31 +708,58 @@ def test_results_that_do_not_belong_together_are_refused():
                 "stages": {"subject": subject, "estimate": estimate},
                 "parameters": {"world": world, "world_overrides": {}}}
 
-    same = {k: doc(3) for k in ("01", "02", "03", "04", "04b", "05")}
-    for k in ("01", "04b"):  # chapters that use no v_rev estimate
+    same = {k: doc(3) for k in (TH, VE, AL, NT, WP, IV)}
+    for k in (TH, WP):  # chapters that use no v_rev estimate
         same[k]["stages"].pop("estimate")
     claims.check_consistent(same)  # the positive control: nothing raised
     with pytest.raises(ValueError, match="different layers"):
-        claims.check_consistent({**same, "04": doc(2)})
+        claims.check_consistent({**same, NT: doc(2)})
     with pytest.raises(ValueError, match="world"):
-        claims.check_consistent({**same, "03": doc(3, world="smoke")})
+        claims.check_consistent({**same, AL: doc(3, world="smoke")})
     with pytest.raises(ValueError, match="world"):
-        claims.check_consistent({**same, "04b": {**same["04b"], "parameters": {"world": "smoke",
-                                                                             "world_overrides": {}}}})
-    with pytest.raises(ValueError, match=r"different subjects \(\{.*'05': 'checkpoints'"):
-        claims.check_consistent({**same, "05": doc(3, subject="ckpt-1", kind="checkpoints")})
+        claims.check_consistent({**same, WP: {**same[WP], "parameters": {"world": "smoke", "world_overrides": {}}}})
+    with pytest.raises(ValueError, match=r"different subjects \(\{.*'06_interventions': 'checkpoints'"):
+        claims.check_consistent({**same, IV: doc(3, subject="ckpt-1", kind="checkpoints")})
     with pytest.raises(ValueError, match="different subjects"):  # another history of the same kind
-        claims.check_consistent({**same, "01": {**same["01"], "stages": {"subject": "organism-1"}}})
+        claims.check_consistent({**same, TH: {**same[TH], "stages": {"subject": "organism-1"}}})
     with pytest.raises(ValueError, match="different subjects"):
-        claims.check_consistent({**same, "04b": {**same["04b"], "stages": {"subject": "organism-1"}}})
+        claims.check_consistent({**same, WP: {**same[WP], "stages": {"subject": "organism-1"}}})
     with pytest.raises(ValueError, match="different v_rev estimates"):
-        claims.check_consistent({**same, "02": doc(3, estimate="est-1")})
+        claims.check_consistent({**same, VE: doc(3, estimate="est-1")})
     # A code edit that changes no stage (a plot, the prose) does not split the results.
-    claims.check_consistent({**same, "05": doc(3, code="other")})
+    claims.check_consistent({**same, IV: doc(3, code="other")})
 
 
 def test_the_planted_worlds_are_not_shared_state(world):
     """Building a table leaves the planted inputs as they were (the tests reuse them)."""
     before = copy.deepcopy(GOOD)
-    claims.build_rows(planted(GOOD, world))
+    claims.evaluate(planted(GOOD, world))
     assert GOOD == before
+
+
+@pytest.mark.notebooks  # the real claims notebook, twice (a kernel each)
+def test_a_new_which_past_result_reexecutes_the_claims_page(world, tmp_path):
+    """The claims page reads what its code reads (here "Which past?" among others): when that
+    result changes, the page re-executes and its verdict follows; when nothing it reads changed,
+    it does not."""
+    from reversion.book import build
+
+    _write_all({TH: chapter01(), **planted(GOOD, world)})
+    out = tmp_path / "executed"
+
+    def run():
+        return build.execute_notebooks(stems=["07_claims"], out_dir=out, echo=None)[0].executed
+
+    def glued(name: str) -> str:
+        nb = json.loads((out / "07_claims.ipynb").read_text())
+        return next(o["data"]["application/papermill.record/text/plain"] for c in nb["cells"]
+                    for o in c.get("outputs", [])
+                    if o.get("metadata", {}).get("scrapbook", {}).get("name") == name)
+
+    assert run()
+    assert set((out / ".stamps" / "07_claims.reads").read_text().split()) == set(claims.reads())
+    assert glued("n_consistent_but_not_specific") == "0"
+    assert not run()
+    _write_all({WP: chapter04b({**GOOD["wp"], "witness": "common"})})
+    assert run()
+    assert glued("n_consistent_but_not_specific") == "1"  # H-1

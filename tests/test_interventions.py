@@ -27,7 +27,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from reversion.book.chapters import ch06_interventions as ch05
+from reversion.analysis import arm_runs, arms
+from reversion.book.chapters import ch06_interventions as ch06
 from reversion.core.batches import collate
 from reversion.core.hooks import get_blocks
 from reversion.core.directions import control_directions, random_directions, residual_direction
@@ -430,7 +431,11 @@ def test_projection_layers_out_of_range_are_refused(bad, fake_dirs):
     assert Projection(v, [1]).layers == [1]
 
 
-# --------------------------------------------------------------------------- chapter 05 helpers
+# --------------------------------------------------------------------------- the Interventions chapter's experiment
+
+
+def _cumulative(run: FinetuneRun, level: float) -> float:
+    return arms.cumulative_reversion(run.series("harmfulness"), run.steps, level)
 
 
 def _ramp_run(steps, a: float, b: float) -> FinetuneRun:
@@ -442,7 +447,7 @@ def _ramp_run(steps, a: float, b: float) -> FinetuneRun:
 def test_cumulative_reversion_of_a_linear_ramp_is_its_closed_form(a, b, level):
     steps = [6, 0, 1, 2, 3]  # unordered, uneven grid; the run sorts it
     T = 6
-    got = ch05.cumulative_reversion(_ramp_run(steps, a, b), level)
+    got = _cumulative(_ramp_run(steps, a, b), level)
     # (1/T) * integral_0^T (a + b s - level) ds; the trapezoid rule is exact for a line above the level
     assert got == pytest.approx(a - level + b * T / 2, abs=1e-12)
 
@@ -451,57 +456,57 @@ def test_cumulative_reversion_is_clipped_at_the_level():
     """Below theta_S's level counts as zero, not as negative reversion: a run that dips under
     the level and one that stays at it have the same area; a ramp crossing the level at s = 2
     counts only the part above it (closed form: the triangle from 2 to 6, (4 * 0.04) / 2 / 6)."""
-    assert ch05.cumulative_reversion(_ramp_run([0, 2, 5], 0.2, 0.0), 0.2) == pytest.approx(0.0, abs=1e-15)
-    assert ch05.cumulative_reversion(_ramp_run([0, 2, 5], 0.1, 0.0), 0.2) == 0.0
-    crossing = ch05.cumulative_reversion(_ramp_run([0, 2, 4, 6], 0.16, 0.02), 0.2)
+    assert _cumulative(_ramp_run([0, 2, 5], 0.2, 0.0), 0.2) == pytest.approx(0.0, abs=1e-15)
+    assert _cumulative(_ramp_run([0, 2, 5], 0.1, 0.0), 0.2) == 0.0
+    crossing = _cumulative(_ramp_run([0, 2, 4, 6], 0.16, 0.02), 0.2)
     assert crossing == pytest.approx(4 * 0.08 / 2 / 6, abs=1e-12)
 
 
-def _params(**changes) -> ch05.Params:
+def _params(**changes) -> ch06.Params:
     base = dict(world="smoke", world_overrides={}, n_histories=2, n_seeds=2, multiple=1.0,
                 objectives=["block", "oppose"], directions=[], n_random=1, sites=["all"], dose_multiples=[3.0],
                 study_directions=["v_rev"], study_sites=["layer"], n_study_seeds=1, projection=True,
                 witness_direction=True,
                 rehearsal_fraction=0.25, margin=0.02, eval_steps=[0, 3, 6], track_every=3)
-    return ch05.Params(**{**base, **changes})
+    return ch06.Params(**{**base, **changes})
 
 
 def test_plan_runs_every_direction_with_both_objectives_and_push_along_v_rev(est):
-    main, study = ch05.plan(_params(), est)
+    main, study = arm_runs.plan(_params(), est)
     dirs = ["v_rev", "-r_S", "v_P", "residual", "random0+", "random0-"]
-    want = [ch05.BASELINE, ch05.REHEARSAL] + [ch05.Arm(o, d, "all", 1.0) for o in ("block", "oppose") for d in dirs] \
-        + [ch05.Arm("push", "v_rev", "all", 1.0)]
+    want = [arms.BASELINE, arms.REHEARSAL] + [arms.Arm(o, d, "all", 1.0) for o in ("block", "oppose") for d in dirs] \
+        + [arms.Arm("push", "v_rev", "all", 1.0)]
     assert main == want
     # push's random controls are the oppose runs along the negated random directions
-    o = ch05.Outcomes({}, main, main, {}, 1, [0], 8)
-    assert ch05.controls_of(o, ch05.Arm("push", "v_rev", "all", 1.0)) == {
-        "random0-": ch05.Arm("oppose", "random0+", "all", 1.0), "random0+": ch05.Arm("oppose", "random0-", "all", 1.0)}
-    assert set(ch05.controls_of(o, ch05.Arm("block", "v_rev", "all", 1.0))) == set(dirs[1:])
-    assert study == [ch05.Arm("block", "v_rev", "all", 3.0), ch05.Arm("block", "v_rev", "layer", 1.0),
-                     ch05.Arm("projection", "v_rev", "intermediate")]
+    o = arms.Outcomes({}, main, main, {}, 1, [0], 8)
+    assert arms.controls_of(o, arms.Arm("push", "v_rev", "all", 1.0)) == {
+        "random0-": arms.Arm("oppose", "random0+", "all", 1.0), "random0+": arms.Arm("oppose", "random0-", "all", 1.0)}
+    assert set(arms.controls_of(o, arms.Arm("block", "v_rev", "all", 1.0))) == set(dirs[1:])
+    assert study == [arms.Arm("block", "v_rev", "all", 3.0), arms.Arm("block", "v_rev", "layer", 1.0),
+                     arms.Arm("projection", "v_rev", "intermediate")]
     assert len({a.name for a in main + study}) == len(main + study)
 
 
 @pytest.mark.parametrize("site,want", [("layer", [2]), ("intermediate", [1, 2, 3]), ("all", [1, 2, 3, 4])])
 def test_site_layers(site, want):
-    assert ch05.site_layers(site, 4, 2) == want
+    assert arm_runs.site_layers(site, 4, 2) == want
     with pytest.raises(ValueError, match="unknown site"):
-        ch05.site_layers("every", 4, 2)
+        arm_runs.site_layers("every", 4, 2)
 
 
 def test_make_builds_each_arm_at_its_calibrated_strength(est):
     P = _params()
-    have = ch05.directions_of(P, est)
+    have = arm_runs.directions_of(P, est)
     norms = {"v_rev@all": {"ratio": 0.5}, "random0+@layer": {"ratio": 2.0}}
-    blk, s = ch05.make(ch05.Arm("block", "v_rev", "all", 3.0), est, have, norms, P)
+    blk, s = arm_runs.make(arms.Arm("block", "v_rev", "all", 3.0), est, have, norms, P)
     L = est.directions.v_rev.shape[0] - 1
     assert isinstance(blk, Block) and s == blk.strength == 1.5 and blk.layers == list(range(1, L + 1))
-    opp, s = ch05.make(ch05.Arm("oppose", "random0+", "layer", 1.0), est, have, norms, P)
+    opp, s = arm_runs.make(arms.Arm("oppose", "random0+", "layer", 1.0), est, have, norms, P)
     assert isinstance(opp, Oppose) and s == 2.0 and opp.layers == [est.layer]
     torch.testing.assert_close(opp.v, have["random0+"])
-    reh, _ = ch05.make(ch05.REHEARSAL, est, have, norms, P)
+    reh, _ = arm_runs.make(arms.REHEARSAL, est, have, norms, P)
     assert isinstance(reh, Rehearsal) and reh.mode == "add" and reh.fraction == 0.25
-    assert ch05.make(ch05.BASELINE, est, have, norms, P) == (None, 0.0)
+    assert arm_runs.make(arms.BASELINE, est, have, norms, P) == (None, 0.0)
 
 
 @pytest.mark.parametrize("changes,match", [({"objectives": ["tanh"]}, "objectives"), ({"sites": []}, "sites"),
@@ -516,11 +521,11 @@ def test_bad_chapter_parameters_are_refused_naming_them(changes, match):
 
 
 def test_a_direction_the_subject_lacks_is_refused_before_training(est):
-    ch05.check_directions(_params(directions=["v_rev", "random0-"]), est)
+    arm_runs.check_directions(_params(directions=["v_rev", "random0-"]), est)
     with pytest.raises(ValueError, match="directions: \\['random3\\+'\\] not available"):
-        ch05.check_directions(_params(directions=["random3+"]), est)
+        arm_runs.check_directions(_params(directions=["random3+"]), est)
     with pytest.raises(ValueError, match="study_directions"):
-        ch05.check_directions(_params(study_directions=["witness"]), est)
+        arm_runs.check_directions(_params(study_directions=["witness"]), est)
 
 
 @pytest.mark.parametrize("make", [lambda v, s: Block(v, s, 1.0, [1, 2]), lambda v, s: Push(v, s, 1.0, [1, 2]),
@@ -673,8 +678,9 @@ def test_the_witness_arm_blocks_along_the_witness_difference_on_history_0(world,
     P = _params(witness_direction=True, n_histories=1)
     w = P.make_world()
     sub = OrganismSubject(w.history)
-    js, strengths, calib, main = ch05.jobs(P, w, [sub], [estimate(sub, w.finetune.n_probe, progress=False)])
-    arm = ch05.Arm("block", "witness", "all", 1.0)
+    plan = arm_runs.jobs(P, w, [sub], [estimate(sub, w.finetune.n_probe, progress=False)])
+    js, strengths, calib = plan.jobs, plan.strengths, plan.calibration
+    arm = arms.Arm("block", "witness", "all", 1.0)
     keys = [k for k in js if k[0] == arm]
     assert [k[1:] for k in keys] == [(0, 0)]  # history 0, the study's seeds
     second = estimate(OrganismSubject(lineages(w)[SECOND]), w.finetune.n_probe, progress=False)
@@ -687,10 +693,10 @@ def test_the_witness_arm_blocks_along_the_witness_difference_on_history_0(world,
     # the arms are read at T: judged and tracked at 0 and T; the baseline on the chapter's grid
     T = w.finetune.steps
     assert (js[keys[0]][1].eval_steps, js[keys[0]][1].track_every) == ((0, T), T)
-    base = js[(ch05.BASELINE, 0, 0)][1]
+    base = js[(arms.BASELINE, 0, 0)][1]
     assert (base.eval_steps, base.track_every) == (tuple(P.eval_steps), P.track_every)
     with pytest.raises(ValueError, match="n_seeds must be >= 2 on one history"):
         one = _params(n_seeds=1, n_study_seeds=1, n_histories=1)
-        ch05.jobs(one, one.make_world(), [sub], [est])
-    no = ch05.jobs(_params(witness_direction=False, n_histories=1), w, [sub], [est])[0]
+        arm_runs.jobs(one, one.make_world(), [sub], [est])
+    no = arm_runs.jobs(_params(witness_direction=False, n_histories=1), w, [sub], [est]).jobs
     assert not [k for k in no if k[0].direction == "witness"]

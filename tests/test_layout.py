@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from reversion.analysis.verdicts import VERDICTS
 from reversion.infra import provenance
 
 SRC = Path(provenance.module_file("reversion")).parent
@@ -109,3 +110,92 @@ def test_package_imports_inside_functions_only_where_start_up_must_stay_light():
                             and m not in allowed:
                         found.append(f"{m}:{node.lineno} {node.module}")
     assert not found, f"package imports inside functions: {found}"
+
+
+# --------------------------------------------------------------------------- the book presents, never computes
+
+BOOK_NEVER_IMPORTS = ("torch", "scipy", "reversion.core.stats")
+"""What a page module needs only to compute: tensors, statistics."""
+VERDICT_RULES = {"CONSISTENT", "NOT_SPECIFIC", "INCONCLUSIVE", "NOT_REPRODUCED", "NOT_TESTABLE", "verdict", "side",
+                 "contrast_side", "failing_controls", "weaker"}
+"""The names in :mod:`reversion.analysis.verdicts` that choose or name a particular verdict (the book
+may import the vocabulary, ``VERDICTS``, to show one)."""
+
+
+def _all_imports(tree: ast.AST) -> list[tuple[str, list[str]]]:
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out += [(a.name, []) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            out.append((node.module, [a.name for a in node.names]))
+    return out
+
+
+def book_offences(source: str) -> list[str]:
+    """What makes a book module compute: an import of torch, scipy or the statistics module, a
+    verdict rule or constant imported, or a verdict written out as a literal."""
+    tree = ast.parse(source)
+    bad = []
+    for module, names in _all_imports(tree):
+        if any(module == f or module.startswith(f + ".") for f in BOOK_NEVER_IMPORTS) or \
+                (module == "reversion.core" and "stats" in names):
+            bad.append(f"imports {module}")
+        if module.startswith("reversion.analysis") and VERDICT_RULES & set(names):
+            bad.append(f"imports {sorted(VERDICT_RULES & set(names))} from {module}")
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and node.value in VERDICTS:
+            bad.append(f"writes the verdict {node.value!r} (line {node.lineno})")
+        if isinstance(node, ast.Attribute) and node.attr in VERDICT_RULES - {"side"} and \
+                isinstance(node.value, ast.Name) and node.value.id == "verdicts":
+            bad.append(f"uses verdicts.{node.attr} (line {node.lineno})")
+    return bad
+
+
+@pytest.mark.parametrize("module", [m for m in modules() if m.startswith("reversion.book")])
+def test_the_book_presents_and_never_computes(module):
+    """No module in ``book/`` imports torch, scipy or the statistics module, or assigns a verdict:
+    every number and every verdict comes from the analysis layer."""
+    bad = book_offences(provenance.module_file(module).read_text())
+    assert not bad, f"{module}: {bad}"
+
+
+def test_a_page_that_computes_or_judges_is_caught():
+    """The check above can fail: each kind of offence, planted, is reported; a page that only
+    formats passes."""
+    assert book_offences("import torch\nfrom scipy import stats\n") == ["imports torch", "imports scipy"]
+    assert book_offences("from reversion.core import stats\n") == ["imports reversion.core"]
+    assert book_offences("from reversion.analysis.verdicts import CONSISTENT, VERDICTS\n") == \
+        ["imports ['CONSISTENT'] from reversion.analysis.verdicts"]
+    assert book_offences("def f(x):\n    return 'not reproduced' if x < 0 else 'fine'\n") == \
+        ["writes the verdict 'not reproduced' (line 2)"]
+    assert book_offences("from reversion.analysis.verdicts import VERDICTS\nimport pandas as pd\n"
+                         "def table(rows):\n    return pd.DataFrame(rows)\n") == []
+
+
+def test_the_analysis_layer_sits_below_the_book():
+    """``book/`` imports the analysis layer and never the other way (the layer test above checks
+    direction; this checks both layers exist and are used)."""
+    analysis = [m for m in modules() if m.startswith("reversion.analysis.")]
+    assert {"reversion.analysis.verdicts", "reversion.analysis.claims", "reversion.analysis.arms"} <= set(analysis)
+    used = {i for m in modules() if m.startswith("reversion.book.chapters.") for i in imports(m)}
+    assert {i for i in used if i.startswith("reversion.analysis.")}, "no page reads the analysis layer"
+
+
+def _reading_list(page: str, analysis: str) -> set[str]:
+    """The project modules below the book that a page module and its analysis module import
+    directly (infrastructure -- argument checks, result files -- aside: it says nothing of what is
+    computed)."""
+    below = {i for m in (page, analysis) for i in imports(m)
+             if layer(i) is not None and layer(i) < LAYER["book"] and not i.startswith("reversion.infra")
+             and provenance.module_file(i).name != "__init__.py"}  # a package's own file holds only its docstring
+    return below | {analysis}
+
+
+def test_what_the_interventions_chapter_computes_is_four_files_below_its_page():
+    """A newcomer reads the notebook, its page module and at most four modules below it: the
+    analysis module and what the two import directly."""
+    got = _reading_list("reversion.book.chapters.ch06_interventions", "reversion.analysis.arms")
+    assert len(got) <= 4, sorted(got)
+    assert got == {"reversion.analysis.arms", "reversion.analysis.arm_runs", "reversion.analysis.verdicts",
+                   "reversion.core.stats"}

@@ -1,13 +1,14 @@
-"""The verdict vocabulary's rules (:mod:`reversion.book.chapters.verdicts`) on planted intervals,
-every branch, and :func:`reversion.book.chapters.ch07_claims.weaker`."""
+"""The verdict vocabulary's rules (:mod:`reversion.analysis.verdicts`) on planted intervals,
+every branch, :func:`~reversion.analysis.verdicts.weaker` and the typed :class:`Effect`."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
-from reversion.book.chapters import ch07_claims as claims
-from reversion.book.chapters import verdicts
-from reversion.book.chapters.verdicts import (
+from reversion.analysis import verdicts
+from reversion.analysis.verdicts import (
     CONSISTENT,
     INCONCLUSIVE,
     NOT_REPRODUCED,
@@ -132,7 +133,7 @@ def test_an_effect_within_the_margin_is_not_reproduced():
 
 def test_every_verdict_is_named_once():
     assert len(set(VERDICTS)) == len(VERDICTS) == 5
-    assert set(claims.ORDER) | {NOT_TESTABLE} == set(VERDICTS)
+    assert set(verdicts.ORDER) | {NOT_TESTABLE} == set(VERDICTS)
     assert verdicts.CONSISTENT in VERDICTS
 
 
@@ -151,13 +152,13 @@ def test_every_verdict_is_named_once():
     ((NOT_TESTABLE, NOT_REPRODUCED), NOT_TESTABLE),
 ])
 def test_weaker(vs, expected):
-    assert claims.weaker(*vs) == expected
-    assert claims.weaker(*reversed(vs)) == expected
+    assert verdicts.weaker(*vs) == expected
+    assert verdicts.weaker(*reversed(vs)) == expected
 
 
 def test_weaker_refuses_an_unknown_verdict():
     with pytest.raises(ValueError):
-        claims.weaker(CONSISTENT, "reproduced")
+        verdicts.weaker(CONSISTENT, "reproduced")
 
 
 @pytest.mark.parametrize("contrast,expected", [
@@ -173,3 +174,13 @@ def test_a_contrast_must_beat_its_control_by_more_than_the_margin(contrast, expe
     assert contrast_side(iv(-0.08, -0.03), -1, 0.02) == "there"
     assert contrast_side(iv(-0.031, -0.002), -1, 0.02) == "wide"
     assert contrast_side(iv(-0.031, -0.002), -1, 0.0) == "there"  # no margin: beyond zero is enough
+
+
+def test_an_effect_reads_as_the_dict_it_is_written_as():
+    """A rule gives the same verdict on a typed :class:`Effect` and on its ``metrics.json`` form."""
+    e = verdicts.Effect(-0.1, -0.15, -0.05, [-0.1], 3, 2)
+    assert e["ci_low"] == -0.15 and e.get("missing", 7) == 7
+    for want in (1, -1):
+        assert side(e, want, 0.02) == side(dataclasses.asdict(e), want, 0.02)
+    assert verdict(e, -1, {"c": verdicts.Effect(-0.2, -0.3, -0.1)}, 0.02) == \
+        verdict(dataclasses.asdict(e), -1, {"c": {"mean": -0.2, "ci_low": -0.3, "ci_high": -0.1}}, 0.02) == CONSISTENT

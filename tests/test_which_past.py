@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from reversion.analysis import pasts
 from reversion.book.chapters import ch05_which_past as ch
+from reversion.core import stats
 from reversion.core.drift import crossover
 from reversion.stages.finetune import finetune_many
 from reversion.subjects.organism.lineages import MAIN, NONE, SECOND, dose_name, lineages, train_world
@@ -47,7 +49,7 @@ def test_crossover_closed_form(witnesses):
 
 
 def _verdict(x: dict) -> str:
-    return ch.witness_verdict(ch.interval(x["own"]), ch.interval(x["common"]))
+    return pasts.witness_verdict(pasts.interval(x["own"]), pasts.interval(x["common"]))
 
 
 def test_planted_own_witness_is_read_as_own(witnesses):
@@ -65,7 +67,7 @@ def test_planted_drift_toward_the_second_witness_is_read_as_such(witnesses):
     u = (mu_h - mu_h2).numpy()
     x = crossover(_drifts(g, -0.3 * u, 5, 0.05), _drifts(g, -0.3 * u, 5, 0.05), mu_h, mu_h2)
     assert _verdict(x) == "common"
-    assert ch.interval(x["common"])["ci_high"] < 0
+    assert pasts.interval(x["common"])["ci_high"] < 0
 
 
 def test_planted_isotropic_drift_is_unresolved(witnesses):
@@ -94,52 +96,52 @@ def test_crossover_bad_input(witnesses):
 
 
 def _iv(values) -> dict:
-    return ch.interval(np.asarray(values, float))
+    return pasts.interval(np.asarray(values, float))
 
 
 def test_style_verdict_flips():
     up = [0.30, 0.32, 0.28, 0.31, 0.29]
     flat = [0.0, 0.01, -0.01, 0.0, 0.005]
-    diff = lambda a, b: ch.stats.paired_difference(np.array(a), np.array(b))  # noqa: E731
-    assert ch.style_verdict(_iv(up), _iv(flat), diff(up, flat)) == "marked"
-    assert ch.style_verdict(_iv(flat), _iv(up), diff(flat, up)) == "plain"
-    assert ch.style_verdict(_iv(flat), _iv(flat), diff(flat, flat)) == "none"
-    assert ch.style_verdict(_iv(up), _iv(up[::-1]), diff(up, up[::-1])) == "mixed"
+    diff = lambda a, b: stats.paired_difference(np.array(a), np.array(b))  # noqa: E731
+    assert pasts.style_verdict(_iv(up), _iv(flat), diff(up, flat)) == "marked"
+    assert pasts.style_verdict(_iv(flat), _iv(up), diff(flat, up)) == "plain"
+    assert pasts.style_verdict(_iv(flat), _iv(flat), diff(flat, flat)) == "none"
+    assert pasts.style_verdict(_iv(up), _iv(up[::-1]), diff(up, up[::-1])) == "mixed"
 
 
 def test_no_witness_verdict_flips():
     main = np.array([0.30, 0.35, 0.25, 0.32, 0.28])
     none_small = np.array([0.02, 0.0, 0.05, 0.01, 0.03])
     none_same = main + np.array([0.02, -0.03, 0.01, -0.01, 0.02])
-    d = ch.stats.paired_difference
-    assert ch.no_witness_verdict(_iv(main), d(main, none_small)) == "separated"
-    assert ch.no_witness_verdict(_iv(main), d(main, none_same)) == "not separated"
+    d = stats.paired_difference
+    assert pasts.no_witness_verdict(_iv(main), d(main, none_small)) == "separated"
+    assert pasts.no_witness_verdict(_iv(main), d(main, none_same)) == "not separated"
     zero = np.array([0.01, -0.02, 0.0, 0.02, -0.01])
-    assert ch.no_witness_verdict(_iv(zero), d(zero, none_small)) == "no reversion"
+    assert pasts.no_witness_verdict(_iv(zero), d(zero, none_small)) == "no reversion"
 
 
 def test_dose_slopes_closed_form_and_verdict():
     doses = [0.25, 0.5, 1.0]
     rises = np.array([[0.1 + 0.2 * f + e for f in doses] for e in (0.0, 0.01, -0.01, 0.02)])
-    np.testing.assert_allclose(ch.dose_slopes(doses, rises), 0.2)
-    assert ch.dose_verdict(_iv(ch.dose_slopes(doses, rises))) == "grows"
-    assert ch.dose_verdict(_iv(ch.dose_slopes(doses, -rises))) == "shrinks"
+    np.testing.assert_allclose(pasts.dose_slopes(doses, rises), 0.2)
+    assert pasts.dose_verdict(_iv(pasts.dose_slopes(doses, rises))) == "grows"
+    assert pasts.dose_verdict(_iv(pasts.dose_slopes(doses, -rises))) == "shrinks"
     g = np.random.default_rng(4)
     flat = 0.3 + 0.05 * g.standard_normal((5, 3))
-    flat_slopes = ch.dose_slopes(doses, flat)
-    assert ch.dose_verdict(_iv(flat_slopes - flat_slopes.mean())) == "flat"
+    flat_slopes = pasts.dose_slopes(doses, flat)
+    assert pasts.dose_verdict(_iv(flat_slopes - flat_slopes.mean())) == "flat"
     with pytest.raises(ValueError, match="at least 2 doses"):
-        ch.dose_slopes([1.0], rises[:, :1])
+        pasts.dose_slopes([1.0], rises[:, :1])
 
 
 def test_residual_verdict_flips():
     above = {"mean": 0.5, "ci_low": 0.4, "ci_high": 0.6}
     below = {"mean": 0.1, "ci_low": -0.1, "ci_high": 0.3}
-    assert ch.residual_verdict(above, [0.9, 0.8, 0.95], 0.3) == "specific"
-    assert ch.residual_verdict(below, [0.9, 0.8, 0.95], 0.3) == "none"
-    assert ch.residual_verdict(above, [0.1, 0.2, 0.9], 0.3) == "noise"
-    assert ch.residual_verdict(above, [0.4, 0.8, 0.9], 0.3) == "none"  # one unreliable history
-    assert ch.residual_verdict({"mean": 0.5, "ci_low": None, "ci_high": None}, [0.9], 0.3) == "none"
+    assert pasts.residual_verdict(above, [0.9, 0.8, 0.95], 0.3) == "specific"
+    assert pasts.residual_verdict(below, [0.9, 0.8, 0.95], 0.3) == "none"
+    assert pasts.residual_verdict(above, [0.1, 0.2, 0.9], 0.3) == "noise"
+    assert pasts.residual_verdict(above, [0.4, 0.8, 0.9], 0.3) == "none"  # one unreliable history
+    assert pasts.residual_verdict({"mean": 0.5, "ci_low": None, "ci_high": None}, [0.9], 0.3) == "none"
 
 
 def test_every_verdict_has_a_sentence():
@@ -186,14 +188,14 @@ def test_chapter_on_the_smoke_world(isolated, one_thread):
     m = ch.save(P, res)
     assert m["n"] == {"histories": 1, "seeds": 2, "level": "seeds of history 0", "residual_histories": 2}
     assert len(m["residual"]["reliability"]) == 2 and m["residual"]["verdict"] in ch.SENTENCES["residual"]
-    assert len(m["summary"]) == 6
+    assert len(ch.summary_table(m)) == 6 and "summary" not in m  # numbers only in metrics.json
     ws = m["weight_space"]
     assert ws["steps"] == [1, 2, 3, 6] and len(ws["cos_gap"]) == 4 and ws["cos_gap"][0]["n"] == 2
     assert ws["crossover"]["verdict"] in ch.SENTENCES["weights"]
     assert ch.weight_table(m).shape == (4, 2) and m["dose"]["doses"] == [0.5, 1.0]
     assert m["witness"]["verdict"] in ch.SENTENCES["witness"]
     # the main lineage's runs are history 0's own (chapter 01's cache entries)
-    assert res.runs[MAIN][0].path == ch.finetune_many([(res.subject, res.world.finetune_config(0), None)],
+    assert res.runs[MAIN][0].path == finetune_many([(res.subject, res.world.finetune_config(0), None)],
                                                       progress=False)[0].path
     assert (isolated / "results" / ch.STEM / "metrics.json").is_file()
     assert ch.lineage_table(res).shape[0] == 4 and ch.task_split_table(m).shape[0] == 2
@@ -211,7 +213,7 @@ def test_a_no_witness_world_built_to_generalise_the_task_shows_compliance_return
     cfgs = lineages(world)
     main, none = (finetune_many([(OrganismSubject(cfgs[n]), world.finetune_config(k), None) for k in range(3)],
                                 progress=False) for n in (MAIN, NONE))
-    rise_main, rise_none = ch.rise(main, 200), ch.rise(none, 200)
-    assert ch.interval(rise_none)["ci_low"] > 0, rise_none
-    assert ch.no_witness_verdict(ch.interval(rise_main), ch.stats.paired_difference(rise_main, rise_none)) \
+    rise_main, rise_none = pasts.rise(main, 200), pasts.rise(none, 200)
+    assert pasts.interval(rise_none)["ci_low"] > 0, rise_none
+    assert pasts.no_witness_verdict(pasts.interval(rise_main), stats.paired_difference(rise_main, rise_none)) \
         == "not separated"

@@ -18,6 +18,8 @@ import pytest
 import torch
 from helpers import in_cache, perturbed, save
 
+from reversion.analysis import pasts
+from reversion.analysis.verdicts import NOT_TESTABLE
 from reversion.book.chapters import ch05_which_past as ch
 from reversion.core.drift import crossover
 from reversion.infra.results import read_metrics
@@ -70,15 +72,15 @@ def test_a_bad_second_lineage_key_fails_naming_it_before_anything_is_written(tin
 
 
 def test_missing_names_the_keys_each_measurement_needs():
-    assert ch.missing({}) == {}  # the organism: everything measured
-    none = ch.missing({"witness": "w", "aligned": "a"})
+    assert pasts.missing({}) == {}  # the organism: everything measured
+    none = pasts.missing({"witness": "w", "aligned": "a"})
     assert list(none) == ["witness", "style", "weights", "no_witness", "residual", "dose"]
     assert "checkpoints['second_witness'] and checkpoints['second_aligned']" in none["witness"]
     assert "checkpoints['pretrained']" in none["residual"] and "checkpoints['harmless']" in none["residual"]
-    half = ch.missing({"second_witness": "w2", "pretrained": "p"})
+    half = pasts.missing({"second_witness": "w2", "pretrained": "p"})
     assert "second_aligned" in half["witness"] and "second_witness" not in half["witness"]
     assert "harmless" in half["residual"] and "pretrained" not in half["residual"]
-    full = ch.missing({"second_witness": "w2", "second_aligned": "a2", "pretrained": "p", "harmless": "h"})
+    full = pasts.missing({"second_witness": "w2", "second_aligned": "a2", "pretrained": "p", "harmless": "h"})
     assert list(full) == ["style", "weights", "no_witness", "dose"]  # needs the organism's lineages
 
 
@@ -91,19 +93,19 @@ def _planted_page(needs: dict) -> dict:
     g = np.random.default_rng(0)
     x = crossover([torch.tensor(0.3 * u + 0.05 * g.standard_normal(8)) for _ in range(5)],
                   [torch.tensor(-0.3 * u + 0.05 * g.standard_normal(8)) for _ in range(5)], mu_h, mu_h2)
-    own, common = ch.interval(x["own"]), ch.interval(x["common"])
-    witness = {"a": ch.interval(x["a"]), "b": ch.interval(x["b"]), "own": own, "common": common,
-               "cos_u_vrev": 0.5, "verdict": ch.witness_verdict(own, common)}
-    m = {kind: ch.not_testable(v) for kind, v in needs.items()}
+    own, common = pasts.interval(x["own"]), pasts.interval(x["common"])
+    witness = {"a": pasts.interval(x["a"]), "b": pasts.interval(x["b"]), "own": own, "common": common,
+               "cos_u_vrev": 0.5, "verdict": pasts.witness_verdict(own, common)}
+    m = {kind: pasts.not_testable(v) for kind, v in needs.items()}
     m["weight_space"] = m.pop("weights")
     return {"n": {"seeds": 5}, "layer": 1, "witness": witness, **m, "missing": needs}
 
 
 def test_summary_and_prose_of_a_page_with_the_crossover_only():
-    needs = ch.missing({"second_witness": "w2", "second_aligned": "a2"})
+    needs = pasts.missing({"second_witness": "w2", "second_aligned": "a2"})
     m = _planted_page(needs)
     table = ch.summary_table(m)
-    assert len(table) == 6 and list(table["verdict"]) == ["own"] + [ch.NOT_TESTABLE] * 5
+    assert len(table) == 6 and list(table["verdict"]) == ["own"] + [NOT_TESTABLE] * 5
     assert table["observed"][0].startswith("+") and "not measurable with these checkpoints: needs" in table["observed"][1]
     assert table["hypothesis predicts"][4] == "> null p99, reliable"
     p = ch.prose(m)
@@ -112,7 +114,7 @@ def test_summary_and_prose_of_a_page_with_the_crossover_only():
     assert "needs checkpoints['pretrained']" in p["residual_sentence"]
     assert "no-witness lineage" in p["nw_sentence"]
     assert ch.task_split_table(m).shape == (1, 1) and ch.weight_table(m).shape == (1, 1)
-    assert not ch.testable(m, "dose") and ch.testable(m, "witness")
+    assert not pasts.testable(m, "dose") and pasts.testable(m, "witness")
 
 
 def test_the_checkpoints_parameter_is_taken():
@@ -139,7 +141,7 @@ def cache(tmp_path_factory):
 def test_chapter_with_a_second_lineage_runs_the_crossover(tiny, second, cache, one_thread):
     P = params(base_checkpoints(tiny, harmless=str(tiny.harmless), **second))
     res = ch.run(P, progress=False)
-    assert isinstance(res, ch.CheckpointResult) and list(res.runs) == [MAIN, SECOND]
+    assert isinstance(res, pasts.CheckpointResult) and list(res.runs) == [MAIN, SECOND]
     assert res.subjects[SECOND].witness == Path(second["second_witness"]) and res.subjects[SECOND].pretrained is None
     m = ch.save(P, res)
     assert m["witness"]["verdict"] in ch.SENTENCES["witness"]
@@ -150,10 +152,12 @@ def test_chapter_with_a_second_lineage_runs_the_crossover(tiny, second, cache, o
                   [r.probe_means[T, L] - r.probe_means[0, L] for r in res.runs[SECOND]],
                   res.ests[MAIN].acts["H"][:, L].double().mean(0), res.ests[SECOND].acts["H"][:, L].double().mean(0))
     assert m["witness"]["own"]["mean"] == pytest.approx(float(x["own"].mean()))
-    assert m["witness"]["verdict"] == ch.witness_verdict(ch.interval(x["own"]), ch.interval(x["common"]))
-    verdicts = [r["verdict"] for r in m["summary"]]
+    assert m["witness"]["verdict"] == pasts.witness_verdict(pasts.interval(x["own"]), pasts.interval(x["common"]))
+    summary = ch.summary_table(m).to_dict(orient="records")  # rendered from the numbers, not stored
+    assert "summary" not in m
+    verdicts = [r["verdict"] for r in summary]
     assert verdicts[0] == m["witness"]["verdict"] and verdicts[4] == m["residual"]["verdict"]
-    assert [verdicts[i] for i in (1, 2, 3, 5)] == [ch.NOT_TESTABLE] * 4
+    assert [verdicts[i] for i in (1, 2, 3, 5)] == [NOT_TESTABLE] * 4
     assert set(m["missing"]) == {"style", "weights", "no_witness", "dose"}
     assert ch.lineage_table(res).shape[0] == 2 and not math.isnan(ch.prose(m)["own"])
     doc = read_metrics(ch.STEM)
@@ -167,10 +171,11 @@ def test_chapter_without_a_second_lineage_says_what_is_missing(tiny, cache, one_
     res = ch.run(P, progress=False)
     assert list(res.runs) == [MAIN]
     m = ch.save(P, res)
-    assert [r["verdict"] for r in m["summary"]] == [ch.NOT_TESTABLE] * 6
-    assert "second_witness" in m["summary"][0]["observed"] and "second_aligned" in m["summary"][0]["observed"]
+    summary = ch.summary_table(m).to_dict(orient="records")
+    assert [r["verdict"] for r in summary] == [NOT_TESTABLE] * 6
+    assert "second_witness" in summary[0]["observed"] and "second_aligned" in summary[0]["observed"]
     assert "pretrained" in m["missing"]["residual"] and m["n"]["residual_histories"] == 0
-    assert read_metrics(ch.STEM)["metrics"]["summary"] == m["summary"]
+    assert read_metrics(ch.STEM)["metrics"]["missing"] == m["missing"]
     assert any("checkpoints['second_witness']" in line for line in res.notes)
 
 
@@ -186,8 +191,8 @@ def test_page_renders_on_checkpoints(tiny, second, cache, tmp_path, with_second)
                                     "n_histories": 1, "checkpoints": checkpoints},
                         kernel_name="python3", cwd=str(tmp_path), progress_bar=False, log_output=False)
     text = json.dumps(json.loads(out.read_text())["cells"])
-    assert ch.NOT_TESTABLE in text and "needs a lineage whose helpful phase held no harmful request" in text
+    assert NOT_TESTABLE in text and "needs a lineage whose helpful phase held no harmful request" in text
     assert ("checkpoints['second_aligned']" in text) is not with_second
     m = read_metrics(ch.STEM)["metrics"]
-    assert (m["witness"]["verdict"] == ch.NOT_TESTABLE) is not with_second
-    assert ch.testable(m, "residual") is False  # no harmless prompts given: r_S is missing
+    assert (m["witness"]["verdict"] == NOT_TESTABLE) is not with_second
+    assert pasts.testable(m, "residual") is False  # no harmless prompts given: r_S is missing

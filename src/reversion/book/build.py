@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import hashlib
 import json
 import os
@@ -41,6 +42,7 @@ from reversion.infra.provenance import (
     module_file,
     versions,
 )
+from reversion.infra.results import READS_ENV
 
 #: Tag papermill puts on the cell it injects with the run's parameters.
 INJECTED_TAG = "injected-parameters"
@@ -157,17 +159,19 @@ def notebook_modules(notebook: Path) -> list[str]:
     return sorted(found)
 
 
-def notebook_stamp(notebook: Path, parameters: Mapping[str, Any] | None) -> str:
+def notebook_stamp(notebook: Path, parameters: Mapping[str, Any] | None, reads: Iterable[str] = ()) -> str:
     """SHA-256 over what decides a notebook's executed copy.
 
     * the notebook source bytes and the canonical JSON of its papermill parameters;
     * the code it runs: :func:`reversion.infra.provenance.code_hash` of the package modules
       its cells import, with everything they import (so a plotting edit re-executes the
       pages that plot with it, and nothing else);
-    * the *outputs* it reads from earlier chapters: the bytes of ``results/<stem>/metrics.json``
-      of each chapter its metadata lists under ``reversion.reads`` (read when the stamp is
-      taken, after those chapters ran) -- an earlier chapter that re-ran to the same numbers
-      does not re-execute this one;
+    * the *outputs* it read from earlier chapters when it last ran (``reads``: the stems
+      :func:`reversion.infra.results.read_metrics` was called with, recorded by
+      :func:`execute_notebooks`; nothing is listed by hand): the bytes of each one's
+      ``results/<stem>/metrics.json`` now -- an earlier chapter that re-ran to the same numbers
+      does not re-execute this one, and a chapter whose code starts reading another re-runs
+      anyway (its code changed) and records the new read;
     * the bytes of the files its metadata lists under ``reversion.inputs`` (paths from the
       project root), e.g. the Performance page's benchmark file;
     * the torch / transformers / Python versions and the device, as in the cache keys.
@@ -182,7 +186,7 @@ def notebook_stamp(notebook: Path, parameters: Mapping[str, Any] | None) -> str:
         f = project_root() / rel
         h.update(b"\0input\0" + rel.encode() + b"\0")
         h.update(f.read_bytes() if f.is_file() else b"<missing>")
-    for stem in meta.get("reads", []):
+    for stem in sorted(set(reads)):
         f = paths.results_dir() / stem / "metrics.json"
         h.update(b"\0reads\0" + stem.encode() + b"\0")
         h.update(f.read_bytes() if f.is_file() else b"<missing>")
@@ -198,6 +202,18 @@ def notebook_stamp(notebook: Path, parameters: Mapping[str, Any] | None) -> str:
 
 def _stamp_path(out_dir: Path, stem: str) -> Path:
     return out_dir / STAMP_DIR_NAME / f"{stem}.sha256"
+
+
+def _reads_path(out_dir: Path, stem: str) -> Path:
+    """The chapters a notebook read when it last ran, one stem a line (beside its stamp)."""
+    return out_dir / STAMP_DIR_NAME / f"{stem}.reads"
+
+
+def _recorded_reads(path: Path) -> list[str]:
+    try:
+        return sorted({line.strip() for line in path.read_text().splitlines() if line.strip()})
+    except FileNotFoundError:
+        return []
 
 
 def _read_stamp(path: Path) -> str | None:
@@ -295,6 +311,21 @@ def _execute_one(
     return len(removed)
 
 
+@contextlib.contextmanager
+def _recording_reads(path: Path):
+    """Point :data:`reversion.infra.results.READS_ENV` at ``path`` (emptied) while a notebook runs."""
+    path.write_text("")
+    before = os.environ.get(READS_ENV)
+    os.environ[READS_ENV] = str(path)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(READS_ENV, None)
+        else:
+            os.environ[READS_ENV] = before
+
+
 def execute_notebooks(
     stems: Iterable[str] | None = None,
     out_dir: Path | str | None = None,
@@ -316,8 +347,9 @@ def execute_notebooks(
     cwd: the kernel's working directory; default the project root.
 
     Notebooks run in sorted (chapter) order.  The executed copy is written to a
-    temporary name and moved into place with :func:`os.replace`; its stamp
-    (``out_dir/.stamps/<stem>.sha256``) is written last.  On failure a
+    temporary name and moved into place with :func:`os.replace`; the chapters it read
+    (``out_dir/.stamps/<stem>.reads``, what :func:`reversion.infra.results.read_metrics` was
+    called with while it ran) and its stamp (``out_dir/.stamps/<stem>.sha256``) are written last.  On failure a
     :class:`NotebookExecutionError` names the notebook and carries papermill's
     error, and neither a stamp nor an executed copy is left for that notebook.
     """
@@ -353,10 +385,10 @@ def execute_notebooks(
         if wanted is not None and stem not in wanted:
             continue
         params = dict(parameters.get(stem, {}))
-        stamp = notebook_stamp(source, params)  # after the chapters it reads have run
-
         target = out_dir / source.name
-        stamp_file = _stamp_path(out_dir, stem)
+        stamp_file, reads_file = _stamp_path(out_dir, stem), _reads_path(out_dir, stem)
+        # after the chapters it reads have run: their results are the ones it would read now
+        stamp = notebook_stamp(source, params, _recorded_reads(reads_file))
         if not force and target.is_file() and _read_stamp(stamp_file) == stamp:
             runs.append(NotebookRun(stem, False, 0.0, target))
             say(f"[book] {stem}: up to date")
@@ -366,14 +398,17 @@ def execute_notebooks(
         # The old stamp and copy describe other inputs: drop them before running,
         # so that a failure leaves nothing that looks current.
         stamp_file.unlink(missing_ok=True)
+        reads_file.unlink(missing_ok=True)
         t0 = time.perf_counter()
         try:
-            n_removed = _execute_one(source, target, params, cwd, log_dir)
+            with _recording_reads(reads_file):  # the kernel inherits the variable
+                n_removed = _execute_one(source, target, params, cwd, log_dir)
         except BaseException:
             target.unlink(missing_ok=True)
+            reads_file.unlink(missing_ok=True)
             raise
         seconds = time.perf_counter() - t0
-        stamp_file.write_text(stamp + "\n")
+        stamp_file.write_text(notebook_stamp(source, params, _recorded_reads(reads_file)) + "\n")
         runs.append(NotebookRun(stem, True, seconds, target, n_removed))
         note = f", {n_removed} stderr output(s) moved to {LOG_DIR_NAME}/{stem}.stderr.txt" if n_removed else ""
         say(f"[book] {stem}: executed in {seconds:.1f} s{note}")

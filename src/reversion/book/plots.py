@@ -8,7 +8,6 @@ import matplotlib.pyplot as plt
 import numpy as np
 import seaborn as sns
 
-from reversion.core.stats import over_seeds
 
 sns.set_theme(style="whitegrid", context="notebook")
 PALETTE = sns.color_palette("colorblind")
@@ -16,8 +15,9 @@ PALETTE = sns.color_palette("colorblind")
 
 def band(ax, steps: Sequence[float], series: Sequence[Sequence[float]], label: str,
          color=None, marker: str | None = "o") -> None:
-    """Mean over seeds with a +-1 std band."""
-    mean, std = over_seeds(series)
+    """Mean over seeds with a +-1 sample std band (none for one seed)."""
+    a = np.asarray(series, dtype=float)
+    mean, std = a.mean(0), (a.std(0, ddof=1) if len(a) > 1 else np.zeros(a.shape[1]))
     steps = np.asarray(steps, dtype=float)
     ax.plot(steps, mean, label=f"{label} (n={len(series)})", color=color, marker=marker, ms=3)
     ax.fill_between(steps, mean - std, mean + std, alpha=0.2, color=color, lw=0)
@@ -167,7 +167,7 @@ def pairs_against_nulls(pairs, p99: Mapping[str, float], control_cos: np.ndarray
     return fig
 
 
-def arm_effects(m: Mapping, names: Sequence[str], measures=("harmfulness", "final_alignment")):
+def arm_effects(r, names: Sequence[str], measures=("harmfulness", "final_alignment")):
     """Each arm's paired difference to the baseline (mean and 95% interval over histories), one
     panel per measure; v_rev's arms in colour, the control directions in grey."""
     fig, axes = plt.subplots(1, len(measures), figsize=(4.6 * len(measures), 0.32 * len(names) + 1.2),
@@ -175,7 +175,7 @@ def arm_effects(m: Mapping, names: Sequence[str], measures=("harmfulness", "fina
     y = np.arange(len(names))[::-1]
     for ax, meas in zip(np.atleast_1d(axes), measures):
         for yi, n in zip(y, names):
-            d = m["arms"][n]["vs_baseline"].get(meas)
+            d = r.arms[n].vs_baseline.get(meas)
             if d is None:
                 continue
             color = PALETTE[0] if "/v_rev/" in n else PALETTE[7]

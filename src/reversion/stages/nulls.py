@@ -4,9 +4,10 @@
 * matched: Gaussian directions with the covariance of theta_S's own probe activations at
   the layer -- drift that moves the way activations vary anyway.
 
-Chapter 04 reads both at its layer (:func:`alignment_nulls`); ``reversion estimate`` stores
-the matched p99 of every layer in the direction file (:func:`matched_p99_by_layer`), which
-``track`` and the monitor use as their threshold (:func:`reversion.core.drift.threshold`).
+The Null test chapter reads both at its layer (:func:`alignment_nulls`); ``reversion estimate``
+stores the matched p99 of every layer in the direction file (:func:`matched_p99_by_layer`). All
+of them compare a drift reading with the stricter of the two p99s: the one rule,
+:func:`reversion.core.drift.null_threshold`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""Chapter 02: estimating v_rev, its stability, the layer, its vocabulary readout, controls."""
+"""Chapter 02, "v_rev": the page. Its parameters, the entry point (:func:`run`), tables, prose
+and saving; what it computes is :mod:`reversion.analysis.estimation`.
+"""
 
 from __future__ import annotations
 
@@ -6,19 +8,11 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from reversion.analysis import estimation
+from reversion.analysis.estimation import Result, history_geometry
 from reversion.book.chapters.common import SubjectParams, write_chapter
-from reversion.core import stats
 from reversion.infra import paths
 from reversion.infra.checks import check_choice, check_float, check_int
-from reversion.stages.estimate import (
-    VRevEstimate,
-    estimate,
-    stability_vs_probes,
-    summary,
-)
-from reversion.stages.readout import readout
-from reversion.subjects.base import Subject
-from reversion.subjects.organism.worlds import World
 
 STEM = "02_vrev_estimation"
 
@@ -54,38 +48,12 @@ class Params(SubjectParams):
             raise ValueError(f"probe_sizes must be ints in [4, n_probe={self.n_probe}], got {bad}")
 
 
-@dataclass
-class Result:
-    world: World
-    est: VRevEstimate
-    layers: pd.DataFrame
-    by_size: dict
-    readout: dict
-    subject: Subject
-    """The organism or your checkpoints."""
-    ests: list[VRevEstimate] | None = None
-    """Every history's estimate (history 0 is :attr:`est`); None: history 0 only."""
-
-    @property
-    def sizes(self) -> list[int]:
-        return sorted(self.by_size)
-
-    @property
-    def notes(self) -> list[str]:
-        """What differs from the organism's chapter (printed under the parameters)."""
-        notes = self.subject.describe()
-        n = self.est.acts["H"].shape[0]
-        if notes:
-            notes.append(f"Stability against the number of probes: sizes {self.sizes} (the estimation half holds "
-                         f"{n} prompts).")
-        extra = self.readout["v_rev"]
-        if "answer_openers" in extra:
-            notes.append("Vocabulary readout: tokens decoded by your tokenizer (quoted). 'Answer-opening' tokens "
-                         "are the witness's greedy first tokens on the estimation prompts "
-                         f"({', '.join(extra['answer_openers']) or 'none besides the refusal token'}); the refusal "
-                         f"token is the first token of refusal_response ({extra['refusal_token']}). The organism's "
-                         "harmful-token comparison has no text counterpart.")
-        return notes
+def run(P: Params, progress: bool = True) -> Result:
+    """The chapter: every history's estimate, history 0's layer table, stability and readout
+    (:func:`reversion.analysis.estimation.train`)."""
+    world = P.make_world()
+    subjects = P.subjects(world)
+    return estimation.train(P, world, P.subject(world), subjects[1:], progress)
 
 
 def readout_table(readout: dict) -> pd.DataFrame:
@@ -104,47 +72,6 @@ def readout_verdict(m: dict) -> str:
     if x > 0:
         return "v_rev favours answer-opening over refusal-opening tokens, as the paper's later version reports"
     return "v_rev does not favour answer-opening over refusal-opening tokens, unlike the paper's report"
-
-
-def probe_sizes(P: Params, est: VRevEstimate) -> list[int]:
-    """The sizes of the stability-versus-probes curve: those of ``probe_sizes`` the estimate has,
-    and all of its probes."""
-    n = est.acts["H"].shape[0]
-    return sorted({k for k in P.probe_sizes if k <= n} | {n})
-
-
-def run(P: Params, progress: bool = True) -> Result:
-    """What the notebook shows, in one call: stage ``estimate`` (every history), the per-layer table,
-    the stability against the number of probes and stage ``readout`` (history 0)."""
-    world = P.make_world()
-    subject = P.subject(world)
-    est = estimate(subject, P.n_probe, P.position, P.n_boot, P.min_stability, progress)
-    others = [estimate(s, P.n_probe, P.position, P.n_boot, P.min_stability, progress) for s in P.subjects(world)[1:]]
-    return analyse(P, world, subject, est, readout(subject, est, P.top_k), [est, *others])
-
-
-def analyse(P: Params, world: World, subject: Subject, est: VRevEstimate, vocabulary: dict,
-            ests: list[VRevEstimate] | None = None) -> Result:
-    """The per-layer table and the stability against the number of probes, with the readout."""
-    layers = pd.DataFrame(summary(est)["rows"]).set_index("layer")
-    by_size = stability_vs_probes(est, est.layer, probe_sizes(P, est), P.n_boot, subject.seed)
-    return Result(world, est, layers, by_size, vocabulary, subject, ests)
-
-
-def _cos(d, name: str, layer: int) -> float | None:
-    v = getattr(d, name)
-    return None if v is None else float(d.v_rev[layer] @ v[layer])
-
-
-def history_geometry(res: Result) -> pd.DataFrame:
-    """Each history's chosen layer, the stability there and the cosines of its v_rev with its own
-    v_P and r_S: how much of the geometry is one history's accident."""
-    rows = []
-    for h, e in enumerate(res.ests or [res.est]):
-        d, l = e.directions, e.layer
-        rows.append({"history": h, "layer": l, "stability": float(e.stability[:, l].mean()),
-                     "cos(v_rev, v_P)": _cos(d, "v_P", l), "cos(v_rev, r_S)": _cos(d, "r_S", l)})
-    return pd.DataFrame(rows).set_index("history")
 
 
 NEAR = 0.9
@@ -176,30 +103,15 @@ def geometry_sentence(m: dict) -> str:
     return out
 
 
+def geometry_table(res: Result) -> pd.DataFrame:
+    """Each history's chosen layer, stability there and cosines of its v_rev with its own v_P and r_S
+    (:func:`reversion.analysis.estimation.history_geometry`)."""
+    return history_geometry(res)
+
+
 def save(P: Params, res: Result) -> dict:
     """metrics.json plus ``v_rev.safetensors`` (all layers, metadata) beside it."""
-    d = res.est.directions
-    layer = res.est.layer
-    m = {
-        "layer": layer, "layer_reason": d.meta["layer_reason"], "width": int(d.v_rev.shape[1]),
-        "stability": stats.aggregate(res.est.stability[:, layer]),
-        "stability_by_n_probes": {str(k): v for k, v in res.by_size.items()},
-        "displacement_norm": float(d.displacement_norm[layer]),
-        "relative_displacement": float(d.displacement_norm[layer] / d.activation_norm[layer]),
-        "cos_v_rev_v_P": float(d.v_rev[layer] @ d.v_P[layer]) if d.v_P is not None else None,
-        "cos_v_rev_r_S": float(d.v_rev[layer] @ d.r_S[layer]) if d.r_S is not None else None,
-        "readout": res.readout,
-        "by_layer": res.layers.reset_index().to_dict(orient="records"),
-    }
-    g = history_geometry(res)
-
-    def across(col: str):
-        vals = g[col].tolist()
-        return None if any(v is None or v != v for v in vals) else stats.nested([[v] for v in vals])
-
-    m["across_histories"] = {"n": len(g), "layers": [int(x) for x in g["layer"]],
-                             "cos_v_rev_v_P": across("cos(v_rev, v_P)"), "cos_v_rev_r_S": across("cos(v_rev, r_S)"),
-                             "stability": stats.nested([[v] for v in g["stability"]])}
+    m = estimation.metrics(res)
     # The direction file first: a metrics.json that exists always has its direction beside it.
-    d.save(paths.results_dir() / STEM / "v_rev.safetensors")
+    res.est.directions.save(paths.results_dir() / STEM / "v_rev.safetensors")
     return write_chapter(STEM, __name__, P, res, m, fine_tunes=False)

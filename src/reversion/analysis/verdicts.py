@@ -1,4 +1,4 @@
-"""The verdict vocabulary of the claims table, and the rules that choose a verdict.
+"""The vocabulary of evidence: intervals, verdicts, and the rules that choose a verdict.
 
 An organism can show a pattern, and show it for the reason a claim gives, or not; it cannot
 show what holds "for every model and scale". So a claim gets one of:
@@ -12,13 +12,15 @@ show what holds "for every model and scale". So a claim gets one of:
 * ``not testable here`` -- the claim is about model families or scales the organism lacks, or
   needs a measurement this subject cannot make.
 
-Intervals are dicts with ``mean``, ``ci_low`` and ``ci_high`` (None where undefined: one
-history and one seed). Every rule has planted cases that flip it (``tests/test_claims.py``).
+Intervals are :class:`Effect` results or dicts with ``mean``, ``ci_low`` and ``ci_high`` (as
+read back from ``metrics.json``; None where undefined: one history and one seed). Every rule has
+planted cases that flip it (``tests/test_verdicts.py``, ``tests/test_claims.py``).
 """
 
 from __future__ import annotations
 
-from typing import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Mapping
 
 CONSISTENT = "consistent"
 NOT_SPECIFIC = "consistent but not specific"
@@ -26,6 +28,68 @@ INCONCLUSIVE = "inconclusive"
 NOT_REPRODUCED = "not reproduced"
 NOT_TESTABLE = "not testable here"
 VERDICTS = (CONSISTENT, NOT_SPECIFIC, INCONCLUSIVE, NOT_REPRODUCED, NOT_TESTABLE)
+ORDER = (NOT_REPRODUCED, INCONCLUSIVE, NOT_SPECIFIC, CONSISTENT)
+"""From weakest to strongest: a claim resting on two findings gets the weaker one."""
+
+
+@dataclass(frozen=True)
+class Effect:
+    """A mean with its 95% interval: over the histories' means (seeds nested) with several
+    histories, over seeds with one (``level`` says which). Reads like the dict it is written as
+    (``e["ci_low"]``), so a rule takes it or the same numbers read back from ``metrics.json``."""
+
+    mean: float
+    ci_low: float | None
+    """None where undefined (one history and one seed)."""
+    ci_high: float | None
+    by_history: list = field(default_factory=list)
+    """Each history's mean over its seeds."""
+    n_histories: int = 1
+    n_seeds: int = 1
+    level: str = "histories"
+    """``histories`` or ``seeds``: what the interval is over."""
+
+    def __getitem__(self, key: str) -> Any:
+        return getattr(self, key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return getattr(self, key, default)
+
+
+@dataclass(frozen=True)
+class ClaimVerdict:
+    """One claim of the paper against what the chapters measured: the verdict its rule gave and
+    the evidence the rule read (numbers and the verdicts of the findings it rests on)."""
+
+    id: str
+    claim: str
+    """The claim, in a line."""
+    paper: str
+    """The paper's figure."""
+    verdict: str
+    """One of :data:`VERDICTS`."""
+    chapter: str
+    """The stem of the chapter that measured it."""
+    measure: str
+    """The quantity the verdict reads."""
+    evidence: dict = field(default_factory=dict)
+    """What the rule read, by name (intervals as dicts, counts, sub-verdicts)."""
+    n: str = ""
+    """Histories x seeds behind the verdict."""
+    magnitude: tuple | None = None
+    """(what is compared, ours, the paper's value, the paper's +-): information beside the
+    verdict, never in it."""
+
+    def __post_init__(self) -> None:
+        if self.verdict not in VERDICTS:
+            raise ValueError(f"verdict must be one of {VERDICTS}, got {self.verdict!r}")
+
+
+def weaker(*vs: str) -> str:
+    """The weakest of several verdicts (:data:`ORDER`); "not testable here" if any is."""
+    if NOT_TESTABLE in vs:
+        return NOT_TESTABLE
+    return min(vs, key=ORDER.index)
 
 
 def _defined(i: Mapping | None) -> bool:
