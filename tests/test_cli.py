@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -15,9 +16,12 @@ import torch
 from reversion.cli import main
 from reversion.core.activations import mean_activations, prompt_activations
 from reversion.core.directions import Directions, layer_stability
+from reversion.core.drift import null_threshold, threshold
 from reversion.core.models import load_model
 from reversion.infra import seeding
 from reversion.stages.nulls import matched_p99_by_layer
+from reversion.stages.track import TrackError, TrackResult, track
+from reversion.subjects.checkpoints.reader import CheckpointReader
 from reversion.subjects.checkpoints.textdata import encode_prompts, load_tokenizer, pad_id_of, read_prompts
 
 from helpers import LAYERS, fails
@@ -215,9 +219,14 @@ def test_track_witness_is_fully_aligned_and_aligned_has_no_drift(tiny, llama_dir
                  str(tiny.harmful), "--device", "cpu", "--out", str(out),
                  str(tiny.llama.witness), str(tiny.llama.aligned)]) == 0
     printed = capsys.readouterr().out
-    assert "threshold" in printed and "matched null p99" in printed and "wrote" in printed
+    dirs = Directions.load(llama_dirs)
+    layer = dirs.layer
+    # The one threshold rule: here (d = 32) the matched p99 lies below the isotropic one, which is the bar.
+    value, source = null_threshold(32, dirs.meta["matched_p99"][layer])
+    assert dirs.meta["matched_p99"][layer] < value and source == "isotropic p99"
+    assert f"threshold {value:.4f} ({source})" in printed and "wrote" in printed
     rows = _rows(out)
-    layer = Directions.load(llama_dirs).layer
+    assert [float(r["threshold"]) for r in rows] == [value, value]  # written as repr: exact
     assert [r["checkpoint"] for r in rows] == [str(tiny.llama.witness), str(tiny.llama.aligned)]
     w, a = rows
     assert int(w["layer"]) == layer
@@ -272,6 +281,79 @@ def test_track_argument_errors(tiny, llama_dirs, tmp_path, capsys):
     (tmp_path / "junk.safetensors").write_text("not a safetensors file")
     fails(capsys, ["track", "--directions", tmp_path / "junk.safetensors", "--aligned", tiny.llama.aligned,
                    "--prompts", tiny.harmful, tiny.llama.witness], "--directions", "cannot read")
+
+
+@pytest.mark.parametrize("side", ["below", "above"])
+def test_track_threshold_is_the_null_rule(tiny, llama_dirs, tmp_path, capsys, side):
+    """With a matched p99 planted below the isotropic one the bar stays the isotropic p99; planted
+    above it, the matched p99 is the bar (:func:`null_threshold`), printed and in the CSV."""
+    dirs = Directions.load(llama_dirs)
+    iso = dirs.meta["isotropic_p99"]
+    matched = list(dirs.meta["matched_p99"])
+    matched[dirs.layer] = 0.5 * iso if side == "below" else (1 + iso) / 2
+    planted = tmp_path / "v.safetensors"
+    Directions(dirs.v_rev, dirs.v_P, dirs.r_S, dirs.displacement_norm, dirs.activation_norm,
+               {**dirs.meta, "matched_p99": matched}).save(planted)
+    value, source = null_threshold(32, matched[dirs.layer])
+    assert source == ("isotropic p99" if side == "below" else "matched null p99")
+    out = tmp_path / "t.csv"
+    assert main(["track", "--directions", str(planted), "--aligned", str(tiny.llama.aligned), "--prompts",
+                 str(tiny.harmful), "--device", "cpu", "--out", str(out), str(tiny.llama.witness)]) == 0
+    assert f"threshold {value:.4f} ({source})" in capsys.readouterr().out
+    assert [float(r["threshold"]) for r in _rows(out)] == [value]
+
+
+# --------------------------------------------------------------------------- track: the stage
+
+
+def test_the_track_stage_gives_the_commands_rows(tiny, llama_dirs, tmp_path, capsys):
+    """``reversion track`` prints and writes what :func:`reversion.stages.track.track` returns:
+    readings in step order, every layer with ``all_layers``, frozen."""
+    run = tmp_path / "run"
+    for step, src in ((20, tiny.llama.witness), (10, tiny.llama.aligned)):
+        shutil.copytree(src, run / f"checkpoint-{step}")
+    ckpts = [run / "checkpoint-20", run / "checkpoint-10", tiny.llama.witness]
+    out = tmp_path / "t.csv"
+    assert main(["track", "--directions", str(llama_dirs), "--aligned", str(tiny.llama.aligned), "--prompts",
+                 str(tiny.harmful), "--device", "cpu", "--all-layers", "--out", str(out), *map(str, ckpts)]) == 0
+    capsys.readouterr()
+    reader = CheckpointReader(tiny.llama.aligned, tiny.harmful, device="cpu")
+    res = track(llama_dirs, reader, ckpts, all_layers=True)
+    assert isinstance(res, TrackResult) and res.layers == tuple(range(LAYERS + 1))
+    assert res.layer == Directions.load(llama_dirs).layer and res.same_prompts and res.n_prompts == tiny.n_prompts
+    assert (res.threshold, res.threshold_source) == threshold(32, res.layer, Directions.load(llama_dirs).meta[
+        "matched_p99"])
+    assert [r.step for r in res.at_layer()] == [10, 20, None]  # step order, the unnumbered one last
+    rows = _rows(out)
+    assert len(rows) == len(res.readings) == 3 * (LAYERS + 1)
+    for row, rec in zip(rows, res.records()):
+        assert row == {k: "" if v is None else str(v) for k, v in rec.items()}
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        res.layer = 0
+
+
+def test_the_track_stage_names_its_inputs(tiny, llama_dirs, tmp_path):
+    reader = CheckpointReader(tiny.llama.aligned, tiny.harmful, device="cpu")
+    with pytest.raises(TrackError, match=r"^layer: layer 5 is out of range \[0, 2\]"):
+        track(llama_dirs, reader, [tiny.llama.witness], layer=5)
+    with pytest.raises(TrackError, match="^threshold must be a finite number"):
+        track(llama_dirs, reader, [tiny.llama.witness], threshold=float("nan"))
+    with pytest.raises(TrackError, match="^position must be one of"):
+        track(llama_dirs, reader, [tiny.llama.witness], position="first")
+    with pytest.raises(TrackError, match="^directions: .*none.safetensors"):
+        track(tmp_path / "none.safetensors", reader, [tiny.llama.witness])
+    with pytest.raises(TrackError, match="^directions: v_rev has width 32 but aligned has hidden_size 48"):
+        track(llama_dirs, CheckpointReader(tiny.llama_wide, tiny.harmful, tokenizer=tiny.tokenizer), [])
+    with pytest.raises(ValueError, match=r"gone: path not found"):
+        track(llama_dirs, reader, [tmp_path / "gone"])
+    with pytest.raises(ValueError, match="^aligned: path not found"):
+        CheckpointReader(tmp_path / "nowhere", tiny.harmful)
+    with pytest.raises(ValueError, match="^prompts: .*no prompts"):
+        CheckpointReader(tiny.llama.aligned, tiny.empty)
+    with pytest.raises(ValueError, match="^tokenizer: "):
+        CheckpointReader(tiny.llama.aligned, tiny.harmful, tokenizer=tmp_path / "no_tok")
+    with pytest.raises(ValueError, match="batch_size must be an int >= 1"):
+        CheckpointReader(tiny.llama.aligned, tiny.harmful, batch_size=0)
 
 
 # --------------------------------------------------------------------------- book

@@ -15,7 +15,15 @@ import pytest
 import torch
 
 from reversion.core import stats
-from reversion.core.drift import alignment, drift_alignment, read_drift, residual_alignment, threshold, weight_motion
+from reversion.core.drift import (
+    alignment,
+    drift_alignment,
+    null_threshold,
+    read_drift,
+    residual_alignment,
+    threshold,
+    weight_motion,
+)
 
 D = 32
 
@@ -139,21 +147,48 @@ def test_read_drift_refuses_a_zero_or_broken_direction_and_a_broken_drift():
 # --------------------------------------------------------------------------- threshold
 
 
-def test_threshold_prefers_given_then_matched_then_isotropic():
+def test_threshold_prefers_given_then_the_null_rule():
     d = 4096
     iso = stats.isotropic_cos_quantile(d, 0.99)
     assert iso == pytest.approx(2.326 / math.sqrt(d), rel=0.01)   # the weak bar at LLM width
-    p99 = [None, 0.21, None, 0.35]
+    p99 = [None, 0.21, None, 0.35, 0.01]
     assert threshold(d, 1, p99, given=0.5) == (0.5, "given")
     assert threshold(d, 1, p99) == (0.21, "matched null p99")
     assert threshold(d, 3, p99) == (0.35, "matched null p99")
+    assert threshold(d, 4, p99) == (iso, "isotropic p99")        # a matched p99 below the isotropic one
     assert threshold(d, 2, p99) == (iso, "isotropic p99")        # undefined at this layer
     assert threshold(d, 7, p99) == (iso, "isotropic p99")        # beyond the stored layers
     assert threshold(d, 1) == (iso, "isotropic p99")
     assert threshold(d, 1, None, given=0) == (0.0, "given")      # an explicit 0 is still given
+    assert threshold(d, 4, p99, given=0.001) == (0.001, "given")  # given wins even below both nulls
     value, source = threshold(64, 0)
     assert source == "isotropic p99" and value == pytest.approx(stats.isotropic_cos_quantile(64, 0.99))
     assert value > iso                                            # narrower space, higher bar
+
+
+@pytest.mark.parametrize("d", [32, 64, 4096])
+def test_null_threshold_is_the_larger_of_the_two_nulls(d):
+    iso = stats.isotropic_cos_quantile(d, 0.99)
+    below, above = 0.5 * iso, min(0.99, 1.5 * iso)
+    assert null_threshold(d, None) == (iso, "isotropic p99")
+    assert null_threshold(d, below) == (iso, "isotropic p99")    # a narrow matched null does not lower the bar
+    assert null_threshold(d, above) == (above, "matched null p99")
+    assert null_threshold(d, iso) == (iso, "isotropic p99")      # a tie: the isotropic one
+    assert null_threshold(d, -0.2) == (iso, "isotropic p99")
+    assert null_threshold(d, np.float32(above))[1] == "matched null p99"
+    # threshold() applies the same rule to the matched p99 stored for the layer
+    for m in (below, above, None):
+        assert threshold(d, 2, [None, None, m]) == null_threshold(d, m)
+
+
+def test_null_threshold_refuses_bad_inputs():
+    for bad in (float("nan"), float("inf"), 1.5, -2.0, "0.3", True):
+        with pytest.raises(ValueError, match="matched_p99"):
+            null_threshold(64, bad)
+    with pytest.raises(ValueError, match="^d "):
+        null_threshold(1, 0.3)
+    with pytest.raises(ValueError, match="matched_p99"):
+        threshold(64, 1, [None, float("nan")])
 
 
 # --------------------------------------------------------------------------- residual alignment

@@ -15,11 +15,13 @@ from reversion.cli import main
 from reversion.core import stats
 from reversion.core.activations import mean_activations
 from reversion.core.directions import Directions
-from reversion.core.drift import alignment, read_drift, threshold
+from reversion.core.drift import alignment, null_threshold, read_drift, threshold
 from reversion.core.models import load_model
+from reversion.stages.track import track
 from reversion.subjects.checkpoints.monitor import (
-    BlockTrainer, ReversionMonitor, ReversionWarning, block_term, reference_mean,
+    BlockTrainer, ObjectiveMixin, ReversionMonitor, ReversionWarning, block_term, reference_mean,
 )
+from reversion.subjects.checkpoints.reader import CheckpointReader
 from reversion.subjects.checkpoints.textdata import (
     PairCollator, encode_pairs, encode_prompts, load_tokenizer, pad_id_of, read_pairs, read_prompts,
 )
@@ -68,7 +70,8 @@ def test_monitor_in_a_trainer_run_logs_and_flags(planted, tmp_path):
     log = tmp_path / "monitor.csv"
     mon = ReversionMonitor(planted["dirs"], planted["probes"], every=2, patience=2, log_path=log,
                            pad_id=pad_id_of(planted["tok"])).attach(trainer)
-    assert mon.threshold_source == "matched null p99"
+    layer = planted["dirs"].layer
+    assert (mon.threshold, mon.threshold_source) == null_threshold(mon.d, planted["dirs"].meta["matched_p99"][layer])
     with pytest.warns(ReversionWarning, match="for 2 checks in a row"):
         trainer.train()
     hist = trainer.state.log_history
@@ -150,7 +153,8 @@ def test_threshold_defaults(planted):
     probes = planted["probes"]
     d = dirs.v_rev.shape[1]
     layer = dirs.layer
-    assert ReversionMonitor(dirs, probes).threshold == pytest.approx(dirs.meta["matched_p99"][layer])
+    assert (ReversionMonitor(dirs, probes).threshold, ReversionMonitor(dirs, probes).threshold_source) \
+        == null_threshold(d, dirs.meta["matched_p99"][layer])
     bare = Directions(dirs.v_rev, None, None, dirs.displacement_norm, dirs.activation_norm, {"layer": layer})
     m = ReversionMonitor(bare, probes)
     assert m.threshold_source == "isotropic p99"
@@ -161,6 +165,47 @@ def test_threshold_defaults(planted):
     for mon, matched, given in ((ReversionMonitor(dirs, probes), dirs.meta["matched_p99"], None), (m, None, None),
                                 (t, dirs.meta["matched_p99"], 0.5)):
         assert (mon.threshold, mon.threshold_source) == threshold(d, layer, matched, given)
+
+
+def with_matched(dirs: Directions, value: float) -> Directions:
+    """``dirs`` with a planted matched-null p99 at their layer."""
+    matched = list(dirs.meta["matched_p99"])
+    matched[dirs.layer] = value
+    return Directions(dirs.v_rev, dirs.v_P, dirs.r_S, dirs.displacement_norm, dirs.activation_norm,
+                      {**dirs.meta, "matched_p99": matched})
+
+
+@pytest.mark.parametrize("side", ["below", "above"])
+def test_monitor_and_track_apply_the_one_threshold_rule(planted, tmp_path, side):
+    """A matched p99 planted below the isotropic one does not lower the bar; one above it is the
+    bar: the monitor and the tracking stage both give :func:`null_threshold`'s value and source."""
+    dirs = planted["dirs"]
+    d = dirs.v_rev.shape[1]
+    iso = stats.isotropic_cos_quantile(d, 0.99)
+    matched = 0.5 * iso if side == "below" else (1 + iso) / 2
+    want = null_threshold(d, matched)
+    assert want == ((iso, "isotropic p99") if side == "below" else (matched, "matched null p99"))
+    planted_dirs = with_matched(dirs, matched)
+    mon = ReversionMonitor(planted_dirs, planted["probes"], pad_id=pad_id_of(planted["tok"]))
+    assert (mon.threshold, mon.threshold_source) == want
+    path = tmp_path / "v_rev.safetensors"
+    planted_dirs.save(path)
+    res = track(path, CheckpointReader(planted["aligned"], EXAMPLES["harmful"], device="cpu"), [planted["witness"]])
+    assert (res.threshold, res.threshold_source) == want
+    assert res.readings[0].threshold == want[0]
+    assert res.readings[0].above == (res.readings[0].alignment > want[0])
+
+
+def test_the_short_import_path_exposes_the_same_objects():
+    import reversion.monitor as public
+    from reversion.stages import track as stage
+    from reversion.subjects.checkpoints import monitor as impl
+
+    for name in ("ReversionMonitor", "ObjectiveMixin", "BlockTrainer", "block_term", "ReversionWarning"):
+        assert getattr(public, name) is getattr(impl, name), name
+    assert public.track is stage.track and public.TrackResult is stage.TrackResult
+    assert public.CheckpointReader is CheckpointReader and public.ObjectiveMixin is ObjectiveMixin
+    assert set(public.__all__) <= set(dir(public))
 
 
 def test_monitor_argument_errors(planted, tiny, tmp_path):

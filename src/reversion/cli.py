@@ -7,6 +7,11 @@
     reversion track ... --watch run/ --interval 60
     reversion book [--force] [--only STEM] ...      (python -m reversion.book)
 
+The commands parse and print; the work is the stages': ``estimate`` runs
+:func:`reversion.stages.estimate.measure` on the command line's subject, ``track`` the tracking
+stage (:mod:`reversion.stages.track`) on a
+:class:`~reversion.subjects.checkpoints.reader.CheckpointReader`.
+
 Checkpoints are local Hugging Face folders (``config.json`` + weights); nothing is
 downloaded. Models load one at a time, on CUDA when present (``--device``), in their
 saved dtype (``--dtype``). Prompts go through the tokenizer's chat template when it has
@@ -19,25 +24,12 @@ from __future__ import annotations
 
 import argparse
 import csv
-import re
 import sys
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
 from reversion.infra.checks import check_int
-from reversion.subjects.checkpoints.files import (
-    DTYPES,
-    CheckpointError,
-    adapter_base_name,
-    arch_of,
-    check_same_arch,
-    checkpoint_folder,
-    checkpoint_or_adapter,
-    is_adapter,
-    read_config,
-    torch_dtype,
-)
+from reversion.subjects.checkpoints.files import DTYPES, CheckpointError, checkpoint_or_adapter, torch_dtype
 
 __all__ = ["main", "build_parser"]
 
@@ -125,8 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--position", choices=("last", "mean"),
                     help="position rule (default: the direction file's)")
     tr.add_argument("--threshold", type=float, metavar="X",
-                    help="alignment threshold (default: the file's matched-null p99 at the layer, "
-                         "else the isotropic p99)")
+                    help="alignment threshold (default: the larger of the isotropic p99 and the file's "
+                         "matched-null p99 at the layer; reversion.core.drift.null_threshold)")
     tr.add_argument("--out", metavar="FILE.csv", help="write the rows to a CSV file")
     tr.add_argument("--watch", metavar="DIR",
                     help="poll DIR for new checkpoint folders (e.g. a Trainer's output_dir)")
@@ -154,35 +146,6 @@ def _layer_arg(flag: str, value: Any, n: int) -> int:
     return layer
 
 
-def _read_prompts(flag: str, path: str, field: str) -> list[str]:
-    from reversion.subjects.checkpoints.textdata import read_prompts
-
-    try:
-        return read_prompts(path, field)
-    except (FileNotFoundError, ValueError) as exc:
-        raise _Fail(f"{flag}: {exc}") from None
-
-
-def _tokenizer(args, aligned: Path):
-    from reversion.subjects.checkpoints.textdata import load_tokenizer
-
-    flag, path = ("--tokenizer", args.tokenizer) if args.tokenizer else ("--aligned", str(aligned))
-    try:
-        return load_tokenizer(path)
-    except (FileNotFoundError, ValueError) as exc:
-        hint = "" if args.tokenizer else " (pass --tokenizer PATH)"
-        raise _Fail(f"{flag}: {exc}{hint}") from None
-
-
-def _encode(flag: str, tok, texts: list[str], args) -> list[list[int]]:
-    from reversion.subjects.checkpoints.textdata import encode_prompts
-
-    try:
-        return encode_prompts(tok, texts, CHAT_TEMPLATE[args.chat_template])
-    except ValueError as exc:
-        raise _Fail(f"{flag}: {exc}") from None
-
-
 def _positive(flag: str, value: int, lo: int = 1) -> None:
     try:
         check_int(f"{flag}:", value, lo)
@@ -204,25 +167,6 @@ def _device_dtype(args):
         except (RuntimeError, ValueError):
             raise _Fail(f"--device: not a torch device: {args.device!r}") from None
     return device, dtype
-
-
-def _load(flag: str, path: Path, device, dtype):
-    from reversion.core.models import load_model
-
-    try:
-        return load_model(path, device, dtype)
-    except Exception as exc:
-        raise _Fail(f"{flag}: could not load the model at {path} ({type(exc).__name__}: {exc})") from None
-
-
-def _acts(flag: str, model, ids, layers, args, pad_id: int):
-    from reversion.core.activations import prompt_activations
-
-    try:
-        return prompt_activations(model, ids, layers, position=args.position, batch_size=args.batch_size,
-                                  pad_id=pad_id)
-    except ValueError as exc:  # e.g. token ids beyond the model's vocabulary: wrong tokenizer
-        raise _Fail(f"{flag}: {exc}") from None
 
 
 def _fmt(x: Any, spec: str = ".4f") -> str:
@@ -327,165 +271,9 @@ def cmd_estimate(args) -> int:
 
 # --------------------------------------------------------------------------- track
 
-
-def _step_of(path: Path) -> int | None:
-    m = re.search(r"(\d+)$", path.name)
-    return int(m.group(1)) if m else None
-
-
-def _signature(path: Path) -> tuple:
-    try:
-        return tuple(sorted((p.name, p.stat().st_size) for p in path.iterdir() if p.is_file()))
-    except OSError:
-        return ()
-
-
-def _has_weights(path: Path) -> bool:
-    """A complete-looking checkpoint folder: config and weights, or a LoRA adapter."""
-    return is_adapter(path) or ((path / "config.json").is_file() and any(
-        p.suffix in (".safetensors", ".bin") for p in path.iterdir() if p.is_file()))
-
-
-class _Tracker:
-    """Computes the rows of ``reversion track`` for one checkpoint at a time."""
-
-    def __init__(self, args):
-        import torch
-
-        from reversion.core.activations import mean_activations
-        from reversion.core.directions import Directions
-        from reversion.core.drift import threshold
-        from reversion.subjects.checkpoints.textdata import file_sha256, pad_id_of
-
-        _positive("--batch-size", args.batch_size)
-        try:
-            self.dirs = Directions.load(args.directions)
-        except FileNotFoundError as exc:
-            raise _Fail(f"--directions: {exc}") from None
-        except Exception as exc:
-            raise _Fail(f"--directions: cannot read {args.directions} as a direction file "
-                        f"({type(exc).__name__}: {exc})") from None
-        self.aligned = checkpoint_folder("--aligned", args.aligned)
-        self.arch = arch_of(read_config("--aligned", self.aligned))
-        L1, d = self.dirs.v_rev.shape
-        if d != self.arch["hidden_size"]:
-            raise _Fail(f"--directions: v_rev has width {d} but --aligned has hidden_size "
-                        f"{self.arch['hidden_size']}; they come from different models")
-        if L1 - 1 != self.arch["num_hidden_layers"]:
-            raise _Fail(f"--directions: v_rev has {L1 - 1} layers but --aligned has "
-                        f"{self.arch['num_hidden_layers']}")
-        meta = self.dirs.meta
-        if meta.get("model_type") and meta["model_type"] != self.arch["model_type"]:
-            raise _Fail(f"--aligned: model family {self.arch['model_type']!r} differs from the direction "
-                        f"file's {meta['model_type']!r}")
-        L = L1 - 1
-        if args.layer is not None:
-            self.layer = _layer_arg("--layer", args.layer, L)
-        elif meta.get("layer") is not None:
-            self.layer = int(meta["layer"])
-        else:
-            raise _Fail("--layer: the direction file records no chosen layer; pass --layer")
-        self.layers = list(range(L1)) if args.all_layers else [self.layer]
-        v = self.dirs.v_rev.double()
-        bad = [l for l in self.layers if not torch.isfinite(v[l]).all()]
-        if bad:
-            raise _Fail(f"--directions: v_rev has NaN or infinite values at layer(s) {bad}")
-        if not float(v[self.layer].norm()) > 0:
-            raise _Fail(f"--directions: v_rev is zero at layer {self.layer}: no direction to track there "
-                        f"(choose another with --layer)")
-        args.position = args.position or meta.get("position", "last")
-        self.args = args
-        texts = _read_prompts("--prompts", args.prompts, args.prompt_field)
-        tok = _tokenizer(args, self.aligned)
-        self.ids = _encode("--prompts", tok, texts, args)
-        self.pad_id = pad_id_of(tok)
-        self.same_prompts = meta.get("prompts_sha256") == file_sha256(args.prompts)
-        self.threshold, self.threshold_source = threshold(d, self.layer, meta.get("matched_p99"), args.threshold)
-        self.device, self.dtype = _device_dtype(args)
-        self._mean = mean_activations
-        self.mu_S = None
-        # LoRA adapter checkpoints: applied to --base (default: the aligned model), loaded once.
-        self.base = checkpoint_folder("--base", args.base) if args.base else self.aligned
-        self.base_arch = None
-        self._peft = None
-        self._n_adapters = 0
-
-    def _means(self, flag: str, path: Path):
-        from reversion.infra.runtime import free_memory  # torch: not at start-up
-
-        if is_adapter(path):
-            return self._adapter_means(flag, path)
-        model = _load(flag, path, self.device, self.dtype)
-        try:
-            return self._mean_of(flag, model)
-        finally:
-            del model
-            free_memory()
-
-    def _mean_of(self, flag: str, model):
-        try:
-            return self._mean(model, self.ids, self.layers, position=self.args.position,
-                              batch_size=self.args.batch_size, pad_id=self.pad_id)
-        except ValueError as exc:
-            raise _Fail(f"{flag}: {exc}") from None
-
-    def _adapter_means(self, flag: str, path: Path):
-        """An adapter checkpoint: the base is loaded once (the first adapter) and each adapter
-        is loaded onto it, measured unmerged, and deleted (PEFT's ``load_adapter`` /
-        ``delete_adapter``), so one base is in memory however many checkpoints there are."""
-        from peft import PeftModel  # torch: not at start-up
-
-        name = f"a{self._n_adapters}"
-        self._n_adapters += 1
-        try:
-            if self._peft is None:
-                base = _load("--base" if self.args.base else "--aligned", self.base, self.device, self.dtype)
-                self._peft = PeftModel.from_pretrained(base, str(path), adapter_name=name, is_trainable=False)
-            else:
-                self._peft.load_adapter(str(path), adapter_name=name, is_trainable=False)
-            self._peft.set_adapter(name)
-        except (ValueError, KeyError, RuntimeError) as exc:  # e.g. target modules not in the base
-            raise _Fail(f"{flag}: cannot apply the LoRA adapter at {path} to the base {self.base} "
-                        f"({type(exc).__name__}: {exc})") from None
-        self._peft.eval()
-        try:
-            return self._mean_of(flag, self._peft)
-        finally:
-            if len(self._peft.peft_config) > 1:
-                self._peft.delete_adapter(name)
-
-    def reference(self) -> None:
-        self.mu_S = self._means("--aligned", self.aligned)
-
-    def check(self, flag: str, path: Path) -> None:
-        if is_adapter(path):
-            if self.base_arch is None:
-                self.base_arch = arch_of(read_config("--base", self.base)) if self.args.base else self.arch
-                check_same_arch("--aligned", self.arch, "--base" if self.args.base else "--aligned",
-                                self.base_arch)
-            named = adapter_base_name(path)
-            if named and Path(named).is_dir() and Path(named).resolve() != self.base.resolve():
-                raise _Fail(f"{flag}: the adapter was trained on {named}, not on the base {self.base} "
-                            "(pass --base with the model it was trained on)")
-            return
-        check_same_arch("--aligned", self.arch, flag, arch_of(read_config(flag, path)))
-
-    def rows(self, flag: str, path: Path, label: str) -> list[dict[str, Any]]:
-        from reversion.core.drift import read_drift
-
-        mu = self._means(flag, path)
-        out = []
-        for i, layer in enumerate(self.layers):
-            v = self.dirs.v_rev[layer]
-            if not float(v.norm()) > 0:  # --all-layers: a layer without a direction reads as no alignment
-                r = {"alignment": 0.0, "projection": 0.0, "drift_norm": float((mu[i] - self.mu_S[i]).norm()),
-                     "relative_projection": None}
-            else:
-                r = read_drift(mu[i], self.mu_S[i], v, float(self.dirs.displacement_norm[layer]))
-            out.append({"checkpoint": label, "step": _step_of(path), "layer": layer, **r,
-                        "threshold": self.threshold if layer == self.layer else None,
-                        "above": (r["alignment"] > self.threshold) if layer == self.layer else None})
-        return out
+# How the tracking stage's errors name its inputs here.
+TRACK_NAMES = {"directions": "--directions", "layer": "--layer", "threshold": "--threshold",
+               "position": "--position", "watch": "--watch"}
 
 
 class _Output:
@@ -513,15 +301,16 @@ class _Output:
         print(f"{'checkpoint':<{self.width}} {'step':>7} {'alignment':>9} {'projection':>11} {'drift_norm':>10} "
               f"{'above':>5}")
 
-    def add(self, rows: list[dict], layer: int) -> None:
+    def add(self, readings, layer: int) -> None:
+        """Print the readings at ``layer`` and write every one to the CSV."""
         self._open()
-        for r in rows:
+        for r in readings:
             if self.file is not None:
-                self.writer.writerow({k: ("" if r[k] is None else r[k]) for k in TRACK_FIELDS})
-            if r["layer"] == layer:
-                step = "-" if r["step"] is None else str(r["step"])
-                print(f"{r['checkpoint']:<{self.width}} {step:>7} {r['alignment']:>9.4f} {r['projection']:>11.4f} "
-                      f"{r['drift_norm']:>10.4f} {'yes' if r['above'] else 'no':>5}", flush=True)
+                self.writer.writerow({k: ("" if getattr(r, k) is None else getattr(r, k)) for k in TRACK_FIELDS})
+            if r.layer == layer:
+                step = "-" if r.step is None else str(r.step)
+                print(f"{r.checkpoint:<{self.width}} {step:>7} {r.alignment:>9.4f} {r.projection:>11.4f} "
+                      f"{r.drift_norm:>10.4f} {'yes' if r.above else 'no':>5}", flush=True)
         if self.file is not None:
             self.file.flush()
 
@@ -533,6 +322,11 @@ class _Output:
 
 
 def cmd_track(args) -> int:
+    """Parse, build the stage's tracker (:mod:`reversion.stages.track`) on a checkpoint reader,
+    print each checkpoint's reading as it comes."""
+    from reversion.stages.track import Checkpoint, TrackError, Tracker, in_step_order, read_directions, watch
+    from reversion.subjects.checkpoints.reader import CheckpointReader
+
     if not args.checkpoints and not args.watch:
         raise _Fail("give CHECKPOINT folders to track, or --watch DIR")
     if args.watch and not Path(args.watch).is_dir():
@@ -541,24 +335,34 @@ def cmd_track(args) -> int:
         _positive("--max-polls", args.max_polls)
     if args.interval < 0:
         raise _Fail(f"--interval: must be >= 0, got {args.interval}")
-    ckpts = [(f"CHECKPOINT {c}", checkpoint_or_adapter(f"CHECKPOINT {c}", c)[0], c) for c in args.checkpoints]
-    # By the number that ends the folder name (checkpoint-500), the others after, as given.
-    ckpts.sort(key=lambda c: (_step_of(c[1]) is None, _step_of(c[1]) or 0))
-    t = _Tracker(args)
-    for flag, path, _ in ckpts:
-        t.check(flag, path)
-    out = _Output(args.out, max([10] + [len(c[2]) for c in ckpts]) if not args.watch else 32)
+    ckpts = in_step_order(Checkpoint(checkpoint_or_adapter(f"CHECKPOINT {c}", c)[0], c, f"CHECKPOINT {c}")
+                          for c in args.checkpoints)
+    _positive("--batch-size", args.batch_size)
+    try:
+        dirs = read_directions(args.directions, "--directions")
+        device, _ = _device_dtype(args)
+        reader = CheckpointReader(args.aligned, args.prompts, base=args.base, tokenizer=args.tokenizer,
+                                  chat_template=CHAT_TEMPLATE[args.chat_template], prompt_field=args.prompt_field,
+                                  dtype=args.dtype, device=device, batch_size=args.batch_size, naming="flag")
+        t = Tracker(dirs, reader, layer=args.layer, all_layers=args.all_layers, threshold=args.threshold,
+                    position=args.position, names=TRACK_NAMES)
+        for c in ckpts:
+            t.check(c)
+    except TrackError as exc:
+        raise _Fail(str(exc)) from None
+    out = _Output(args.out, max([10] + [len(c.label) for c in ckpts]) if not args.watch else 32)
     print(f"reversion track: layer {t.layer}; threshold {t.threshold:.4f} ({t.threshold_source}); "
-          f"{len(t.ids)} prompts" + (" (the estimate's own prompts: a disjoint set avoids shared noise)"
-                                     if t.same_prompts else ""))
+          f"{t.n_prompts} prompts" + (" (the estimate's own prompts: a disjoint set avoids shared noise)"
+                                      if t.same_prompts else ""))
     finished = False
     try:
         t.reference()
         out.header()
-        for flag, path, label in ckpts:
-            out.add(t.rows(flag, path, label), t.layer)
+        for c in ckpts:
+            out.add(t.read(c), t.layer)
         if args.watch:
-            _watch(args, t, out)
+            watch(t, args.watch, lambda readings: out.add(readings, t.layer), interval=args.interval,
+                  max_polls=args.max_polls)
         finished = True
     except KeyboardInterrupt:
         print("stopped", file=sys.stderr)
@@ -568,35 +372,6 @@ def cmd_track(args) -> int:
     if args.out:
         print(f"wrote {args.out}")
     return 0
-
-
-def _watch(args, t: _Tracker, out: _Output) -> None:
-    """Poll ``--watch`` for checkpoint folders; read each once it is complete.
-
-    Complete: it holds ``trainer_state.json`` (the Trainer writes it after the weights),
-    or its files did not change between two polls.
-    """
-    root = Path(args.watch)
-    done: set[Path] = set()
-    seen: dict[Path, tuple] = {}
-    polls = 0
-    while True:
-        polls += 1
-        cands = [p for p in root.iterdir() if p.is_dir() and p not in done and _has_weights(p)]
-        cands.sort(key=lambda p: (_step_of(p) is None, _step_of(p) or 0, p.name))
-        for p in cands:
-            sig = _signature(p)
-            if (p / "trainer_state.json").is_file() or seen.get(p) == sig:
-                label = f"{root.name}/{p.name}"
-                flag = f"--watch {label}"
-                t.check(flag, p)
-                out.add(t.rows(flag, p, label), t.layer)
-                done.add(p)
-            else:
-                seen[p] = sig
-        if args.max_polls is not None and polls >= args.max_polls:
-            return
-        time.sleep(args.interval)
 
 
 # --------------------------------------------------------------------------- main

@@ -28,7 +28,7 @@ from trl import SFTConfig, SFTTrainer
 from reversion.core.directions import Directions
 from reversion.core.models import load_model
 from reversion.infra.runtime import set_cpu_threads
-from reversion.subjects.checkpoints.monitor import ObjectiveMixin, ReversionMonitor, block_term
+from reversion.monitor import ObjectiveMixin, ReversionMonitor, block_term
 from reversion.subjects.checkpoints.textdata import (
     encode_prompts, load_tokenizer, pad_id_of, read_pairs, read_prompts,
 )

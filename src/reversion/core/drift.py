@@ -3,9 +3,10 @@
 Drift ``d_t = mean_x h_t(x) - mean_x h_S(x)`` over probe prompts; its *alignment* with a
 direction ``v`` is ``cos(d_t, v)``. One set of functions for every reader: the
 fine-tuning runs of the chapters (:func:`drift_alignment` over a whole trajectory), the
-``reversion track`` command and the :class:`~reversion.subjects.checkpoints.monitor.ReversionMonitor`
+``reversion track`` stage and the :class:`~reversion.subjects.checkpoints.monitor.ReversionMonitor`
 (:func:`read_drift` on one mean activation), and the threshold an alignment is compared
-with (:func:`threshold`).
+with: :func:`null_threshold` states the rule once (the book's null test, ``track`` and the
+monitor all apply it), :func:`threshold` picks the layer's matched p99 or a given value.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ import numpy as np
 import torch
 
 from reversion.core import stats
+from reversion.infra.checks import check_float
 
-__all__ = ["alignment", "crossover", "weight_motion", "drift_alignment", "read_drift", "residual_alignment", "threshold"]
+__all__ = ["alignment", "crossover", "weight_motion", "drift_alignment", "null_threshold", "read_drift",
+           "residual_alignment", "threshold"]
 
 
 def alignment(drift: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
@@ -64,16 +67,40 @@ def read_drift(mu: torch.Tensor, mu_S: torch.Tensor, v: torch.Tensor,
             "relative_projection": proj / displacement if displacement else None}
 
 
+def null_threshold(d: int, matched_p99: float | None = None) -> tuple[float, str]:
+    """The alignment a drift must exceed to be told from chance, and which null sets it.
+
+    The rule, the one place it is stated: the **larger** of the isotropic p99 -- the 0.99
+    quantile of cos(u, v) for u uniform on the sphere in R^d
+    (:func:`reversion.core.stats.isotropic_cos_quantile`, about 2.33/sqrt(d): 0.036 at d =
+    4096, a weak bar at LLM width) -- and the matched null's p99 (Gaussian directions with
+    theta_S's activation covariance, :mod:`reversion.stages.nulls`) when it is known
+    (``matched_p99`` None: the isotropic p99 alone). Neither null is assumed to be the right
+    one: a matched p99 below the isotropic one does not lower the bar. Source: ``"matched null
+    p99"`` when the matched p99 is the larger, else ``"isotropic p99"`` (also on a tie).
+
+    ``d``: the width (>= 2); a matched p99 outside [-1, 1] or not finite is a ValueError.
+    """
+    iso = stats.isotropic_cos_quantile(d, 0.99)
+    if matched_p99 is None:
+        return iso, "isotropic p99"
+    matched = check_float("matched_p99", matched_p99, -1.0, 1.0)
+    if matched > iso:
+        return matched, "matched null p99"
+    return iso, "isotropic p99"
+
+
 def threshold(d: int, layer: int, matched_p99: Sequence[float | None] | None = None,
               given: float | None = None) -> tuple[float, str]:
-    """The alignment a reading must exceed, and where it comes from: ``given`` when set, else
-    the matched null's p99 at ``layer`` when known (``reversion estimate`` stores one per
-    layer), else the isotropic p99 in R^d -- about 2.33/sqrt(d), a weak bar at LLM width."""
+    """The alignment a reading at ``layer`` must exceed, and its source: ``given`` when set
+    (source ``"given"``), else :func:`null_threshold` of the width ``d`` and the matched p99 at
+    ``layer`` when ``matched_p99`` (one entry per layer, None where undefined; ``reversion
+    estimate`` stores it in the direction file) holds one. ``reversion track`` and the
+    :class:`~reversion.subjects.checkpoints.monitor.ReversionMonitor` use it."""
     if given is not None:
         return float(given), "given"
-    if matched_p99 is not None and layer < len(matched_p99) and matched_p99[layer] is not None:
-        return float(matched_p99[layer]), "matched null p99"
-    return stats.isotropic_cos_quantile(d, 0.99), "isotropic p99"
+    known = matched_p99 is not None and 0 <= layer < len(matched_p99) and matched_p99[layer] is not None
+    return null_threshold(d, float(matched_p99[layer]) if known else None)
 
 
 def crossover(drift_a: Sequence[torch.Tensor], drift_b: Sequence[torch.Tensor], mu_wa: torch.Tensor,

@@ -2,75 +2,56 @@
 
 The page runs the whole text-model workflow -- ``reversion estimate``, the
 :class:`~reversion.subjects.checkpoints.monitor.ReversionMonitor` in a ``transformers.Trainer`` run,
-``reversion track`` over the run's checkpoints, the same for a LoRA run and its adapter
-checkpoints, harmfulness and task cost -- on
+the tracking stage (``reversion track``, :func:`reversion.stages.track.track`) over the run's
+checkpoints, the same for a LoRA run and its adapter checkpoints, harmfulness and task cost -- on
 checkpoints given as local paths. With the paths left empty it builds **tiny random
 demo models** in a scratch folder of the cache: a small Llama (or GPT-2) and a byte-level BPE
 tokenizer with a chat template, trained from scratch on the project's example files in
 two stages that mimic a history (pretrained -> helpful-only witness -> safety-aligned).
 They exist only to exercise the pipeline end to end in seconds; their numbers mean
 nothing about real models.
+
+:func:`run` is the page's computation (the notebook and the tests call it); what loads, trains or
+runs a model lives below the page (:mod:`reversion.subjects.checkpoints.walkthrough`,
+:mod:`reversion.subjects.checkpoints.reader`, :mod:`reversion.stages.track`); ``reversion
+estimate`` runs as the command line, in a subprocess.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import io
 import os
 import re
 import shlex
 import shutil
 import subprocess
 import sys
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
 import pandas as pd
-import torch
-from peft import LoraConfig, get_peft_model
-from transformers import PrinterCallback, ProgressCallback, TrainingArguments
-from transformers.utils import logging as hf_logging
 
-from reversion.cli import main
 from reversion.core.directions import Directions
-from reversion.core.models import load_model
-from reversion.infra import paths, seeding
+from reversion.infra import paths
 from reversion.infra.checks import check_choice, check_int
 from reversion.infra.paths import resolve
 from reversion.infra.results import write_metrics
-from reversion.infra.runtime import set_cpu_threads
+from reversion.stages.track import Checkpoint, TrackResult, track
+from reversion.subjects.checkpoints import walkthrough
 from reversion.subjects.checkpoints.demo import build_demo
-from reversion.subjects.checkpoints.files import DTYPES, torch_dtype
-from reversion.subjects.checkpoints.monitor import (
-    BlockTrainer,
-    ReversionMonitor,
-    block_term,
-)
-from reversion.subjects.checkpoints.refusal_judge import generate_continuations
-from reversion.subjects.checkpoints.subject import TEXT_TASK, from_parameters
-from reversion.subjects.checkpoints.textdata import (
-    PairCollator,
-    encode_pairs,
-    encode_prompts,
-    load_tokenizer,
-    pad_id_of,
-    read_pairs,
-    read_prompts,
-    split_pairs,
-)
-
-# Saving tiny checkpoints dozens of times: their progress bars are noise.
-hf_logging.disable_progress_bar()
+from reversion.subjects.checkpoints.files import DTYPES
+from reversion.subjects.checkpoints.reader import CheckpointReader
+from reversion.subjects.checkpoints.subject import from_parameters
+from reversion.subjects.checkpoints.textdata import read_prompts
+from reversion.subjects.checkpoints.walkthrough import MonitoredRun
 
 STEM = "08_own_checkpoints"
+CODE = (__name__, "reversion.cli")
+"""The modules behind the page's numbers: its own (and what it imports) and the command line it runs."""
 
 DEMO_NOTE = "tiny random demo models: the numbers illustrate the pipeline and mean nothing about real models"
-
-
 
 
 @dataclass(frozen=True)
@@ -141,34 +122,30 @@ class Params:
         return not self.aligned
 
 
-# --------------------------------------------------------------------------- demo models
-
-
-
-
-
-
-
-
+# --------------------------------------------------------------------------- checkpoints and inputs
 
 
 @dataclass(frozen=True)
 class Checkpoints:
     """Where the checkpoints and input files are, and whether the models are the tiny demo ones."""
     witness: Path
+    """Helpful-only witness theta_H."""
     aligned: Path
+    """Safety-aligned theta_S (every run starts from it)."""
     pretrained: Path | None
+    """Pretrained theta_P (None: none)."""
     tokenizer: Path
+    """Tokenizer folder."""
     demo: bool
+    """The tiny demo models."""
     work: Path
     """Working folder: the direction file, the runs, and ``inputs/`` (copies of the prompt files)."""
     prompts: Path
+    """Harmful probe prompts (copied into ``inputs/``)."""
     harmless: Path | None
+    """Harmless prompts (copied; None: none)."""
     finetune_data: Path
-
-
-
-
+    """Benign fine-tuning pairs (copied)."""
 
 
 def prepare(P: Params, workdir: Path | None = None) -> Checkpoints:
@@ -180,9 +157,7 @@ def prepare(P: Params, workdir: Path | None = None) -> Checkpoints:
     The prompt files are copied to ``WORK/inputs/`` so that every command the page shows
     runs as printed from the working folder. Empty checkpoint paths build the demo models.
     """
-
-    if not torch.cuda.is_available():
-        set_cpu_threads()
+    walkthrough.use_cpu_threads()
     work = Path(workdir) if workdir is not None else paths.cache_dir() / STEM / "work"
     if workdir is None and work.exists():
         shutil.rmtree(work)  # a scratch folder: every run starts empty
@@ -212,7 +187,7 @@ def prepare(P: Params, workdir: Path | None = None) -> Checkpoints:
                        copied["harmless"], copied["finetune_data"])
 
 
-# --------------------------------------------------------------------------- running the CLI
+# --------------------------------------------------------------------------- the command line
 
 
 def _shown(arg: Any, cwd: Path) -> str:
@@ -223,44 +198,22 @@ def _shown(arg: Any, cwd: Path) -> str:
     return a
 
 
-@contextlib.contextmanager
-def _chdir(path: Path):
-    old = os.getcwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(old)
+def shown_command(args: list[Any], cwd: Path) -> str:
+    """``$ reversion ARGS`` as printed, paths inside ``cwd`` relative to it."""
+    return "$ reversion " + shlex.join(_shown(a, Path(cwd).resolve()) for a in args)
 
 
-def cli(args: list[Any], cwd: Path, subprocess_run: bool = False) -> None:
-    """Run the ``reversion`` command line with ``args`` in ``cwd``; print the command and its output.
-
-    In-process by default (:func:`reversion.cli.main`, the function behind the console
-    script -- it saves a second Python start-up); ``subprocess_run=True`` runs
-    ``python -m reversion`` instead. Paths inside ``cwd`` are passed relative to it, so
-    the printed command is the one that ran. A failure raises with the error message.
-    """
+def command(args: list[Any], cwd: Path) -> str:
+    """Run ``python -m reversion ARGS`` in ``cwd`` (paths inside it passed relative to it, so the
+    printed command is the one that ran); return the command and its output. A failure raises
+    with the error message."""
     cwd = Path(cwd).resolve()
     shown = [_shown(a, cwd) for a in args]
-    print("$ reversion " + shlex.join(shown))
-    if subprocess_run:
-        proc = subprocess.run([sys.executable, "-m", "reversion", *shown], cwd=cwd, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
-        print(proc.stdout, end="")
-        if proc.returncode != 0:
-            raise RuntimeError(f"reversion {shown[0]} failed (exit {proc.returncode}):\n{proc.stderr}")
-        return
-
-    out, err = io.StringIO(), io.StringIO()
-    with _chdir(cwd), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main(shown)
-        except SystemExit as exc:  # argument errors: argparse exits with status 2
-            code = exc.code
-    print(out.getvalue(), end="")
-    if code not in (0, None):
-        raise RuntimeError(f"reversion {shown[0]} failed (exit {code}):\n{err.getvalue()}")
+    proc = subprocess.run([sys.executable, "-m", "reversion", *shown], cwd=cwd, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"reversion {shown[0]} failed (exit {proc.returncode}):\n{proc.stderr}")
+    return shown_command(args, cwd) + "\n" + proc.stdout
 
 
 def cli_args(P: Params, ck: Checkpoints) -> dict[str, list[str]]:
@@ -279,79 +232,95 @@ def cli_args(P: Params, ck: Checkpoints) -> dict[str, list[str]]:
     return {"estimate": [str(a) for a in est], "track": [str(a) for a in track]}
 
 
-# --------------------------------------------------------------------------- the monitored run
+# --------------------------------------------------------------------------- the runs
 
 
-
-
-@dataclass
-class Run:
-    """One monitored fine-tuning run."""
-    name: str
-    monitor: Any
-    trainer: Any
-    output_dir: Path
-    log_path: Path
-
-    def checkpoints(self) -> list[Path]:
-        """The run's saved checkpoints, by step."""
-        found = [p for p in self.output_dir.glob("checkpoint-*") if p.is_dir()]
-        return sorted(found, key=lambda p: int(p.name.rsplit("-", 1)[1]))
-
-
-def quiet_trainer(trainer) -> None:
-    """Drop the Trainer's printing callbacks (progress bars; log dicts with timings)."""
-    for cb in (PrinterCallback, ProgressCallback):
-        trainer.remove_callback(cb)
-
-
-def lora_config(model, rank: int) -> LoraConfig:
-    """The LoRA run's adapters: rank ``rank``, alpha ``2 * rank``, on every linear layer but the
-    LM head (peft's ``"all-linear"``; GPT-2's ``Conv1D`` layers store their weights transposed)."""
-    return LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules="all-linear",
-                      fan_in_fan_out=model.config.model_type == "gpt2", task_type="CAUSAL_LM")
-
-
-def finetune(P: Params, ck: Checkpoints, name: str, block_strength: float = 0.0, lora_rank: int = 0) -> Run:
-    """Fine-tune theta_S on the training pairs with a Trainer and the ReversionMonitor attached.
-
-    Checkpoints are saved every ``monitor_every`` steps (weights only) so that
-    ``reversion track`` can re-measure them; with ``block_strength > 0`` the loss adds
-    the one-sided block term (:class:`~reversion.subjects.checkpoints.monitor.BlockTrainer`).
-    With ``lora_rank > 0`` only LoRA adapters train (peft's ``get_peft_model`` on theta_S,
-    :func:`lora_config`, at ``lora_learning_rate``) and each checkpoint is an adapter folder.
-    """
-    hf_logging.set_verbosity_error()
-    seeding.seed_everything(P.seed)
-    tok = load_tokenizer(ck.tokenizer)
-    model = load_model(ck.aligned, dtype=torch_dtype(P.dtype))
-    dirs = Directions.load(ck.work / "v_rev.safetensors")
-    probes = encode_prompts(tok, read_prompts(ck.prompts))
-    train, _ = split_pairs(read_pairs(ck.finetune_data))
+def finetune(P: Params, ck: Checkpoints, name: str, block_strength: float = 0.0, lora_rank: int = 0) -> MonitoredRun:
+    """One monitored fine-tuning run of theta_S (:func:`reversion.subjects.checkpoints.walkthrough.finetune`)
+    with the page's schedule: a checkpoint every ``monitor_every`` steps; ``block_strength > 0``
+    adds the block term; ``lora_rank > 0`` trains LoRA adapters at ``lora_learning_rate``."""
     out_dir = ck.work / "runs" / (re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower() or "run")
-    args = TrainingArguments(
-        output_dir=str(out_dir), max_steps=P.finetune_steps, per_device_train_batch_size=P.batch_size,
-        learning_rate=P.lora_learning_rate if lora_rank > 0 else P.learning_rate, lr_scheduler_type="constant",
-        warmup_steps=0, weight_decay=0.0,
-        logging_steps=P.monitor_every, save_strategy="steps", save_steps=P.monitor_every,
-        save_only_model=True, report_to=[], use_cpu=not torch.cuda.is_available(), seed=P.seed,
-        data_seed=P.seed, disable_tqdm=True, dataloader_num_workers=0)
-    block = block_term(model, dirs, probes, block_strength) if block_strength > 0 else None
-    if lora_rank > 0:
-        model = get_peft_model(model, lora_config(model, lora_rank))
-    trainer = BlockTrainer(model=model, args=args, train_dataset=encode_pairs(tok, train),
-                           data_collator=PairCollator(pad_id_of(tok)), block=block)
-    quiet_trainer(trainer)
-    log_path = out_dir / "reversion_monitor.csv"
-    monitor = ReversionMonitor(dirs, probes, every=P.monitor_every, patience=P.patience, log_path=log_path,
-                               pad_id=pad_id_of(tok)).attach(trainer)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the page reports the flag in a table
-        trainer.train()
-    return Run(name, monitor, trainer, out_dir, log_path)
+    return walkthrough.finetune(
+        name, aligned=ck.aligned, tokenizer=ck.tokenizer, directions=ck.work / "v_rev.safetensors",
+        prompts=ck.prompts, finetune_data=ck.finetune_data, output_dir=out_dir, steps=P.finetune_steps,
+        batch_size=P.batch_size, learning_rate=P.lora_learning_rate if lora_rank > 0 else P.learning_rate,
+        every=P.monitor_every, patience=P.patience, seed=P.seed, dtype=P.dtype, block_strength=block_strength,
+        lora_rank=lora_rank)
 
 
-def monitor_table(runs: list[Run]):
+def track_run(P: Params, ck: Checkpoints, run: MonitoredRun, base: Path | None = None) -> TrackResult:
+    """The tracking stage on a run's saved checkpoints (``reversion track`` with :func:`cli_args`'s
+    arguments; adapter checkpoints apply to ``base``), labelled by their paths in the working folder."""
+    reader = CheckpointReader(ck.aligned, ck.prompts, base=base, tokenizer=ck.tokenizer, dtype=P.dtype)
+    return track(ck.work / "v_rev.safetensors", reader,
+                 [Checkpoint.at(p, _shown(p, ck.work.resolve())) for p in run.checkpoints()])
+
+
+def track_command(P: Params, ck: Checkpoints, run: MonitoredRun, base: Path | None = None) -> str:
+    """The ``reversion track`` command that gives :func:`track_run`'s readings."""
+    extra = ["--base", str(base)] if base is not None else []
+    return shown_command(cli_args(P, ck)["track"] + extra + [str(p) for p in run.checkpoints()], ck.work)
+
+
+@dataclass(frozen=True)
+class Result:
+    """Everything the page shows (:func:`run`)."""
+    checkpoints: Checkpoints
+    """The checkpoints and input files."""
+    estimate_output: str
+    """``reversion estimate``'s command and printed output."""
+    directions: Directions
+    """The direction file it wrote."""
+    runs: tuple[MonitoredRun, ...]
+    """The monitored full fine-tuning runs (``finetuned``, ``finetuned+block``; none with finetune_steps = 0)."""
+    tracked: TrackResult | None
+    """The tracking stage on the first run's checkpoints (None: no run)."""
+    track_command: str | None
+    """The ``reversion track`` command giving ``tracked``."""
+    lora: MonitoredRun | None
+    """The LoRA run (None: skipped)."""
+    lora_tracked: TrackResult | None
+    """The tracking stage on the LoRA run's adapter checkpoints."""
+    lora_track_command: str | None
+    """The ``reversion track`` command giving ``lora_tracked``."""
+    evaluation: dict[str, dict[str, float]]
+    """Per model (theta_H, theta_S, each run's last checkpoint): harmfulness and held-out loss."""
+    continuations: dict[str, str]
+    """Per model: the greedy continuation of the first probe prompt."""
+
+
+def run(P: Params, workdir: Path | None = None) -> Result:
+    """The page's computation: prepare the checkpoints (the demo models when no paths are given),
+    ``reversion estimate``, the monitored runs, the tracking stage on their checkpoints, the LoRA
+    run and its adapters, harmfulness and task cost."""
+    ck = prepare(P, workdir)
+    estimate_output = command(cli_args(P, ck)["estimate"], ck.work)
+    dirs = Directions.load(ck.work / "v_rev.safetensors")
+    runs = []
+    if P.finetune_steps > 0:
+        runs.append(finetune(P, ck, "finetuned"))
+        if P.block_strength > 0:
+            runs.append(finetune(P, ck, "finetuned+block", P.block_strength))
+    tracked = track_run(P, ck, runs[0]) if runs else None
+    lora = finetune(P, ck, "lora", lora_rank=P.lora_rank) if P.finetune_steps > 0 and P.lora_rank > 0 else None
+    lora_tracked = track_run(P, ck, lora, base=ck.aligned) if lora else None
+    models = {"theta_H": ck.witness, "theta_S": ck.aligned}
+    models.update({r.name: r.checkpoints()[-1] for r in runs})  # each run's last checkpoint
+    given = {"witness": ck.witness, "aligned": ck.aligned, "tokenizer": ck.tokenizer, "prompts": ck.prompts,
+             "finetune_data": ck.finetune_data, "dtype": P.dtype, "max_new_tokens": P.max_new_tokens}
+    subject = from_parameters({k: str(v) if isinstance(v, Path) else v for k, v in given.items()},
+                              split_prompts=False)
+    evaluation = walkthrough.evaluate(subject, models, P.dtype)
+    conts = walkthrough.continuations(ck.tokenizer, models, read_prompts(ck.prompts)[0], P.max_new_tokens, P.dtype)
+    return Result(ck, estimate_output, dirs, tuple(runs), tracked,
+                  track_command(P, ck, runs[0]) if runs else None, lora, lora_tracked,
+                  track_command(P, ck, lora, base=ck.aligned) if lora else None, evaluation, conts)
+
+
+# --------------------------------------------------------------------------- tables and figures
+
+
+def monitor_table(runs: list[MonitoredRun]):
     """One row per run: threshold, checks, flag, step flagged, last and largest alignment."""
     rows = []
     for run in runs:
@@ -364,7 +333,7 @@ def monitor_table(runs: list[Run]):
     return pd.DataFrame(rows).set_index("run")
 
 
-def plot_alignment(runs: list[Run]):
+def plot_alignment(runs: list[MonitoredRun]):
     """Alignment of the drift with v_rev at each monitor check (from the log files), with the threshold."""
     fig, ax = plt.subplots(figsize=(6.4, 3.4))
     for run in runs:
@@ -382,26 +351,26 @@ def plot_alignment(runs: list[Run]):
 
 
 TRACKED = ("alignment", "projection", "drift_norm")
-"""The values both the monitor's log and ``reversion track``'s CSV hold, compared step by step."""
+"""The values both the monitor's log and the tracking stage's readings hold, compared step by step."""
 
 
-def compare_track(run: Run, track_csv: Path) -> pd.DataFrame:
-    """The monitor's log at the steps ``reversion track`` measured, side by side: per step and value,
+def compare_track(run: MonitoredRun, tracked: TrackResult) -> pd.DataFrame:
+    """The monitor's log at the steps the tracking stage read, side by side: per step and value,
     the logged and the tracked number and their absolute difference."""
-    tracked = pd.read_csv(track_csv).set_index("step")
+    at = pd.DataFrame(tracked.records(tracked.layer)).set_index("step")
     logged = pd.read_csv(run.log_path).set_index("step")
-    missing = sorted(set(tracked.index) - set(logged.index))
+    missing = sorted(set(at.index) - set(logged.index))
     if missing:
         raise ValueError(f"track measured steps {missing} that the monitor's log {run.log_path} lacks")
     cols = {}
     for k in TRACKED:
-        cols[(k, "monitor")] = logged.loc[tracked.index, k]
-        cols[(k, "track")] = tracked[k]
-        cols[(k, "|difference|")] = (tracked[k] - logged.loc[tracked.index, k]).abs()
+        cols[(k, "monitor")] = logged.loc[at.index, k]
+        cols[(k, "track")] = at[k]
+        cols[(k, "|difference|")] = (at[k] - logged.loc[at.index, k]).abs()
     return pd.DataFrame(cols)
 
 
-def plot_track(run: Run, compared: pd.DataFrame):
+def plot_track(run: MonitoredRun, compared: pd.DataFrame):
     """The monitor's log over the run (lines) and ``reversion track``'s values at the saved
     checkpoints (open circles): alignment with the threshold, and the projection on v_rev."""
     log = pd.read_csv(run.log_path)
@@ -448,40 +417,79 @@ def track_sentence(compared: pd.DataFrame, tol: float = TRACK_TOL) -> str:
             f"differs by {diff[worst]:.1e} at step {step}.")
 
 
-def trainable(run: Run) -> dict[str, int]:
-    """The run's trainable and total parameter counts."""
-    ps = list(run.trainer.model.parameters())
-    return {"trainable_params": int(sum(p.numel() for p in ps if p.requires_grad)),
-            "params": int(sum(p.numel() for p in ps))}
+def tracked_table(result: TrackResult) -> pd.DataFrame:
+    """The readings at the tracked layer, one row per checkpoint."""
+    cols = ["checkpoint", "step", "alignment", "projection", "drift_norm", "relative_projection", "above"]
+    return pd.DataFrame(result.records(result.layer))[cols].set_index("checkpoint")
 
 
-def harm_and_cost(P: Params, ck: Checkpoints, models: dict[str, Path]):
-    """Per model: the checkpoint subject's evaluation -- harmfulness on every probe prompt
-    (refusal-phrase judge, greedy) and the loss per response token on the held-out
-    fine-tuning pairs."""
+def harm_table(res: Result) -> pd.DataFrame:
+    """Per model: harmfulness and held-out loss."""
+    return pd.DataFrame([{"model": k, "harmfulness": v["harmfulness"], "held-out loss": v["heldout_loss"]}
+                         for k, v in res.evaluation.items()]).set_index("model")
 
 
-    given = {"witness": ck.witness, "aligned": ck.aligned, "tokenizer": ck.tokenizer, "prompts": ck.prompts,
-             "finetune_data": ck.finetune_data, "dtype": P.dtype, "max_new_tokens": P.max_new_tokens}
-    subject = from_parameters({k: str(v) if isinstance(v, Path) else v for k, v in given.items()},
-                              split_prompts=False)
-    rows = []
-    for name, path in models.items():
-        e = subject.evaluate(load_model(path, dtype=torch_dtype(P.dtype)))
-        rows.append({"model": name, "harmfulness": e["harmfulness"], "held-out loss": e["task_loss"][TEXT_TASK]})
-    return pd.DataFrame(rows).set_index("model")
+def continuation_table(res: Result) -> pd.DataFrame:
+    """The greedy continuation of the first probe prompt under each model."""
+    return pd.DataFrame({"greedy continuation": res.continuations})
 
 
-def continuations(P: Params, ck: Checkpoints, models: dict[str, Path], text: str):
-    """The greedy continuation of one prompt under each model."""
+def agree(res: Result, tol: float = TRACK_TOL) -> bool:
+    """Whether the tracking stage reproduces the first run's monitor log (alignment within ``tol``)."""
+    return track_diff(compare_track(res.runs[0], res.tracked))["alignment"] < tol
 
-    tok = load_tokenizer(ck.tokenizer)
-    ids = encode_prompts(tok, [text])
-    rows = {name: generate_continuations(load_model(p, dtype=torch_dtype(P.dtype)), tok, ids, P.max_new_tokens)[0]
-            for name, p in models.items()}
-    return pd.DataFrame({"greedy continuation": rows})
+
+# --------------------------------------------------------------------------- metrics and sentences
+
+
+def metrics(res: Result, P: Params) -> dict:
+    """The page's numbers (``metrics.json``): numbers and flags only, no sentences or tables."""
+    dirs, layer = res.directions, res.directions.layer
+    out = {
+        "demo_models": res.checkpoints.demo, "layer": layer, "n_layers": int(dirs.v_rev.shape[0] - 1),
+        "hidden_size": int(dirs.v_rev.shape[1]),
+        "matched_p99": dirs.meta["matched_p99"][layer], "isotropic_p99": dirs.meta["isotropic_p99"],
+        "monitor": {r.name: r.monitor.summary() for r in res.runs},
+        "harmfulness": {k: v["harmfulness"] for k, v in res.evaluation.items()},
+        "heldout_loss": {k: v["heldout_loss"] for k, v in res.evaluation.items()},
+        "lora": None,
+    }
+    if res.lora is not None:
+        compared = compare_track(res.lora, res.lora_tracked)
+        diff = track_diff(compared)
+        out["lora"] = {"rank": P.lora_rank, **res.lora.trainable(), "monitor": res.lora.monitor.summary(),
+                       "adapter_checkpoints": len(compared), "track_max_abs_diff": diff,
+                       "track_tolerance": TRACK_TOL, "track_reproduces_monitor": max(diff.values()) <= TRACK_TOL}
+    return out
+
+
+def sentences(res: Result) -> dict[str, Any]:
+    """The summary's glued values, chosen by the numbers."""
+    out: dict[str, Any] = {"layer": res.directions.layer}
+    mon = res.runs[0].monitor.summary() if res.runs else None
+    if mon is None:
+        out["monitor_sentence"] = "No fine-tuning run was monitored (finetune_steps = 0)."
+        out["track_sentence"] = "No checkpoints were tracked."
+    else:
+        out["monitor_sentence"] = (
+            f"In the monitored fine-tuning run the largest alignment was {mon['max_alignment']:.3f} against "
+            f"a threshold of {mon['threshold']:.3f} ({mon['threshold_source']}); the monitor "
+            + (f"flagged the run at step {mon['flagged_step']}." if mon["flagged"] else "did not flag it."))
+        out["track_sentence"] = "Re-measured from the saved checkpoints, reversion track " + (
+            "reproduces the monitor's numbers." if agree(res) else "does NOT reproduce the monitor's numbers.")
+    if res.lora is None:
+        out["lora_track_sentence"] = out["lora_sentence"] = "No LoRA run was made (lora_rank = 0 or finetune_steps = 0)."
+    else:
+        ls, tr = res.lora.monitor.summary(), res.lora.trainable()
+        said = track_sentence(compare_track(res.lora, res.lora_tracked))
+        out["lora_track_sentence"] = said
+        out["lora_sentence"] = (
+            f"The LoRA run trained {tr['trainable_params']:,} of {tr['params']:,} parameters; its largest alignment "
+            f"was {ls['max_alignment']:.3f} and the monitor "
+            + (f"flagged it at step {ls['flagged_step']}. " if ls["flagged"] else "did not flag it. ") + said)
+    return out
 
 
 def save(P: Params, metrics: dict) -> Path:
     """``results/08_own_checkpoints/metrics.json``."""
-    return write_metrics(STEM, metrics, dataclasses.asdict(P), seeds=[P.seed], code=(__name__,))
+    return write_metrics(STEM, metrics, dataclasses.asdict(P), seeds=[P.seed], code=CODE)

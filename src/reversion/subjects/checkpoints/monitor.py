@@ -32,10 +32,12 @@ appended, flushed and fsynced at once: an interrupted run loses nothing.
 Flagging: when the alignment exceeds ``threshold`` for ``patience`` checks in a row,
 ``monitor.flagged`` becomes True (with ``flagged_step``), a :class:`ReversionWarning`
 is issued once, and with ``stop_on_flag=True`` training stops. The default threshold
-is the matched null's p99 at the layer when the direction file carries it
-(``reversion estimate`` stores ``matched_p99`` per layer), else the isotropic p99 in
-R^d -- which at LLM width is tiny (about 2.33/sqrt(d): 0.036 at d = 4096), so that a
-drift barely off-random already passes it; prefer the matched null or a threshold of
+is the one ``reversion track`` and the book's null test use:
+:func:`reversion.core.drift.threshold`, whose rule is stated in
+:func:`reversion.core.drift.null_threshold` (the stricter of the isotropic p99 and the matched
+null's p99 at the layer, which ``reversion estimate`` stores per layer). Without a matched
+p99 only the isotropic one is left, tiny at LLM width (0.036 at d = 4096): a drift barely
+off-random passes it, so prefer a direction file with its matched null, or a threshold of
 your own.
 
 :class:`ObjectiveMixin` adds the bounded block term of
@@ -111,8 +113,9 @@ class ReversionMonitor(TrainerCallback):
     (:func:`reversion.subjects.checkpoints.textdata.encode_prompts`); ``mu_S``: theta_S's mean activation
     ``[d]`` at the layer or ``[L+1, d]`` (None: computed from the model at train begin);
     ``every``: check every k optimizer steps; ``threshold``: alignment above which a
-    check counts (None: see the module docstring); ``patience``: checks in a row above
-    it before flagging; ``log_path``: ``.csv`` or ``.jsonl`` file appended to;
+    check counts (None: the rule of :func:`reversion.core.drift.null_threshold`, as in
+    ``reversion track``); ``patience``: checks in a row above it before flagging;
+    ``log_path``: ``.csv`` or ``.jsonl`` file appended to;
     ``trainer``: route the values through ``trainer.log`` (or call :meth:`attach`);
     ``stop_on_flag``: stop training once flagged; ``prefix``: of the logged keys.
     """
