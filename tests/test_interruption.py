@@ -346,7 +346,7 @@ def assert_nothing_reads_as_complete_unless_it_is(base: Path, ref: Path) -> Coun
             assert f.read_bytes() == (ref / "results" / STEM / "metrics.json").read_bytes(), \
                 f"{f} differs from the reference's: a partial write?"
         else:
-            assert re.fullmatch(r"\.metrics\.json\.tmp-\d+", f.name), f"unexpected file {f}"
+            assert re.fullmatch(r"build\.json|\.(metrics|build)\.json\.tmp-\d+", f.name), f"unexpected file {f}"
     return done
 
 

@@ -1,7 +1,9 @@
-"""results/<stem>/metrics.json: content, provenance, deterministic bytes, refusal of non-finite."""
+"""results/<stem>/metrics.json: content, provenance, deterministic bytes, refusal of non-finite;
+the git commit and the time of writing in build.json beside it, never in metrics.json."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import torch
 
 from reversion.infra import results
 from reversion.infra.provenance import code_hash
+from reversion.infra.vcs import git_state
 
 
 @pytest.fixture
@@ -35,7 +38,8 @@ def test_writes_metrics_with_parameters_seeds_and_provenance(out):
     assert prov["code_hash"] == code_hash() and len(prov["code_hash"]) == 64
     assert prov["torch_version"] == torch.__version__
     assert {"package_version", "transformers_version", "python_version"} <= set(prov)
-    assert sorted(p.name for p in path.parent.iterdir()) == ["metrics.json"]  # no tmp, no timings
+    # no tmp, no timings; build.json: the commit and the time
+    assert sorted(p.name for p in path.parent.iterdir()) == ["build.json", "metrics.json"]
 
 
 def test_subject_stages_and_code_are_recorded(out):
@@ -99,13 +103,51 @@ def test_non_finite_does_not_replace_an_existing_file(out):
     with pytest.raises(ValueError):
         results.write_metrics("keep", {"x": float("nan")}, PARAMS)
     assert p.read_bytes() == before
-    assert sorted(q.name for q in p.parent.iterdir()) == ["metrics.json"]
+    assert sorted(q.name for q in p.parent.iterdir()) == ["build.json", "metrics.json"]
+
+
+FAKE_A = {"commit": "a" * 40, "dirty": False}
+FAKE_B = {"commit": "b" * 40, "dirty": True}
+
+
+def test_the_commit_goes_to_build_json_and_never_changes_metrics_json(out, monkeypatch):
+    """Same numbers from another commit (or the same one with uncommitted changes) give the
+    same metrics.json bytes -- later chapters re-execute only when those bytes change."""
+    monkeypatch.setattr(results, "git_state", lambda: dict(FAKE_A))
+    p = results.write_metrics("g", METRICS, PARAMS, seeds=[0], timings={"seconds": 1.0})
+    first = p.read_bytes()
+    build = json.loads((out / "g" / "build.json").read_text())
+    assert build["commit"] == FAKE_A["commit"] and build["dirty"] is False
+    assert build["metrics_sha256"] == hashlib.sha256(first).hexdigest()
+    assert build["written_utc"].endswith("Z")
+
+    monkeypatch.setattr(results, "git_state", lambda: dict(FAKE_B))
+    results.write_metrics("g", METRICS, PARAMS, seeds=[0], timings={"seconds": 2.0})
+    assert p.read_bytes() == first
+    assert "a" * 12 not in first.decode() and "dirty" not in first.decode()
+    build = json.loads((out / "g" / "build.json").read_text())
+    assert build["commit"] == FAKE_B["commit"] and build["dirty"] is True
+    assert sorted(q.name for q in p.parent.iterdir()) == ["build.json", "metrics.json", "timings.json"]
+
+
+def test_build_json_holds_the_checkout_commit(out):
+    p = results.write_metrics("c", METRICS, PARAMS)
+    build = json.loads((p.parent / "build.json").read_text())
+    assert {k: build[k] for k in ("commit", "dirty")} == git_state()  # None outside a git checkout
+    assert set(build) == {"commit", "dirty", "written_utc", "metrics_sha256"}
+
+
+def test_outside_git_build_json_says_unknown(out, monkeypatch):
+    monkeypatch.setattr(results, "git_state", lambda: {"commit": None, "dirty": None})
+    p = results.write_metrics("n", METRICS, PARAMS)
+    build = json.loads((p.parent / "build.json").read_text())
+    assert build["commit"] is None and build["dirty"] is None
 
 
 def test_non_finite_timings_write_nothing(out):
     with pytest.raises(ValueError, match="non-finite"):
         results.write_metrics("tm", METRICS, PARAMS, timings={"seconds": float("nan")})
-    assert not (out / "tm" / "metrics.json").exists()
+    assert not (out / "tm" / "metrics.json").exists() and not (out / "tm" / "build.json").exists()
 
 
 def test_numpy_values_are_serialised(out):

@@ -33,6 +33,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import yaml
 
+from reversion.book.nb import DOWNLOADS_SUFFIX, PAGE_ENV
 from reversion.infra import paths
 from reversion.infra.paths import project_root
 from reversion.infra.provenance import (
@@ -312,18 +313,32 @@ def _execute_one(
 
 
 @contextlib.contextmanager
-def _recording_reads(path: Path):
-    """Point :data:`reversion.infra.results.READS_ENV` at ``path`` (emptied) while a notebook runs."""
-    path.write_text("")
-    before = os.environ.get(READS_ENV)
-    os.environ[READS_ENV] = str(path)
+def _environment(**values: str):
+    """Set environment variables while a notebook runs (its kernel inherits them), then restore."""
+    before = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
     try:
         yield
     finally:
-        if before is None:
-            os.environ.pop(READS_ENV, None)
-        else:
-            os.environ[READS_ENV] = before
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _recording_reads(path: Path, page: Path):
+    """While a notebook runs: :data:`reversion.infra.results.READS_ENV` at ``path`` (emptied),
+    so its kernel records the chapters it reads, and :data:`reversion.book.nb.PAGE_ENV` at the
+    executed page (without suffix), beside which it saves its downloads."""
+    path.write_text("")
+    return _environment(**{READS_ENV: str(path), PAGE_ENV: str(page.with_suffix("").resolve())})
+
+
+def _downloads_missing(target: Path) -> bool:
+    """An executed page links downloads that are no longer beside it (the folder was deleted)."""
+    folder = target.with_name(target.stem + DOWNLOADS_SUFFIX)
+    return not folder.is_dir() and folder.name in target.read_text()
 
 
 def execute_notebooks(
@@ -389,7 +404,7 @@ def execute_notebooks(
         stamp_file, reads_file = _stamp_path(out_dir, stem), _reads_path(out_dir, stem)
         # after the chapters it reads have run: their results are the ones it would read now
         stamp = notebook_stamp(source, params, _recorded_reads(reads_file))
-        if not force and target.is_file() and _read_stamp(stamp_file) == stamp:
+        if not force and target.is_file() and _read_stamp(stamp_file) == stamp and not _downloads_missing(target):
             runs.append(NotebookRun(stem, False, 0.0, target))
             say(f"[book] {stem}: up to date")
             continue
@@ -401,7 +416,7 @@ def execute_notebooks(
         reads_file.unlink(missing_ok=True)
         t0 = time.perf_counter()
         try:
-            with _recording_reads(reads_file):  # the kernel inherits the variable
+            with _recording_reads(reads_file, target):
                 n_removed = _execute_one(source, target, params, cwd, log_dir)
         except BaseException:
             target.unlink(missing_ok=True)

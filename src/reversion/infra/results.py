@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 
 from reversion.infra import paths
-from reversion.infra.provenance import git_state, provenance
+from reversion.infra.provenance import provenance
+from reversion.infra.vcs import git_state
 
 
 def _clean(x: Any) -> Any:

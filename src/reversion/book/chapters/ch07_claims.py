@@ -11,8 +11,9 @@ import pandas as pd
 
 from reversion.analysis import claims
 from reversion.analysis.verdicts import ClaimVerdict
-from reversion.infra.results import read_metrics
+from reversion.infra.results import read_metrics, write_metrics
 
+STEM = "07_claims"
 TITLES = {"01_training_history": "Training history", "02_vrev_estimation": "v_rev", "03_alignment": "Alignment",
           "04_null_test": "Null test", "05_which_past": "Which past?", "06_interventions": "Interventions"}
 
@@ -30,6 +31,16 @@ def run() -> Result:
     claims.check_consistent(docs)
     rows = claims.evaluate({k: d["metrics"] for k, d in docs.items()})
     return Result(rows, claims.counts(rows))
+
+
+def save(res: Result) -> dict:
+    """``results/07_claims/metrics.json``: every claim's verdict, the measure it reads, its n and
+    the evidence its rule read (numbers and the verdicts of the findings it rests on), and the counts."""
+    m = {"claims": {r.id: {"verdict": r.verdict, "measure": r.measure, "n": r.n, "chapter": r.chapter,
+                           "evidence": r.evidence} for r in res.rows},
+         "counts": res.counts}
+    write_metrics(STEM, m, {}, code=(__name__,))
+    return m
 
 
 def fmt(a, digits: int = 3) -> str:

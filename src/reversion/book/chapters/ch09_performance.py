@@ -14,6 +14,9 @@ import pandas as pd
 
 from reversion.benchmark import TARGETS
 from reversion.infra.paths import resolve
+from reversion.infra.results import write_metrics
+
+STEM = "09_performance"
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,14 @@ LABELS = {
     "book_warm_seconds": ("whole book, nothing changed", "seconds"),
     "book_peak_memory_gib": ("peak memory of the book build", "GiB"),
 }
+
+
+def save(P: Params, res: dict) -> dict:
+    """``results/09_performance/metrics.json``: each target's measured value and whether it is met
+    (the numbers this page shows, from the benchmark file)."""
+    m = {k: {"value": v, "met": met(k, v)} for k, v in measurements(res).items()}
+    write_metrics(STEM, m, {"benchmark_file": P.benchmark_file}, code=(__name__,))
+    return m
 
 
 def met(key: str, value: float | None) -> bool | None:
