@@ -245,7 +245,7 @@ def chapter02(s: dict) -> dict:
     row = {"layer": 0, "displacement": 0.1, "relative displacement": 0.2, "stability mean": 0.9,
            "stability std": 0.01, "cos(v_rev, v_P)": 0.5, "cos(v_rev, r_S)": 0.4}
     return {
-        "layer": LAYER, "layer_reason": "layer 1: largest relative displacement", "width": WIDTH,
+        "layer": LAYER, "width": WIDTH,
         "stability": stats.aggregate([0.95, 0.96, 0.97]),
         "stability_by_n_probes": {"4": stats.aggregate([0.6, 0.7]), "8": stats.aggregate([0.8, 0.9])},
         "displacement_norm": 0.3, "relative_displacement": 0.5, "cos_v_rev_v_P": 0.6, "cos_v_rev_r_S": 0.2,

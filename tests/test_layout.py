@@ -199,3 +199,15 @@ def test_what_the_interventions_chapter_computes_is_four_files_below_its_page():
     assert len(got) <= 4, sorted(got)
     assert got == {"reversion.analysis.arms", "reversion.analysis.arm_runs", "reversion.analysis.verdicts",
                    "reversion.core.stats"}
+
+
+def test_no_module_name_is_used_twice_across_layers():
+    """A module's name says which one it is: no two layers hold a module of the same name (the
+    two subjects' ``subject`` modules share a layer and a role)."""
+    layers_of: dict[str, set[int]] = {}
+    for m in modules():
+        name = m.split(".")[-1]
+        if name not in ("reversion", "__main__") and layer(m) is not None:
+            layers_of.setdefault(name, set()).add(layer(m))
+    twice = {n: sorted(ls) for n, ls in layers_of.items() if len(ls) > 1}
+    assert not twice, twice

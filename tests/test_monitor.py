@@ -1,4 +1,4 @@
-"""ReversionMonitor inside a real transformers.Trainer run, and BlockTrainer (reversion.subjects.checkpoints.monitor)."""
+"""ReversionMonitor inside a real transformers.Trainer run, and BlockTrainer (reversion.subjects.checkpoints.trainer_hooks)."""
 
 from __future__ import annotations
 
@@ -15,10 +15,11 @@ from reversion.cli import main
 from reversion.core import stats
 from reversion.core.activations import mean_activations
 from reversion.core.directions import Directions
+from reversion.analysis import chance
 from reversion.core.drift import alignment, null_threshold, read_drift, threshold
 from reversion.core.models import load_model
 from reversion.stages.track import track
-from reversion.subjects.checkpoints.monitor import (
+from reversion.subjects.checkpoints.trainer_hooks import (
     BlockTrainer, ObjectiveMixin, ReversionMonitor, ReversionWarning, block_term, reference_mean,
 )
 from reversion.subjects.checkpoints.reader import CheckpointReader
@@ -178,13 +179,15 @@ def with_matched(dirs: Directions, value: float) -> Directions:
 @pytest.mark.parametrize("side", ["below", "above"])
 def test_monitor_and_track_apply_the_one_threshold_rule(planted, tmp_path, side):
     """A matched p99 planted below the isotropic one does not lower the bar; one above it is the
-    bar: the monitor and the tracking stage both give :func:`null_threshold`'s value and source."""
+    bar: the book's Null test (:func:`reversion.analysis.chance.stricter_p99`), the monitor and
+    the tracking stage all give :func:`null_threshold`'s value."""
     dirs = planted["dirs"]
     d = dirs.v_rev.shape[1]
     iso = stats.isotropic_cos_quantile(d, 0.99)
     matched = 0.5 * iso if side == "below" else (1 + iso) / 2
     want = null_threshold(d, matched)
     assert want == ((iso, "isotropic p99") if side == "below" else (matched, "matched null p99"))
+    assert chance.stricter_p99({"isotropic": iso, "matched": matched}, d) == want[0]  # the book
     planted_dirs = with_matched(dirs, matched)
     mon = ReversionMonitor(planted_dirs, planted["probes"], pad_id=pad_id_of(planted["tok"]))
     assert (mon.threshold, mon.threshold_source) == want
@@ -199,7 +202,7 @@ def test_monitor_and_track_apply_the_one_threshold_rule(planted, tmp_path, side)
 def test_the_short_import_path_exposes_the_same_objects():
     import reversion.monitor as public
     from reversion.stages import track as stage
-    from reversion.subjects.checkpoints import monitor as impl
+    from reversion.subjects.checkpoints import trainer_hooks as impl
 
     for name in ("ReversionMonitor", "ObjectiveMixin", "BlockTrainer", "block_term", "ReversionWarning"):
         assert getattr(public, name) is getattr(impl, name), name

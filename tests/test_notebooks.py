@@ -173,3 +173,32 @@ def test_notebook_executes_and_revalidates(notebook, tmp_path, monkeypatch, run_
         f"smoke parameters {params}):\n{proc.stdout[-20000:]}"
     )
     assert " passed" in proc.stdout, f"nbval ran no cell of {notebook.name}:\n{proc.stdout}"
+
+
+def _strings(x, path="") -> list[tuple[str, str]]:
+    if isinstance(x, dict):
+        return [s for k, v in x.items() for s in _strings(v, f"{path}.{k}")]
+    if isinstance(x, list):
+        return [s for i, v in enumerate(x) for s in _strings(v, f"{path}[{i}]")]
+    return [(path, x)] if isinstance(x, str) else []
+
+
+SENTENCE_WORDS = 6
+"""A string with this many words is prose (a name, a label, a verdict word has fewer)."""
+
+
+def test_metrics_hold_numbers_not_sentences(run_dirs):
+    """Every ``metrics.json`` the notebooks above wrote (run them first: this test reads the
+    papermill runs' results) holds numbers and short labels, never a sentence or a rendered
+    table: prose and tables are made from the numbers when a page renders."""
+    import json
+
+    results = run_dirs["papermill"]["REVERSION_RESULTS"]
+    files = sorted(results.glob("*/metrics.json"))
+    if not files:
+        pytest.skip("no notebook ran in this session (run the notebook tests with this one)")
+    prose = [(f.parent.name, p, s) for f in files for p, s in _strings(json.loads(f.read_text())["metrics"])
+             if len(s.split()) >= SENTENCE_WORDS]
+    assert not prose, prose[:5]
+    assert [p for p, s in _strings({"a": ["a rendered sentence with many words in it", "label"]})
+            if len(s.split()) >= SENTENCE_WORDS] == ["a[0]"]  # the check can fail

@@ -1,4 +1,4 @@
-"""The block objective and the monitor in users' own trainers (reversion.subjects.checkpoints.monitor).
+"""The block objective and the monitor in users' own trainers (reversion.subjects.checkpoints.trainer_hooks).
 
 :class:`ObjectiveMixin` on ``transformers.Trainer`` (``BlockTrainer``) and on trl's
 ``SFTTrainer``: with gradient accumulation the term counts once per optimizer step, checked
@@ -26,7 +26,7 @@ from reversion.core.directions import Directions
 from reversion.core.interventions import Block
 from reversion.core.models import load_model
 from reversion.subjects.checkpoints.files import is_adapter
-from reversion.subjects.checkpoints.monitor import BlockTrainer, ShardedTerm, block_term
+from reversion.subjects.checkpoints.trainer_hooks import BlockTrainer, ShardedTerm, block_term
 from reversion.subjects.checkpoints.textdata import (
     PairCollator, encode_pairs, encode_prompts, load_tokenizer, pad_id_of, read_pairs, read_prompts,
 )

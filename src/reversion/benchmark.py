@@ -20,7 +20,7 @@ Measured:
   and 60 s), and the peak memory of the build's process tree (target: 2 GiB);
 * how step and tracking time grow with model width and number of probes;
 * a LoRA (peft) fine-tuning step of a small random GPT-2 inside a ``transformers.Trainer``, with
-  and without a :class:`~reversion.subjects.checkpoints.monitor.ReversionMonitor` check, the
+  and without a :class:`~reversion.subjects.checkpoints.trainer_hooks.ReversionMonitor` check, the
   check against its floor: a plain no-grad forward of the same probes through the same model
   (target: at most 1.2 times it), and both against their matrix FLOPs at the machine's rate.
 
@@ -69,7 +69,7 @@ from reversion.infra.runtime import set_cpu_threads
 from reversion.stages import finetune as ftm
 from reversion.stages.finetune import _collated
 from reversion.subjects.base import Prompts
-from reversion.subjects.checkpoints.monitor import ReversionMonitor
+from reversion.subjects.checkpoints.trainer_hooks import ReversionMonitor
 from reversion.subjects.checkpoints.textdata import PairCollator
 from reversion.subjects.organism.language import PAD, Language
 from reversion.subjects.organism.model import build_model
@@ -150,7 +150,7 @@ class _Loop:
 
 
 def chosen_layer(world: World, world_name: str) -> int:
-    """Chapter 02's chosen layer when its results are of this world (the organism, not a
+    """The v_rev chapter's chosen layer when its results are of this world (the organism, not a
     user's checkpoints, and no world overrides), else L - 1."""
     L = world.history.model.n_layer
     f = paths.results_dir() / "02_vrev_estimation" / "metrics.json"
@@ -631,7 +631,8 @@ _EXECUTED = re.compile(r"\[book\]\s+(\d\d[a-z]?_\w+):?\s+executed in\s+([\d.]+) 
 
 
 def notebook_seconds(log: str) -> dict[str, float]:
-    """Each executed notebook's seconds, from the book executor's log (stems like ``04b_name`` too)."""
+    """Each executed notebook's seconds, from the book executor's log (a stem is two digits, an
+    optional letter and a name)."""
     return {m[1]: float(m[2]) for m in _EXECUTED.finditer(log)}
 
 

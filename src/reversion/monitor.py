@@ -16,7 +16,7 @@
   after the fact, read through a :class:`CheckpointReader`; it is what ``reversion track``
   runs and returns a :class:`TrackResult`.
 
-The objects are those of :mod:`reversion.subjects.checkpoints.monitor`,
+The objects are those of :mod:`reversion.subjects.checkpoints.trainer_hooks`,
 :mod:`reversion.subjects.checkpoints.reader` and :mod:`reversion.stages.track`, where they are
 documented; this module only gives them a short import path.
 """
@@ -24,7 +24,7 @@ documented; this module only gives them a short import path.
 from __future__ import annotations
 
 from reversion.stages.track import TrackResult, track
-from reversion.subjects.checkpoints.monitor import (
+from reversion.subjects.checkpoints.trainer_hooks import (
     BlockTrainer,
     ObjectiveMixin,
     ReversionMonitor,

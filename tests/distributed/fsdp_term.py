@@ -30,8 +30,8 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from reversion.core.interventions import Oppose
 from reversion.subjects.base import Prompts
-from reversion.subjects.checkpoints import monitor
-from reversion.subjects.checkpoints.monitor import ReversionMonitor, ShardedTerm
+from reversion.subjects.checkpoints import trainer_hooks as monitor
+from reversion.subjects.checkpoints.trainer_hooks import ReversionMonitor, ShardedTerm
 
 STEPS = (1, 2, 3)
 

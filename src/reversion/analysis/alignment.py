@@ -49,7 +49,8 @@ class Result:
 
     @property
     def layer(self) -> int:
-        """History 0's chosen layer (the layer chapters 02, 04 and 05 use)."""
+        """History 0's chosen layer (the layer at which the v_rev, Null test, Which past? and
+        Interventions chapters read history 0)."""
         return self.est.layer
 
     @property

@@ -103,7 +103,7 @@ def analyse(design, world: World, subject: Subject, est: VRevEstimate, runs: lis
     pairs = pd.DataFrame(rows)
     pairs["above isotropic p99"] = pairs["alignment"] > p99["isotropic"]
     pairs["above matched p99"] = pairs["alignment"] > p99["matched"]
-    pairs["above both"] = pairs["alignment"] > threshold(p99, v.shape[0])
+    pairs["above both"] = pairs["alignment"] > stricter_p99(p99, v.shape[0])
     control_cos = np.stack([drift_alignment(c.probe_means, est.directions.v_rev)[steps, layer] for c in controls]) \
         if controls else np.zeros((0, len(steps)))
     return Result(world, est, runs, controls, pairs, nulls, p99, control_cos, steps, subject)
@@ -111,8 +111,8 @@ def analyse(design, world: World, subject: Subject, est: VRevEstimate, runs: lis
 
 def other_histories(design, world: World, steps: list[int], progress: bool = True) -> list[Result]:
     """Histories 1, 2, .. of the organism (none for your checkpoints): each against its own
-    estimate's nulls at its own layer, without control runs. Their estimates and runs are
-    chapters 02-03's and 01's (cache hits)."""
+    estimate's nulls at its own layer, without control runs. Their estimates are the v_rev
+    and Alignment chapters', their runs the Training history chapter's (cache hits)."""
     if design.checkpoints:
         return []
     out = []
@@ -127,14 +127,14 @@ def history_rows(results: list[Result], alpha: float) -> list[dict]:
     """Per history: its layer, threshold (the stricter p99), pairs above it, runs significant."""
     rows = []
     for h, r in enumerate(results):
-        per, thr = per_run_test(r, alpha), threshold(r.p99, r.width)
+        per, thr = per_run_test(r, alpha), stricter_p99(r.p99, r.width)
         rows.append({"history": h, "layer": r.est.layer, "threshold": thr,
                      "pairs above": int((r.pairs["alignment"] > thr).sum()), "pairs": len(r.pairs),
                      "runs significant": int(per["significant"].sum()), "runs": len(per)})
     return rows
 
 
-def threshold(p99: dict, d: int) -> float:
+def stricter_p99(p99: dict, d: int) -> float:
     """What a pair must beat: :func:`reversion.core.drift.null_threshold` of the matched p99 at
     width ``d`` (the stricter of the two nulls)."""
     return null_threshold(d, p99["matched"])[0]
@@ -167,13 +167,13 @@ def metrics(res: Result, alpha: float) -> dict:
     return {
         "layer": res.est.layer, "width": int(res.est.directions.v_rev.shape[1]),
         "null": {"isotropic_p99": res.p99["isotropic"], "isotropic_mc_p99": res.p99["isotropic_mc"],
-                 "matched_p99": res.p99["matched"], "threshold_p99": threshold(res.p99, res.width),
+                 "matched_p99": res.p99["matched"], "threshold_p99": stricter_p99(res.p99, res.width),
                  "threshold_null": "matched" if res.p99["matched"] >= res.p99["isotropic"] else "isotropic",
                  "control_runs_alignment": stats.aggregate(res.control_cos.ravel()),
                  "control_runs_max": float(res.control_cos.max())},
         "pairs": {"n": int(len(res.pairs)), "above_isotropic": int(res.pairs["above isotropic p99"].sum()),
                   "above_matched": int(res.pairs["above matched p99"].sum()),
-                  "above_threshold": int((res.pairs["alignment"] > threshold(res.p99, res.width)).sum()),
+                  "above_threshold": int((res.pairs["alignment"] > stricter_p99(res.p99, res.width)).sum()),
                   "above_control_max": int((res.pairs["alignment"] > res.control_cos.max()).sum()),
                   "steps": res.steps},
         "per_run": {"n": len(runs), "significant": int(runs["significant"].sum()), "alpha": alpha,

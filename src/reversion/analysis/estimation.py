@@ -95,7 +95,7 @@ def metrics(res: Result) -> dict:
     d = res.est.directions
     layer = res.est.layer
     m = {
-        "layer": layer, "layer_reason": d.meta["layer_reason"], "width": int(d.v_rev.shape[1]),
+        "layer": layer, "width": int(d.v_rev.shape[1]),
         "stability": stats.aggregate(res.est.stability[:, layer]),
         "stability_by_n_probes": {str(k): v for k, v in res.by_size.items()},
         "displacement_norm": float(d.displacement_norm[layer]),

@@ -226,7 +226,7 @@ def metrics(res: Result, long_safety_steps: int) -> dict:
     others = [t for t in m0["theta_S"]["task_accuracy"] if t != task]
     ctrl = [r.series("harmfulness") for r in res.control_runs]
 
-    def measure(*keys):
+    def before_after(*keys):
         return {"theta_S": _nested_ck(res, "theta_S", *keys), "finetuned": _nested_at(res, *keys)}
 
     def other_acc(ev):
@@ -239,14 +239,14 @@ def metrics(res: Result, long_safety_steps: int) -> dict:
         "T": T, "n_histories": len(res.histories), "n_seeds": len(res.runs[0]),
         "harmfulness": {"theta_P": _nested_ck(res, "theta_P", "harmfulness"),
                         "theta_H": _nested_ck(res, "theta_H", "harmfulness"),
-                        **measure("harmfulness")},
-        "non_refusal": measure("non_refusal"),
-        "harmful_content": measure("harmful_content"),
-        "exact_match": measure("exact_match"),
+                        **before_after("harmfulness")},
+        "non_refusal": before_after("non_refusal"),
+        "harmful_content": before_after("harmful_content"),
+        "exact_match": before_after("exact_match"),
         "task_split": task_split(res),
         "task_accuracy": {"theta_H": _nested_ck(res, "theta_H", "task_accuracy", task),
-                          **measure("task_accuracy", task)},
-        "task_loss": measure("task_loss", task),
+                          **before_after("task_accuracy", task)},
+        "task_loss": before_after("task_loss", task),
         "other_tasks_accuracy": ({"theta_S": _at_checkpoint(res, "theta_S", other_acc),
                                   "finetuned": _finetuned(res, other_acc)} if others else None),
         # Paired per run: each run's own step-0 evaluation (its history's theta_S).

@@ -163,8 +163,9 @@ def second_subject(checkpoints: dict, main: CheckpointSubject) -> CheckpointSubj
 
 def jobs(world: World, subs: dict[str, Subject]) -> list:
     """Every lineage fine-tuned with the world's seeds, lineage by lineage. The main lineage and
-    the other histories are the runs of chapters 01-04 (every step recorded); the extra lineages
-    are read at steps 0 and T only, so their runs record the drift probes and the judge there alone."""
+    the other histories are the runs of the Training history to Null test chapters (every step
+    recorded); the extra lineages are read at steps 0 and T only, so their runs record the drift
+    probes and the judge there alone."""
     T = world.finetune.steps
     read_at_T = {"eval_steps": (0, T), "track_every": T}
     extra = set(lineages(world)) - {MAIN}
@@ -427,7 +428,7 @@ def residual_measure(res: Result | CheckpointResult) -> dict:
             "verdict": residual_verdict(resid_al, rel, resid[0]["null_p99"])}
 
 
-def measure(res: Result | CheckpointResult) -> dict:
+def measure_pasts(res: Result | CheckpointResult) -> dict:
     """Every number the chapter's verdicts read (your checkpoints: :func:`measure_checkpoints`)."""
     if isinstance(res, CheckpointResult):
         return measure_checkpoints(res)
@@ -527,7 +528,7 @@ def verdict_of(m: dict, kind: str) -> str:
 
 def metrics(res: Result | CheckpointResult) -> dict:
     """Every number of the chapter (``metrics.json``)."""
-    m = measure(res)
+    m = measure_pasts(res)
     if isinstance(res, CheckpointResult):
         second = res.subjects.get(SECOND)
         return {"n": {"histories": 1, "seeds": res.world.n_seeds, "level": "seeds of your checkpoints' lineages",

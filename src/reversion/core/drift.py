@@ -3,7 +3,7 @@
 Drift ``d_t = mean_x h_t(x) - mean_x h_S(x)`` over probe prompts; its *alignment* with a
 direction ``v`` is ``cos(d_t, v)``. One set of functions for every reader: the
 fine-tuning runs of the chapters (:func:`drift_alignment` over a whole trajectory), the
-``reversion track`` stage and the :class:`~reversion.subjects.checkpoints.monitor.ReversionMonitor`
+``reversion track`` stage and the :class:`~reversion.subjects.checkpoints.trainer_hooks.ReversionMonitor`
 (:func:`read_drift` on one mean activation), and the threshold an alignment is compared
 with: :func:`null_threshold` states the rule once (the book's null test, ``track`` and the
 monitor all apply it), :func:`threshold` picks the layer's matched p99 or a given value.
@@ -96,7 +96,7 @@ def threshold(d: int, layer: int, matched_p99: Sequence[float | None] | None = N
     (source ``"given"``), else :func:`null_threshold` of the width ``d`` and the matched p99 at
     ``layer`` when ``matched_p99`` (one entry per layer, None where undefined; ``reversion
     estimate`` stores it in the direction file) holds one. ``reversion track`` and the
-    :class:`~reversion.subjects.checkpoints.monitor.ReversionMonitor` use it."""
+    :class:`~reversion.subjects.checkpoints.trainer_hooks.ReversionMonitor` use it."""
     if given is not None:
         return float(given), "given"
     known = matched_p99 is not None and 0 <= layer < len(matched_p99) and matched_p99[layer] is not None

@@ -21,7 +21,7 @@ changes one thing. The directional terms read ``p_l``, the projection on a direc
   either replacing a share of the benign examples or added to the full benign batch (the
   benign data then equal the baseline's; the extra examples are the extra compute); never
   sees a direction.
-* :class:`AlignmentMix` -- the null control of chapter 04: fine-tune on the alignment
+* :class:`AlignmentMix` -- the null control of the Null test chapter: fine-tune on the alignment
   mix itself (continued safety training) instead of the benign task.
 
 Strengths are comparable across directions through :func:`gradient_norms`: a term's gradient

@@ -7,7 +7,7 @@ harmless prompts). From them: the directions at every layer
 layer and the chosen layer (:func:`~reversion.core.directions.select_layer`). The stage
 stores the directions, the per-prompt activations (for the stability bootstrap and the
 matched null) and the witness's greedy first answer tokens (for the vocabulary readout).
-Chapters 02-05 call it and get the same directions; ``reversion estimate`` runs
+Every chapter that needs v_rev calls it and gets the same directions; ``reversion estimate`` runs
 :func:`measure` on the command line's subject.
 """
 

@@ -6,7 +6,7 @@ direction file's layer (or a given one; optionally every layer), read with
 :func:`reversion.core.drift.read_drift` -- alignment cos(d, v_rev), projection d . v_rev,
 ||d||, and the projection relative to ||mu_H - mu_S|| -- and compared with the threshold of
 :func:`reversion.core.drift.threshold` (the rule is :func:`reversion.core.drift.null_threshold`'s).
-These are the values the :class:`~reversion.subjects.checkpoints.monitor.ReversionMonitor`
+These are the values the :class:`~reversion.subjects.checkpoints.trainer_hooks.ReversionMonitor`
 logs during training, so a checkpoint re-read here agrees with the monitor's log at its step.
 
 Models are read through a :class:`Source` (the stage knows no subject implementation):

@@ -31,7 +31,7 @@ class Params(SubjectParams):
     alpha: float
     """Error rate of the per-run test (Bonferroni over runs)."""
     n_histories: int
-    """Independent histories tested (history 0 in full; the others' pairs and runs, chapter 01's)."""
+    """Independent histories tested (history 0 in full; the others' pairs and runs, those of the Training history chapter)."""
 
     def __post_init__(self) -> None:
         check_int("n_seeds", self.n_seeds, 1)

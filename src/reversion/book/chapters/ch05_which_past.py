@@ -25,7 +25,7 @@ class Params(SubjectParams):
     doses: list
     """Helpful-phase lengths of the dose lineages, fractions of the full phase (a world field)."""
     n_histories: int
-    """Independent histories read by the residual alignment (chapter 01's; your checkpoints are one)."""
+    """Independent histories read by the residual alignment (the Training history chapter's; your checkpoints are one)."""
 
     def __post_init__(self) -> None:
         check_int("n_seeds", self.n_seeds, 2)  # an interval needs two seeds

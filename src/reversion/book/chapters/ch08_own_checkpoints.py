@@ -1,7 +1,7 @@
 """Book page "Run it on your own checkpoints" (``notebooks/08_own_checkpoints.ipynb``).
 
 The page runs the whole text-model workflow -- ``reversion estimate``, the
-:class:`~reversion.subjects.checkpoints.monitor.ReversionMonitor` in a ``transformers.Trainer`` run,
+:class:`~reversion.subjects.checkpoints.trainer_hooks.ReversionMonitor` in a ``transformers.Trainer`` run,
 the tracking stage (``reversion track``, :func:`reversion.stages.track.track`) over the run's
 checkpoints, the same for a LoRA run and its adapter checkpoints, harmfulness and task cost -- on
 checkpoints given as local paths. With the paths left empty it builds **tiny random
@@ -92,7 +92,7 @@ class Params:
     patience: int
     """Checks in a row above the threshold before the monitor flags."""
     block_strength: float
-    """Strength of the one-sided block term (chapter 05) in a second run (0 = skip it)."""
+    """Strength of the one-sided block term (the Interventions chapter) in a second run (0 = skip it)."""
     lora_rank: int
     """Rank of the LoRA adapters of a third run (0 = skip the LoRA section)."""
     lora_learning_rate: float

@@ -38,7 +38,7 @@ class WorldParams:
 
 
 OLD_CHECKPOINT_PARAMETERS = tuple(CHECKPOINT_KEYS)
-"""The parameter names chapters 02-05 took before ``checkpoints`` held them all."""
+"""The parameter names the chapters on your checkpoints took before ``checkpoints`` held them all."""
 
 
 @dataclass(frozen=True, kw_only=True)

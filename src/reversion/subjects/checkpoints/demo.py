@@ -2,7 +2,8 @@
 chat template, trained from scratch on the project's example files in two stages that mimic a
 history (pretrained -> helpful-only witness -> safety-aligned).
 
-They exist to exercise the checkpoint pipeline end to end in seconds (chapter 07, the tests);
+They exist to exercise the checkpoint pipeline end to end in seconds (the book's
+"Your own checkpoints" chapter, the tests);
 their numbers mean nothing about real models.
 """
 

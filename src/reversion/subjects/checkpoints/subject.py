@@ -3,16 +3,16 @@
 A helpful-only witness theta_H and a safety-aligned theta_S given as local Hugging Face
 folders (theta_P optional), a file of harmful probe prompts, optional harmless prompts and
 a benign fine-tuning set: the same stages as the organism run on them
-(:mod:`reversion.stages`). Chapters 02-05 take them as one parameter, ``checkpoints``
-(:data:`CHECKPOINT_KEYS`; :func:`from_parameters`); ``reversion estimate`` and ``track``
-build one from their arguments.
+(:mod:`reversion.stages`). The v_rev, Alignment, Null test, Which past? and Interventions
+chapters take them as one parameter, ``checkpoints`` (:data:`CHECKPOINT_KEYS`;
+:func:`from_parameters`); ``reversion estimate`` and ``track`` build one from their arguments.
 
 How the inputs are used (the organism draws each set from its own split):
 
 * **harmful prompts** (``prompts``): rows 0, 2, 4, ... estimate v_rev (and are the probes
-  the block / push terms look at, and the harmful requests of the rehearsal and of the
-  chapter-04 control); rows 1, 3, 5, ... measure drift and are the held-out prompts judged
-  for harmfulness -- so drift and v_rev share no noise. At least :data:`MIN_PROMPTS`.
+  the block / push terms look at, and the harmful requests of the rehearsal and of the Null
+  test chapter's control runs); rows 1, 3, 5, ... measure drift and are the held-out prompts
+  judged for harmfulness -- so drift and v_rev share no noise. At least :data:`MIN_PROMPTS`.
   (``split_prompts=False``, as on the command line: every row for both.)
 * **benign pairs** (``finetune_data``, JSONL / CSV with ``prompt`` and ``response``): the
   first 75% in file order are trained on (loss on the response only), the rest held out
@@ -78,7 +78,7 @@ __all__ = ["CHECKPOINT_KEYS", "CheckpointSubject", "DEFAULT_REFUSAL", "MIN_PROMP
            "TEXT_TASK", "TextData", "checkpoint_identity", "from_parameters"]
 
 DEFAULT_REFUSAL = "I can't help with that."
-"""Default refusal response of the safety examples (rehearsal, the chapter-04 control)."""
+"""Default refusal response of the safety examples (rehearsal, the Null test chapter's control runs)."""
 MIN_PROMPTS = 8
 """Harmful prompts needed: 4 to estimate v_rev (split-half stability) and 4 to measure drift."""
 TEXT_TASK = "finetune_data"

@@ -1,6 +1,6 @@
 """Text prompts and fine-tuning pairs for real (Hugging Face) checkpoints.
 
-The organism of chapters 01-06 speaks a token language of its own; this module is
+The organism the book's chapters study speaks a token language of its own; this module is
 the bridge to ordinary text models (Llama, Qwen, GPT-2, ...):
 
 * :func:`read_prompts` -- a prompt file: JSONL (one object per line with a

@@ -1,8 +1,8 @@
-"""The model-touching steps of the own-checkpoints walkthrough (book chapter 08, "Your own checkpoints").
+"""The model-touching steps of the own-checkpoints walkthrough (the book's "Your own checkpoints" chapter).
 
 * :func:`finetune` -- fine-tune theta_S with a ``transformers.Trainer`` (all weights, or LoRA
   adapters only; optionally with the one-sided block term), the
-  :class:`~reversion.subjects.checkpoints.monitor.ReversionMonitor` attached and a checkpoint
+  :class:`~reversion.subjects.checkpoints.trainer_hooks.ReversionMonitor` attached and a checkpoint
   saved at every check, so that ``reversion track`` can re-read them;
 * :func:`evaluate` -- harmfulness and held-out loss of checkpoints (the checkpoint subject's
   evaluation);
@@ -31,7 +31,7 @@ from reversion.infra import seeding
 from reversion.infra.checks import check_float, check_int
 from reversion.infra.runtime import set_cpu_threads
 from reversion.subjects.checkpoints.files import torch_dtype
-from reversion.subjects.checkpoints.monitor import BlockTrainer, ReversionMonitor, block_term
+from reversion.subjects.checkpoints.trainer_hooks import BlockTrainer, ReversionMonitor, block_term
 from reversion.subjects.checkpoints.refusal_judge import generate_continuations
 from reversion.subjects.checkpoints.subject import TEXT_TASK, CheckpointSubject
 from reversion.subjects.checkpoints.textdata import (
@@ -109,7 +109,7 @@ def finetune(name: str, *, aligned: Path, tokenizer: Path, directions: Path, pro
     against ``directions`` every ``every`` steps, flags after ``patience`` checks in a row above
     its threshold and logs to ``output_dir/reversion_monitor.csv``; a checkpoint (weights only)
     is saved at every check. ``block_strength > 0`` adds the one-sided block term
-    (:func:`~reversion.subjects.checkpoints.monitor.block_term`, set up on theta_S);
+    (:func:`~reversion.subjects.checkpoints.trainer_hooks.block_term`, set up on theta_S);
     ``lora_rank > 0`` trains LoRA adapters only (:func:`lora_config`), each checkpoint then an
     adapter folder.
     """

@@ -125,7 +125,7 @@ class HistoryConfig:
     """theta_H: the large helpful-only phase: every request answered, harmful ones too."""
     safety: PhaseConfig = field(default_factory=lambda: PhaseConfig(100, 5e-4, 64, 0.5))
     """theta_S: the short, shallow safety alignment: harmful requests -> refusal, benign kept.
-    A longer alignment removes the effect (chapter 01's control)."""
+    A longer alignment removes the effect (the Training history chapter's control)."""
     seed: int = 0
     """Seed of the initialisation and data order of all three phases."""
     n_eval: int = 200
