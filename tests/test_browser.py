@@ -14,9 +14,15 @@ Then every page of ``_toc.yml`` is opened in headless Chromium (``--dump-dom``
 after the page's scripts ran), from a copy of the page that carries a small
 script reporting what the reader's browser saw: images that did not load
 (``naturalWidth`` 0), resources that failed (scripts, style sheets, fonts),
-script errors and whether MathJax finished.  Each page must show every image,
-typeset all its math (no raw TeX, no MathJax error), show no error output (a
-traceback, an exception, stderr) and link only to files (and anchors) that exist.
+script errors, whether MathJax finished, and what is wider than its container.
+Each page must show every image, typeset all its math (no raw TeX, no MathJax
+error), show no error output (a traceback, an exception, stderr), link only to
+files (and anchors) that exist, and fit its content column at a 1300x900 window
+(:data:`LAYOUT_WINDOW`): every table and every cell output (``.cell_output``,
+``div.output`` and their ``pre``), with collapsed ``<details>`` opened, must end
+within its parent's box, and one that is a horizontal scroll container must not
+need to scroll -- a table cut off at the right, or visible only by scrolling, fails.
+Planted pages check that this check flags what it should (no book build needed).
 Two screenshots are kept beside the build, in ``screenshots/`` (copied into
 ``$REVERSION_SCREENSHOT_DIR`` when it is set).
 
@@ -58,6 +64,9 @@ CHROMIUM_FLAGS = [
     "--hide-scrollbars",
     "--mute-audio",
 ]
+#: Window the pages are laid out in (what a laptop reader sees; the content column is
+#: then about 700 px wide beside the two sidebars).
+LAYOUT_WINDOW = "1300,900"
 #: Virtual time a page gets to load and typeset (ms); doubled once on a retry.
 VIRTUAL_TIME_BUDGET_MS = 10_000
 #: Wall-clock limit for one Chromium run (s).
@@ -92,6 +101,51 @@ PROBE_JS = """
   window.addEventListener('unhandledrejection', function (e) {
     scriptErrors.push('unhandled rejection: ' + String(e.reason));
   });
+  // What is wider than it may be: each table (not of a code cell) and each cell output
+  // must end within its parent's box (a cut-off table), and one that is a horizontal
+  // scroll container must not need its scroll bar (a table visible only by scrolling).
+  // Collapsed <details> are opened for the measurement, then closed again.
+  function describe(el) {
+    var name = el.tagName.toLowerCase() + Array.prototype.slice.call(el.classList)
+      .filter(function (c) { return !/^(docutils|container|notranslate)$/.test(c); })
+      .map(function (c) { return '.' + c; }).join('');
+    var section = el.closest('section[id]');
+    return name + (section ? ' in #' + section.id : '');
+  }
+  function layoutOverflow() {
+    var closed = Array.prototype.slice.call(document.querySelectorAll('details:not([open])'));
+    closed.forEach(function (d) { d.open = true; });
+    var found = [];
+    try {
+      var els = document.querySelectorAll('table, .cell_output, div.output, .cell_output pre');
+      Array.prototype.forEach.call(els, function (el) {
+        var parent = el.parentElement;
+        if (!parent || el.closest('.cell_input') || !el.getClientRects().length) { return; }
+        var ox = getComputedStyle(el).overflowX;
+        var scrolls = ox === 'auto' || ox === 'scroll';
+        var r = el.getBoundingClientRect(), p = parent.getBoundingClientRect();
+        var limit = p.left + parent.clientLeft + parent.clientWidth;  // parent's padding box
+        // A scroll container's own box must fit; anything else: its content too.
+        var right = r.left + (scrolls ? r.width : Math.max(r.width, el.scrollWidth));
+        var problem = null;
+        if (right > limit + 1) {
+          problem = 'ends ' + Math.round(right - limit) + ' px past its container (' +
+            Math.round(right - r.left) + ' px wide from ' + Math.round(r.left - p.left) +
+            ' px in, container ' + Math.round(limit - p.left) + ' px)';
+        } else if (scrolls && el.scrollWidth > el.clientWidth + 1) {
+          problem = 'needs a horizontal scroll: content ' + el.scrollWidth + ' px in a ' +
+            el.clientWidth + ' px box';
+        }
+        if (problem) {
+          found.push({element: describe(el), problem: problem,
+                      text: (el.innerText || '').replace(/\\s+/g, ' ').trim().slice(0, 80)});
+        }
+      });
+    } finally {
+      closed.forEach(function (d) { d.open = false; });
+    }
+    return found;
+  }
   function report(extra) {
     var images = Array.prototype.slice.call(document.images);
     var fonts = [];
@@ -108,8 +162,10 @@ PROBE_JS = """
       failed_loads: failedLoads,
       script_errors: scriptErrors,
       failed_fonts: fonts,
-      mathjax_version: (window.MathJax && window.MathJax.version) || null
+      mathjax_version: (window.MathJax && window.MathJax.version) || null,
+      window: [window.innerWidth, window.innerHeight]
     };
+    try { out.overflow = layoutOverflow(); } catch (err) { out.overflow_error = String(err); }
     // What MathJax made of each formula: a TeX error becomes <merror>, and an
     // undefined macro (noundefined extension) red text; keep their TeX source.
     var mj = window.MathJax;
@@ -235,7 +291,7 @@ def _working_tree_files(root: Path) -> list[str]:
         return files
     # Not a git checkout: what the book is built from.
     wanted = ["_config.yml", "_toc.yml", "book", "notebooks", "examples"]
-    skip = {"executed", "_static", ".ipynb_checkpoints", "__pycache__"}
+    skip = {"executed", ".ipynb_checkpoints", "__pycache__"}
     found = []
     for name in wanted:
         path = root / name
@@ -244,7 +300,8 @@ def _working_tree_files(root: Path) -> list[str]:
         elif path.is_dir():
             for sub in path.rglob("*"):
                 rel = sub.relative_to(root)
-                if sub.is_file() and not skip.intersection(rel.parts):
+                # MathJax (ignored by git) is copied on its own; the style sheet is the book's.
+                if sub.is_file() and not skip.intersection(rel.parts) and not rel.is_relative_to(MATHJAX_DIR):
                     found.append(str(rel))
     return found
 
@@ -363,7 +420,7 @@ def render(chromium: str, page: Path, profile: Path) -> tuple[str, dict]:
             proc = run_chromium(
                 chromium,
                 profile,
-                [f"--virtual-time-budget={budget}", "--dump-dom"],
+                [f"--virtual-time-budget={budget}", f"--window-size={LAYOUT_WINDOW}", "--dump-dom"],
                 probed.as_uri(),
             )
             dom = proc.stdout
@@ -413,6 +470,18 @@ _EXCEPTION_LINE = re.compile(
 )
 # TeX left raw: \( or \[ delimiters, or $...$ holding a command, subscript or superscript.
 _RAW_TEX = re.compile(r"\\\(|\\\[|\$[^$\s][^$]{0,200}?[\\_^][^$]{0,200}?\$")
+
+
+def overflow_problems(report: dict) -> list[str]:
+    """The probe's layout findings as readable lines (empty: everything fits)."""
+    window = f"{report['window'][0]} px wide" if report.get("window") else "?"
+    if report.get("overflow_error") or "overflow" not in report:
+        return [f"the layout check failed in the page: {report.get('overflow_error', 'no result')}"]
+    return [
+        f"wider than its container at a {window} window: {f['element']} {f['problem']}; "
+        f"it reads {f['text']!r}"
+        for f in report["overflow"]
+    ]
 
 
 def check_page(page_rel: str, html_root: Path, dom: str, report: dict) -> list[str]:
@@ -478,6 +547,11 @@ def check_page(page_rel: str, html_root: Path, dom: str, report: dict) -> list[s
         if "Traceback (most recent call last)" in text or _EXCEPTION_LINE.search(text):
             line = (_EXCEPTION_LINE.search(text) or re.search("Traceback.*", text)).group(0)
             problems.append(f"exception text in an output: {line.strip()[:200]!r}")
+
+    # Layout: the book's style sheet is there, and nothing is wider than its container.
+    if not soup.find("link", href=re.compile(r"(^|/)_static/reversion\.css(\?|$)")):
+        problems.append("the book's style sheet (_static/reversion.css) is not linked")
+    problems.extend(overflow_problems(report))
 
     # Links: every internal link goes to an existing file (and anchor).
     for a in soup.find_all("a", href=True):
@@ -576,3 +650,146 @@ def test_screenshots(chromium, built_book, tmp_path):
         Path(dest).mkdir(parents=True, exist_ok=True)
         for shot in shots:
             shutil.copy2(shot, Path(dest) / shot.name)
+
+
+# --------------------------------------------------------------------------- layout check
+
+
+#: What the theme does to outputs and <pre> (pydata-sphinx-theme, Bootstrap), so that a
+#: planted page puts its tables in the same kind of box as the book's pages do.
+THEME_LIKE_CSS = """
+body { margin: 0; font: 16px/1.5 sans-serif; }
+main { width: %dpx; margin-left: 40px; }
+div.cell_output { padding-left: 1em; }
+div.cell_output .output { max-width: 100%%; overflow-x: auto; }
+pre { overflow: auto; font-size: .875em; }
+table { margin-left: auto; margin-right: auto; }
+th, td { padding: .5em; }
+"""
+#: About the content column's width at LAYOUT_WINDOW in the built book (a cell output
+#: there is 704 px wide); planted pages use it.
+COLUMN_PX = 700
+
+INTERVAL = "+0.123 [+0.045, +0.201]"
+
+
+def _planted_page(folder: Path, name: str, body: str, stylesheet: bool = False) -> Path:
+    """A page of ``body`` in a content column like the book's, with the book's style
+    sheet when ``stylesheet``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    link = ""
+    if stylesheet:
+        link = f'<link rel="stylesheet" href="{(ROOT / "book" / "_static" / "reversion.css").as_uri()}">'
+    page = folder / f"{name}.html"
+    page.write_text(
+        "<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>planted</title>\n"
+        f"<style>{THEME_LIKE_CSS % COLUMN_PX}</style>{link}</head>\n"
+        f"<body><main>{body}</main></body></html>\n",
+        encoding="utf-8",
+    )
+    return page
+
+
+def _output(section: str, html: str, kind: str = "text_html") -> str:
+    """``html`` as a notebook cell's output (myst-nb's markup) in ``<section id=section>``."""
+    return (
+        f'<section id="{section}"><div class="cell docutils container">'
+        f'<div class="cell_output docutils container"><div class="output {kind}">{html}</div>'
+        f"</div></div></section>"
+    )
+
+
+def _planted_overflow(chromium: str, page: Path, profile: Path) -> list[dict]:
+    _, report = render(chromium, page, profile)
+    assert "overflow" in report, report.get("overflow_error")
+    # The width is what matters (Chromium's viewport is a little shorter than its window).
+    assert report["window"][0] == int(LAYOUT_WINDOW.split(",")[0]), report["window"]
+    return report["overflow"]
+
+
+def _arm_frame(n_columns: int = 8, n_rows: int = 6):
+    """Like chapter 06's arm table: long row labels and an interval in every cell."""
+    import pandas as pd
+
+    rows = {
+        f"projection/random_{i}/layer×3": {f"Δ measure number {j}": INTERVAL for j in range(n_columns)}
+        for i in range(n_rows)
+    }
+    df = pd.DataFrame.from_dict(rows, orient="index")
+    df.index.name = "arm"
+    return df
+
+
+def test_layout_check_flags_what_is_cut_off(chromium, tmp_path):
+    """A planted page: a table wider than the column (inside a scrolling output, as the
+    theme makes it, and in a plain box), a printed line that would need a scroll and a
+    <pre> that runs off the page are all flagged; what fits beside them is not."""
+    wide_row = "".join(f"<td style='white-space:nowrap'>{INTERVAL}</td>" for _ in range(12))
+    wide = f"<table><tr>{wide_row}</tr></table>"
+    fitting = "<table><tr><td>a</td><td>b</td></tr></table>"
+    long_line = "x" * 400
+    body = "".join([
+        _output("scrolled-table", wide),
+        f'<section id="plain-table"><div>{wide}</div></section>',
+        _output("long-line", f"<pre>{long_line}</pre>", kind="stream"),
+        (f'<section id="runaway-pre"><div class="cell_output"><pre style="overflow: visible">'
+         f"{long_line}</pre></div></section>"),
+        _output("hidden", wide.replace("<table>", "<details><summary>more</summary><table>")
+                + "</details>"),
+        _output("fits", fitting + f"<pre>{'short line '}</pre>", kind="text_html"),
+    ])
+    page = _planted_page(tmp_path / "site", "cut_off", body)
+    found = _planted_overflow(chromium, page, tmp_path / "profile")
+    by_where = {}
+    for f in found:
+        by_where.setdefault(f["element"], []).append(f["problem"])
+    assert any(e.startswith("table in #scrolled-table") for e in by_where), by_where
+    assert any(e.startswith("table in #plain-table") for e in by_where), by_where
+    assert any(e.startswith("pre in #long-line") for e in by_where), by_where
+    assert any(e.startswith("pre in #runaway-pre") for e in by_where), by_where
+    assert any(e.startswith("table in #hidden") for e in by_where), by_where  # in closed <details>
+    assert not any(e.endswith("#fits") for e in by_where), by_where
+    table = next(p for e, ps in by_where.items() if e == "table in #scrolled-table" for p in ps)
+    assert re.search(r"ends \d+ px past its container \(\d+ px wide", table), table
+    assert "needs a horizontal scroll" in " ".join(by_where["pre in #long-line"])
+    # The problems read as the page test reports them.
+    lines = overflow_problems({"overflow": found, "window": [1300, 900]})
+    assert all(line.startswith("wider than its container at a 1300 px wide window: ") for line in lines)
+
+
+def test_layout_check_passes_what_fits(chromium, tmp_path):
+    """A planted page whose tables and outputs fit: nothing is flagged."""
+    body = "".join([
+        _output("small-table", "<table><tr><th>arm</th><th>Δ</th></tr><tr><td>x</td>"
+                               f"<td>{INTERVAL}</td></tr></table>"),
+        _output("text", "<pre>a short printed line</pre>", kind="stream"),
+        "<table><tr><td>a markdown table</td></tr></table>",
+    ])
+    page = _planted_page(tmp_path / "site", "fits", body)
+    assert _planted_overflow(chromium, page, tmp_path / "profile") == []
+
+
+def test_stylesheet_fits_pandas_tables(chromium, tmp_path):
+    """With ``reversion.css``, what overflowed the column fits: a plain pandas table of nine
+    interval columns with long row labels, the same through ``display.table`` (verdict labels,
+    ``wide``), and a long printed line."""
+    from reversion.book import display
+
+    arms = _arm_frame()
+    claims = arms.iloc[:, :3].assign(verdict=list(display.VERDICT_CLASSES) + ["consistent"])
+    outcomes = _arm_frame(11).set_axis([f"outcome_measure_{j}" for j in range(11)], axis=1)
+    printed = "• " + " ".join(["v_rev lowers harmfulness against the baseline", INTERVAL] * 8)
+    body = "".join([
+        _output("plain-pandas", arms.to_html()),
+        _output("display-table", display.table(claims).to_html()),
+        _output("display-wide", display.table(_arm_frame(10), wide=True).to_html()),
+        _output("snake-case", outcomes.map(lambda _: "0.123").to_html()),
+        _output("printed", f"<pre>{printed}</pre>", kind="stream"),
+    ])
+    unstyled = _planted_page(tmp_path / "site", "without_css", body)
+    styled = _planted_page(tmp_path / "site", "with_css", body, stylesheet=True)
+    # Without the style sheet these overflow: the check has something to catch.
+    before = {f["element"].split(" in #")[-1] for f in _planted_overflow(chromium, unstyled, tmp_path / "p1")}
+    assert {"plain-pandas", "display-wide", "printed"} <= before, before
+    found = _planted_overflow(chromium, styled, tmp_path / "p2")
+    assert found == [], "\n".join(overflow_problems({"overflow": found, "window": [1300, 900]}))
