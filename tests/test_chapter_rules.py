@@ -82,10 +82,10 @@ def test_null_threshold_is_the_stricter_null_and_the_sentence_says_which():
 
     iso = isotropic_cos_quantile(64, 0.99)  # about 0.29 at width 64
     wide = {"isotropic": iso, "matched": 0.45}
-    assert chance.threshold(wide, 64) == 0.45
+    assert chance.stricter_p99(wide, 64) == 0.45
     assert "matched null is the threshold" in ch04.null_sentence(wide)
     narrow = {"isotropic": iso, "matched": 0.20}
-    assert chance.threshold(narrow, 64) == iso  # a matched null below the isotropic one does not lower the bar
+    assert chance.stricter_p99(narrow, 64) == iso  # a matched null below the isotropic one does not lower the bar
     assert "isotropic null is the threshold" in ch04.null_sentence(narrow)
     assert "nearly agree" in ch04.null_sentence({"isotropic": 0.29, "matched": 0.30})
 
