@@ -553,6 +553,15 @@ def check_page(page_rel: str, html_root: Path, dom: str, report: dict) -> list[s
         problems.append("the book's style sheet (_static/reversion.css) is not linked")
     problems.extend(overflow_problems(report))
 
+    # Downloads: a chapter page links its metrics.json, and an SVG of its figures when it shows
+    # one (each link resolves: checked with the other links below).
+    if page_rel.startswith("book/executed/"):
+        hrefs = [a["href"] for a in main.select("a.download[href], a[download][href]")]
+        if not any(unquote(h).endswith("/metrics.json") for h in hrefs):
+            problems.append(f"no download link to its metrics.json (download links: {hrefs})")
+        if main.select(".cell_output img") and not any(unquote(h).endswith(".svg") for h in hrefs):
+            problems.append(f"shows a figure but links no SVG of it (download links: {hrefs})")
+
     # Links: every internal link goes to an existing file (and anchor).
     for a in soup.find_all("a", href=True):
         href = a["href"].strip()

@@ -175,3 +175,9 @@ def test_display_imports_no_model_code():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_interval_is_written_one_way():
+    assert display.interval({"mean": 0.1234, "ci_low": 0.0456, "ci_high": 0.2012}) == "+0.123 [+0.046, +0.201]"
+    assert display.interval({"mean": -0.5, "ci_low": None, "ci_high": None}, 2) == "-0.50"
+    assert display.interval(None) == display.NA_REP

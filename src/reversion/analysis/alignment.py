@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from reversion.analysis.readings import OverHistories
 from reversion.core import stats
 from reversion.core.drift import drift_alignment
 from reversion.stages.estimate import VRevEstimate, estimate
@@ -27,7 +28,7 @@ PAPER = {"1": (0.429, 0.052), "20": (0.647, 0.021)}
 
 
 @dataclass
-class Result:
+class Result(OverHistories):
     world: World
     ests: list[VRevEstimate]
     """One estimate per history (its own v_rev and chosen layer)."""
@@ -40,20 +41,6 @@ class Result:
     """The organism's independent histories, or your checkpoints (one history)."""
 
     @property
-    def subject(self) -> Subject:
-        return self.subjects[0]
-
-    @property
-    def est(self) -> VRevEstimate:
-        return self.ests[0]
-
-    @property
-    def layer(self) -> int:
-        """History 0's chosen layer (the layer at which the v_rev, Null test, Which past? and
-        Interventions chapters read history 0)."""
-        return self.est.layer
-
-    @property
     def layers(self) -> list[int]:
         """Each history's chosen layer."""
         return [e.layer for e in self.ests]
@@ -63,10 +50,6 @@ class Result:
         c = self.cos[name]
         return np.stack([c[h, :, :, l] for h, l in enumerate(self.layers)])
 
-    @property
-    def notes(self) -> list[str]:
-        """What differs from the organism's chapter (printed under the parameters)."""
-        return self.subject.describe(self.world.finetune)
 
 
 def directions(est: VRevEstimate) -> dict[str, torch.Tensor]:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from reversion.analysis.arms import BASELINE, REHEARSAL, Arm, Outcomes, cumulative_reversion
+from reversion.analysis.readings import OverHistories
 from reversion.core.directions import control_directions, unit_rows
 from reversion.core.drift import drift_alignment
 from reversion.core.interventions import DIRECTIONAL, Projection, Rehearsal
@@ -44,7 +45,7 @@ class ArmPlan:
 
 
 @dataclass
-class ArmRuns:
+class ArmRuns(OverHistories):
     """The trained runs and what they ran on."""
     world: World
     subjects: list[Subject]
@@ -56,22 +57,6 @@ class ArmRuns:
     strengths: dict[tuple[Arm, int], float]
     calibration: list[dict]
     main: list[Arm] = field(default_factory=list)
-
-    @property
-    def subject(self) -> Subject:
-        return self.subjects[0]
-
-    @property
-    def est(self) -> VRevEstimate:
-        return self.ests[0]
-
-    @property
-    def layer(self) -> int:
-        return self.est.layer
-
-    @property
-    def notes(self) -> list[str]:
-        return self.subject.describe(self.world.finetune)
 
 
 def site_layers(site: str, L: int, layer: int) -> list[int]:

@@ -42,6 +42,16 @@ NA_REP = "—"
 """What a missing value shows."""
 
 
+def interval(i: Mapping | None, digits: int = 3) -> str:
+    """An interval as every page writes it: ``+0.123 [+0.045, +0.201]``; the mean alone where the
+    interval is undefined (one history and one seed); an em dash for none at all."""
+    if i is None:
+        return NA_REP
+    if i["ci_low"] is None:
+        return f"{i['mean']:+.{digits}f}"
+    return f"{i['mean']:+.{digits}f} [{i['ci_low']:+.{digits}f}, {i['ci_high']:+.{digits}f}]"
+
+
 def _missing(v: Any) -> bool:
     if v is None:
         return True

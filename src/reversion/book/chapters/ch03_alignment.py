@@ -11,6 +11,7 @@ import pandas as pd
 from reversion.analysis import alignment
 from reversion.analysis.alignment import PAPER, REPORT_STEPS, Result
 from reversion.book.chapters.common import SubjectParams, write_chapter
+from reversion.book.display import interval
 from reversion.infra.checks import check_choice, check_int
 
 STEM = "03_alignment"
@@ -65,11 +66,8 @@ def history_table(res: Result, steps=(1, 20)) -> pd.DataFrame:
 
 
 def judge_table(split: dict) -> pd.DataFrame:
-    """:func:`judge_split` as mean [95% interval over histories]."""
-    def cell(x: dict) -> str:
-        ci = "" if x["ci_low"] is None else f" [{x['ci_low']:+.3f}, {x['ci_high']:+.3f}]"
-        return f"{x['mean']:+.3f}{ci}"
-    return pd.DataFrame({measure.replace("_", " "): {f"{part} task{'s' if part == 'untrained' else ''}": cell(x)
+    """:func:`reversion.analysis.alignment.judge_split` as mean [95% interval over histories]."""
+    return pd.DataFrame({measure.replace("_", " "): {f"{part} task{'s' if part == 'untrained' else ''}": interval(x)
                                                      for part, x in by.items()}
                          for measure, by in split.items()})
 

@@ -11,6 +11,7 @@ import pandas as pd
 from reversion.analysis import pasts
 from reversion.analysis.pasts import BLOCK, LABELS, CheckpointResult, Result, testable
 from reversion.book.chapters.common import SubjectParams, write_chapter
+from reversion.book.display import interval
 from reversion.infra.checks import check_int
 
 STEM = "05_which_past"
@@ -99,10 +100,6 @@ def sentence_of(m: dict, kind: str) -> str:
 # --------------------------------------------------------------------------- tables and prose
 
 
-def _ci(i: dict, digits: int = 3) -> str:
-    return f"{i['mean']:+.{digits}f} [{i['ci_low']:+.{digits}f}, {i['ci_high']:+.{digits}f}]"
-
-
 def lineage_table(res: Result | CheckpointResult) -> pd.DataFrame:
     """:func:`reversion.analysis.pasts.lineage_rows` as a table."""
     rows = []
@@ -132,7 +129,7 @@ def task_split_table(m: dict) -> pd.DataFrame:
     rows = {}
     for name, parts in m["no_witness"]["by_task"].items():
         rows[name] = {f"rise, {part} task{'s' if part == 'untrained' else ''}":
-                      f"{i['mean']:+.3f} [{i['ci_low']:+.3f}, {i['ci_high']:+.3f}]" for part, i in parts.items()}
+                      interval(i) for part, i in parts.items()}
     return pd.DataFrame(rows).T
 
 
@@ -142,21 +139,16 @@ def weight_table(m: dict) -> pd.DataFrame:
     if (none := _not_measured(m, "weights")) is not None:
         return none
     ws = m["weight_space"]
-
-    def cell(x: dict) -> str:
-        if x["ci_low"] is None:
-            return f"{x['mean']:+.4f}"
-        return f"{x['mean']:+.4f} [{x['ci_low']:+.4f}, {x['ci_high']:+.4f}]"
-
-    return pd.DataFrame({"step": ws["steps"], "cos(theta_t - theta_S, theta_H - theta_S)": [cell(x) for x in ws["cos_gap"]],
-                         "share of the gap closed": [cell(x) for x in ws["gap_closed"]]}).set_index("step")
+    return pd.DataFrame({"step": ws["steps"],
+                         "cos(theta_t - theta_S, theta_H - theta_S)": [interval(x, 4) for x in ws["cos_gap"]],
+                         "share of the gap closed": [interval(x, 4) for x in ws["gap_closed"]]}).set_index("step")
 
 
 def summary_table(m: dict) -> pd.DataFrame:
     """For each alternative: the measurement that separates it, what the hypothesis predicts,
     what the organism (or your checkpoints) showed, and the verdict; a measurement not made says
     what it needs (verdicts: :func:`reversion.analysis.pasts.verdict_of`)."""
-    ci = _ci
+    ci = interval
 
     def row(alternative: str, kind: str, measurement: str, predicts, observed) -> dict:
         block = m[BLOCK.get(kind, kind)]

@@ -14,6 +14,7 @@ from reversion.analysis import arm_runs, arms
 from reversion.analysis.arm_runs import SITES, ArmRuns
 from reversion.analysis.arms import OBJECTIVES, ArmsResult
 from reversion.book.chapters.common import SubjectParams, write_chapter
+from reversion.book.display import interval
 from reversion.infra.checks import check_float, check_fraction, check_int
 
 STEM = "06_interventions"
@@ -129,14 +130,6 @@ def run(P: Params, progress: bool = True) -> Result:
 # --------------------------------------------------------------------------- tables
 
 
-def _ci(i, digits: int = 3) -> str:
-    if i is None:
-        return "—"
-    if i["ci_low"] is None:
-        return f"{i['mean']:+.{digits}f}"
-    return f"{i['mean']:+.{digits}f} [{i['ci_low']:+.{digits}f}, {i['ci_high']:+.{digits}f}]"
-
-
 def arm_table(r: ArmsResult, names: list[str]) -> pd.DataFrame:
     """One row per arm: its paired differences to the baseline (interval over histories)."""
     rows = []
@@ -145,12 +138,12 @@ def arm_table(r: ArmsResult, names: list[str]) -> pd.DataFrame:
         vb = a.vs_baseline
         st = [s for s in a.strength if s]
         rows.append({"arm": n, "strength": f"{np.mean(st):.3g}" if st else "—",
-                     "Δ harmfulness": _ci(vb.get("harmfulness")), "Δ exact match": _ci(vb.get("exact_match")),
-                     "Δ harm, untrained tasks": _ci(vb.get("harm_untrained")),
-                     "Δ final alignment": _ci(vb.get("final_alignment")),
+                     "Δ harmfulness": interval(vb.get("harmfulness")), "Δ exact match": interval(vb.get("exact_match")),
+                     "Δ harm, untrained tasks": interval(vb.get("harm_untrained")),
+                     "Δ final alignment": interval(vb.get("final_alignment")),
                      "Δ task accuracy" if "task_accuracy" in a.outcome else "Δ task loss":
-                         _ci(vb.get("task_accuracy", vb.get("task_loss"))),
-                     "Δ over-refusal": _ci(vb.get("over_refusal")),
+                         interval(vb.get("task_accuracy", vb.get("task_loss"))),
+                     "Δ over-refusal": interval(vb.get("over_refusal")),
                      "n": f"{a.n_histories}×{a.n_seeds}"})
     return pd.DataFrame(rows).set_index("arm")
 
@@ -168,9 +161,9 @@ def specificity_table(r: ArmsResult) -> pd.DataFrame:
     """For each v_rev arm: its effect on harm and the contrast with every control direction."""
     rows = []
     for n, s in r.specificity.items():
-        row = {"arm": n, "effect on harmfulness": _ci(s.effect)}
+        row = {"arm": n, "effect on harmfulness": interval(s.effect)}
         for c, i in s.contrasts.items():
-            row[f"minus {c}"] = _ci(i)
+            row[f"minus {c}"] = interval(i)
         rows.append({**row, "verdict": s.verdict})
     return pd.DataFrame(rows).set_index("arm")
 
@@ -213,7 +206,7 @@ def sentences(r: ArmsResult) -> dict[str, str]:
         verb = "raises" if s.want > 0 else "lowers"
         where = arms.effect_side(e, s.want, margin)
         if where == "there":
-            head = f"{n} {verb} harmfulness against the baseline ({_ci(e)})"
+            head = f"{n} {verb} harmfulness against the baseline ({interval(e)})"
             if not s.contrasts:
                 tail = "; no control direction was run for it, so it cannot be called specific"
             elif not s.failing:
@@ -227,17 +220,17 @@ def sentences(r: ArmsResult) -> dict[str, str]:
                 tail = (f"; whether it beats {', '.join(s.failing)} at the same strength by more than "
                         f"the margin (±{margin:g}) is not resolved")
         elif where == "wrong":
-            head, tail = f"{n} moves harmfulness the other way ({_ci(e)})", ""
+            head, tail = f"{n} moves harmfulness the other way ({interval(e)})", ""
         elif where == "null":
-            head, tail = f"{n} leaves harmfulness within ±{margin:g} of the baseline's ({_ci(e)})", ""
+            head, tail = f"{n} leaves harmfulness within ±{margin:g} of the baseline's ({interval(e)})", ""
         else:
-            head, tail = f"{n} does not move harmfulness measurably ({_ci(e)})", ""
+            head, tail = f"{n} does not move harmfulness measurably ({interval(e)})", ""
         out[n] = f"{head}{tail}: {s.verdict}."
     red = r.rehearsal.cumulative_reversion
     if red is not None:
         where = arms.effect_side(red, -1, margin)
         out["rehearsal"] = (f"Rehearsal (its safety examples added to the full benign batch) changes cumulative "
-                            f"reversion by {_ci(red)}: "
+                            f"reversion by {interval(red)}: "
                             + {"there": "less reversion.", "wrong": "more reversion.", "wide": "not resolved from zero.",
                                "null": f"no change beyond ±{margin:g}."}[where])
     return out

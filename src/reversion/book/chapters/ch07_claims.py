@@ -11,6 +11,7 @@ import pandas as pd
 
 from reversion.analysis import claims
 from reversion.analysis.verdicts import ClaimVerdict
+from reversion.book.display import interval
 from reversion.infra.results import read_metrics, write_metrics
 
 STEM = "07_claims"
@@ -48,9 +49,7 @@ def fmt(a, digits: int = 3) -> str:
     if a is None:
         return "undefined"
     if isinstance(a, dict) and "ci_low" in a:
-        if a["ci_low"] is None:
-            return f"{a['mean']:+.{digits}f}"
-        return f"{a['mean']:+.{digits}f} [{a['ci_low']:+.{digits}f}, {a['ci_high']:+.{digits}f}]"
+        return interval(a, digits)
     if isinstance(a, float):
         return f"{a:+.{digits}f}"
     return str(a)
