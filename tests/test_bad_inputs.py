@@ -63,8 +63,9 @@ from reversion.core.drift import alignment
 from helpers import LAYERS
 
 ROOT = Path(__file__).resolve().parents[1]
-CHAPTERS = {"01_training_history": "training_history", "02_vrev_estimation": "vrev_estimation",
-            "03_alignment": "alignment", "04_null_test": "null_test", "06_interventions": "interventions"}
+CHAPTERS = {stem: f"ch{stem}" for stem in ("01_training_history", "02_vrev_estimation", "03_alignment",
+                                            "04_null_test", "06_interventions")}
+"""Notebook stem -> its page module (``reversion.book.chapters.ch<stem>``)."""
 NAN = float("nan")
 
 

@@ -11,7 +11,7 @@ import pandas as pd
 
 from reversion.analysis import history_rise
 from reversion.analysis.history_rise import Result
-from reversion.book.chapters.common import WorldParams, stage_ids
+from reversion.book.chapters.common import Replication, WorldParams, stage_ids
 from reversion.infra.checks import check_int
 from reversion.infra.results import write_metrics
 from reversion.subjects.organism.language import Language
@@ -21,20 +21,17 @@ STEM = "01_training_history"
 
 
 @dataclass(frozen=True)
-class Params(WorldParams):
-    """Parameters of chapter 01 (the notebook's parameters cell holds their values)."""
+class Params(WorldParams, Replication):
+    """Parameters of "Training history" (the notebook's parameters cell holds their values)."""
 
-    n_seeds: int
-    """Fine-tuning seeds per history (>= 5 for the book)."""
-    n_histories: int
-    """Independent histories (>= 3 for the book): the unit of replication."""
     long_safety_steps: int
     """The control: a longer safety alignment (of history 0), which may remove the effect."""
     n_samples: int
     """Sample generations shown per checkpoint."""
 
     def __post_init__(self) -> None:
-        for name in ("n_seeds", "n_histories", "long_safety_steps", "n_samples"):
+        super().__post_init__()
+        for name in ("long_safety_steps", "n_samples"):
             check_int(name, getattr(self, name), 1)
 
 

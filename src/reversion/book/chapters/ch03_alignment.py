@@ -10,7 +10,7 @@ import pandas as pd
 
 from reversion.analysis import alignment
 from reversion.analysis.alignment import PAPER, REPORT_STEPS, Result
-from reversion.book.chapters.common import SubjectParams, write_chapter
+from reversion.book.chapters.common import Replication, SubjectParams, write_chapter
 from reversion.book.display import interval
 from reversion.infra.checks import check_choice, check_int
 
@@ -18,21 +18,18 @@ STEM = "03_alignment"
 
 
 @dataclass(frozen=True)
-class Params(SubjectParams):
-    """Parameters of chapter 03."""
+class Params(SubjectParams, Replication):
+    """Parameters of "Alignment"."""
 
-    n_seeds: int
-    """Fine-tuning seeds per history (>= 5 for the book)."""
-    n_histories: int
-    """Independent organism histories (>= 3 for the book; your checkpoints are one history)."""
+    MIN_SEEDS = 2  # a spread over one history's seeds needs two
+
     n_probe: int
     """Probe prompts per set (v_rev estimation and drift)."""
     position: str
     """``last`` prompt token or ``mean`` over prompt tokens."""
 
     def __post_init__(self) -> None:
-        check_int("n_seeds", self.n_seeds, 2)  # a spread needs two seeds
-        check_int("n_histories", self.n_histories, 1)
+        super().__post_init__()
         check_int("n_probe", self.n_probe, 4)
         check_choice("position", self.position, ("last", "mean"))
 

@@ -10,18 +10,16 @@ import pandas as pd
 
 from reversion.analysis import chance
 from reversion.analysis.chance import Result
-from reversion.book.chapters.common import SubjectParams, write_chapter
+from reversion.book.chapters.common import Replication, SubjectParams, write_chapter
 from reversion.infra.checks import check_float, check_int
 
 STEM = "04_null_test"
 
 
 @dataclass(frozen=True)
-class Params(SubjectParams):
-    """Parameters of chapter 04."""
+class Params(SubjectParams, Replication):
+    """Parameters of "Null test"."""
 
-    n_seeds: int
-    """Fine-tuning seeds (runs)."""
     n_control_seeds: int
     """Control runs: continued training on the alignment mix from theta_S."""
     pair_steps: list
@@ -30,14 +28,11 @@ class Params(SubjectParams):
     """Random directions drawn for each Monte-Carlo null."""
     alpha: float
     """Error rate of the per-run test (Bonferroni over runs)."""
-    n_histories: int
-    """Independent histories tested (history 0 in full; the others' pairs and runs, those of the Training history chapter)."""
 
     def __post_init__(self) -> None:
-        check_int("n_seeds", self.n_seeds, 1)
+        super().__post_init__()
         check_int("n_control_seeds", self.n_control_seeds, 1)
         check_int("n_null", self.n_null, 1000)  # for a p99
-        check_int("n_histories", self.n_histories, 1)
         check_float("alpha", self.alpha, 0.0, 0.5, lo_open=True, hi_open=True)
         if self.n_null * self.alpha / self.n_seeds < 50:
             raise ValueError(f"n_null={self.n_null} leaves fewer than 50 null draws beyond the "

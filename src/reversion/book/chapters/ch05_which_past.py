@@ -10,27 +10,20 @@ import pandas as pd
 
 from reversion.analysis import pasts
 from reversion.analysis.pasts import BLOCK, LABELS, CheckpointResult, Result, testable
-from reversion.book.chapters.common import SubjectParams, write_chapter
+from reversion.book.chapters.common import Replication, SubjectParams, write_chapter
 from reversion.book.display import interval
-from reversion.infra.checks import check_int
 
 STEM = "05_which_past"
 
 
 @dataclass(frozen=True)
-class Params(SubjectParams):
+class Params(SubjectParams, Replication):
     """Parameters of chapter "Which past?" (``checkpoints``: see :func:`missing` for what runs on them)."""
 
-    n_seeds: int
-    """Fine-tuning seeds per lineage (paired across lineages by seed)."""
+    MIN_SEEDS = 2  # its intervals are over one history's seeds
+
     doses: list
     """Helpful-phase lengths of the dose lineages, fractions of the full phase (a world field)."""
-    n_histories: int
-    """Independent histories read by the residual alignment (the Training history chapter's; your checkpoints are one)."""
-
-    def __post_init__(self) -> None:
-        check_int("n_seeds", self.n_seeds, 2)  # an interval needs two seeds
-        check_int("n_histories", self.n_histories, 1)
 
 
 def run(P: Params, progress: bool = True) -> Result | CheckpointResult:

@@ -13,7 +13,7 @@ import pandas as pd
 from reversion.analysis import arm_runs, arms
 from reversion.analysis.arm_runs import SITES, ArmRuns
 from reversion.analysis.arms import OBJECTIVES, ArmsResult
-from reversion.book.chapters.common import SubjectParams, write_chapter
+from reversion.book.chapters.common import Replication, SubjectParams, write_chapter
 from reversion.book.display import interval
 from reversion.infra.checks import check_float, check_fraction, check_int
 
@@ -21,13 +21,9 @@ STEM = "06_interventions"
 
 
 @dataclass(frozen=True)
-class Params(SubjectParams):
+class Params(SubjectParams, Replication):
     """Parameters of "Interventions"; the multiples, margin and fraction were fixed before any result."""
 
-    n_histories: int
-    """Independent organism histories (checkpoints: one)."""
-    n_seeds: int
-    """Fine-tuning seeds per history of the main comparison (the same seeds in every arm)."""
     multiple: float
     """The pre-registered strength: each term's gradient at theta_S is this multiple of the task's."""
     objectives: list
@@ -63,8 +59,7 @@ class Params(SubjectParams):
     """Drift probes of the baseline and rehearsal runs recorded every this many steps."""
 
     def __post_init__(self) -> None:
-        check_int("n_histories", self.n_histories, 1)
-        check_int("n_seeds", self.n_seeds, 1)
+        super().__post_init__()
         check_float("multiple", self.multiple, 0.0, lo_open=True)
         for name, allowed in (("objectives", OBJECTIVES), ("sites", SITES), ("study_sites", SITES)):
             got = getattr(self, name)

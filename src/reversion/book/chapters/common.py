@@ -7,6 +7,7 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from reversion.infra.checks import check_int
 from reversion.infra.results import write_metrics
 from reversion.subjects.base import Subject, identity
 from reversion.subjects.checkpoints.subject import CHECKPOINT_KEYS, from_parameters
@@ -35,6 +36,24 @@ class WorldParams:
         if "finetune" in top:
             top = {**top, "finetune": {**over.get("finetune", {}), **top["finetune"]}}
         return make_world(self.world, {**over, **top})
+
+
+@dataclass(frozen=True, kw_only=True)
+class Replication:
+    """The replication fields of a chapter's parameters (a mixin with :class:`WorldParams`)."""
+
+    n_histories: int
+    """Independent organism histories: the unit of replication, over which intervals run (your
+    checkpoints are one history)."""
+    n_seeds: int
+    """Fine-tuning seeds per history, averaged within it (the same seeds in every history)."""
+
+    MIN_SEEDS: ClassVar[int] = 1
+    """The fewest seeds the chapter can use (2 where an interval over one history's seeds is read)."""
+
+    def __post_init__(self) -> None:
+        check_int("n_histories", self.n_histories, 1)
+        check_int("n_seeds", self.n_seeds, self.MIN_SEEDS)
 
 
 OLD_CHECKPOINT_PARAMETERS = tuple(CHECKPOINT_KEYS)
