@@ -4,7 +4,7 @@ A copy of the project (``pyproject.toml``, ``src/``, ``notebooks/``, ``benchmark
 ``examples/``) in a temporary folder is built at smoke parameters with
 ``python -m reversion.book --no-build`` (its kernels import the copy's package), then one
 plotting function of the copy is edited and the book rebuilt. The pages that plot with
-:mod:`reversion.book.plots` (chapters 01-05) re-execute; the claims page, which reads
+:mod:`reversion.book.plots` (chapters 01-06) re-execute; the claims page, which reads
 their unchanged metrics, the own-checkpoints page and the performance page do not; and no
 cache entry of a training or estimation stage is added (nothing retrained).
 
@@ -77,10 +77,10 @@ def test_a_plot_edit_reexecutes_only_the_pages_that_plot(built):
     second = _build(project, env)
     reexecuted = sorted(s for s, ran in second.items() if ran)
     assert reexecuted == ["01_training_history", "02_vrev_estimation", "03_alignment", "04_null_test",
-                          "06_interventions"], second
+                          "05_which_past", "06_interventions"], second
     after = _entries(project / ".cache")
     for stage in set(before) | set(after):
-        if stage.startswith("07_"):  # the own-checkpoints page's scratch folder, not a stage
+        if stage.startswith("08_"):  # the own-checkpoints page's scratch folder, not a stage
             continue
         assert after.get(stage, set()) == before.get(stage, set()), f"stage {stage} gained entries: retrained"
     # Unchanged: a third build executes nothing.
