@@ -113,17 +113,17 @@ def test_chapter_runs_on_checkpoints(chapter_runs, demo, stem):
 @pytest.mark.notebooks
 @pytest.mark.slow  # papermill end to end; the stages on the subject: test_checkpoint_subject.py
 def test_claims_refuse_to_mix_subjects_or_estimates(chapter_runs):
-    from reversion.book.chapters.ch07_claims import check_consistent
+    from reversion.analysis.claims import check_consistent
 
-    docs = {k: chapter_runs["docs"][s] for k, s in zip(("02", "03", "04", "05"), CHAPTERS)}
+    docs = {s: chapter_runs["docs"][s] for s in CHAPTERS}
     check_consistent(docs)  # one subject throughout: fine
     mixed = copy.deepcopy(docs)
-    mixed["03"]["subject"] = {"kind": "organism"}  # as an organism run writes it
-    mixed["03"]["stages"]["subject"] = "0" * 24
-    with pytest.raises(ValueError, match=r"different subjects \(\{.*'03': 'organism'"):
+    mixed["03_alignment"]["subject"] = {"kind": "organism"}  # as an organism run writes it
+    mixed["03_alignment"]["stages"]["subject"] = "0" * 24
+    with pytest.raises(ValueError, match=r"different subjects \(\{.*'03_alignment': 'organism'"):
         check_consistent(mixed)
     other = copy.deepcopy(docs)
-    other["04"]["stages"]["estimate"] = "0" * 24
+    other["04_null_test"]["stages"]["estimate"] = "0" * 24
     with pytest.raises(ValueError, match="different v_rev estimates"):
         check_consistent(other)
 
