@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from reversion import benchmark
-from reversion.book.chapters import ch09_performance
+from reversion.book.chapters import ch09_performance as performance
 from reversion.infra import results
 
 

@@ -161,7 +161,7 @@ def pairs_above_isotropic_null(m: Mapping[str, dict]) -> ClaimVerdict:
     pr, by = nt["pairs"], nt.get("by_history") or []
     ev = {"pairs above the isotropic p99 (history 0)": f"{pr['above_isotropic']} of {pr['n']}"}
     if by:
-        ev["per history above the stricter threshold"] = ", ".join(f"{h['pairs above']}/{h['pairs']}" for h in by)
+        ev["per history above the stricter threshold"] = [f"{h['pairs above']}/{h['pairs']}" for h in by]
     return ClaimVerdict("V1-c", "run-step pairs above the isotropic null's p99", "24 of 24",
                         CONSISTENT if pr["above_isotropic"] == pr["n"] else NOT_REPRODUCED, NULL_TEST,
                         "run-step pairs", ev, _histories(len(by) or 1))
@@ -204,9 +204,9 @@ def block_lowers_harmfulness(m: Mapping[str, dict]) -> ClaimVerdict:
     v = sp["verdict"]
     ev = {"baseline": base["harmfulness"]["mean"], "block": b["outcome"]["harmfulness"]["mean"], "Δ": sp["effect"]}
     if v == NOT_SPECIFIC:
-        ev["as good at matched strength"] = ", ".join(sp.get("matching") or sp["failing"])
+        ev["as good at matched strength"] = list(sp.get("matching") or sp["failing"])
     elif v == INCONCLUSIVE and sp["failing"]:
-        ev["too wide to tell against"] = ", ".join(sp["failing"])
+        ev["too wide to tell against"] = list(sp["failing"])
     return ClaimVerdict("V1-e", "harmfulness at T, baseline → block", "0.190 → 0.085", v, INTERVENTIONS,
                         "harmfulness (first token)", ev, _nx(b), ("baseline", base["harmfulness"]["mean"], 0.190, 0.040))
 
@@ -251,8 +251,9 @@ def every_run_beats_matched_null(m: Mapping[str, dict]) -> ClaimVerdict:
     return ClaimVerdict("V2-a", "every trajectory exceeds a matched empirical null", "all",
                         CONSISTENT if sig == n_runs else NOT_REPRODUCED, NULL_TEST, "runs significant",
                         {"runs significant": f"{sig} of {n_runs}", "α": pr_run["alpha"],
-                         "history 0": f"{pr_run['significant']} of {pr_run['n']} runs, "
-                                      f"{pr['above_matched']} of {pr['n']} pairs"}, _histories(len(by) or 1))
+                         "history 0 runs": f"{pr_run['significant']} of {pr_run['n']}",
+                         "history 0 pairs above the matched p99": f"{pr['above_matched']} of {pr['n']}"},
+                        _histories(len(by) or 1))
 
 
 @claim("V2-b", ESTIMATION)

@@ -45,13 +45,15 @@ def save(res: Result) -> dict:
 
 
 def fmt(a, digits: int = 3) -> str:
-    """An interval, a number or a word, as the table shows it."""
+    """An interval, a number, a word or a list of them, as the table shows it."""
     if a is None:
         return "undefined"
     if isinstance(a, dict) and "ci_low" in a:
         return interval(a, digits)
     if isinstance(a, float):
         return f"{a:+.{digits}f}"
+    if isinstance(a, list):
+        return ", ".join(fmt(x, digits) for x in a)
     return str(a)
 
 
