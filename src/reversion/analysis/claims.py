@@ -339,7 +339,7 @@ def rehearsal_cuts_reversion(m: Mapping[str, dict]) -> ClaimVerdict:
     red, rel = iv["rehearsal"]["cumulative_reversion"], iv.get("rehearsal_relative")
     v = INCONCLUSIVE if red is None else {"there": CONSISTENT, "wrong": NOT_REPRODUCED, "null": NOT_REPRODUCED,
                                           "wide": INCONCLUSIVE}[side(red, -1, iv["margin"])]
-    ev = {"Δ": red, **({"reduction": -rel} if rel is not None else {})}
+    ev = {"Δ": red, **({"reduction": f"{-rel:.0%}"} if rel is not None else {})}
     return ClaimVerdict("V2-g", "safety rehearsal (no v_rev) cuts cumulative reversion", "≈ 30%", v, INTERVENTIONS,
                         "cumulative reversion", ev, _nx(iv["arms"]["rehearsal"]),
                         ("", -rel if rel is not None else None, 0.30, 0.0))
@@ -360,7 +360,7 @@ def _which_past(m: Mapping[str, dict], rid: str, key: str, text: str) -> ClaimVe
 def own_witness(m: Mapping[str, dict]) -> ClaimVerdict:
     """"Which past?", witness crossover in activations: own -> consistent, common -> not specific,
     unresolved -> inconclusive, away -> not reproduced; not measured -> not testable here."""
-    return _which_past(m, "H-1", "witness", "the drift returns toward the model's *own* witness, not any helpful past")
+    return _which_past(m, "H-1", "witness", "the drift returns toward the model's own witness, not any helpful past")
 
 
 @claim("H-2", WHICH_PAST)
