@@ -227,11 +227,6 @@ def summarise(res: Outcomes, margin: float, rehearsal_fraction: float) -> ArmsRe
         (red.mean / base.mean) if red is not None and base.mean > 0 else None)
 
 
-def effect_side(e, want: int, margin: float) -> str:
-    """Where an effect lies for the prose (:func:`reversion.analysis.verdicts.side`)."""
-    return verdicts.side(e, want, margin)
-
-
 def arm_of(r: ArmsResult | dict, objective: str, direction: str = "v_rev") -> str | None:
     """The main comparison's arm of an objective along a direction (at the first site run); ``r``
     is the result or its ``metrics.json`` form."""

@@ -53,7 +53,7 @@ class Result:
     def notes(self) -> list[str]:
         """What differs from the organism's chapter (printed under the parameters)."""
         notes = self.subject.describe(self.world.finetune)
-        n, d = self.est.acts["S"].shape[0], self.est.directions.v_rev.shape[1]
+        n, d = self.est.acts["S"].shape[0], self.width
         if n <= d:  # fewer prompts than dimensions: the matched covariance is rank-deficient
             notes.append(f"The matched null draws from the covariance of {n} prompts' activations (rank <= "
                          f"{n - 1} in width {d}): with few prompts it is a rough null.")
@@ -150,9 +150,8 @@ def per_run_test(res: Result, alpha: float) -> pd.DataFrame:
     quantiles: family-wise error <= alpha (Bonferroni) under either.
     """
     n = len(res.runs)
-    d = int(res.est.directions.v_rev.shape[1])
     thr = max(stats.empirical_quantile(res.nulls["matched"], 1 - alpha / n),
-              stats.isotropic_cos_quantile(d, 1 - alpha / n))
+              stats.isotropic_cos_quantile(res.width, 1 - alpha / n))
     per = res.pairs.groupby("seed")["alignment"].mean()
     return pd.DataFrame({"mean alignment": per, "threshold": thr, "significant": per > thr,
                          "unadjusted p": [stats.empirical_p_value(x, res.nulls["matched"]) for x in per]})
@@ -164,16 +163,17 @@ def metrics(res: Result, alpha: float) -> dict:
     runs = per_run_test(res, alpha)
     by = history_rows([res, *res.others], alpha)
     ctrl_mean = res.control_cos.mean(1)
+    thr = stricter_p99(res.p99, res.width)
     return {
-        "layer": res.est.layer, "width": int(res.est.directions.v_rev.shape[1]),
+        "layer": res.est.layer, "width": res.width,
         "null": {"isotropic_p99": res.p99["isotropic"], "isotropic_mc_p99": res.p99["isotropic_mc"],
-                 "matched_p99": res.p99["matched"], "threshold_p99": stricter_p99(res.p99, res.width),
+                 "matched_p99": res.p99["matched"], "threshold_p99": thr,
                  "threshold_null": "matched" if res.p99["matched"] >= res.p99["isotropic"] else "isotropic",
                  "control_runs_alignment": stats.aggregate(res.control_cos.ravel()),
                  "control_runs_max": float(res.control_cos.max())},
         "pairs": {"n": int(len(res.pairs)), "above_isotropic": int(res.pairs["above isotropic p99"].sum()),
                   "above_matched": int(res.pairs["above matched p99"].sum()),
-                  "above_threshold": int((res.pairs["alignment"] > stricter_p99(res.p99, res.width)).sum()),
+                  "above_threshold": int((res.pairs["alignment"] > thr).sum()),
                   "above_control_max": int((res.pairs["alignment"] > res.control_cos.max()).sum()),
                   "steps": res.steps},
         "per_run": {"n": len(runs), "significant": int(runs["significant"].sum()), "alpha": alpha,

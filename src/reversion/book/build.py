@@ -51,6 +51,7 @@ INJECTED_TAG = "injected-parameters"
 REMOVE_TAG = "remove-cell"
 
 STAMP_DIR_NAME = ".stamps"
+LOG_DIR_NAME = ".logs"
 
 #: Chapters renumbered when "Which past?" got a number of its own: old stem -> new stem.
 RENAMED = {"04b_which_past": "05_which_past", "05_interventions": "06_interventions",
@@ -64,7 +65,7 @@ def check_renamed(stems: Iterable[str], what: str) -> None:
     if old:
         raise ValueError(f"{what} {', '.join(old)}: the chapters were renumbered; use "
                          + ", ".join(f"{RENAMED[s]} (was {s})" for s in old))
-LOG_DIR_NAME = ".logs"
+
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 

@@ -15,7 +15,8 @@ executed notebook's path without suffix (``<out_dir>/<stem>``). :func:`begin` th
 every figure the page draws, as SVG and PNG, into ``<out_dir>/<stem>_downloads/`` beside
 the executed notebook, and :func:`downloads` copies the chapter's ``metrics.json`` there
 and shows ``{download}`` links to them, which Sphinx copies into the HTML build (the book
-renders ``text/markdown`` outputs as MyST: ``nb_render_markdown_format: myst``). Outside
+renders the downloads cell's ``text/markdown`` output as MyST: the cell's metadata sets
+``mystnb.markdown_format: myst``). Outside
 the book (no variable) neither writes or shows anything.
 """
 

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
-from reversion.analysis import arm_runs, arms
+from reversion.analysis import arm_runs, arms, verdicts
 from reversion.analysis.arm_runs import SITES, ArmRuns
 from reversion.analysis.arms import OBJECTIVES, ArmsResult
 from reversion.book.chapters.common import Replication, SubjectParams, write_chapter
@@ -194,12 +194,12 @@ def study_arms(r: ArmsResult, P: Params) -> list[str]:
 
 def sentences(r: ArmsResult) -> dict[str, str]:
     """The sentences of the page that state a result, chosen by the numbers (the same rule as
-    the verdicts: :func:`reversion.analysis.arms.effect_side` with the chapter's margin)."""
+    the verdicts: :func:`reversion.analysis.verdicts.side` with the chapter's margin)."""
     out, margin = {}, r.margin
     for n, s in r.specificity.items():
         e = s.effect
         verb = "raises" if s.want > 0 else "lowers"
-        where = arms.effect_side(e, s.want, margin)
+        where = verdicts.side(e, s.want, margin)
         if where == "there":
             head = f"{n} {verb} harmfulness against the baseline ({interval(e)})"
             if not s.contrasts:
@@ -223,7 +223,7 @@ def sentences(r: ArmsResult) -> dict[str, str]:
         out[n] = f"{head}{tail}: {s.verdict}."
     red = r.rehearsal.cumulative_reversion
     if red is not None:
-        where = arms.effect_side(red, -1, margin)
+        where = verdicts.side(red, -1, margin)
         out["rehearsal"] = (f"Rehearsal (its safety examples added to the full benign batch) changes cumulative "
                             f"reversion by {interval(red)}: "
                             + {"there": "less reversion.", "wrong": "more reversion.", "wide": "not resolved from zero.",
