@@ -63,6 +63,7 @@ from reversion.core.batches import collate
 from reversion.core.grouped import GroupedGPT2, stack_batches, stack_prompts
 from reversion.core.interventions import Block
 from reversion.core.tracking import ProbeTracker
+from reversion.core.training import adamw
 from reversion.infra import paths, seeding
 from reversion.infra.parallel import n_workers
 from reversion.infra.runtime import set_cpu_threads
@@ -130,7 +131,7 @@ class _Loop:
     def stepper(self, aux: Callable | None = None, after: Callable | None = None) -> Callable[[], None]:
         ft = self.world.finetune_config(0)
         batches = _collated(benign_batches(self.lang, ft), PAD, torch.device("cpu"))
-        opt = torch.optim.AdamW(self.model.parameters(), lr=ft.lr, weight_decay=0.0)
+        opt = adamw(self.model.parameters(), ft.lr)
         count = [0]
 
         def step() -> None:
@@ -242,7 +243,7 @@ def profile_group_step(world: World, k: int = 5, steps: int = 10) -> str:
     group = GroupedGPT2([lp.model for lp in loops])
     width = OrganismSubject(world.history).pad_widths()[1]
     batch = stack_batches([collate(*_one_batch(lp), pad_id=PAD) for lp in loops], PAD, width)
-    opt = torch.optim.AdamW(group.parameters(), lr=world.finetune.lr, weight_decay=0.0)
+    opt = adamw(group.parameters(), world.finetune.lr)
 
     def step() -> None:
         loss = group.losses(*batch).sum()

@@ -8,13 +8,16 @@ import torch
 from transformers import AutoModelForCausalLM
 from transformers.utils import logging as hf_logging
 
+from reversion.infra.runtime import compute_device
+
 # Loading and saving tiny checkpoints hundreds of times: their progress bars are noise.
 hf_logging.disable_progress_bar()
 
 
 def default_device() -> torch.device:
-    """CUDA when present; nothing needs it."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """``REVERSION_DEVICE`` (:func:`reversion.infra.runtime.compute_device`): CUDA when present
+    unless it says ``cpu``; nothing needs a GPU."""
+    return compute_device()
 
 
 def save_model(model: torch.nn.Module, path: Path) -> None:

@@ -20,6 +20,8 @@ from typing import Any, Callable, Sequence
 import torch
 from tqdm import tqdm
 
+from reversion.infra import kernels
+
 Call = tuple[Callable[..., Any], tuple]
 """A top-level (picklable) function and its arguments."""
 
@@ -42,6 +44,20 @@ def n_workers() -> int:
     if torch.cuda.is_available():
         return 1
     return max(1, min(len(os.sched_getaffinity(0)), 4))
+
+
+def chunks(runs: list, workers: int, most: int, least: int = 1) -> list[list]:
+    """``runs`` in at least ``least`` and as few as possible chunks of at most ``most``, as equal
+    as possible, and -- when there is more than one -- as many as a multiple of ``workers``, so
+    the workers finish together (16 + 16 + 16 + 2 runs on two workers would leave one idle for a
+    whole group; 13 + 13 + 13 + 11 does not)."""
+    if not runs:
+        return []
+    k = min(len(runs), max(-(-len(runs) // most), least))
+    if k > 1 and k % workers:
+        k += workers - k % workers
+    size = -(-len(runs) // k)
+    return [runs[i: i + size] for i in range(0, len(runs), size)]
 
 
 WORKER_ENV = "REVERSION_IN_WORKER"
@@ -80,18 +96,25 @@ def _main_not_rerun():
 
 
 def run_all(calls: Sequence[Call], progress: bool = True, desc: str = "runs",
-            workers: int | None = None) -> None:
+            workers: int | None = None, pinned: bool = False) -> None:
     """Run ``calls`` for their side effects (cache entries), in parallel when it helps.
 
     Calls must not depend on each other, and their functions must be importable (defined
-    in a module, not in ``__main__``). With one worker (or one call) they run here, in order. The first failure cancels what has not started and is raised.
+    in a module, not in ``__main__``). With one worker (or one call) they run here, in order,
+    unless ``pinned`` (the organism's arithmetic) and this process's arithmetic is not the
+    pinned one (:func:`reversion.infra.kernels.pinned`): then in a worker, which is. The
+    first failure cancels what has not started and is raised.
     """
     calls = list(calls)
     workers = n_workers() if workers is None else workers
-    if workers <= 1 or len(calls) <= 1:
+    here_ok = not pinned or kernels.pinned() or os.environ.get(WORKER_ENV)
+    if not calls:
+        return
+    if (workers <= 1 or len(calls) <= 1) and here_ok:
         for fn, args in calls:
             fn(*args)
         return
+    workers = max(1, workers)
     # spawn, not fork: the parent may be a Jupyter kernel (sockets, threads).
     ex = ProcessPoolExecutor(min(workers, len(calls)), mp_context=multiprocessing.get_context("spawn"),
                              initializer=_mark_worker)

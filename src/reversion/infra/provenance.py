@@ -164,12 +164,16 @@ def versions() -> dict:
 
 
 def device_kind() -> str:
-    """Where stages compute: ``cpu`` or ``cuda:<device name>`` (CPU and CUDA runs differ)."""
+    """Where stages compute and with what arithmetic: ``cpu:<pinned kernels>``
+    (:func:`reversion.infra.kernels.signature`) or ``cuda:<device name>``."""
     import torch
 
-    if torch.cuda.is_available():
+    from reversion.infra import kernels
+    from reversion.infra.runtime import compute_device
+
+    if compute_device().type == "cuda":
         return "cuda:" + torch.cuda.get_device_name(0)
-    return "cpu"
+    return "cpu:" + kernels.signature()
 
 
 def provenance(modules: Iterable[str] | None = None) -> dict:

@@ -34,10 +34,10 @@ from reversion.core.batches import collate
 from reversion.core.drift import weight_motion
 from reversion.core.grouped import GroupedGPT2, NonFiniteLoss, stack_batches, stack_prompts
 from reversion.core.interventions import GroupTerms
-from reversion.core.models import load_model, save_model
+from reversion.core.models import default_device, load_model, save_model
 from reversion.core.tracking import ProbeTracker
-from reversion.core.training import FinetuneConfig, train
-from reversion.infra import cache, parallel, seeding
+from reversion.core.training import FinetuneConfig, adamw, train
+from reversion.infra import cache, kernels, parallel, seeding
 from reversion.infra.provenance import code_of
 from reversion.infra.runtime import set_cpu_threads
 from reversion.subjects.base import Pair, Prompts, Subject, TrainingData, identity
@@ -151,7 +151,9 @@ def finetune(subject: Subject, ft: FinetuneConfig, intervention: Intervention | 
     subject.prepare(progress=progress)
     if _groupable(subject, intervention) and not cache.is_complete(
             cache.entry_path("finetune", key, code=_code(subject, intervention))):
-        build_group([(subject, ft, intervention)], progress=progress)
+        # here, or in a worker where this process's arithmetic is not the pinned one
+        parallel.run_all([(build_group, ([(subject, ft, intervention)], progress))], progress, workers=1,
+                         pinned=default_device().type == "cpu")
 
     def build(out: Path) -> None:
         t0 = time.perf_counter()
@@ -234,16 +236,16 @@ def _group_signature(ft: FinetuneConfig, intervention: Intervention | None = Non
                        "tag": tag(ft) if tag is not None else ""}, sort_keys=True)
 
 
-def build_group(jobs: Sequence[Job], threads: int | None = None, progress: bool = False) -> None:
+def build_group(jobs: Sequence[Job], progress: bool = False) -> None:
     """Build the cache entries of ``jobs`` (grouped subjects, one :func:`_group_signature`) as one
-    batched computation; ``threads``: torch threads (default :func:`reversion.infra.parallel.cores_here`)."""
+    batched computation, on one thread (:mod:`reversion.infra.kernels`)."""
     jobs = [tuple(j) for j in jobs]
     if not jobs or len({_group_signature(ft, iv) for _, ft, iv in jobs}) != 1:
         raise ValueError("a group needs runs that differ in their seed only")
     if not all(_groupable(s, iv) for s, _, iv in jobs):
         raise ValueError("a group's runs need grouped subjects and data-only or directional interventions")
     t0 = time.perf_counter()
-    set_cpu_threads(threads or parallel.cores_here())
+    kernels.pin_threads()
     ft0 = jobs[0][1]
     models = [s.load("theta_S", dtype=torch.float32) for s, _, _ in jobs]
     group = GroupedGPT2(models)
@@ -271,7 +273,7 @@ def build_group(jobs: Sequence[Job], threads: int | None = None, progress: bool 
     if all("theta_H" in s.roles() for s, _, _ in jobs):
         gap = GroupedGPT2([s.load("theta_H", dtype=torch.float32) for s, _, _ in jobs]).flat() - theta_S
     losses: list[list[float]] = [[] for _ in jobs]
-    opt = torch.optim.AdamW(group.parameters(), lr=ft0.lr, weight_decay=0.0)  # as core.training.train
+    opt = adamw(group.parameters(), ft0.lr)  # as core.training.train
     grid = set(ft0.grid)
     try:
         for step in tqdm(range(1, ft0.steps + 1), desc=f"finetune {len(jobs)} runs", disable=not progress,
@@ -329,18 +331,18 @@ def _term_step(group: GroupedGPT2, opt, ids, labels, terms: GroupTerms, step: in
 
 
 def split_group(runs: list, workers: int, most: int | None = None) -> list[list]:
-    """Runs of one signature in chunks of at most ``most`` (:data:`GROUP_MAX`), as equal as
-    possible, and -- when there is more than one -- as many as a multiple of ``workers``, so the
-    workers finish together (16 + 16 + 16 + 2 runs on two workers would leave one idle for a
-    whole group; 13 + 13 + 13 + 11 does not)."""
-    most = GROUP_MAX if most is None else most
-    if not runs:
-        return []
-    k = -(-len(runs) // most)
-    if k > 1 and k % workers:
-        k += workers - k % workers
-    size = -(-len(runs) // k)
-    return [runs[i: i + size] for i in range(0, len(runs), size)]
+    """Runs of one signature in chunks of at most ``most`` (:data:`GROUP_MAX`) for ``workers``
+    (:func:`reversion.infra.parallel.chunks`)."""
+    return parallel.chunks(runs, workers, GROUP_MAX if most is None else most)
+
+
+SPLIT_FROM = 20_000
+"""Sequences (runs x steps x batch) from which a group is split over the workers: below it, a
+worker's start (about 3 s of imports) costs more than the second core saves."""
+
+
+def _size(jobs: Sequence[Job]) -> int:
+    return sum(ft.steps * ft.batch_size for _, ft, _ in jobs)
 
 
 def _build_quietly(subject: Subject, ft: FinetuneConfig, intervention: Intervention | None) -> None:
@@ -380,15 +382,16 @@ def finetune_many(jobs: Sequence[Job], progress: bool = True,
         else:
             alone.append(j)
     workers = parallel.n_workers() if all(s.parallel for s in subjects) else 1
-    # Largest first, so the pool's first-come order is longest-processing-time scheduling.
-    grouped = sorted((c for g in groups.values() for c in split_group(g, workers)), key=len, reverse=True)
-    if len(grouped) == 1 and not alone and not extra:
-        build_group(grouped[0], progress=progress)  # the only work: here, on every core
-        grouped = []
+    # A group computes on one thread (reversion.infra.kernels): a large one is split so that
+    # every worker holds a part. Largest first: the pool's first-come order is then
+    # longest-processing-time scheduling.
+    grouped = sorted((c for g in groups.values() for c in parallel.chunks(
+        g, workers, GROUP_MAX, least=workers if _size(g) >= SPLIT_FROM else 1)), key=len, reverse=True)
     calls = [(build_group, (g,)) for g in grouped]
+    pinned = all(s.grouped for s in subjects) and default_device().type == "cpu"
     if all(s.parallel for s in subjects):
         parallel.run_all(calls + [(_build_quietly, j) for j in alone] + list(extra), progress,
-                         desc="fine-tuning runs")
+                         desc="fine-tuning runs", pinned=pinned)
     else:
         parallel.run_all(calls + list(extra), progress, workers=1)
     return [finetune(s, ft, iv, progress=progress) for s, ft, iv in jobs]

@@ -25,8 +25,8 @@ from tqdm import tqdm
 from reversion.core.batches import collate
 from reversion.core.grouped import GroupedGPT2, NonFiniteLoss, stack_batches
 from reversion.core.models import default_device, load_model, save_model
-from reversion.infra import cache, parallel, seeding
-from reversion.infra.runtime import set_cpu_threads
+from reversion.core.training import adamw
+from reversion.infra import cache, kernels, parallel, seeding
 from reversion.subjects.organism.config import HistoryConfig, PhaseConfig, to_dict
 from reversion.subjects.organism.judge import eval_work, score
 from reversion.subjects.organism.language import PAD, Language
@@ -108,16 +108,23 @@ def _prefix(cfg: HistoryConfig, phase: str) -> str:
     return json.dumps(d, sort_keys=True)
 
 
-def train_histories(cfgs: Sequence[HistoryConfig], progress: bool = True, threads: int | None = None,
-                    upto: str = "safety") -> list[Path]:
+SPLIT_FROM = 50_000
+"""Sequences (histories x steps x batch) of a phase from which its group is split over the
+workers: below it, a worker's start (about 3 s of imports) costs more than a core saves."""
+
+
+def train_histories(cfgs: Sequence[HistoryConfig], progress: bool = True, upto: str = "safety") -> list[Path]:
     """Build the phases up to ``upto`` of every history in ``cfgs`` that the cache lacks, phase by
-    phase, each phase as groups of histories (``threads``: default
-    :func:`reversion.infra.parallel.cores_here`); returns the folders of phase ``upto``.
+    phase, each phase as groups of histories; returns the folders of phase ``upto``. A group
+    computes on one thread (:mod:`reversion.infra.kernels`); a large phase is split into groups
+    run side by side in worker processes (:func:`reversion.infra.parallel.run_all`), which changes
+    no number: a history's weights do not depend on its group.
 
     A missing phase that is a shorter run of another missing phase (e.g. a helpful phase at half
     its length, chapter "Which past?"'s dose) is not trained: it is saved from the longer run
     when that run passes its step count (``tests/test_organism_history.py`` checks the two are
     identical)."""
+    workers = parallel.n_workers()
     for phase in PHASES[: PHASES.index(upto) + 1]:
         missing: dict[str, HistoryConfig] = {}
         for c in cfgs:
@@ -132,18 +139,23 @@ def train_histories(cfgs: Sequence[HistoryConfig], progress: bool = True, thread
             runs.sort(key=lambda c: getattr(c, phase).steps)
             carrier = runs[-1]
             todo.setdefault(_signature(carrier, phase), []).append((carrier, runs[:-1]))
+        calls = []
         for group in todo.values():
-            for i in range(0, len(group), GROUP_MAX):
-                _build_phase(group[i: i + GROUP_MAX], phase, progress, threads)
+            pc: PhaseConfig = getattr(group[0][0], phase)
+            size = len(group) * pc.steps * pc.batch_size
+            for part in parallel.chunks(group, workers, GROUP_MAX, least=workers if size >= SPLIT_FROM else 1):
+                calls.append((_build_phase, (part, phase, progress and len(calls) == 0)))
+        calls.sort(key=lambda c: len(c[1][0]), reverse=True)
+        parallel.run_all(calls, progress and len(calls) > 1, desc=f"{phase} ({CHECKPOINT[phase]})",
+                         workers=workers, pinned=default_device().type == "cpu")
     return [_entry(c, upto) for c in cfgs]
 
 
-def _build_phase(jobs: list[tuple[HistoryConfig, list[HistoryConfig]]], phase: str, progress: bool,
-                 threads: int | None) -> None:
+def _build_phase(jobs: list[tuple[HistoryConfig, list[HistoryConfig]]], phase: str, progress: bool) -> None:
     """Train ``phase`` of each job's history as one group; a job's snapshots (the same phase,
     fewer steps) are saved as the group passes their step counts."""
     t0 = time.perf_counter()
-    set_cpu_threads(threads or parallel.cores_here())
+    kernels.pin_threads()
     device = default_device()
     cfgs = [c for c, _ in jobs]
     langs = [Language(c.language) for c in cfgs]
@@ -160,7 +172,7 @@ def _build_phase(jobs: list[tuple[HistoryConfig, list[HistoryConfig]]], phase: s
     streams = [_batches(phase, lang, getattr(c, phase), seeding.rng(c.seed, phase), device)
                for c, lang in zip(cfgs, langs)]
     widths = (langs[0].max_prompt_len, langs[0].max_sequence_len)
-    opt = torch.optim.AdamW(group.parameters(), lr=pc.lr, weight_decay=0.0)
+    opt = adamw(group.parameters(), pc.lr)
     losses: list[list[float]] = [[] for _ in cfgs]
     snaps = {}
     for k, (_, shorter) in enumerate(jobs):
