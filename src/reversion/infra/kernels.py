@@ -97,6 +97,18 @@ def pinned() -> bool:
     return s["capability"] == CAPABILITY.upper() and mkl_set and os.environ.get("MKL_CBWR") == mkl_mode()
 
 
+@functools.lru_cache(maxsize=1)
+def warn_unpinned() -> None:
+    """Say once that this process computes otherwise than the pin (torch computed before
+    ``import reversion``, or the variables were changed)."""
+    import warnings
+
+    warnings.warn(f"this process's CPU arithmetic is not the pinned one ({state()}): the organism's "
+                  "training runs in pinned worker processes; numbers computed here (activations, "
+                  "directions) may differ in their last digits. Import reversion before computing "
+                  "with torch.", RuntimeWarning, stacklevel=3)
+
+
 def pin_threads() -> None:
     """The organism's arithmetic on :data:`THREADS` thread(s), whatever the machine's cores."""
     import torch

@@ -114,6 +114,8 @@ def run_all(calls: Sequence[Call], progress: bool = True, desc: str = "runs",
         for fn, args in calls:
             fn(*args)
         return
+    if not here_ok:
+        kernels.warn_unpinned()
     workers = max(1, workers)
     # spawn, not fork: the parent may be a Jupyter kernel (sockets, threads).
     ex = ProcessPoolExecutor(min(workers, len(calls)), mp_context=multiprocessing.get_context("spawn"),

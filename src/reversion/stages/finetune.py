@@ -372,8 +372,9 @@ def finetune_many(jobs: Sequence[Job], progress: bool = True,
     evaluated = {}
     for s, ft, _ in missing.values():  # here, once, not in every worker at once
         evaluated.setdefault(cache.cache_key("aligned_eval", {"subject": s.key(), **s.eval_key(ft)}), (s, ft))
-    for s, ft in evaluated.values():
-        aligned_evaluation(s, ft)
+    pinned = all(s.grouped for s in subjects) and default_device().type == "cpu"
+    parallel.run_all([(aligned_evaluation, (s, ft)) for s, ft in evaluated.values()], False, workers=1,
+                     pinned=pinned)
     groups: dict[str, list[Job]] = {}
     alone = []
     for j in missing.values():
@@ -388,7 +389,6 @@ def finetune_many(jobs: Sequence[Job], progress: bool = True,
     grouped = sorted((c for g in groups.values() for c in parallel.chunks(
         g, workers, GROUP_MAX, least=workers if _size(g) >= SPLIT_FROM else 1)), key=len, reverse=True)
     calls = [(build_group, (g,)) for g in grouped]
-    pinned = all(s.grouped for s in subjects) and default_device().type == "cpu"
     if all(s.parallel for s in subjects):
         parallel.run_all(calls + [(_build_quietly, j) for j in alone] + list(extra), progress,
                          desc="fine-tuning runs", pinned=pinned)
