@@ -32,7 +32,7 @@ BENCH_ARGS ?=
 # Extra arguments for pytest (e.g. PYTEST_ARGS="-k book -x").
 PYTEST_ARGS ?=
 
-.PHONY: help venv mathjax book test test-slow test-browser test-all benchmark clean requirements
+.PHONY: help venv mathjax book test test-slow test-browser test-all benchmark design clean requirements
 
 help: ## list the targets
 	@echo "reversion -- make targets:"
@@ -87,6 +87,9 @@ test-all: venv ## also run the tests marked slow
 benchmark: venv mathjax ## measure costs and the book build (cold + warm, ~12 min); writes benchmarks/results.json
 	$(PY) benchmarks/run.py $(BENCH_ARGS)
 	$(PY) -m reversion.book $(BOOK_ARGS)
+
+design: venv ## the organism's design study (minutes): candidates on 6 held-out histories; writes benchmarks/design_study.json
+	$(PY) -m reversion.design $(DESIGN_ARGS)
 
 requirements: ## re-pin requirements.txt from the current .venv
 	{ sed -n '/^#/p' requirements.txt; \

@@ -19,7 +19,7 @@ from reversion.infra import provenance
 
 SRC = Path(provenance.module_file("reversion")).parent
 LAYER = {"infra": 0, "core": 1, "subjects": 2, "stages": 3, "analysis": 4,
-         "cli": 5, "benchmark": 5, "monitor": 5, "book": 5}
+         "cli": 5, "benchmark": 5, "design": 5, "monitor": 5, "book": 5}
 
 
 def modules() -> list[str]:

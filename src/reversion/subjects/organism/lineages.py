@@ -38,9 +38,10 @@ def _helpful(cfg: HistoryConfig, **changes) -> HistoryConfig:
     return dataclasses.replace(cfg, helpful=dataclasses.replace(cfg.helpful, **changes))
 
 
-def lineages(world: World) -> dict[str, HistoryConfig]:
-    """Name -> history configuration of history 0's lineages (``main`` first, doses last, by dose)."""
-    h = world.history
+def lineages(world: World, history: HistoryConfig | None = None) -> dict[str, HistoryConfig]:
+    """Name -> history configuration of the lineages of ``history`` (default history 0, the
+    world's own; ``main`` first, doses last, by dose)."""
+    h = history or world.history
     out = {MAIN: h, SECOND: _helpful(h, marker=True), NONE: _helpful(h, harmful_fraction=0.0)}
     for f in sorted(world.doses):
         out[dose_name(f)] = _helpful(h, steps=round(f * h.helpful.steps))

@@ -71,7 +71,17 @@ class World:
 
 
 WORLDS: dict[str, World] = {
-    "default": World(),
+    # Chosen by the design study (`python -m reversion.design`, benchmarks/design_study.json): the
+    # cheapest candidate that kept the effect on 6 held-out histories -- batch 32 in every phase and
+    # a helpful phase of 1000 steps, a third of the large organism's training. Frozen: the power
+    # issue's verdicts are drawn on it.
+    "default": World(history=HistoryConfig(
+        pretrain=PhaseConfig(1000, 1e-3, 32, 0.3),
+        helpful=PhaseConfig(1000, 1e-3, 32, 0.3),
+        safety=PhaseConfig(100, 5e-4, 32, 0.5),
+    )),
+    # the organism at the size it had before the design study
+    "large": World(),
     "smoke": World(
         history=HistoryConfig(
             language=LanguageConfig(n_content=16, n_harmful=4, max_len=4),
