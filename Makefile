@@ -31,6 +31,11 @@ BOOK_ARGS ?=
 BENCH_ARGS ?=
 # Extra arguments for pytest (e.g. PYTEST_ARGS="-k book -x").
 PYTEST_ARGS ?=
+# Test files run side by side, one process per core (pytest-xdist; a file's tests stay in one
+# process, so its fixtures are built once; TEST_PROCS=0 runs them here), each on one thread:
+# two OpenMP pools per core make everything many times slower.
+TEST_PROCS ?= auto
+PYTEST     := OMP_NUM_THREADS=1 $(PY) -m pytest -n $(TEST_PROCS) --dist loadfile
 
 .PHONY: help venv mathjax book test test-slow test-browser test-all benchmark design clean requirements
 
@@ -72,16 +77,16 @@ book: venv mathjax ## execute the notebooks (papermill, default parameters) and 
 # pytest exits 5 when it collects no test: that is a broken suite, not a pass,
 # and make fails on any non-zero exit status, so it is never taken for success.
 test: venv ## run the fast tests and the notebook tests (papermill + nbval at smoke parameters)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PYTEST) $(PYTEST_ARGS)
 
 test-slow: venv ## only the tests marked slow (end-to-end notebook runs; CI runs them after make test)
-	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+	$(PYTEST) -m slow $(PYTEST_ARGS)
 
 test-browser: venv mathjax ## only the browser tests: the book at smoke parameters in headless Chromium
 	$(PY) -m pytest tests/test_browser.py $(PYTEST_ARGS)
 
 test-all: venv ## also run the tests marked slow
-	$(PY) -m pytest -m '' $(PYTEST_ARGS)
+	$(PYTEST) -m '' $(PYTEST_ARGS)
 
 # Not part of `make book`: the book shows the latest benchmarks/results.json.
 benchmark: venv mathjax ## measure costs and the book build (cold + warm, ~12 min); writes benchmarks/results.json
