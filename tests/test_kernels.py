@@ -122,7 +122,7 @@ def test_the_pin_is_in_the_environment_and_the_cache_key(monkeypatch):
 
 
 def test_a_bad_device_setting_is_refused(monkeypatch):
-    from reversion.infra.runtime import compute_device
+    from reversion.infra.kernels import compute_device
 
     monkeypatch.setenv("REVERSION_DEVICE", "gpu")
     with pytest.raises(ValueError, match="REVERSION_DEVICE"):

@@ -59,7 +59,7 @@ def test_a_subject_that_forbids_workers_is_built_here_with_the_same_numbers(tmp_
 
     def spy(calls, progress=True, desc="runs", workers=None, **kw):
         calls = list(calls)
-        if not desc.startswith(("pretrain", "helpful", "safety")):  # the history's phases: not runs
+        if desc in ("runs", "fine-tuning runs"):  # not the history's phases, not theta_S's evaluation
             seen.append((len(calls), workers))
         return real(calls, progress, desc, workers, **kw)
 

@@ -75,7 +75,9 @@ from reversion.subjects.checkpoints.trainer_hooks import ReversionMonitor
 from reversion.subjects.checkpoints.textdata import PairCollator
 from reversion.subjects.organism.language import PAD, Language
 from reversion.subjects.organism.model import build_model
+from reversion.subjects.organism import history as hm
 from reversion.subjects.organism.history import train_histories
+from reversion.subjects.organism.lineages import lineages
 from reversion.subjects.organism.subject import OrganismSubject, benign_batches, histories
 from reversion.subjects.organism.worlds import World, make_world
 
@@ -441,8 +443,6 @@ def trained_sequences(cfgs) -> int:
     """Sequences the history phases of ``cfgs`` train when built together: each phase once per
     distinct configuration, a phase that is a shorter run of another (a dose) not at all
     (:func:`reversion.subjects.organism.history.train_histories` saves it from the longer run)."""
-    from reversion.subjects.organism import history as hm
-
     total = 0
     for phase in hm.PHASES:
         longest: dict[str, int] = {}
@@ -470,8 +470,6 @@ def bench_batched(world: World, n_seeds: int = 5, n_histories: int = 10, workloa
     Floors: the counted matrix FLOPs of the sequences trained (at the padded width) at the
     machine's matrix rate on every core (a 512 x 512 float32 product, measured here).
     """
-    from reversion.subjects.organism.lineages import lineages
-
     cores = n_workers()
     rate = matmul_gflops(cores) * 1e9
     flops = run_flops(world)

@@ -8,14 +8,14 @@ import torch
 from transformers import AutoModelForCausalLM
 from transformers.utils import logging as hf_logging
 
-from reversion.infra.runtime import compute_device
+from reversion.infra.kernels import compute_device
 
 # Loading and saving tiny checkpoints hundreds of times: their progress bars are noise.
 hf_logging.disable_progress_bar()
 
 
 def default_device() -> torch.device:
-    """``REVERSION_DEVICE`` (:func:`reversion.infra.runtime.compute_device`): CUDA when present
+    """``REVERSION_DEVICE`` (:func:`reversion.infra.kernels.compute_device`): CUDA when present
     unless it says ``cpu``; nothing needs a GPU."""
     return compute_device()
 

@@ -115,3 +115,29 @@ def pin_threads() -> None:
 
     if torch.get_num_threads() != THREADS:
         torch.set_num_threads(THREADS)
+
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def device_setting() -> str:
+    """``REVERSION_DEVICE``: where the organism (and any checkpoint without its own device)
+    computes -- ``auto`` (default: CUDA when present), ``cpu`` or ``cuda``."""
+    import torch
+
+    value = os.environ.get("REVERSION_DEVICE", "auto")
+    if value not in DEVICES:
+        raise ValueError(f"REVERSION_DEVICE must be one of {', '.join(DEVICES)}, got {value!r}")
+    if value == "cuda" and not torch.cuda.is_available():
+        raise ValueError("REVERSION_DEVICE=cuda, but torch sees no CUDA device")
+    return value
+
+
+def compute_device():
+    """The device of :func:`device_setting`; nothing needs a GPU."""
+    import torch
+
+    setting = device_setting()
+    if setting == "auto":
+        setting = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(setting)

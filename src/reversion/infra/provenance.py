@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Iterable
 
 import reversion
+from reversion.infra import kernels
 
 PACKAGE = "reversion"
 
@@ -168,10 +169,7 @@ def device_kind() -> str:
     (:func:`reversion.infra.kernels.signature`) or ``cuda:<device name>``."""
     import torch
 
-    from reversion.infra import kernels
-    from reversion.infra.runtime import compute_device
-
-    if compute_device().type == "cuda":
+    if kernels.compute_device().type == "cuda":
         return "cuda:" + torch.cuda.get_device_name(0)
     return "cpu:" + kernels.signature()
 

@@ -26,28 +26,6 @@ def set_cpu_threads(n: int | None = None) -> int:
     return n
 
 
-DEVICES = ("auto", "cpu", "cuda")
-
-
-def device_setting() -> str:
-    """``REVERSION_DEVICE``: where the organism (and any checkpoint without its own device)
-    computes -- ``auto`` (default: CUDA when present), ``cpu`` or ``cuda``."""
-    value = os.environ.get("REVERSION_DEVICE", "auto")
-    if value not in DEVICES:
-        raise ValueError(f"REVERSION_DEVICE must be one of {', '.join(DEVICES)}, got {value!r}")
-    if value == "cuda" and not torch.cuda.is_available():
-        raise ValueError("REVERSION_DEVICE=cuda, but torch sees no CUDA device")
-    return value
-
-
-def compute_device() -> torch.device:
-    """The device of :func:`device_setting`; nothing needs a GPU."""
-    setting = device_setting()
-    if setting == "auto":
-        setting = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(setting)
-
-
 def free_memory() -> None:
     """Return a dropped model's memory (call after ``del model``): one checkpoint at a time."""
     gc.collect()

@@ -373,8 +373,8 @@ def finetune_many(jobs: Sequence[Job], progress: bool = True,
     for s, ft, _ in missing.values():  # here, once, not in every worker at once
         evaluated.setdefault(cache.cache_key("aligned_eval", {"subject": s.key(), **s.eval_key(ft)}), (s, ft))
     pinned = all(s.grouped for s in subjects) and default_device().type == "cpu"
-    parallel.run_all([(aligned_evaluation, (s, ft)) for s, ft in evaluated.values()], False, workers=1,
-                     pinned=pinned)
+    parallel.run_all([(aligned_evaluation, (s, ft)) for s, ft in evaluated.values()], False,
+                     desc="theta_S evaluations", workers=1, pinned=pinned)
     groups: dict[str, list[Job]] = {}
     alone = []
     for j in missing.values():

@@ -13,9 +13,11 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from reversion.benchmark import TARGETS
+from reversion.design import CRITERION, shape
 from reversion.book.display import interval
 from reversion.infra.paths import resolve
 from reversion.infra.results import write_metrics
+from reversion.subjects.organism.worlds import make_world
 
 STEM = "09_performance"
 
@@ -45,7 +47,7 @@ def load(P: Params) -> dict:
 
 def measurements(res: dict) -> dict[str, float | None]:
     """Each target's measured value (None when not measured, e.g. a run with --no-book)."""
-    s, e, b, g = res["steps"], res["extraction"], res.get("book"), res.get("batched")
+    s, e, b, g = res["steps"], res["extraction"], res.get("book"), current_batched(res)
     r = g["ratio"] if g else {}
     lora = res.get("lora")
     return {
@@ -107,10 +109,17 @@ def targets_table(res: dict) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("measurement")
 
 
+def current_batched(res: dict) -> dict | None:
+    """The file's batched-runs part, None when absent or written by an older benchmark (without
+    the histories-with-lineages rows)."""
+    g = res.get("batched")
+    return g if g and "histories_lineages" in g.get("seconds", {}) else None
+
+
 def batched_table(res: dict) -> pd.DataFrame | str:
     """Each batched workload's seconds, its floor (matrix FLOPs at the machine's matrix rate on
     every core) and the ratio of the two."""
-    g = res.get("batched")
+    g = current_batched(res)
     if not g:
         return "batched runs were not measured in this file"
     names = {"one_seed": "one fine-tuning seed", "seeds_batched": f"{g['n_seeds']} seeds, one group",
@@ -201,7 +210,7 @@ def lora_sentence(res: dict) -> str:
 
 def batched_sentence(res: dict) -> str:
     """Where a grouped step's time goes beyond its floor, chosen by the measured ratios."""
-    g = res.get("batched")
+    g = current_batched(res)
     if not g:
         return ""
     r = g["ratio"]
@@ -219,7 +228,7 @@ def batched_glue(res: dict) -> dict[str, str]:
     keys = ("b_seeds", "b_hist", "b_configs", "b_one", "b_group", "b_workers", "b_r_one", "b_r_workers", "b_h_one",
             "b_h_lin", "b_h_lin_floor", "b_per_hist", "b_runs", "b_runs_s", "b_runs_floor", "b_per_run", "b_work",
             "b_rate", "b_cores", "b_step_mflop", "b_why", "b_device")
-    g = res.get("batched")
+    g = current_batched(res)
     if not g:
         return {**{k: "—" for k in keys}, "b_measured": "were not measured in this file"}
     sec, r = g["seconds"], g["ratio"]
@@ -245,9 +254,6 @@ def load_design(P: Params) -> dict | None:
 def design_glue(study: dict | None) -> dict[str, str]:
     """The numbers and the one sentence the design section cites; the sentence says which candidate
     the default world is, compared field by field with the world this build uses."""
-    from reversion.design import CRITERION, shape
-    from reversion.subjects.organism.worlds import make_world
-
     out = {"d_max_s": f"{CRITERION['theta_S_harmfulness_max']:.2f}",
            "d_min_rise": f"{CRITERION['untrained_rise_ci_low_min']:.2f}"}
     if not study or not study.get("candidates"):
