@@ -43,7 +43,7 @@ def smoke_results(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "results.json"
     with pytest.MonkeyPatch.context() as mp:  # never read the project's own results
         mp.setenv("REVERSION_RESULTS", str(tmp_path_factory.mktemp("results")))
-        benchmark.run(out, book=False, world="smoke", repeats=2, log=lambda s: None)
+        benchmark.run(out, book=False, world="smoke", repeats=2, log=lambda s: None, histories=2)
     return out
 
 
@@ -79,6 +79,11 @@ def test_run_writes_every_part(smoke_results):
     assert {r["vary"] for r in res["scaling"]} == {"width", "n_probe"}
     assert res["lora"]["checks"] >= 2 and set(res["lora"]["ratio"]) >= {"check_to_floor", "check_to_flop_floor"}
     assert "book" not in res and not list(smoke_results.parent.glob("*.tmp"))
+    g = res["batched"]
+    # 2 histories x (main, second witness, no witness, one dose); 2 runs of each
+    assert g["n_history_configs"] == 8 and g["workload_runs"] == 16
+    assert set(g["ratio"]) >= {"histories_lineages_to_floor", "workload_runs_to_floor"}
+    assert g["per_history"]["seconds"] > 0 and g["per_run"]["seconds"] > 0
 
 
 def test_page_reads_the_file_and_marks_what_was_not_measured(smoke_results):

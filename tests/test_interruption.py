@@ -381,7 +381,9 @@ KILLS = [
     # training takes the same path as the fine-tuning's: left out for time.)
     pytest.param("finetune", "start history-helpful", 0, id="finetune-during-history-training"),
     pytest.param("finetune", "start finetune", 1, id="finetune-during-fine-tuning"),
-    pytest.param("chapter03", "start estimate", 2, id="chapter03-during-vrev-estimation"),
+    # an estimate's entry is written by the same cache.cached as a fine-tuning run's (covered
+    # above in the fast tier): this one runs with the slow tests
+    pytest.param("chapter03", "start estimate", 2, id="chapter03-during-vrev-estimation", marks=pytest.mark.slow),
     pytest.param("chapter03", "write", 3, id="chapter03-during-result-writing"),
 ]
 

@@ -94,6 +94,7 @@ def test_smoke_world_is_the_same_under_avx2_and_avx512_and_one_or_two_threads(tm
     assert _numbers(a) == _numbers(b)
 
 
+@pytest.mark.slow  # the control of the test above: with the slow tests (CI runs both tiers)
 @needs_avx512
 def test_positive_control_unpinned_avx2_and_avx512_differ(tmp_path):
     a = probe(tmp_path, "u-avx2", "avx2", threads=1, finetune=False, pinned=False)

@@ -115,8 +115,24 @@ def test_notebook_is_parameterized(notebook):
     assert kernel in (None, "python3"), f"{notebook.name}: kernelspec {kernel!r}, expected python3"
 
 
+HEAVY = {"06_interventions", "08_own_checkpoints"}
+"""Notebooks whose nbval re-run (their second full execution) is a slow test: the fast tier
+executes them here (papermill) and again in the browser test's smoke build."""
+
+
 @pytest.mark.parametrize("notebook", PARAMS)
 def test_notebook_executes_and_revalidates(notebook, tmp_path, monkeypatch, run_dirs):
+    _execute_and_revalidate(notebook, tmp_path, monkeypatch, run_dirs,
+                            revalidate=notebook is None or notebook.stem not in HEAVY)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("notebook", [p for p in PARAMS if p.values[0] is not None and p.values[0].stem in HEAVY])
+def test_heavy_notebook_revalidates(notebook, tmp_path, monkeypatch, run_dirs):
+    _execute_and_revalidate(notebook, tmp_path, monkeypatch, run_dirs, revalidate=True)
+
+
+def _execute_and_revalidate(notebook, tmp_path, monkeypatch, run_dirs, revalidate: bool) -> None:
     import papermill as pm
 
     workdir = tmp_path / "work"
@@ -136,6 +152,8 @@ def test_notebook_executes_and_revalidates(notebook, tmp_path, monkeypatch, run_
         log_output=False,
     )
     assert executed.is_file()
+    if not revalidate:
+        return
 
     # 2. nbval, strict, in a fresh kernel of this interpreter, with the other pair.
     _set_run_env(monkeypatch, run_dirs["nbval"])

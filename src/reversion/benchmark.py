@@ -705,8 +705,9 @@ def _commit() -> str | None:
 
 
 def run(out: Path, book: bool = True, world: str = "default", repeats: int = 60,
-        log: Callable[[str], None] = print, batched: bool = True) -> dict:
-    """Every benchmark; the JSON written to ``out`` (and profiles beside it)."""
+        log: Callable[[str], None] = print, batched: bool = True, histories: int = 10) -> dict:
+    """Every benchmark; the JSON written to ``out`` (and profiles beside it). ``histories``: the
+    batched workload's histories (each with its lineages)."""
     w = make_world(world)
     res: dict = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": _commit(),
                  "world": world, "machine": machine(), "targets": TARGETS}
@@ -718,7 +719,7 @@ def run(out: Path, book: bool = True, world: str = "default", repeats: int = 60,
     res["scaling"] = bench_scaling(w)
     if batched:
         log("batched runs (minutes) ...")
-        res["batched"] = bench_batched(w, log=log)
+        res["batched"] = bench_batched(w, n_histories=histories, log=log)
         (out.parent / "profile_group_step.txt").write_text(profile_group_step(w))
         res["batched"]["profile"] = "profile_group_step.txt"
     if res["steps"]["overhead"]["tracked_chosen_layer"] > TARGETS["tracking_chosen_layer_overhead"]:
