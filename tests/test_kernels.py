@@ -120,6 +120,25 @@ def test_the_pin_is_in_the_environment_and_the_cache_key(monkeypatch):
     assert device_kind() != pinned and "COMPATIBLE" in device_kind()
     monkeypatch.setenv(kernels.UNPIN, "1")
     assert device_kind() == "cpu:unpinned"
+    monkeypatch.delenv(kernels.UNPIN)
+    monkeypatch.setenv("REVERSION_MKL_CBWR", "FAST")
+    with pytest.raises(ValueError, match="REVERSION_MKL_CBWR"):
+        device_kind()
+
+
+def test_mkl_reports_the_pinned_branch_here_and_none_without_the_pin(tmp_path):
+    import torch
+
+    if not torch.backends.mkl.is_available():
+        pytest.skip("this torch has no MKL")
+    assert kernels.state()["mkl_branch"] > 1  # read through mkl_serv_cbwr_get: CNR is set
+    # positive control: a process without MKL_CBWR reads CNR off (0 or 1), so the check can fail
+    env = {k: v for k, v in os.environ.items() if k != "MKL_CBWR"}
+    env[kernels.UNPIN] = "1"
+    code = "from reversion.infra import kernels; import torch; torch.ones(2) @ torch.ones(2); print(kernels.state())"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "'mkl_branch': 1" in out.stdout or "'mkl_branch': 0" in out.stdout, out.stdout
 
 
 def test_a_bad_device_setting_is_refused(monkeypatch):

@@ -1,20 +1,22 @@
 """The CPU arithmetic the organism's numbers depend on, pinned to one choice on every computer.
 
-A history is 3,100 optimizer steps of a chaotic system: a difference in the 8th digit of one
+A history is thousands of optimizer steps of a chaotic system: a difference in the 8th digit of one
 step (a reduction summed in another order) grows into another history. On a CPU that order
 depends on three things a machine chooses by itself, and each is pinned here:
 
 * **ATen's kernels** are compiled for several instruction sets and dispatched to the best the
   processor has (AVX-512 on some machines of this kind, AVX2 on others; the vector width
-  changes every vectorised reduction). ``ATEN_CPU_CAPABILITY=avx2`` -- every x86-64 machine
-  this book targets has AVX2.
+  changes every vectorised reduction). ``ATEN_CPU_CAPABILITY=avx2``, set only on an x86-64
+  processor that has AVX2 and FMA (elsewhere torch would run instructions the processor lacks;
+  there the pin is off and the cache key says so).
 * **MKL's matrix products** pick a code path per processor; its conditional numerical
   reproducibility (``MKL_CBWR``) fixes one. ``AVX2,STRICT`` (default) is honoured on Intel
   processors; on AMD processors MKL reports ``AUTO`` and uses its one non-Intel path whatever
   the processor's vector extensions (checked: ``MKL_ENABLE_INSTRUCTIONS`` and ``MKL_CBWR``
   change nothing there). The mode MKL documents as equal *across* vendors, ``COMPATIBLE``,
-  costs 1.86x per grouped step (measured, 10 runs: 590 ms against 318 ms); set
-  ``REVERSION_MKL_CBWR=COMPATIBLE`` for it (it enters every cache key).
+  costs 1.86x per grouped step (``benchmarks/step_variants.py``, 10 runs: 590 ms against 318
+  ms); set ``REVERSION_MKL_CBWR=COMPATIBLE`` for it. The cache key holds the mode and, since
+  the path MKL takes under ``AVX2`` depends on the vendor, the processor's vendor.
 * **Threads**: the organism's arithmetic runs on one thread in each process (a parallel
   reduction splits by the thread count); the cores are used by running groups of runs in
   worker processes (:mod:`reversion.infra.parallel`), whose numbers do not depend on the group.
@@ -48,8 +50,44 @@ def mkl_mode() -> str:
     return os.environ.get("REVERSION_MKL_CBWR", MKL_DEFAULT)
 
 
+MKL_MODES = ("AUTO", "COMPATIBLE", "SSE4_2", "AVX", "AVX2", "AVX512", "AVX512_E1")
+
+
+def mkl_checked() -> str:
+    """:func:`mkl_mode`, refused unless MKL knows it (``MODE`` or ``MODE,STRICT``)."""
+    mode = mkl_mode()
+    base, _, strict = mode.partition(",")
+    if base not in MKL_MODES or strict not in ("", "STRICT"):
+        raise ValueError(f"REVERSION_MKL_CBWR must be one of {', '.join(MKL_MODES)}, optionally with ',STRICT'; "
+                         f"got {mode!r}")
+    return mode
+
+
+@functools.lru_cache(maxsize=1)
+def cpu() -> dict:
+    """The processor: architecture, vendor, and whether it has AVX2 and FMA (Linux's cpuinfo;
+    elsewhere unknown, and the pin stays off)."""
+    import platform
+
+    info = {"machine": platform.machine().lower(), "vendor": "unknown", "avx2": False}
+    try:
+        text = open("/proc/cpuinfo").read()
+    except OSError:
+        return info
+    for line in text.splitlines():
+        if line.startswith("vendor_id"):
+            info["vendor"] = line.split(":", 1)[1].strip()
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            info["avx2"] = {"avx2", "fma"} <= flags
+            break
+    return info
+
+
 def enabled() -> bool:
-    return os.environ.get(UNPIN) != "1"
+    """Whether the pin applies: not turned off, and an x86-64 processor with AVX2 and FMA."""
+    c = cpu()
+    return os.environ.get(UNPIN) != "1" and c["machine"] in ("x86_64", "amd64") and c["avx2"]
 
 
 def pin_environment() -> None:
@@ -57,13 +95,13 @@ def pin_environment() -> None:
     calls this before anything loads torch)."""
     if enabled():
         os.environ["ATEN_CPU_CAPABILITY"] = CAPABILITY
-        os.environ["MKL_CBWR"] = mkl_mode()
+        os.environ["MKL_CBWR"] = mkl_checked()
 
 
 def signature() -> str:
     """What the organism's CPU numbers depend on, for cache keys: the pinned choice (whichever
     process computes, the pin holds there), or ``unpinned``."""
-    return f"aten-{CAPABILITY}/mkl-{mkl_mode()}" if enabled() else "unpinned"
+    return f"aten-{CAPABILITY}/mkl-{mkl_checked()}/{cpu()['vendor']}" if enabled() else "unpinned"
 
 
 @functools.lru_cache(maxsize=1)

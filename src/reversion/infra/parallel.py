@@ -17,7 +17,6 @@ import sys
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Any, Callable, Sequence
 
-import torch
 from tqdm import tqdm
 
 from reversion.infra import kernels
@@ -41,7 +40,7 @@ def n_workers() -> int:
         if n < 1:
             raise ValueError(f"REVERSION_WORKERS must be an int >= 1, got {env!r}")
         return n
-    if torch.cuda.is_available():
+    if kernels.compute_device().type == "cuda":
         return 1
     return max(1, min(len(os.sched_getaffinity(0)), 4))
 
@@ -65,17 +64,6 @@ WORKER_ENV = "REVERSION_IN_WORKER"
 
 def _mark_worker() -> None:
     os.environ[WORKER_ENV] = "1"
-
-
-def cores_here() -> int:
-    """Torch threads for one large computation in this process (a group of runs):
-    ``REVERSION_THREADS`` if set; 1 in a worker process, whose siblings hold the other cores
-    (two spinning OpenMP pools per core make everything many times slower); else
-    :func:`n_workers`, every core this process may use."""
-    env = os.environ.get("REVERSION_THREADS")
-    if env is not None:
-        return int(env)
-    return 1 if os.environ.get(WORKER_ENV) else n_workers()
 
 
 @contextlib.contextmanager

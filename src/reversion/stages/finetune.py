@@ -105,6 +105,15 @@ Job = tuple[Subject, FinetuneConfig, "Intervention | None"]
 """The arguments of one :func:`finetune` call."""
 
 
+def threads(subject: Subject) -> None:
+    """The organism on the pinned thread count (:mod:`reversion.infra.kernels`); a real model on
+    ``REVERSION_THREADS`` (default 1) on a CPU."""
+    if getattr(subject, "grouped", False):
+        kernels.pin_threads()
+    else:
+        set_cpu_threads()
+
+
 def _key(subject: Subject, ft: FinetuneConfig, intervention: Intervention | None) -> dict:
     return {"subject": subject.key(), "finetune": dataclasses.asdict(ft),
             "intervention": intervention.key() if intervention is not None else None}
@@ -116,7 +125,7 @@ def aligned_evaluation(subject: Subject, ft: FinetuneConfig) -> dict:
     subject.prepare(progress=False)
 
     def build(out: Path) -> None:
-        set_cpu_threads()
+        threads(subject)
         # float32, as the fine-tuned model every later step evaluates (a bf16 step 0 would put a
         # precision artefact into every "rise from theta_S")
         model = subject.load("theta_S", dtype=torch.float32)
@@ -158,7 +167,7 @@ def finetune(subject: Subject, ft: FinetuneConfig, intervention: Intervention | 
     def build(out: Path) -> None:
         t0 = time.perf_counter()
         seeding.seed_everything(ft.seed)
-        set_cpu_threads()
+        threads(subject)
         model = subject.load("theta_S", dtype=torch.float32)  # on the subject's device
         device = model_device(model)
         prompts = subject.prompts(ft.n_probe)
@@ -372,7 +381,7 @@ def finetune_many(jobs: Sequence[Job], progress: bool = True,
     evaluated = {}
     for s, ft, _ in missing.values():  # here, once, not in every worker at once
         evaluated.setdefault(cache.cache_key("aligned_eval", {"subject": s.key(), **s.eval_key(ft)}), (s, ft))
-    pinned = all(s.grouped for s in subjects) and default_device().type == "cpu"
+    pinned = any(s.grouped for s in subjects) and default_device().type == "cpu"
     parallel.run_all([(aligned_evaluation, (s, ft)) for s, ft in evaluated.values()], False,
                      desc="theta_S evaluations", workers=1, pinned=pinned)
     groups: dict[str, list[Job]] = {}
@@ -392,8 +401,9 @@ def finetune_many(jobs: Sequence[Job], progress: bool = True,
     if all(s.parallel for s in subjects):
         parallel.run_all(calls + [(_build_quietly, j) for j in alone] + list(extra), progress,
                          desc="fine-tuning runs", pinned=pinned)
-    else:
-        parallel.run_all(calls + list(extra), progress, workers=1)
+    else:  # a real model among them: one at a time (memory), pinned where organism groups are
+        parallel.run_all(calls + list(extra), progress, workers=1,
+                         pinned=bool(calls) and default_device().type == "cpu")
     return [finetune(s, ft, iv, progress=progress) for s, ft, iv in jobs]
 
 

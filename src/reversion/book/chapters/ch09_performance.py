@@ -68,12 +68,12 @@ def measurements(res: dict) -> dict[str, float | None]:
 
 
 LABELS = {
-    "histories_lineages_to_floor": ("ten histories with their lineages, grouped", "time / matrix floor"),
+    "histories_lineages_to_floor": ("histories with their lineages, grouped", "time / matrix floor"),
     "workload_runs_to_floor": ("their fine-tuning runs, grouped", "time / matrix floor"),
-    "histories_lineages_seconds": ("ten histories with their lineages, grouped", "seconds"),
+    "histories_lineages_seconds": ("the benchmark's histories with their lineages, grouped", "seconds"),
     "seeds_batched_to_one_seed": ("five fine-tuning seeds as one group", "time / one seed alone"),
     "seeds_batched_to_one_per_worker": ("five fine-tuning seeds as one group", "time / one run per worker (before)"),
-    "workload_seconds": ("ten histories, lineages and runs, from nothing", "seconds"),
+    "workload_seconds": ("those histories, lineages and runs, from nothing", "seconds"),
     "tracking_chosen_layer_overhead": ("drift tracking, chosen layer, every step", "added time per step"),
     "block_overhead": ("block objective", "added time per step"),
     "extraction_ratio": ("activation extraction (mean_activations)", "time / plain forward"),
@@ -280,7 +280,7 @@ def design_glue(study: dict | None) -> dict[str, str]:
 
 def design_table(study: dict | None) -> pd.DataFrame | str:
     """One row per candidate organism: its cost and the criterion's two measures over histories."""
-    if not study:
+    if not study or not study.get("candidates"):
         return "the design study was not run (python -m reversion.design)"
     rows = []
     base = study["candidates"].get("today's size", {}).get("cost_per_history")

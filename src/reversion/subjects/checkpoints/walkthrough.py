@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-import torch
 from peft import LoraConfig, get_peft_model
 from transformers import PrinterCallback, ProgressCallback, TrainingArguments
 from transformers.utils import logging as hf_logging
@@ -29,6 +28,7 @@ from reversion.core.directions import Directions
 from reversion.core.models import load_model
 from reversion.infra import seeding
 from reversion.infra.checks import check_float, check_int
+from reversion.infra.kernels import compute_device
 from reversion.infra.runtime import set_cpu_threads
 from reversion.subjects.checkpoints.files import torch_dtype
 from reversion.subjects.checkpoints.trainer_hooks import BlockTrainer, ReversionMonitor, block_term
@@ -54,7 +54,7 @@ hf_logging.disable_progress_bar()
 
 def use_cpu_threads() -> None:
     """One torch thread (``REVERSION_THREADS``) when there is no CUDA: the demo's models are tiny."""
-    if not torch.cuda.is_available():
+    if compute_device().type != "cuda":
         set_cpu_threads()
 
 
@@ -129,7 +129,7 @@ def finetune(name: str, *, aligned: Path, tokenizer: Path, directions: Path, pro
         output_dir=str(output_dir), max_steps=steps, per_device_train_batch_size=batch_size,
         learning_rate=learning_rate, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
         logging_steps=every, save_strategy="steps", save_steps=every,
-        save_only_model=True, report_to=[], use_cpu=not torch.cuda.is_available(), seed=seed,
+        save_only_model=True, report_to=[], use_cpu=compute_device().type != "cuda", seed=seed,
         data_seed=seed, disable_tqdm=True, dataloader_num_workers=0)
     block = block_term(model, dirs, probes, block_strength) if block_strength > 0 else None
     if lora_rank > 0:

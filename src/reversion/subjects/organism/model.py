@@ -16,9 +16,9 @@ def build_model(cfg: ModelConfig, vocab_size: int) -> GPT2LMHeadModel:
         # Dropout off: a variant of strength zero must reproduce the baseline exactly.
         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
         bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD,
-        # Exact GELU, not GPT-2's tanh approximation: the same function at about half the cost
-        # of tanh-GELU's forward and backward on a CPU (measured in a 10-run grouped step:
-        # 329 ms against 400 ms; ReLU 315 ms, without GELU's smooth gradient below zero).
+        # Exact GELU, the function GPT-2's tanh form approximates, at about half the cost of
+        # tanh-GELU's forward and backward on a CPU (benchmarks/step_variants.py, a 10-run
+        # grouped step: 329 ms against 400 ms; ReLU 315 ms, without GELU's gradient below zero).
         activation_function=cfg.activation,
     )
     return GPT2LMHeadModel(config)
