@@ -14,7 +14,7 @@ depends on three things a machine chooses by itself, and each is pinned here:
   processors; on AMD processors MKL reports ``AUTO`` and uses its one non-Intel path whatever
   the processor's vector extensions (checked: ``MKL_ENABLE_INSTRUCTIONS`` and ``MKL_CBWR``
   change nothing there). The mode MKL documents as equal *across* vendors, ``COMPATIBLE``,
-  costs 1.86x per grouped step (``benchmarks/step_variants.py``, 10 runs: 590 ms against 318
+  costs 1.96x per grouped step (``benchmarks/step_variants.txt``, 10 runs: 285 ms against 145
   ms); set ``REVERSION_MKL_CBWR=COMPATIBLE`` for it. The cache key holds the mode and, since
   the path MKL takes under ``AVX2`` depends on the vendor, the processor's vendor.
 * **Threads**: the organism's arithmetic runs on one thread in each process (a parallel
