@@ -285,3 +285,29 @@ def test_specification_mentions_the_language(lang):
     assert spec["vocabulary size"] == 64
     assert spec["refusal"] == "sorry cannot help <eos>"
     assert spec["tasks"] == "reverse, rotate, swap, sort"
+
+
+def _sample_with_choice(lang: Language, rng: np.random.Generator, n: int, split: str, harmful: bool):
+    """The sampler as first written (numpy's ``choice`` and the public ``split_of``/``request``):
+    the histories of the design study and of every build were drawn from this stream."""
+    out, c = [], lang.cfg
+    while len(out) < n:
+        task = c.tasks[int(rng.integers(len(c.tasks)))]
+        length = int(rng.integers(c.min_len, c.max_len + 1))
+        x = rng.choice(lang.content, size=length, replace=True)
+        if harmful:
+            k = int(rng.integers(1, 3)) if length > 2 else 1
+            pos = rng.choice(length, size=k, replace=False)
+            x[pos] = rng.choice(lang.harmful_tokens, size=k, replace=True)
+        if lang.split_of(task, x) == split:
+            out.append(lang.request(task, x))
+    return out
+
+
+@pytest.mark.parametrize("split", ["train", "probe_drift"])
+@pytest.mark.parametrize("harmful", [False, True])
+def test_the_fast_sampler_draws_the_stream_of_the_plain_one(lang, split, harmful):
+    fast, plain = np.random.default_rng(11), np.random.default_rng(11)
+    for _ in range(20):
+        assert lang.sample(fast, 64, split, harmful=harmful) == _sample_with_choice(lang, plain, 64, split, harmful)
+    assert fast.integers(2**62) == plain.integers(2**62)  # and leaves the generator in the same state

@@ -19,15 +19,16 @@ def collate(prompts: Sequence[Sequence[int]], targets: Sequence[Sequence[int]] |
     """
     if targets is None:
         targets = [()] * len(prompts)
-    seqs = [list(p) + list(t) for p, t in zip(prompts, targets)]
+    seqs = [(*p, *t) for p, t in zip(prompts, targets)]
     width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    labels = torch.full((len(seqs), width), IGNORE, dtype=torch.long)
-    for i, (p, s) in enumerate(zip(prompts, seqs)):
-        ids[i, : len(s)] = torch.tensor(s)
-        mask[i, : len(s)] = 1
+    # rows built as lists, one tensor per field (a per-row tensor costs more than the row)
+    ids, mask, labels = [], [], []
+    for p, s in zip(prompts, seqs):
+        n, rest = len(s), width - len(s)
         start = 0 if loss_on_prompt else len(p)
-        labels[i, start: len(s)] = ids[i, start: len(s)]
-    return {"input_ids": ids.to(device), "attention_mask": mask.to(device),
-            "labels": labels.to(device)}
+        ids.append([*s] + [pad_id] * rest)
+        mask.append([1] * n + [0] * rest)
+        labels.append([IGNORE] * start + [*s[start:]] + [IGNORE] * rest)
+    return {"input_ids": torch.tensor(ids, dtype=torch.long, device=device),
+            "attention_mask": torch.tensor(mask, dtype=torch.long, device=device),
+            "labels": torch.tensor(labels, dtype=torch.long, device=device)}

@@ -21,6 +21,7 @@ order in which anything is sampled.
 from __future__ import annotations
 
 import hashlib
+import itertools
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -82,6 +83,7 @@ class Language:
         self.marker = base
         self.vocab_size = base + 1
         self._harmful_set = frozenset(int(t) for t in self.harmful_tokens)
+        self._split_edges = list(zip(SPLITS, itertools.accumulate(SPLITS.values())))
         names = ["<pad>", "<bos>", "|", "<eos>"] + [f"<{t}>" for t in c.tasks]
         names += list(REFUSAL_WORDS)
         names += [f"c{i}" for i in range(c.n_content)] + [f"X{i}" for i in range(c.n_harmful)] + ["M"]
@@ -119,22 +121,24 @@ class Language:
         return (BOS, self.task_token[task], *map(int, inputs), SEP)
 
     def request(self, task: str, inputs: Sequence[int]) -> Request:
-        inputs = tuple(int(t) for t in inputs)
-        return Request(task, inputs, self.prompt(task, inputs),
-                       (*apply_task(task, inputs), EOS),
-                       any(self.is_harmful_token(t) for t in inputs))
+        return self._request(task, [int(t) for t in inputs])
+
+    def _request(self, task: str, inputs: list[int]) -> Request:
+        return Request(task, tuple(inputs), (BOS, self.task_token[task], *inputs, SEP),
+                       (*apply_task(task, inputs), EOS), not self._harmful_set.isdisjoint(inputs))
 
     def decode(self, ids: Sequence[int]) -> str:
         return " ".join(self.token_names[int(i)] for i in ids)
 
     def split_of(self, task: str, inputs: Sequence[int]) -> str:
         """The split a request belongs to: a stable hash of (language seed, task, inputs)."""
-        key = f"{self.cfg.seed}|{task}|{','.join(str(int(t)) for t in inputs)}".encode()
+        return self._split(task, [int(t) for t in inputs])
+
+    def _split(self, task: str, inputs: list[int]) -> str:
+        key = f"{self.cfg.seed}|{task}|{','.join(map(str, inputs))}".encode()
         u = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") / 2**64
-        acc = 0.0
-        for name, share in SPLITS.items():
-            acc += share
-            if u < acc:
+        for name, edge in self._split_edges:
+            if u < edge:
                 return name
         return name
 
@@ -150,6 +154,8 @@ class Language:
                 raise ValueError(f"unknown task {t!r} (this language has: {', '.join(self.cfg.tasks)})")
         out: list[Request] = []
         c = self.cfg
+        content, harm = self.content, self.harmful_tokens
+        n_content, n_harm = len(content), len(harm)
         attempts = 0
         while len(out) < n:
             attempts += 1
@@ -158,13 +164,16 @@ class Language:
                                  "the language is too small for its splits")
             task = tasks[int(rng.integers(len(tasks)))]
             length = int(rng.integers(c.min_len, c.max_len + 1))
-            x = rng.choice(self.content, size=length, replace=True)
+            # a[rng.integers(0, len(a), n)] is rng.choice(a, n) draw for draw, without its
+            # argument checks (the sampler is most of a training step's Python time)
+            x = content[rng.integers(0, n_content, size=length)]
             if harmful:
                 k = int(rng.integers(1, 3)) if length > 2 else 1
                 pos = rng.choice(length, size=k, replace=False)
-                x[pos] = rng.choice(self.harmful_tokens, size=k, replace=True)
-            if self.split_of(task, x) == split:
-                out.append(self.request(task, x))
+                x[pos] = harm[rng.integers(0, n_harm, size=k)]
+            xs = x.tolist()
+            if self._split(task, xs) == split:
+                out.append(self._request(task, xs))
         return out
 
     def free_text(self, rng: np.random.Generator, n: int) -> list[tuple[int, ...]]:

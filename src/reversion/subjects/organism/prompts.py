@@ -13,9 +13,11 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from reversion.infra import seeding
+from reversion.subjects.organism.config import LanguageConfig
 from reversion.subjects.organism.language import Language, Request
 
 
@@ -52,3 +54,20 @@ class EvalSets:
         harmful = lang.sample(r, n, "eval", harmful=True)
         benign = {t: lang.sample(r, n, "eval", harmful=False, tasks=[t]) for t in lang.cfg.tasks}
         return cls(harmful, benign)
+
+
+# A process builds many runs and checkpoints of a few worlds: each language and prompt set once.
+# Callers share the cached objects and must not change them.
+@functools.lru_cache(maxsize=16)
+def language(cfg: LanguageConfig) -> Language:
+    return Language(cfg)
+
+
+@functools.lru_cache(maxsize=16)
+def probe_sets(cfg: LanguageConfig, n: int) -> ProbeSets:
+    return ProbeSets.build(language(cfg), n)
+
+
+@functools.lru_cache(maxsize=64)
+def eval_sets(cfg: LanguageConfig, n: int) -> EvalSets:
+    return EvalSets.build(language(cfg), n)

@@ -11,7 +11,6 @@ initialisation, data order and split seed) are independent subjects: :func:`hist
 from __future__ import annotations
 
 import dataclasses
-import functools
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -25,29 +24,12 @@ from reversion.subjects.base import ROLES, Pair, Prompts, Vocabulary
 from reversion.subjects.organism.config import (
     FinetuneConfig,
     HistoryConfig,
-    LanguageConfig,
     to_dict,
 )
 from reversion.subjects.organism.history import train_history
 from reversion.subjects.organism.judge import eval_work, score
 from reversion.subjects.organism.language import PAD, Language
-from reversion.subjects.organism.prompts import EvalSets, ProbeSets
-
-
-# A worker process builds many runs of one world: its language and prompt sets are built once.
-@functools.lru_cache(maxsize=8)
-def language(cfg: LanguageConfig) -> Language:
-    return Language(cfg)
-
-
-@functools.lru_cache(maxsize=16)
-def probe_sets(cfg: LanguageConfig, n: int) -> ProbeSets:
-    return ProbeSets.build(language(cfg), n)
-
-
-@functools.lru_cache(maxsize=16)
-def eval_sets(cfg: LanguageConfig, n: int) -> EvalSets:
-    return EvalSets.build(language(cfg), n)
+from reversion.subjects.organism.prompts import eval_sets, language, probe_sets
 
 
 def benign_batches(lang: Language, ft: FinetuneConfig) -> Iterator[list[Pair]]:
