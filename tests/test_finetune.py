@@ -237,12 +237,14 @@ def test_sparse_tracking_records_the_same_rows_and_nan_between(world, subject, t
 
 
 @pytest.mark.parametrize("n,workers,most,sizes", [
-    (50, 2, 16, [13, 13, 13, 11]),   # not 16 + 16 + 16 + 2: both workers busy to the end
+    (50, 2, 16, [13, 13, 12, 12]),   # not 16 + 16 + 16 + 2: both workers busy to the end
+    (30, 2, 8, [8, 8, 7, 7]),        # 15 a worker, not 16 and 14
     (48, 2, 16, [12, 12, 12, 12]),
     (15, 2, 16, [15]),               # one group: it runs on every core, nothing to balance
     (17, 2, 16, [9, 8]),
-    (33, 4, 16, [9, 9, 9, 6]),
+    (33, 4, 16, [9, 8, 8, 8]),
     (5, 1, 2, [2, 2, 1]),
+    (3, 2, 1, [1, 1, 1]),           # never an empty chunk
     (0, 2, 16, []),
 ])
 def test_groups_are_split_evenly_over_the_workers(n, workers, most, sizes):

@@ -209,10 +209,13 @@ def test_marked_helpful_phase_changes_only_the_harmful_targets(world):
 def test_a_shorter_phase_is_a_snapshot_of_the_longer_one(world, tmp_path, monkeypatch):
     """The dose lineages: a helpful phase at half length, trained beside the full one, is saved from
     the full run (one helpful training, not two) and is identical, weights, losses and metrics, to
-    the half-length phase trained alone in an empty cache. The marked lineage shares the group."""
+    the half-length phase trained alone in an empty cache. The marked lineage and a second history
+    share the group; the two histories' snapshots, due at one step, are evaluated as one group."""
     cfg = world.history
     half = _helpful(cfg, steps=cfg.helpful.steps // 2)
     marked = _helpful(cfg, marker=True)
+    other = dataclasses.replace(cfg, seed=cfg.seed + 1)
+    other_half = _helpful(other, steps=cfg.helpful.steps // 2)
     calls = []
     real = history_mod._build_phase
 
@@ -222,12 +225,23 @@ def test_a_shorter_phase_is_a_snapshot_of_the_longer_one(world, tmp_path, monkey
 
     monkeypatch.setattr(history_mod, "_build_phase", counting)
     monkeypatch.setenv("REVERSION_CACHE", str(tmp_path / "together"))
-    history_mod.train_histories([cfg, half, marked], progress=False, upto="helpful")
-    # pretrain once (all share theta_P); one helpful group: plain and marked, the half a snapshot
-    assert calls == [("pretrain", 1, 0), ("helpful", 2, 1)]
-    together = {n: train_history(c, progress=False) for n, c in (("half", half), ("full", cfg), ("marked", marked))}
+    saves = []
+    real_save = history_mod._save
+
+    def saving(cfgs, phase, *args, **kwargs):
+        saves.append((phase, len(cfgs)))
+        return real_save(cfgs, phase, *args, **kwargs)
+
+    monkeypatch.setattr(history_mod, "_save", saving)
+    history_mod.train_histories([cfg, half, marked, other, other_half], progress=False, upto="helpful")
+    # pretrain once per history (the lineages share theta_P); one helpful group: plain, marked and
+    # the other history, the halves snapshots saved together
+    assert calls == [("pretrain", 2, 0), ("helpful", 3, 2)]
+    assert saves == [("pretrain", 2), ("helpful", 2), ("helpful", 3)]
+    lines = (("half", half), ("full", cfg), ("marked", marked), ("other half", other_half))
+    together = {n: train_history(c, progress=False) for n, c in lines}
     monkeypatch.setenv("REVERSION_CACHE", str(tmp_path / "alone"))
-    alone = {n: train_history(c, progress=False) for n, c in (("half", half), ("full", cfg))}
+    alone = {n: train_history(c, progress=False) for n, c in (("half", half), ("full", cfg), ("other half", other_half))}
     for n in alone:
         for ck in ("theta_H", "theta_S"):
             assert _same_weights(together[n].paths[ck], alone[n].paths[ck]), (n, ck)

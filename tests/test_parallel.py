@@ -15,6 +15,8 @@ from reversion.stages.finetune import finetune_many
 from reversion.subjects.organism.subject import OrganismSubject
 from reversion.subjects.organism.worlds import make_world
 
+from pid_calls import note_pid
+
 
 def _world():
     return make_world("smoke", {"finetune": {"steps": 3, "eval_steps": [0, 3]}})
@@ -98,3 +100,42 @@ def test_a_failure_does_not_wait_for_the_runs_in_flight():
     with pytest.raises(RuntimeError, match="boom 2"):
         parallel.run_all([(time.sleep, (60,)), (_boom, (2,))], progress=False, workers=2)
     assert time.perf_counter() - t0 < 40  # the 60 s sleep was terminated, not awaited
+
+
+
+def _pids(folder) -> set[str]:
+    return {p.read_text() for p in folder.iterdir()}
+
+
+def _calls(folder, n: int = 4) -> list:
+    folder.mkdir()
+    return [(note_pid, (str(folder), i)) for i in range(n)]
+
+
+def test_a_session_keeps_its_workers_across_calls_and_closes_them(tmp_path, monkeypatch):
+    """Three calls in one session run in at most two worker processes (each started once); a call
+    made under another environment gets new workers (they carry the environment they started
+    with); the session's end closes them. Control: without a session, three calls start at least
+    three."""
+    with parallel.session():
+        for x in "abc":
+            parallel.run_all(_calls(tmp_path / x), progress=False, workers=2)
+        pool = parallel._session["pool"]
+        monkeypatch.setenv("REVERSION_TEST_MARK", "1")
+        parallel.run_all(_calls(tmp_path / "d"), progress=False, workers=2)
+        assert parallel._session["pool"] is not pool
+    assert parallel._session is None and pool._shutdown_thread
+    kept = _pids(tmp_path / "a") | _pids(tmp_path / "b") | _pids(tmp_path / "c")
+    assert len(kept) <= 2 and not _pids(tmp_path / "d") & kept
+    for x in "efg":
+        parallel.run_all(_calls(tmp_path / x), progress=False, workers=2)
+    assert len(_pids(tmp_path / "e") | _pids(tmp_path / "f") | _pids(tmp_path / "g")) >= 3
+
+
+def test_a_failure_in_a_session_drops_its_workers_and_the_next_call_still_runs(tmp_path):
+    with parallel.session():
+        with pytest.raises(RuntimeError, match="boom 3"):
+            parallel.run_all([(_boom, (3,)), (_boom, (3,))], progress=False, workers=2)
+        assert "pool" not in parallel._session
+        parallel.run_all(_calls(tmp_path / "a", 2), progress=False, workers=2)
+    assert len(list((tmp_path / "a").iterdir())) == 2

@@ -46,17 +46,22 @@ def n_workers() -> int:
 
 
 def chunks(runs: list, workers: int, most: int, least: int = 1) -> list[list]:
-    """``runs`` in at least ``least`` and as few as possible chunks of at most ``most``, as equal
-    as possible, and -- when there is more than one -- as many as a multiple of ``workers``, so
-    the workers finish together (16 + 16 + 16 + 2 runs on two workers would leave one idle for a
-    whole group; 13 + 13 + 13 + 11 does not)."""
+    """``runs`` in at least ``least`` and as few as possible chunks of at most ``most``, their sizes
+    differing by at most one, and -- when there is more than one -- as many as a multiple of
+    ``workers``, so the workers finish together (16 + 16 + 16 + 2 runs on two workers would leave
+    one idle for a whole group; 13 + 13 + 12 + 12 does not), largest first."""
     if not runs:
         return []
     k = min(len(runs), max(-(-len(runs) // most), least))
     if k > 1 and k % workers:
-        k += workers - k % workers
-    size = -(-len(runs) // k)
-    return [runs[i: i + size] for i in range(0, len(runs), size)]
+        k = min(len(runs), k + workers - k % workers)
+    size, extra = divmod(len(runs), k)
+    out, i = [], 0
+    for j in range(k):
+        n = size + (j < extra)
+        out.append(runs[i: i + n])
+        i += n
+    return out
 
 
 WORKER_ENV = "REVERSION_IN_WORKER"
@@ -83,6 +88,49 @@ def _main_not_rerun():
         main.__dict__.update(saved)
 
 
+_session: dict | None = None
+"""The open :func:`session`'s pool and the key it was started with (``None``: no session)."""
+
+
+@contextlib.contextmanager
+def session():
+    """Keep :func:`run_all`'s worker processes for every call inside the block (a stage's phases,
+    its evaluations and runs): a worker's start is about 5 s of imports, paid once instead of per
+    call. Workers carry the environment they started with, so a call made under another
+    environment (``REVERSION_CACHE``, ``REVERSION_WORKERS``, ...) gets new ones. Nested sessions
+    are the outer one; leaving the outermost closes its workers."""
+    global _session
+    if _session is not None:
+        yield
+        return
+    _session = {}
+    try:
+        yield
+    finally:
+        pool, _session = _session.get("pool"), None
+        if pool is not None:
+            pool.shutdown(wait=True)
+
+
+def _pool(workers: int, n_calls: int) -> ProcessPoolExecutor:
+    """A pool for ``workers``: the session's (started now if it has none, or none for this
+    environment), else one for this call alone."""
+    # spawn, not fork: the parent may be a Jupyter kernel (sockets, threads).
+    def start(n: int) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"), initializer=_mark_worker)
+
+    if _session is None:
+        return start(min(workers, n_calls))
+    key = (workers, sorted(os.environ.items()))
+    if _session.get("key") != key:
+        old = _session.pop("pool", None)
+        if old is not None:
+            old.shutdown(wait=True)
+        # processes start as calls need them, up to ``workers``
+        _session.update(pool=start(workers), key=key)
+    return _session["pool"]
+
+
 def run_all(calls: Sequence[Call], progress: bool = True, desc: str = "runs",
             workers: int | None = None, pinned: bool = False) -> None:
     """Run ``calls`` for their side effects (cache entries), in parallel when it helps.
@@ -91,7 +139,8 @@ def run_all(calls: Sequence[Call], progress: bool = True, desc: str = "runs",
     in a module, not in ``__main__``). With one worker (or one call) they run here, in order,
     unless ``pinned`` (the organism's arithmetic) and this process's arithmetic is not the
     pinned one (:func:`reversion.infra.kernels.pinned`): then in a worker, which is. The
-    first failure cancels what has not started and is raised.
+    first failure cancels what has not started and is raised. Inside a :func:`session` the
+    workers outlive the call.
     """
     calls = list(calls)
     workers = n_workers() if workers is None else workers
@@ -104,10 +153,7 @@ def run_all(calls: Sequence[Call], progress: bool = True, desc: str = "runs",
         return
     if not here_ok:
         kernels.warn_unpinned()
-    workers = max(1, workers)
-    # spawn, not fork: the parent may be a Jupyter kernel (sockets, threads).
-    ex = ProcessPoolExecutor(min(workers, len(calls)), mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_mark_worker)
+    ex = _pool(max(1, workers), len(calls))
     finished = False
     try:
         with _main_not_rerun():  # workers start during submit
@@ -122,10 +168,13 @@ def run_all(calls: Sequence[Call], progress: bool = True, desc: str = "runs",
         finished = True
     finally:
         if finished:
-            ex.shutdown(wait=True)
+            if _session is None or _session.get("pool") is not ex:
+                ex.shutdown(wait=True)
         else:
             # A failure or an interrupt: do not wait minutes for the runs in flight. What they
             # leave is a .tmp-* folder, which never reads as an entry (see reversion.infra.cache).
+            if _session is not None and _session.get("pool") is ex:
+                _session.clear()
             procs = list(ex._processes.values()) if getattr(ex, "_processes", None) else []
             ex.shutdown(wait=False, cancel_futures=True)
             for p in procs:

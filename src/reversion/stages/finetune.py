@@ -221,8 +221,10 @@ def train_with(model, pairs: Iterator[list[Pair]], ft: FinetuneConfig, intervent
             intervention.teardown()
 
 
-GROUP_MAX = 16
-"""Most runs trained as one group (memory grows with it; speed stops growing well before)."""
+GROUP_MAX = 8
+"""Most runs trained as one group. A group's memory grows with its size, its speed per run does
+not: at the default world a run-step costs 14.6, 14.3 and 14.7 ms in groups of 4, 8 and 16 (one
+thread, measured side by side), while a group of 16 holds about 340 MiB of activations."""
 
 
 def _groupable(subject: Subject, intervention: Intervention | None) -> bool:
@@ -358,14 +360,26 @@ def _build_quietly(subject: Subject, ft: FinetuneConfig, intervention: Intervent
     finetune(subject, ft, intervention, progress=False)
 
 
+EVALS_SPLIT_FROM = 8
+"""theta_S evaluations (about 0.5 s each on the organism) from which they are shared out over the
+workers rather than run here."""
+
+
+def _aligned_evaluations(pairs: Sequence[tuple[Subject, FinetuneConfig]]) -> None:
+    for s, ft in pairs:
+        aligned_evaluation(s, ft)
+
+
+@parallel.session()
 def finetune_many(jobs: Sequence[Job], progress: bool = True,
                   extra: Sequence[parallel.Call] = ()) -> list[FinetuneRun]:
     """:func:`finetune` for each ``(subject, ft, intervention)``, in order.
 
     The runs missing from the cache are built first -- in worker processes
-    (:func:`reversion.infra.parallel.run_all`) when every subject allows it, with any
-    ``extra`` independent calls alongside; one after another otherwise (a real model per
-    worker would not fit). Subjects are prepared and theta_S evaluated here, once.
+    (:func:`reversion.infra.parallel.run_all`, one session of workers) when every subject
+    allows it, with any ``extra`` independent calls alongside; one after another otherwise (a
+    real model per worker would not fit). Subjects are prepared here; theta_S is evaluated
+    once per subject, here or, when there are many, in the workers.
     """
     jobs = [tuple(j) for j in jobs]
     for s, ft, _ in jobs:
@@ -382,8 +396,12 @@ def finetune_many(jobs: Sequence[Job], progress: bool = True,
     for s, ft, _ in missing.values():  # here, once, not in every worker at once
         evaluated.setdefault(cache.cache_key("aligned_eval", {"subject": s.key(), **s.eval_key(ft)}), (s, ft))
     pinned = any(s.grouped for s in subjects) and default_device().type == "cpu"
-    parallel.run_all([(aligned_evaluation, (s, ft)) for s, ft in evaluated.values()], False,
-                     desc="theta_S evaluations", workers=1, pinned=pinned)
+    workers = parallel.n_workers() if all(s.parallel for s in subjects) else 1
+    # Many evaluations share the workers the runs then use (one session); a few run here.
+    todo = list(evaluated.values())
+    ev_workers = workers if len(todo) >= EVALS_SPLIT_FROM else 1
+    parallel.run_all([(_aligned_evaluations, (part,)) for part in parallel.chunks(todo, ev_workers, len(todo), ev_workers)],
+                     False, desc="theta_S evaluations", workers=ev_workers, pinned=pinned)
     groups: dict[str, list[Job]] = {}
     alone = []
     for j in missing.values():
@@ -391,7 +409,6 @@ def finetune_many(jobs: Sequence[Job], progress: bool = True,
             groups.setdefault(_group_signature(j[1], j[2]), []).append(j)
         else:
             alone.append(j)
-    workers = parallel.n_workers() if all(s.parallel for s in subjects) else 1
     # A group computes on one thread (reversion.infra.kernels): a large one is split so that
     # every worker holds a part. Largest first: the pool's first-come order is then
     # longest-processing-time scheduling.

@@ -31,7 +31,7 @@ from reversion.subjects.organism.config import HistoryConfig, PhaseConfig, to_di
 from reversion.subjects.organism.judge import eval_work, score
 from reversion.subjects.organism.language import PAD, Language
 from reversion.subjects.organism.model import build_model
-from reversion.subjects.organism.prompts import EvalSets
+from reversion.subjects.organism.prompts import eval_sets, language
 
 PHASES = ("pretrain", "helpful", "safety")
 CHECKPOINT = {"pretrain": "theta_P", "helpful": "theta_H", "safety": "theta_S"}
@@ -67,8 +67,9 @@ def _stage_config(cfg: HistoryConfig, phase: str) -> dict:
             "n_eval": d["n_eval"], **{p: d[p] for p in upto}}
 
 
-GROUP_MAX = 16
-"""Most histories trained as one group."""
+GROUP_MAX = 8
+"""Most histories trained as one group (memory grows with the group, speed per history does not:
+see :data:`reversion.stages.finetune.GROUP_MAX`)."""
 
 
 CODE = ("reversion.subjects.organism.history",)
@@ -113,12 +114,14 @@ SPLIT_FROM = 50_000
 workers: below it, a worker's start (about 3 s of imports) costs more than a core saves."""
 
 
+@parallel.session()
 def train_histories(cfgs: Sequence[HistoryConfig], progress: bool = True, upto: str = "safety") -> list[Path]:
     """Build the phases up to ``upto`` of every history in ``cfgs`` that the cache lacks, phase by
     phase, each phase as groups of histories; returns the folders of phase ``upto``. A group
     computes on one thread (:mod:`reversion.infra.kernels`); a large phase is split into groups
-    run side by side in worker processes (:func:`reversion.infra.parallel.run_all`), which changes
-    no number: a history's weights do not depend on its group.
+    run side by side in worker processes (:func:`reversion.infra.parallel.run_all`, one session of
+    workers for every phase), which changes no number: a history's weights do not depend on its
+    group.
 
     A missing phase that is a shorter run of another missing phase (e.g. a helpful phase at half
     its length, chapter "Which past?"'s dose) is not trained: it is saved from the longer run
@@ -158,7 +161,7 @@ def _build_phase(jobs: list[tuple[HistoryConfig, list[HistoryConfig]]], phase: s
     kernels.pin_threads()
     device = default_device()
     cfgs = [c for c, _ in jobs]
-    langs = [Language(c.language) for c in cfgs]
+    langs = [language(c.language) for c in cfgs]
     models = []
     for c, lang in zip(cfgs, langs):
         if phase == "pretrain":
@@ -180,10 +183,13 @@ def _build_phase(jobs: list[tuple[HistoryConfig, list[HistoryConfig]]], phase: s
             snaps.setdefault(getattr(c, phase).steps, []).append((k, c))
 
     def snapshot(step: int) -> None:
-        for k, c in snaps.get(step, []):
-            # A group of one evaluates exactly as the run's own group would (fixed widths).
-            alone = GroupedGPT2([group.export(k, models[k])])
-            _save([c], phase, alone, [models[k]], [losses[k][:step]], step, t0, time.perf_counter() - t0)
+        due = snaps.get(step, [])
+        if due:
+            # The snapshots due at this step evaluate as one group of their own, which computes
+            # what each run's own group would (fixed widths: tests/test_grouped.py).
+            part = GroupedGPT2([group.export(k, models[k]) for k, _ in due])
+            _save([c for _, c in due], phase, part, [models[k] for k, _ in due],
+                  [losses[k][:step] for k, _ in due], step, t0, time.perf_counter() - t0)
 
     names = f"{len(cfgs)} histories" if len(cfgs) > 1 else f"seed {cfgs[0].seed}"
     snapshot(0)
@@ -204,9 +210,9 @@ def _save(cfgs: list[HistoryConfig], phase: str, group: GroupedGPT2, models: lis
           steps: int, t0: float, t_train: float) -> None:
     """Evaluate every run of ``group`` and write each history's entry of ``phase`` (``models``:
     plain models to export the runs into)."""
-    langs = [Language(c.language) for c in cfgs]
+    langs = [language(c.language) for c in cfgs]
     widths = (langs[0].max_prompt_len, langs[0].max_sequence_len)
-    sets = [EvalSets.build(lang, c.n_eval) for c, lang in zip(cfgs, langs)]
+    sets = [eval_sets(c.language, c.n_eval) for c in cfgs]
     with torch.no_grad():
         results = group.run_work([eval_work(lang, e) for lang, e in zip(langs, sets)], widths)
     total, n = time.perf_counter() - t0, len(cfgs)
