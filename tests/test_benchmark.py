@@ -38,6 +38,26 @@ def test_peak_memory_sees_a_child_allocation_and_not_a_small_one():
     assert big > 300 and small < 100
 
 
+def test_a_mark_splits_the_peak_into_segments():
+    """A notebook's peak is the tree's peak between the marks before and after it: a 300 MiB
+    allocation in the first segment does not appear in the second."""
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-c", "import time; b = bytearray(300 * 2**20); "
+                             "b[::4096] = b'x' * len(b[::4096]); time.sleep(1.0); del b; time.sleep(2.0)"])
+    mon = benchmark._PeakRSS(proc.pid, interval=0.05)
+    mon.start()
+    time.sleep(0.9)
+    first = mon.mark()
+    time.sleep(0.9)  # the allocation is freed in this segment, about 1.1 s after the start
+    mon.mark()
+    time.sleep(0.8)
+    third = mon.mark()
+    proc.wait()
+    mon.stop()
+    assert first > 300 * 2**20 and third < 100 * 2**20
+
+
 @pytest.fixture(scope="module")
 def smoke_results(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "results.json"

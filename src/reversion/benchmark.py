@@ -626,6 +626,12 @@ class _PeakRSS(threading.Thread):
     def __init__(self, pid: int, interval: float = 0.2):
         super().__init__(daemon=True)
         self.pid, self.interval, self.peak, self._stop_event = pid, interval, 0, threading.Event()
+        self._since_mark = 0
+
+    def mark(self) -> int:
+        """The peak since the previous mark (or the start); starts a new segment."""
+        out, self._since_mark = self._since_mark, 0
+        return out
 
     def run(self) -> None:
         import psutil
@@ -645,6 +651,7 @@ class _PeakRSS(threading.Thread):
             except psutil.Error:
                 break
             self.peak = max(self.peak, total)
+            self._since_mark = max(self._since_mark, total)
             self._stop_event.wait(self.interval)
 
     def stop(self) -> int:
@@ -659,12 +666,19 @@ def _timed_book(args: list[str], env: dict) -> dict:
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     mon = _PeakRSS(proc.pid)
     mon.start()
-    out, _ = proc.communicate()
+    lines, per_notebook = [], {}
+    for line in proc.stdout:  # a notebook's peak is the tree's while it ran (up to its log line)
+        lines.append(line)
+        m = _EXECUTED.search(line)
+        if m:
+            per_notebook[m[1]] = mon.mark() / 2**30
+    proc.wait()
     peak = mon.stop()
+    out = "".join(lines)
     if proc.returncode != 0:
         raise RuntimeError(f"book build failed (exit {proc.returncode}):\n{out[-4000:]}")
     return {"seconds": time.perf_counter() - t0, "peak_memory_gib": peak / 2**30,
-            "notebook_seconds": notebook_seconds(out)}
+            "notebook_seconds": notebook_seconds(out), "notebook_peak_memory_gib": per_notebook}
 
 
 _EXECUTED = re.compile(r"\[book\]\s+(\d\d[a-z]?_\w+):?\s+executed in\s+([\d.]+) s")

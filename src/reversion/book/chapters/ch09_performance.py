@@ -367,11 +367,15 @@ def profile_excerpt(res: dict, n_lines: int = 45) -> str:
 
 
 def notebook_table(res: dict) -> pd.DataFrame | None:
-    """Execution seconds of each notebook in the cold build (None when not measured)."""
-    b = res.get("book")
-    per = (b or {}).get("cold", {}).get("notebook_seconds")
+    """Execution seconds of each notebook in the cold build and, where measured, the peak memory
+    of the build's processes while it ran (None when not measured)."""
+    cold = ((res.get("book") or {}).get("cold") or {})
+    per = cold.get("notebook_seconds")
     if not per:
         return None
     df = pd.DataFrame({"notebook": list(per), "seconds (cold)": list(per.values())}).set_index("notebook")
-    df.loc["total"] = df["seconds (cold)"].sum()
-    return df.round(1)
+    peaks = cold.get("notebook_peak_memory_gib")
+    if peaks:
+        df["peak memory (GiB)"] = [peaks.get(n) for n in df.index]
+    df.loc["total"] = [df["seconds (cold)"].sum()] + ([cold["peak_memory_gib"]] if peaks else [])
+    return df.round({"seconds (cold)": 1, "peak memory (GiB)": 2})
