@@ -621,16 +621,21 @@ def profile_step(world: World, layer: int, steps: int = 40) -> str | None:
 
 
 class _PeakRSS(threading.Thread):
-    """Samples the summed resident memory of a process and all its descendants."""
+    """Samples the summed resident memory of a process and all its descendants (``peak``, the
+    page's measure) and their summed proportional set size (``peak_pss``: a page shared by n
+    processes, e.g. torch's library code, counted 1/n in each, so it is counted once)."""
 
     def __init__(self, pid: int, interval: float = 0.2):
         super().__init__(daemon=True)
         self.pid, self.interval, self.peak, self._stop_event = pid, interval, 0, threading.Event()
-        self._since_mark = 0
+        self._since_mark = self._segment = 0
+        self.peak_pss = 0
 
     def mark(self) -> int:
-        """The peak since the previous mark (or the start); starts a new segment."""
+        """The peak since the previous mark (or the start); starts a new segment (a sample begun
+        before the mark does not count in it)."""
         out, self._since_mark = self._since_mark, 0
+        self._segment += 1
         return out
 
     def run(self) -> None:
@@ -641,17 +646,22 @@ class _PeakRSS(threading.Thread):
         except psutil.NoSuchProcess:
             return
         while not self._stop_event.is_set():
-            total = 0
+            total = pss = 0
+            segment = self._segment
             try:
                 for p in [root, *root.children(recursive=True)]:
                     try:
-                        total += p.memory_info().rss
+                        full = p.memory_full_info()
+                        total += full.rss
+                        pss += getattr(full, "pss", full.rss)
                     except psutil.Error:
                         pass
             except psutil.Error:
                 break
             self.peak = max(self.peak, total)
-            self._since_mark = max(self._since_mark, total)
+            self.peak_pss = max(self.peak_pss, pss)
+            if segment == self._segment:
+                self._since_mark = max(self._since_mark, total)
             self._stop_event.wait(self.interval)
 
     def stop(self) -> int:
@@ -661,8 +671,15 @@ class _PeakRSS(threading.Thread):
 
 
 def _timed_book(args: list[str], env: dict) -> dict:
+    # unbuffered: each notebook's log line arrives when it is printed, closing that notebook's peak
+    return _timed_build([sys.executable, "-u", "-m", "reversion.book", *args], env)
+
+
+def _timed_build(command: list[str], env: dict) -> dict:
+    """Run a book build's ``command``: its time, peak memory (the build's and each notebook's,
+    split where the executor logs a notebook's end) and each notebook's seconds."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "reversion.book", *args], cwd=paths.project_root(),
+    proc = subprocess.Popen(command, cwd=paths.project_root(),
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     mon = _PeakRSS(proc.pid)
     mon.start()
@@ -678,6 +695,7 @@ def _timed_book(args: list[str], env: dict) -> dict:
     if proc.returncode != 0:
         raise RuntimeError(f"book build failed (exit {proc.returncode}):\n{out[-4000:]}")
     return {"seconds": time.perf_counter() - t0, "peak_memory_gib": peak / 2**30,
+            "peak_memory_pss_gib": mon.peak_pss / 2**30,
             "notebook_seconds": notebook_seconds(out), "notebook_peak_memory_gib": per_notebook}
 
 

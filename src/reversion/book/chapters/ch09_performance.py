@@ -366,6 +366,16 @@ def profile_excerpt(res: dict, n_lines: int = 45) -> str:
     return "\n".join(body[:n_lines])
 
 
+def memory_sentence(res: dict) -> str:
+    """The cold build's peak with shared pages counted once, where it was measured ("" otherwise):
+    the summed resident memory counts a page that n processes share (torch's code) n times."""
+    pss = ((res.get("book") or {}).get("cold") or {}).get("peak_memory_pss_gib")
+    if pss is None:
+        return ""
+    return (f" Counting each page shared between processes once (the summed proportional set size), "
+            f"the cold build's peak was {pss:.2f} GiB.")
+
+
 def notebook_table(res: dict) -> pd.DataFrame | None:
     """Execution seconds of each notebook in the cold build and, where measured, the peak memory
     of the build's processes while it ran (None when not measured)."""
