@@ -60,12 +60,14 @@ def test_a_mark_splits_the_peak_into_segments():
 
 def test_a_notebooks_peak_is_the_memory_while_it_ran():
     """The build's log line for a notebook closes its segment: a 300 MiB notebook then a small one
-    read as such (the build's peak, RSS and PSS, sees the large one)."""
+    read as such, and the build's closing summary (which repeats the lines) changes neither. The
+    build's peak, RSS and PSS, sees the large one."""
     import os
 
     code = ("import time; b = bytearray(300 * 2**20); b[::4096] = b'x' * len(b[::4096]); time.sleep(0.8); "
             "del b; print('[book] 01_big: executed in 0.8 s', flush=True); time.sleep(0.8); "
-            "print('[book] 02_small: executed in 0.8 s', flush=True)")
+            "print('[book] 02_small: executed in 0.8 s', flush=True); "
+            "print('[book]   01_big    executed in   0.8 s'); print('[book]   02_small  executed in   0.8 s')")
     out = benchmark._timed_build([sys.executable, "-c", code], dict(os.environ))
     peaks = out["notebook_peak_memory_gib"]
     assert list(peaks) == ["01_big", "02_small"] and out["notebook_seconds"]["01_big"] == 0.8

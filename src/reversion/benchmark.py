@@ -687,7 +687,7 @@ def _timed_build(command: list[str], env: dict) -> dict:
     for line in proc.stdout:  # a notebook's peak is the tree's while it ran (up to its log line)
         lines.append(line)
         m = _EXECUTED.search(line)
-        if m:
+        if m and m[1] not in per_notebook:  # its first line; the build's summary repeats it at the end
             per_notebook[m[1]] = mon.mark() / 2**30
     proc.wait()
     peak = mon.stop()
