@@ -12,3 +12,7 @@ def note_pid(folder: str, i: int) -> None:
     time.sleep(0.5)
     with open(f"{folder}/{i}", "w") as f:
         f.write(str(os.getpid()))
+
+
+def boom(x: int) -> None:
+    raise RuntimeError(f"boom {x}")

@@ -15,7 +15,7 @@ from reversion.stages.finetune import finetune_many
 from reversion.subjects.organism.subject import OrganismSubject
 from reversion.subjects.organism.worlds import make_world
 
-from pid_calls import note_pid
+from pid_calls import boom, note_pid
 
 
 def _world():
@@ -135,7 +135,7 @@ def test_a_session_keeps_its_workers_across_calls_and_closes_them(tmp_path, monk
 def test_a_failure_in_a_session_drops_its_workers_and_the_next_call_still_runs(tmp_path):
     with parallel.session():
         with pytest.raises(RuntimeError, match="boom 3"):
-            parallel.run_all([(_boom, (3,)), (_boom, (3,))], progress=False, workers=2)
+            parallel.run_all([(boom, (3,)), (boom, (3,))], progress=False, workers=2)
         assert "pool" not in parallel._session
         parallel.run_all(_calls(tmp_path / "a", 2), progress=False, workers=2)
     assert len(list((tmp_path / "a").iterdir())) == 2
