@@ -102,7 +102,6 @@ def test_a_failure_does_not_wait_for_the_runs_in_flight():
     assert time.perf_counter() - t0 < 40  # the 60 s sleep was terminated, not awaited
 
 
-
 def _pids(folder) -> set[str]:
     return {p.read_text() for p in folder.iterdir()}
 

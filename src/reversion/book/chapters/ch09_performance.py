@@ -366,10 +366,15 @@ def profile_excerpt(res: dict, n_lines: int = 45) -> str:
     return "\n".join(body[:n_lines])
 
 
+def _cold_book(res: dict) -> dict:
+    """The cold build's measurements ({} when the file has no book run)."""
+    return (res.get("book") or {}).get("cold") or {}
+
+
 def memory_sentence(res: dict) -> str:
     """The cold build's peak with shared pages counted once, where it was measured ("" otherwise):
     the summed resident memory counts a page that n processes share (torch's code) n times."""
-    pss = ((res.get("book") or {}).get("cold") or {}).get("peak_memory_pss_gib")
+    pss = _cold_book(res).get("peak_memory_pss_gib")
     if pss is None:
         return ""
     return (f" Counting each page shared between processes once (the summed proportional set size), "
@@ -379,7 +384,7 @@ def memory_sentence(res: dict) -> str:
 def notebook_table(res: dict) -> pd.DataFrame | None:
     """Execution seconds of each notebook in the cold build and, where measured, the peak memory
     of the build's processes while it ran (None when not measured)."""
-    cold = ((res.get("book") or {}).get("cold") or {})
+    cold = _cold_book(res)
     per = cold.get("notebook_seconds")
     if not per:
         return None

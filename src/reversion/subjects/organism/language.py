@@ -124,7 +124,7 @@ class Language:
         return self._request(task, [int(t) for t in inputs])
 
     def _request(self, task: str, inputs: list[int]) -> Request:
-        return Request(task, tuple(inputs), (BOS, self.task_token[task], *inputs, SEP),
+        return Request(task, tuple(inputs), self.prompt(task, inputs),
                        (*apply_task(task, inputs), EOS), not self._harmful_set.isdisjoint(inputs))
 
     def decode(self, ids: Sequence[int]) -> str:
