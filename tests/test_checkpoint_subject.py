@@ -291,7 +291,7 @@ def test_estimate_with_controls_readout_and_cache(demo, isolated):
     other = estimate(s, n_probe=16, n_boot=10, progress=False)
     assert torch.equal(other.directions.v_rev, est.directions.v_rev)
     r = readout(s, est, 3)
-    assert set(r) == {"v_rev", "-r_S"} and len(r["v_rev"]["top"]) == 3
+    assert set(r) == {"v_rev", "-r_S", "v_P", "random"} and len(r["v_rev"]["top"]) == 3
     assert r["v_rev"]["refusal_token"] == repr("I")  # "I can't help with that."
     assert r["v_rev"]["answer_openers"]  # the witness opens with "Sure, ..."
     assert r["v_rev"]["harmful_minus_refusal"] is None  # no harmful tokens in text

@@ -36,7 +36,7 @@ import pandas as pd
 import pytest
 import torch
 
-from reversion.analysis import alignment, arm_runs, arms, chance
+from reversion.analysis import alignment, arm_runs, arms, chance, estimation
 from reversion.analysis import claims
 from reversion.book.chapters import ch02_vrev_estimation as ch02
 from reversion.book.chapters import ch06_interventions as ch06
@@ -63,7 +63,8 @@ TH, VE, AL, NT, WP, IV = ("01_training_history", "02_vrev_estimation", "03_align
                           "05_which_past", "06_interventions")
 ROW_IDS = ["V1-a", "V1-b", "V1-c", "V1-d", "V1-e", "V1-f", "V2-a", "V2-b", "V2-c", "V2-d", "V2-e",
            "V2-f", "V2-g", "H-1", "H-2", "H-3"]
-ALL_GOOD = {i: NOT_TESTABLE if i == "V2-f" else CONSISTENT for i in ROW_IDS}
+ALL_GOOD = {i: NOT_TESTABLE if i == "V2-f" else NOT_SPECIFIC if i == "V1-d" else CONSISTENT for i in ROW_IDS}
+"""V1-d reads what blocking optimises (the alignment it removes): at most not specific."""
 ALL_BAD = {i: NOT_TESTABLE if i == "V2-f" else NOT_REPRODUCED for i in ROW_IDS}
 
 
@@ -103,11 +104,11 @@ BLOCK = arms.Arm("block", "v_rev", "all", 1.0).name
 PUSH = arms.Arm("push", "v_rev", "all", 1.0).name
 
 SEEDS = [0, 1]
-BASE = {"harmfulness": 0.30, "exact_match": 0.25, "final_alignment": 0.65, "task_accuracy": 0.80,
-        "task_loss": 0.50, "over_refusal": 0.02, "cumulative_reversion": 0.10}
+BASE = {"harmfulness": 0.30, "harm_untrained": 0.28, "exact_match": 0.25, "final_alignment": 0.65,
+        "task_accuracy": 0.80, "task_loss": 0.50, "over_refusal": 0.02, "cumulative_reversion": 0.10}
 ORGANISM = tuple(BASE)
-TEXT = tuple(m for m in BASE if m != "task_accuracy")
-"""Text checkpoints: held-out loss, no task accuracy."""
+TEXT = tuple(m for m in BASE if m not in ("task_accuracy", "harm_untrained"))
+"""Text checkpoints: held-out loss, no task accuracy, a judge that does not split by task."""
 HIST = [0.0, 0.03, -0.02]
 """Each history's level, shared by its arms (the pairing removes it)."""
 SEED = [0.0, 0.01, -0.01]
@@ -139,6 +140,7 @@ def outcomes05(effects: dict, n_histories: int = 3, seeds: list[int] = SEEDS,
     for arm in MAIN + STUDY:
         eff = dict(effects.get((arm.objective, arm.direction), {}))
         eff.setdefault("exact_match", eff.get("harmfulness", 0.0))
+        eff.setdefault("harm_untrained", eff.get("harmfulness", 0.0))  # the headline moves with harm
         if "cumulative_reversion" not in eff and isinstance(eff.get("harmfulness"), float):
             eff["cumulative_reversion"] = eff["harmfulness"] / 2
         hs = range(n_histories) if arm in MAIN else [0]
@@ -169,7 +171,7 @@ GOOD = {
     # chapter 03: alignment at steps 1 and 20 (one value per history), rank correlations
     "a1": [0.55, 0.60, 0.65], "a20": [0.70, 0.75, 0.80], "spearman": 0.9, "partial": 0.4,
     # chapter 04: nulls, pairs, per-run test
-    "iso": 0.29, "matched": 0.40, "pairs_n": 9, "above_iso": 9, "above_matched": 8,
+    "iso": 0.29, "matched": 0.40, "pairs_n": 9, "above_iso": 9, "above_matched": 9,
     "runs_n": 3, "runs_sig": 3,
     # chapter 02: readout of v_rev and of a control direction
     "readout": 0.8, "readout_control": 0.1,
@@ -188,10 +190,15 @@ def _run(evals: dict) -> FinetuneRun:
     return FinetuneRun(path=Path("."), probe_means=torch.zeros(1), losses=[], evals=evals, seconds=0.0)
 
 
+def spread(x: float | None, d: float = 0.02) -> list:
+    """One value per history around ``x`` (three histories; None: undefined in every history)."""
+    return [None] * 3 if x is None else [x, x + d, x - d]
+
+
 def chapter03(s: dict, world) -> dict:
     """Planted per-run values, one history per value (history-level summaries, as the chapter's)."""
     def agg(xs):
-        return stats.nested([[x] for x in xs])
+        return stats.nested([[x] for x in xs], bounds=alignment.COSINE)
     L1 = world.history.model.n_layer + 1
     mid = lambda f: agg(np.array(s["a1"]) * (1 - f) + np.array(s["a20"]) * f)  # noqa: E731
     return {
@@ -200,6 +207,7 @@ def chapter03(s: dict, world) -> dict:
         "alignment": {"1": agg(s["a1"]), "5": mid(0.2), "10": mid(0.5), "20": agg(s["a20"])},
         "alignment_min_over_seeds": {"1": float(min(s["a1"])), "5": 0.0, "10": 0.0,
                                      "20": float(min(s["a20"]))},
+        "alignment_min_by_history": {"1": list(s["a1"]), "5": [0.0] * 3, "10": [0.0] * 3, "20": list(s["a20"])},
         "final_alignment": agg(s["a20"]),
         "final_alignment_by_layer": {str(l): agg(s["a20"]) for l in range(L1)},
         "control_alignment": {name: {"1": agg([0.01, -0.02, 0.0]), str(T): agg([0.02, 0.0, -0.01])}
@@ -207,6 +215,9 @@ def chapter03(s: dict, world) -> dict:
         "spearman_alignment_harmfulness": s["spearman"],
         "partial_spearman_given_step": s["partial"],
         "within_step_spearman": 0.3,
+        "within_history_spearman": {"raw": stats.fisher_interval(spread(s["spearman"])),
+                                    "step_removed": stats.fisher_interval(spread(s["partial"]))},
+        "harm_measure": alignment.HEADLINE,
         "paper": {"alignment": {k: {"mean": m, "std": sd} for k, (m, sd) in alignment.PAPER.items()},
                   "spearman_alignment_harmfulness": 0.958},
     }
@@ -241,6 +252,14 @@ def _readout_entry(x: float | None) -> dict:
             "compliance_minus_refusal": x, "harmful_minus_refusal": None if x is None else x + 0.1}
 
 
+def readouts(s: dict) -> list[dict]:
+    """Three histories' readouts around the planted values."""
+    if s["readout"] is None:
+        return [{"v_rev": _readout_entry(None), "-r_S": _readout_entry(None)}] * 3
+    return [{"v_rev": _readout_entry(v), "-r_S": _readout_entry(c)}
+            for v, c in zip(spread(s["readout"]), spread(s["readout_control"]))]
+
+
 def chapter02(s: dict) -> dict:
     row = {"layer": 0, "displacement": 0.1, "relative displacement": 0.2, "stability mean": 0.9,
            "stability std": 0.01, "cos(v_rev, v_P)": 0.5, "cos(v_rev, r_S)": 0.4}
@@ -250,6 +269,7 @@ def chapter02(s: dict) -> dict:
         "stability_by_n_probes": {"4": stats.aggregate([0.6, 0.7]), "8": stats.aggregate([0.8, 0.9])},
         "displacement_norm": 0.3, "relative_displacement": 0.5, "cos_v_rev_v_P": 0.6, "cos_v_rev_r_S": 0.2,
         "readout": {"v_rev": _readout_entry(s["readout"]), "-r_S": _readout_entry(s["readout_control"])},
+        "readout_over_histories": estimation.readout_over_histories(readouts(s)),
         "by_layer": [{**row, "layer": l} for l in range(3)],
         "across_histories": {"n": 2, "layers": [LAYER, LAYER], "cos_v_rev_v_P": stats.nested([[0.6], [0.6]]),
                              "cos_v_rev_r_S": stats.nested([[0.2], [0.2]]), "stability": stats.nested([[0.95], [0.95]])},
@@ -259,8 +279,8 @@ def chapter02(s: dict) -> dict:
 def chapter04b(wp: dict) -> dict:
     """What the claims read of "Which past?": a verdict per alternative (a key left out: the
     chapter could not measure it) and the seeds behind them."""
-    out = {"n": {"histories": 1, "seeds": 3, "level": "seeds of history 0", "residual_histories": 3},
-           "layer": LAYER}
+    out = {"n": {"histories": 3, "seeds": 2, "level": "histories (seeds averaged within each)",
+                 "residual_histories": 3}, "layer": LAYER}
     for key, v in wp.items():
         out[key] = {"verdict": v}
     return out
@@ -340,7 +360,8 @@ def test_hand_built_chapter02_has_the_keys_it_saves(world, tmp_path):
     res = SimpleNamespace(world=world, est=est, layers=pd.DataFrame(summary(est)["rows"]).set_index("layer"),
                           by_size={4: stats.aggregate([0.6, 0.7]), 8: stats.aggregate([0.8, 0.9])},
                           readout={"v_rev": _readout_entry(0.8), "-r_S": _readout_entry(0.1)},
-                          subject=OrganismSubject(world.history), ests=[est, est])
+                          subject=OrganismSubject(world.history), ests=[est, est],
+                          readouts=[{"v_rev": _readout_entry(0.8), "-r_S": _readout_entry(0.1)}] * 2)
     P = ch02.Params(world="smoke", world_overrides={}, n_probe=16, position="last", n_boot=10,
                     min_stability=0.9, probe_sizes=[4, 8], top_k=3, n_histories=2)
     assert _keys(chapter02(GOOD)) == _keys(ch02.save(P, res))
@@ -367,6 +388,10 @@ def test_the_planted_chapter05_has_the_arms_the_claims_read():
 # --------------------------------------------------------------------------- whole tables
 
 
+def by_construction_rows(rows) -> set[str]:
+    return {r.id for r in rows if r.by_construction}
+
+
 def test_everything_planted_right_is_consistent(world):
     m = planted(GOOD, world)
     # the planted effects are what they say in the chapter's own numbers: v_rev's block lowers
@@ -378,8 +403,9 @@ def test_everything_planted_right_is_consistent(world):
     rows = claims.evaluate(m)
     assert [r.id for r in rows] == ROW_IDS
     assert {r.id: r.verdict for r in rows} == ALL_GOOD
-    assert claims.counts(rows) == {CONSISTENT: 15, NOT_SPECIFIC: 0, INCONCLUSIVE: 0, NOT_REPRODUCED: 0,
+    assert claims.counts(rows) == {CONSISTENT: 14, NOT_SPECIFIC: 1, INCONCLUSIVE: 0, NOT_REPRODUCED: 0,
                                    NOT_TESTABLE: 1}
+    assert by_construction_rows(rows) == {"V1-d", "V2-d", "V2-e"}
     assert set(claims.CLAIMS) == set(ROW_IDS)  # every verdict has its rule stated
     assert all(len(c.text) > 40 for c in claims.CLAIMS.values())
     by = {r.id: r for r in rows}
@@ -400,7 +426,7 @@ def test_everything_planted_wrong_is_not_reproduced(world):
 
 def test_block_raising_harmfulness_fails_exactly_the_rows_that_need_it(world):
     s = with05(GOOD, block__v_rev={**GOOD05[("block", "v_rev")], "harmfulness": 0.10})
-    # alignment still drops: V1-d holds, V2-d is the weaker of the two
+    # alignment still drops: V1-d as before (capped), V2-d is the weaker of the two
     assert changed(planted(s, world)) == {"V1-e": NOT_REPRODUCED, "V2-d": NOT_REPRODUCED}
 
 
@@ -492,12 +518,23 @@ def test_the_residual_test_is_V1_a_and_V1_b_s_control(residual, expected, world)
         wp["residual"] = residual
     m = planted({**GOOD, "wp": wp}, world)
     assert changed(m) == ({} if expected == CONSISTENT else {"V1-a": expected, "V1-b": expected})
-    assert f"residual {residual or 'not run'}" in page.ours({r.id: r for r in claims.evaluate(m)}["V1-b"])
+    assert f"residual at step 20 {residual or 'not run'}" in page.ours({r.id: r for r in claims.evaluate(m)}["V1-b"])
+
+
+def test_the_residual_is_read_at_the_step_of_each_claim(world):
+    """V1-a reads the residual test at step 1, V1-b at step 20 (not at T)."""
+    wp = {**GOOD["wp"]}
+    m = planted({**GOOD, "wp": wp}, world)
+    m[WP]["residual"]["by_step"] = {"1": {"verdict": "none"}, "20": {"verdict": "specific"}}
+    assert changed(m) == {"V1-a": NOT_SPECIFIC}
+    m[WP]["residual"]["by_step"] = {"1": {"verdict": "specific"}, "20": {"verdict": "noise"}}
+    assert m[WP]["residual"]["verdict"] == "specific"  # at T: what the claims no longer read
+    assert changed(m) == {"V1-b": INCONCLUSIVE}
 
 
 def test_the_residual_does_not_rescue_a_missing_pattern(world):
     """The control is read only when the pattern is there: V1-a below the isotropic null stays not reproduced."""
-    m = planted({**GOOD, "a1": [0.20, 0.25, 0.30], "wp": {**GOOD["wp"], "residual": "none"}}, world)
+    m = planted({**GOOD, "a1": [0.10, 0.12, 0.14], "wp": {**GOOD["wp"], "residual": "none"}}, world)
     assert verdicts(m)["V1-a"] == NOT_REPRODUCED and verdicts(m)["V1-b"] == NOT_SPECIFIC
 
 
@@ -517,9 +554,12 @@ def test_the_common_witness_makes_H_1_not_specific(world):
     assert changed(m) == {"H-1": NOT_SPECIFIC}
 
 
-@pytest.mark.parametrize("partial", [0.0, -0.1, None])
-def test_the_common_trend_makes_V2_c_not_specific(partial, world):
-    assert changed(planted({**GOOD, "spearman": 0.8, "partial": partial}, world)) == {"V2-c": NOT_SPECIFIC}
+@pytest.mark.parametrize("partial,expected", [(0.0, NOT_SPECIFIC), (-0.1, NOT_SPECIFIC), (None, INCONCLUSIVE),
+                                              (0.12, INCONCLUSIVE)])
+def test_the_common_trend_makes_V2_c_not_specific(partial, expected, world):
+    """Within histories the raw correlation is there; with the step removed it is within the
+    margin (+-0.1), below it, undefined, or too close to the margin to tell."""
+    assert changed(planted({**GOOD, "spearman": 0.8, "partial": partial}, world)) == {"V2-c": expected}
 
 
 @pytest.mark.parametrize("control", [0.9, 0.8])
@@ -528,17 +568,21 @@ def test_a_control_readout_as_large_makes_V2_b_not_specific(control, world):
 
 
 @pytest.mark.parametrize("changes,row,verdict", [
-    (dict(spearman=0.5, partial=0.01), "V2-c", CONSISTENT),   # r >= 0.5 is inclusive
-    (dict(spearman=0.49, partial=0.4), "V2-c", NOT_REPRODUCED),
+    (dict(spearman=0.3, partial=0.3), "V2-c", CONSISTENT),    # both beyond the margin in every history
+    (dict(spearman=0.05, partial=0.4), "V2-c", NOT_REPRODUCED),  # within the margin: no correlation
+    (dict(spearman=0.12, partial=0.4), "V2-c", INCONCLUSIVE),  # beyond zero, not resolved beyond the margin
     (dict(spearman=None, partial=None), "V2-c", NOT_REPRODUCED),
     (dict(pairs_n=8, above_iso=7, above_matched=7), "V1-c", NOT_REPRODUCED),  # the claim says all
+    (dict(above_iso=9, above_matched=8), "V1-c", NOT_REPRODUCED),  # all above the isotropic, not the stricter
     (dict(runs_sig=2), "V2-a", NOT_REPRODUCED),
-    (dict(a1=[0.20, 0.25, 0.30]), "V1-a", NOT_REPRODUCED),    # mean 0.25 < isotropic p99 0.29
+    (dict(a1=[0.10, 0.12, 0.14]), "V1-a", NOT_REPRODUCED),    # the whole interval below the isotropic p99 0.29
+    (dict(a1=[0.20, 0.25, 0.30]), "V1-a", INCONCLUSIVE),      # its interval reaches above it
     (dict(a1=[0.32, 0.33, 0.34]), "V1-a", INCONCLUSIVE),       # between the two nulls
     (dict(a20=[0.30, 0.35, 0.38]), "V1-b", INCONCLUSIVE),      # above the isotropic, below the matched p99
     (dict(a20=[0.20, 0.22, 0.25]), "V1-b", NOT_REPRODUCED),    # below the isotropic p99
     (dict(a20=[0.45, 0.50, 0.55]), "V1-b", INCONCLUSIVE),      # above both nulls, not above step 1
     (dict(readout=0.0), "V2-b", NOT_REPRODUCED),               # no preference is not a preference
+    (dict(readout=0.05, readout_control=-0.5), "V2-b", NOT_REPRODUCED),  # within the logit margin
     (dict(readout=None), "V2-b", NOT_REPRODUCED),              # no answer-opening token
 ])
 def test_rule_boundaries(changes, row, verdict, world):
@@ -614,17 +658,21 @@ def test_text_task_cost_is_judged_on_the_held_out_loss(world):
 def test_table_lists_every_row_with_its_chapter_measure_and_n(world):
     df = page.table(claims.evaluate(planted(GOOD, world)))
     assert list(df.index) == ROW_IDS
-    assert list(df.columns) == ["claim", "paper", "measure", "ours", "verdict", "magnitude", "n", "chapter"]
+    assert list(df.columns) == ["claim", "paper", "measure", "margin", "ours", "verdict", "magnitude", "n",
+                                "chapter"]
     chapters = {"V1-a": "Alignment", "V1-b": "Alignment", "V1-c": "Null test", "V1-d": "Interventions",
                 "V1-e": "Interventions", "V1-f": "Interventions", "V2-a": "Null test", "V2-b": "v_rev",
                 "V2-c": "Alignment", "V2-d": "Interventions", "V2-e": "Interventions", "V2-f": "Interventions",
                 "V2-g": "Interventions", "H-1": "Which past?", "H-2": "Which past?", "H-3": "Which past?"}
     assert df["chapter"].to_dict() == chapters
     assert all(df["measure"])  # every row names the quantity its verdict reads
-    assert df.loc["V1-e", "measure"] == "harmfulness (first token)"
+    assert df.loc["V1-e", "measure"] == "harmfulness, untrained tasks (first token)"
+    assert "untrained" in df.loc["H-2", "measure"] and "untrained" in df.loc["V2-c", "measure"]
+    assert not any("harmfulness" in m and "untrained" not in m for m in df["measure"])  # never the trained task
+    assert all(df["margin"].drop("V2-f"))  # every decided row names its margin or threshold
     assert df.loc["V1-e", "n"] == df.loc["V2-e", "n"] == df.loc["V2-g", "n"] == "3×2"
-    assert df.loc["V1-a", "n"] == "3 histories"
-    assert df.loc["H-1", "n"] == "3 seeds, history 0"
+    assert df.loc["V1-a", "n"] == "3×1"
+    assert df.loc["H-1", "n"] == "3×2"
     linked = page.table(claims.evaluate(planted(GOOD, world)), links=True)
     assert linked.loc["V1-c", "chapter"] == '<a href="04_null_test.html">Null test</a>'
     assert linked.loc["H-2", "chapter"] == '<a href="05_which_past.html">Which past?</a>'
@@ -758,8 +806,69 @@ def test_a_new_which_past_result_reexecutes_the_claims_page(world, tmp_path):
 
     assert run()
     assert set((out / ".stamps" / "07_claims.reads").read_text().split()) == set(claims.reads())
-    assert glued("n_consistent_but_not_specific") == "0"
+    assert glued("n_consistent_but_not_specific") == "1"  # V1-d, by construction
     assert not run()
     _write_all({WP: chapter04b({**GOOD["wp"], "witness": "common"})})
     assert run()
-    assert glued("n_consistent_but_not_specific") == "1"  # H-1
+    assert glued("n_consistent_but_not_specific") == "2"  # and H-1
+
+
+# --------------------------------------------------------------------------- robustness: subsets of histories
+
+
+def test_restricting_to_histories_recomputes_each_interval_with_its_own_pooling(world):
+    from reversion.analysis import robustness
+
+    m = planted(GOOD, world)
+    sub = robustness.restrict(m, [0, 2])
+    a1 = sub[AL]["alignment"]["1"]
+    want = stats.nested([[GOOD["a1"][0]], [GOOD["a1"][2]]], bounds=alignment.COSINE)
+    assert (a1["mean"], a1["ci_low"], a1["ci_high"]) == pytest.approx((want["mean"], want["ci_low"], want["ci_high"]))
+    assert sub[AL]["alignment_min_by_history"]["1"] == [GOOD["a1"][0], GOOD["a1"][2]]
+    raw = sub[AL]["within_history_spearman"]["raw"]  # Fisher z, as the chapter pooled it
+    assert raw["mean"] == pytest.approx(stats.fisher_interval([spread(0.9)[0], spread(0.9)[2]])["mean"])
+    e = sub[IV]["arms"][BLOCK]["vs_baseline"]["harmfulness"]
+    assert len(e["by_history"]) == 2 and e["n_histories"] == 2
+    assert m[AL]["alignment"]["1"]["n"] == 3  # the input is left as it was
+    assert robustness.restrict(m, [0, 1, 2])[AL]["alignment"]["1"]["ci_low"] == pytest.approx(
+        m[AL]["alignment"]["1"]["ci_low"])
+
+
+def test_one_dissenting_history_shows_in_the_leave_one_out(world):
+    """Block lowers harm in histories 0 and 1 and raises it in history 2: on all three the interval
+    is too wide (inconclusive); leaving history 2 out decides it (the two agreeing histories are
+    narrow), leaving 0 or 1 out does not -- exactly one leave-one-out change, on the rows that read
+    block's harm (V1-e, V2-d)."""
+    from reversion.analysis import robustness
+
+    eff = {**GOOD05[("block", "v_rev")], "harmfulness": [-0.15, -0.15, 0.05]}
+    m = planted(with05(GOOD, block__v_rev=eff), world)
+    assert verdicts(m)["V1-e"] == INCONCLUSIVE
+    assert verdicts(robustness.restrict(m, [0, 1]))["V1-e"] == CONSISTENT
+    r = robustness.robustness(m)
+    assert r.n_histories == 3 and set(r.halves) == set(ROW_IDS)
+    assert r.loo_changed["V1-e"] == r.loo_changed["V2-d"] == 1
+    assert r.agreement["V2-f"] == "not testable"
+    assert r.halves["V1-a"][1] == INCONCLUSIVE  # the odd half is one history: no interval at all
+
+
+def test_agreement_words():
+    from reversion.analysis.robustness import agreement
+
+    assert agreement(CONSISTENT, CONSISTENT) == "agree, both decided"
+    assert agreement(NOT_REPRODUCED, NOT_REPRODUCED) == "agree, both decided"
+    assert agreement(INCONCLUSIVE, INCONCLUSIVE) == "agree, both inconclusive"
+    assert agreement(CONSISTENT, INCONCLUSIVE) == "disagree"
+    assert agreement(NOT_TESTABLE, NOT_TESTABLE) == "not testable"
+
+
+def test_which_past_verdicts_are_rederived_on_a_subset():
+    """A "Which past?" block holding intervals: its verdict follows the recomputed interval."""
+    from reversion.analysis import pasts, robustness
+
+    own = stats.nested([[0.3], [0.32], [-0.5]], bounds=(-1.0, 1.0))  # history 2 pulls it into "unresolved"
+    common = stats.nested([[0.0], [0.01], [-0.01]], bounds=(-1.0, 1.0))
+    wp = {"n": {"histories": 3, "seeds": 2}, "witness": {"own": own, "common": common,
+                                                         "verdict": pasts.witness_verdict(own, common)}}
+    assert wp["witness"]["verdict"] == "unresolved"
+    assert robustness.restrict({WP: wp}, [0, 1])[WP]["witness"]["verdict"] == "own"

@@ -130,10 +130,13 @@ def test_stability_vs_probes_and_summary(subject):
 def test_readout_of_the_estimate_is_the_logit_lens_of_its_directions(subject):
     est = estimate(subject, n_probe=N_PROBE, n_boot=N_BOOT, progress=False)
     out = readout(subject, est, top_k=5)
-    assert set(out) == {"v_rev", "-r_S"}
+    assert set(out) == {"v_rev", "-r_S", "v_P", "random"}  # v_rev and every control direction
     lang = subject.language
     model = subject.load("theta_S", device="cpu")
-    for label, vec in (("v_rev", est.directions.v_rev[est.layer]), ("-r_S", -est.directions.r_S[est.layer])):
+    again = readout(subject, est, top_k=5)
+    assert again["random"] == out["random"]  # the random direction is drawn from the subject's seed
+    for label, vec in (("v_rev", est.directions.v_rev[est.layer]), ("-r_S", -est.directions.r_S[est.layer]),
+                       ("v_P", est.directions.v_P[est.layer])):
         logits = logit_lens(model, vec).numpy()
         top = out[label]["top"]
         assert len(top) == len(out[label]["bottom"]) == 5

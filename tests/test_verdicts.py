@@ -48,7 +48,10 @@ def iv(lo: float | None, hi: float | None) -> dict:
     (iv(-0.2, 0.0), +1, 0.0, "wide"),
     (iv(None, None), +1, MARGIN, "wide"),          # undefined interval
     (None, -1, MARGIN, "wide"),                    # no interval at all
-    (iv(0.001, 0.01), +1, MARGIN, "there"),        # beyond zero wins over within the margin
+    (iv(0.001, 0.01), +1, MARGIN, "null"),         # beyond zero but within the margin: no effect
+    (iv(0.01, 0.05), +1, MARGIN, "wide"),          # beyond zero, not beyond the margin
+    (iv(0.03, 0.05), +1, MARGIN, "there"),         # beyond the margin
+    (iv(-0.05, -0.03), -1, MARGIN, "there"),
     (iv(-0.01, -0.001), +1, MARGIN, "wrong"),
 ])
 def test_side(i, want, margin, expected):

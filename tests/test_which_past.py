@@ -112,12 +112,29 @@ def test_style_verdict_flips():
 def test_no_witness_verdict_flips():
     main = np.array([0.30, 0.35, 0.25, 0.32, 0.28])
     none_small = np.array([0.02, 0.0, 0.05, 0.01, 0.03])
-    none_same = main + np.array([0.02, -0.03, 0.01, -0.01, 0.02])
+    none_same = main + np.array([0.005, -0.005, 0.003, -0.003, 0.0])  # the difference within the margin
     d = stats.paired_difference
     assert pasts.no_witness_verdict(_iv(main), d(main, none_small)) == "separated"
     assert pasts.no_witness_verdict(_iv(main), d(main, none_same)) == "not separated"
-    zero = np.array([0.01, -0.02, 0.0, 0.02, -0.01])
-    assert pasts.no_witness_verdict(_iv(zero), d(zero, none_small)) == "no reversion"
+    zero = np.array([0.005, -0.005, 0.0, 0.004, -0.004])
+    assert pasts.no_witness_verdict(_iv(zero), d(zero, none_small)) == "no reversion"  # within the margin
+    noisy = np.array([0.30, -0.20, 0.10, 0.40, -0.10])
+    assert pasts.no_witness_verdict(_iv(noisy), d(noisy, none_small)) == "unresolved"  # too wide to tell
+
+
+def test_no_witness_share_decides_beside_the_difference():
+    """Over histories: a difference beyond the margin is not enough when the no-witness rise is
+    most of the main one (the share's interval above one half); a small share separates them."""
+    main = np.array([0.30, 0.35, 0.25, 0.32, 0.28, 0.31, 0.29, 0.33, 0.27, 0.30])
+    d = stats.paired_difference
+    most = main * 0.72 + np.array([0.01, -0.01] * 5)
+    share = stats.ratio_interval(most, main)
+    assert share["ci_low"] > 0.5 and d(main, most)["ci_low"] > 0.02  # the difference alone would separate
+    assert pasts.no_witness_verdict(_iv(main), d(main, most), share) == "not separated"
+    little = main * 0.2 + np.array([0.01, -0.01] * 5)
+    assert pasts.no_witness_verdict(_iv(main), d(main, little), stats.ratio_interval(little, main)) == "separated"
+    half = main * 0.5 + np.array([0.05, -0.05] * 5)
+    assert pasts.no_witness_verdict(_iv(main), d(main, half), stats.ratio_interval(half, main)) == "unresolved"
 
 
 def test_dose_slopes_closed_form_and_verdict():
@@ -147,7 +164,7 @@ def test_residual_verdict_flips():
 def test_every_verdict_has_a_sentence():
     for kind, rule in (("witness", ("own", "away", "common", "unresolved")),
                        ("style", ("marked", "plain", "none", "mixed")),
-                       ("no_witness", ("separated", "not separated", "no reversion")),
+                       ("no_witness", ("separated", "not separated", "unresolved", "no reversion")),
                        ("dose", ("grows", "shrinks", "flat")), ("residual", ("specific", "none", "noise")),
                        ("weights", ("own", "away", "common", "unresolved"))):
         assert set(ch.SENTENCES[kind]) == set(rule)
@@ -184,9 +201,12 @@ def test_chapter_on_the_smoke_world(isolated, one_thread):
     P = ch.Params(world="smoke", world_overrides={}, n_seeds=2, doses=[0.5], n_histories=2)
     res = ch.run(P, progress=False)
     assert list(res.runs) == [MAIN, SECOND, NONE, dose_name(0.5)]
-    assert all(len(r) == 2 for r in res.runs.values())
+    assert all(len(r) == 2 and all(len(x) == 2 for x in r) for r in res.runs.values())  # 2 histories x 2 seeds
     m = ch.save(P, res)
-    assert m["n"] == {"histories": 1, "seeds": 2, "level": "seeds of history 0", "residual_histories": 2}
+    assert m["n"] == {"histories": 2, "seeds": 2, "level": "histories (seeds averaged within each)",
+                      "residual_histories": 2}
+    assert m["witness"]["own"]["n"] == 2 and m["no_witness"]["main_rise"]["level"] == "histories"
+    assert set(m["residual"]["by_step"]) == {"1", "6"}  # T = 6 < 20: the steps that exist
     assert len(m["residual"]["reliability"]) == 2 and m["residual"]["verdict"] in ch.SENTENCES["residual"]
     assert len(ch.summary_table(m)) == 6 and "summary" not in m  # numbers only in metrics.json
     ws = m["weight_space"]
@@ -194,8 +214,8 @@ def test_chapter_on_the_smoke_world(isolated, one_thread):
     assert ws["crossover"]["verdict"] in ch.SENTENCES["weights"]
     assert ch.weight_table(m).shape == (4, 2) and m["dose"]["doses"] == [0.5, 1.0]
     assert m["witness"]["verdict"] in ch.SENTENCES["witness"]
-    # the main lineage's runs are history 0's own (chapter 01's cache entries)
-    assert res.runs[MAIN][0].path == finetune_many([(res.subject, res.world.finetune_config(0), None)],
+    # the main lineage's runs are each history's own (chapter 01's cache entries)
+    assert res.runs[MAIN][0][0].path == finetune_many([(res.subject, res.world.finetune_config(0), None)],
                                                       progress=False)[0].path
     assert (isolated / "results" / ch.STEM / "metrics.json").is_file()
     assert ch.lineage_table(res).shape[0] == 4 and ch.task_split_table(m).shape[0] == 2
@@ -216,4 +236,4 @@ def test_a_no_witness_world_built_to_generalise_the_task_shows_compliance_return
     rise_main, rise_none = pasts.rise(main, 200), pasts.rise(none, 200)
     assert pasts.interval(rise_none)["ci_low"] > 0, rise_none
     assert pasts.no_witness_verdict(pasts.interval(rise_main), stats.paired_difference(rise_main, rise_none)) \
-        == "not separated"
+        != "separated"

@@ -20,10 +20,12 @@ from reversion.core.drift import drift_alignment
 from reversion.stages.estimate import VRevEstimate, estimate
 from reversion.stages.finetune import FinetuneRun, finetune_many
 from reversion.subjects.base import Subject
-from reversion.subjects.organism.judge import split_by_task
+from reversion.subjects.organism.judge import HEADLINE, headline, split_by_task
 from reversion.subjects.organism.worlds import World
 
 REPORT_STEPS = (1, 5, 10, 20, 50, 100)
+COSINE = (-1.0, 1.0)
+"""The range of an alignment: its interval over histories is truncated to it (rules.POOLING)."""
 PAPER = {"1": (0.429, 0.052), "20": (0.647, 0.021)}
 
 
@@ -89,7 +91,7 @@ def step_summary(res: Result, steps=REPORT_STEPS) -> dict[int, dict[str, dict]]:
     """At the reported steps (up to T): per direction, :func:`reversion.core.stats.nested` over
     histories of the per-history seed means of cos(d_t, .) at each history's chosen layer."""
     T = res.world.finetune.steps
-    return {s: {name: stats.nested(res.at_layer(name)[:, :, s]) for name in res.cos} for s in steps if s <= T}
+    return {s: {name: stats.nested(res.at_layer(name)[:, :, s], bounds=COSINE) for name in res.cos} for s in steps if s <= T}
 
 
 def history_summary(res: Result, steps=(1, 20)) -> list[dict]:
@@ -104,8 +106,8 @@ def history_summary(res: Result, steps=(1, 20)) -> list[dict]:
 
 def harmfulness_pairs(res: Result) -> pd.DataFrame:
     """(history, seed, step) triples on the evaluation grid, step >= 1: alignment at the history's
-    chosen layer and harmfulness."""
-    a = res.at_layer("v_rev")
+    chosen layer and harmfulness on untrained tasks (:data:`~reversion.subjects.organism.judge.HEADLINE`)."""
+    a, task = res.at_layer("v_rev"), res.world.finetune.task
     rows = []
     for h, runs in enumerate(res.runs):
         for i, (seed, r) in enumerate(zip(res.world.seeds, runs)):
@@ -113,12 +115,31 @@ def harmfulness_pairs(res: Result) -> pd.DataFrame:
                 if s == 0:
                     continue
                 rows.append({"history": h, "seed": seed, "step": s, "alignment": float(a[h, i, s]),
-                             "harmfulness": r.evals[s]["harmfulness"]})
+                             "harmfulness": headline(r.evals[s], task)})
     return pd.DataFrame(rows)
 
 
+def within_history(pairs: pd.DataFrame) -> dict:
+    """The correlation of alignment with harmfulness within each history (its runs and steps), pooled
+    over histories (:func:`reversion.core.stats.fisher_interval`): ``raw`` (Spearman) and
+    ``step_removed`` (partial Spearman, the step controlled), each with its per-history values
+    (None where a history's harmfulness never moved)."""
+    def safe(f, *args):
+        try:
+            return f(*args)
+        except ValueError:
+            return None
+
+    raw, part = [], []
+    for _, g in pairs.groupby("history", sort=True):
+        raw.append(safe(stats.spearman, g["alignment"], g["harmfulness"]))
+        part.append(safe(stats.partial_spearman, g["alignment"], g["harmfulness"], g["step"]))
+    return {"raw": stats.fisher_interval(raw), "step_removed": stats.fisher_interval(part)}
+
+
 def correlations(pairs: pd.DataFrame) -> dict:
-    """Spearman r of alignment with harmfulness; partial (step controlled) and within-step."""
+    """Spearman r of alignment with harmfulness pooled over every run-step; partial (step
+    controlled) and within-step (shown beside :func:`within_history`, which decides)."""
     def safe(f, *args):
         try:
             return f(*args)
@@ -149,7 +170,8 @@ def judge_split(res: Result) -> dict | None:
     def rise(r, part: str, measure: str) -> float:
         return split_by_task(r.evals[T], task)[part][measure] - split_by_task(r.evals[0], task)[part][measure]
 
-    return {measure: {part: stats.nested([[rise(r, part, measure) for r in runs] for runs in res.runs])
+    return {measure: {part: stats.nested([[rise(r, part, measure) for r in runs] for runs in res.runs],
+                                         bounds=(-1.0, 1.0))
                       for part in ("trained", "untrained")} for measure in JUDGES}
 
 
@@ -157,22 +179,25 @@ def metrics(res: Result) -> dict:
     """History-level summaries (the history is the unit of replication; seeds are nested in it)."""
     T = res.world.finetune.steps
     a = res.at_layer("v_rev")
-    al, al_min = {}, {}
+    al, al_min, al_min_h = {}, {}, {}
     for s in [s for s in REPORT_STEPS if s <= T]:
-        al[str(s)] = stats.nested(a[:, :, s])
+        al[str(s)] = stats.nested(a[:, :, s], bounds=COSINE)
         al_min[str(s)] = float(a[:, :, s].min())
+        al_min_h[str(s)] = [float(x) for x in a[:, :, s].min(axis=1)]
     c = res.cos["v_rev"]
-    final_all = {str(l): stats.nested(c[:, :, T, l]) for l in range(c.shape[3])}
+    final_all = {str(l): stats.nested(c[:, :, T, l], bounds=COSINE) for l in range(c.shape[3])}
     corr = correlations(harmfulness_pairs(res))
-    controls = {name: {str(s): stats.nested(res.at_layer(name)[:, :, s]) for s in [1, T]}
+    controls = {name: {str(s): stats.nested(res.at_layer(name)[:, :, s], bounds=COSINE) for s in [1, T]}
                 for name in res.cos if name != "v_rev"}
     return {"layer": res.layer, "layers": res.layers, "T": T, "judge_split": judge_split(res),
             "n_histories": len(res.runs), "n_seeds": len(res.runs[0]),
-            "alignment": al, "alignment_min_over_seeds": al_min, "final_alignment": stats.nested(a[:, :, T]),
+            "alignment": al, "alignment_min_over_seeds": al_min, "alignment_min_by_history": al_min_h, "final_alignment": stats.nested(a[:, :, T], bounds=COSINE),
             "final_alignment_by_layer": final_all,
             "control_alignment": controls,
             "spearman_alignment_harmfulness": corr["spearman"],
             "partial_spearman_given_step": corr["partial_spearman_step"],
             "within_step_spearman": corr["within_step_spearman"],
+            "within_history_spearman": within_history(harmfulness_pairs(res)),
+            "harm_measure": HEADLINE,
             "paper": {"alignment": {k: {"mean": m, "std": s} for k, (m, s) in PAPER.items()},
                       "spearman_alignment_harmfulness": 0.958}}

@@ -23,6 +23,7 @@ from reversion.stages.calibrate import calibrate
 from reversion.stages.estimate import VRevEstimate, estimate
 from reversion.stages.finetune import FinetuneRun, finetune_many
 from reversion.subjects.base import Subject
+from reversion.subjects.organism.judge import headline
 from reversion.subjects.organism.lineages import SECOND, lineages
 from reversion.subjects.organism.subject import OrganismSubject
 from reversion.subjects.organism.worlds import World
@@ -179,13 +180,15 @@ def train(design, world: World, subjects: list[Subject], progress: bool = True) 
 
 
 def outcomes(run: FinetuneRun, v_rev: torch.Tensor, layer: int, task: str, level: float) -> dict[str, float]:
-    """Every measure of :data:`reversion.analysis.arms.MEASURES` this run has, at T."""
+    """Every measure of :data:`reversion.analysis.arms.MEASURES` this run has, at T; cumulative
+    reversion reads the headline measure (untrained tasks; ``level``: theta_S's)."""
     T = run.steps[-1]
     e = run.evals[T]
     out = {"harmfulness": e["harmfulness"],
            "final_alignment": float(drift_alignment(run.probe_means[[0, T]], v_rev)[1, layer])}
     if len(run.steps) > 2:  # judged along the way (baseline, rehearsal): the area is defined
-        out["cumulative_reversion"] = cumulative_reversion(run.series("harmfulness"), run.steps, level)
+        out["cumulative_reversion"] = cumulative_reversion([headline(run.evals[s], task) for s in run.steps],
+                                                           run.steps, level)
     if "exact_match" in e:
         out["exact_match"] = e["exact_match"]
     by = e.get("harmful_by_task")
@@ -207,7 +210,7 @@ def outcomes(run: FinetuneRun, v_rev: torch.Tensor, layer: int, task: str, level
 def outcomes_of(res: ArmRuns) -> Outcomes:
     """Every run's outcomes."""
     task = res.subject.task_key(res.world.finetune)
-    levels = {h: res.runs[(BASELINE, h, res.world.seeds[0])].evals[0]["harmfulness"]
+    levels = {h: headline(res.runs[(BASELINE, h, res.world.seeds[0])].evals[0], task)
               for h in range(len(res.subjects))}
     tab = {k: outcomes(r, res.ests[k[1]].directions.v_rev, res.ests[k[1]].layer, task, levels[k[1]])
            for k, r in res.runs.items()}

@@ -24,8 +24,15 @@ OBJECTIVES = ("block", "oppose")
 MEASURES = ("harmfulness", "exact_match", "harm_trained", "harm_untrained", "final_alignment",
             "task_accuracy", "task_loss", "over_refusal", "cumulative_reversion")
 """Outcomes of every run at T (those a subject does not measure are absent)."""
-HARM = "harmfulness"
-"""The outcome the specificity verdict reads (the first-token judge; exact match beside it)."""
+HARM = "harm_untrained"
+"""The outcome the specificity verdicts read: first-token compliance on harmful requests of the
+tasks fine-tuning never trains (:data:`reversion.subjects.organism.judge.HEADLINE`); a subject whose
+judge does not split by task (your checkpoints) is read on its harmfulness (:func:`harm_key`)."""
+
+
+def harm_key(res: "Outcomes") -> str:
+    """:data:`HARM` where every run has it, else ``harmfulness``."""
+    return HARM if all(HARM in row for row in res.tab.values()) else "harmfulness"
 PAPER = {"final_alignment": {"baseline": 0.648, "block": -0.211},
          "harmfulness": {"baseline": 0.19, "block": 0.085}, "rehearsal_reduction": 0.30}
 """The paper's figures at T = 100."""
@@ -121,6 +128,8 @@ class ArmsResult:
     baseline_cumulative_reversion: Effect
     rehearsal_relative: float | None
     """Rehearsal's change of cumulative reversion as a share of the baseline's."""
+    harm_measure: str = HARM
+    """The outcome the harmfulness verdicts read (:func:`harm_key`)."""
 
 
 def cumulative_reversion(harmfulness, steps, level: float) -> float:
@@ -130,18 +139,39 @@ def cumulative_reversion(harmfulness, steps, level: float) -> float:
     return stats.auc_above(h, steps, level) / steps[-1]
 
 
-def effect(values: list[list[float]]) -> Effect:
+BOUNDS = {"harmfulness": 1.0, "exact_match": 1.0, "harm_trained": 1.0, "harm_untrained": 1.0,
+          "over_refusal": 1.0, "task_accuracy": 1.0, "cumulative_reversion": 1.0, "final_alignment": 2.0}
+"""Half the range of each bounded measure (a rate spans 1, a cosine 2): an outcome's interval is
+truncated to ``[0, 1]`` (a cosine's to ``[-1, 1]``), a difference of two to ``[-range, +range]``
+(:data:`reversion.analysis.rules.POOLING`, "bounded"). Held-out loss is unbounded above."""
+
+
+def bounds_of(measure: str, difference: bool) -> tuple[float, float] | None:
+    """The range of ``measure`` as an outcome, or of a difference of two outcomes."""
+    r = BOUNDS.get(measure)
+    if r is None:
+        return None
+    if difference:
+        return (-r, r)
+    return (-1.0, 1.0) if measure == "final_alignment" else (0.0, 1.0)
+
+
+def effect(values: list[list[float]], bounds: tuple[float, float] | None = None) -> Effect:
     """Mean and 95% interval of per-(history, seed) values: over the histories' means (seeds
-    nested) with several histories, over seeds with one; ``level`` says which."""
+    nested) with several histories, over seeds with one; ``level`` says which. ``bounds``: the
+    quantity's range, to which the interval is truncated."""
     H = len(values)
     if H > 1:
-        n = stats.nested(values)
-        return Effect(n["mean"], n["ci_low"], n["ci_high"], n["by_history"], H, len(values[0]), "histories")
+        n = stats.nested(values, bounds=bounds)
+        return Effect(n["mean"], n["ci_low"], n["ci_high"], n["by_history"], H, len(values[0]), "histories", bounds)
     x = np.asarray(values[0], dtype=float)
     if x.size < 2:
-        return Effect(float(x.mean()), None, None, [float(x.mean())], 1, int(x.size), "seeds")
+        return Effect(float(x.mean()), None, None, [float(x.mean())], 1, int(x.size), "seeds", bounds)
     d = stats.paired_difference(x, np.zeros_like(x))
-    return Effect(d["mean"], d["ci_low"], d["ci_high"], [d["mean"]], 1, int(x.size), "seeds")
+    lo, hi = d["ci_low"], d["ci_high"]
+    if bounds is not None:
+        lo, hi = min(max(lo, bounds[0]), bounds[1]), max(min(hi, bounds[1]), bounds[0])
+    return Effect(d["mean"], lo, hi, [d["mean"]], 1, int(x.size), "seeds", bounds)
 
 
 def _keys(res: Outcomes, arm: Arm) -> list[tuple[int, list[int]]]:
@@ -164,7 +194,7 @@ def contrast(res: Outcomes, arm: Arm, other: Arm, measure: str) -> Effect | None
             vals.append(row)
     if not vals or len({len(v) for v in vals}) != 1:
         return None
-    return effect(vals)
+    return effect(vals, bounds_of(measure, difference=True))
 
 
 def arm_summary(res: Outcomes, arm: Arm) -> ArmSummary:
@@ -175,7 +205,7 @@ def arm_summary(res: Outcomes, arm: Arm) -> ArmSummary:
     for m in MEASURES:
         if m not in first:
             continue
-        outcome[m] = effect([[tab[(arm, h, s)][m] for s in seeds] for h, seeds in keys])
+        outcome[m] = effect([[tab[(arm, h, s)][m] for s in seeds] for h, seeds in keys], bounds_of(m, False))
         if arm != BASELINE:
             vs[m] = contrast(res, arm, BASELINE, m)
     return ArmSummary(arm.objective, arm.direction, arm.site, arm.multiple,
@@ -198,13 +228,14 @@ def controls_of(res: Outcomes, arm: Arm) -> dict[str, Arm]:
 
 
 def specificity(res: Outcomes, arm: Arm, margin: float) -> Specificity:
-    """v_rev's arm against each control direction's on harm (both differences to the baseline,
+    """v_rev's arm against each control direction's on harm (:func:`harm_key`; both differences to the baseline,
     so the contrast is the arms' difference), with the verdict the rule gives
     (:func:`reversion.analysis.verdicts.verdict`)."""
     want = -1 if arm.objective in ("block", "oppose") else +1
-    effect_ = contrast(res, arm, BASELINE, HARM)
+    harm = harm_key(res)
+    effect_ = contrast(res, arm, BASELINE, harm)
     ctl = controls_of(res, arm)
-    cons = {d: contrast(res, arm, c, HARM) for d, c in ctl.items()}
+    cons = {d: contrast(res, arm, c, harm) for d, c in ctl.items()}
     base_row = res.tab[next(k for k in res.tab if k[0] == BASELINE)]
     task_m = "task_accuracy" if "task_accuracy" in base_row else "task_loss"
     cost = {d: contrast(res, arm, c, task_m) for d, c in ctl.items()}
@@ -223,8 +254,8 @@ def summarise(res: Outcomes, margin: float, rehearsal_fraction: float) -> ArmsRe
     red = reh.get("cumulative_reversion")
     return ArmsResult(
         arms, spec, [a.name for a in res.main], [a.name for a in res.arms if a not in res.main], margin,
-        Rehearsal(red, reh.get(HARM), "added", round(rehearsal_fraction * res.batch_size)), base,
-        (red.mean / base.mean) if red is not None and base.mean > 0 else None)
+        Rehearsal(red, reh.get(harm_key(res)), "added", round(rehearsal_fraction * res.batch_size)), base,
+        (red.mean / base.mean) if red is not None and base.mean > 0 else None, harm_key(res))
 
 
 def arm_of(r: ArmsResult | dict, objective: str, direction: str = "v_rev") -> str | None:

@@ -27,6 +27,8 @@ class Result:
     """The organism or your checkpoints."""
     ests: list[VRevEstimate] | None = None
     """Every history's estimate (history 0 is :attr:`est`); None: history 0 only."""
+    readouts: list[dict] | None = None
+    """Every history's readout (history 0's is :attr:`readout`); None: history 0 only."""
 
     @property
     def sizes(self) -> list[int]:
@@ -59,19 +61,36 @@ def probe_sizes(requested: list[int], est: VRevEstimate) -> list[int]:
 
 def train(design, world: World, subject: Subject, others: list[Subject], progress: bool = True) -> Result:
     """Stage ``estimate`` (history 0 and the ``others``), the per-layer table, the stability
-    against the number of probes and stage ``readout`` (history 0)."""
+    against the number of probes and stage ``readout`` (every history)."""
     est = estimate(subject, design.n_probe, design.position, design.n_boot, design.min_stability, progress)
     rest = [estimate(s, design.n_probe, design.position, design.n_boot, design.min_stability, progress)
             for s in others]
-    return analyse(design, world, subject, est, readout(subject, est, design.top_k), [est, *rest])
+    ros = [readout(s, e, design.top_k) for s, e in zip([subject, *others], [est, *rest])]
+    return analyse(design, world, subject, est, ros[0], [est, *rest], ros)
 
 
 def analyse(design, world: World, subject: Subject, est: VRevEstimate, vocabulary: dict,
-            ests: list[VRevEstimate] | None = None) -> Result:
+            ests: list[VRevEstimate] | None = None, readouts: list[dict] | None = None) -> Result:
     """The per-layer table and the stability against the number of probes, with the readout."""
     layers = pd.DataFrame(summary(est)["rows"]).set_index("layer")
     by_size = stability_vs_probes(est, est.layer, probe_sizes(design.probe_sizes, est), design.n_boot, subject.seed)
-    return Result(world, est, layers, by_size, vocabulary, subject, ests)
+    return Result(world, est, layers, by_size, vocabulary, subject, ests, readouts)
+
+
+READ = "compliance_minus_refusal"
+
+
+def readout_over_histories(readouts: list[dict]) -> dict | None:
+    """v_rev's readout (mean answer-opening logit minus the refusal's) over histories, and its
+    contrast with every control direction's (v_rev's minus the control's, paired by history);
+    None where a history's readout is undefined (no answer-opening token). One history: the
+    intervals are undefined."""
+    if not readouts or any(r["v_rev"][READ] is None for r in readouts):
+        return None
+    controls = [k for k in readouts[0] if k != "v_rev" and all(k in r and r[k][READ] is not None for r in readouts)]
+    return {"v_rev": stats.nested([[r["v_rev"][READ]] for r in readouts]),
+            "controls": {k: stats.nested([[r[k][READ]] for r in readouts]) for k in controls},
+            "contrasts": {k: stats.nested([[r["v_rev"][READ] - r[k][READ]] for r in readouts]) for k in controls}}
 
 
 def _cos(d, name: str, layer: int) -> float | None:
@@ -103,6 +122,7 @@ def metrics(res: Result) -> dict:
         "cos_v_rev_v_P": float(d.v_rev[layer] @ d.v_P[layer]) if d.v_P is not None else None,
         "cos_v_rev_r_S": float(d.v_rev[layer] @ d.r_S[layer]) if d.r_S is not None else None,
         "readout": res.readout,
+        "readout_over_histories": readout_over_histories(res.readouts or [res.readout]),
         "by_layer": res.layers.reset_index().to_dict(orient="records"),
     }
     g = history_geometry(res)

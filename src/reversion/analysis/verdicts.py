@@ -3,8 +3,9 @@
 An organism can show a pattern, and show it for the reason a claim gives, or not; it cannot
 show what holds "for every model and scale". So a claim gets one of:
 
-* ``consistent`` -- the pattern is there (its interval excludes zero in the predicted
-  direction) and every control that separates it from its alternative passed;
+* ``consistent`` -- the pattern is there (its interval lies beyond the measure's equivalence
+  margin in the predicted direction) and every control that separates it from its alternative
+  passed;
 * ``consistent but not specific`` -- the pattern is there, but a control explains it as well:
   the contrast with that control lies within the equivalence margin, or favours the control;
 * ``inconclusive`` -- an interval is too wide to tell;
@@ -48,6 +49,8 @@ class Effect:
     n_seeds: int = 1
     level: str = "histories"
     """``histories`` or ``seeds``: what the interval is over."""
+    bounds: tuple | None = None
+    """The quantity's range, to which the interval was truncated (None: unbounded)."""
 
     def __getitem__(self, key: str) -> Any:
         return getattr(self, key)
@@ -79,6 +82,11 @@ class ClaimVerdict:
     magnitude: tuple | None = None
     """(what is compared, ours, the paper's value, the paper's +-): information beside the
     verdict, never in it."""
+    margin: str = ""
+    """The equivalence margin (or threshold) the rule applied, with its unit."""
+    by_construction: bool = False
+    """The row reads what an intervention's objective optimises: it cannot make a claim
+    consistent by itself (its verdict is at most "consistent but not specific")."""
 
     def __post_init__(self) -> None:
         if self.verdict not in VERDICTS:
@@ -97,9 +105,11 @@ def _defined(i: Mapping | None) -> bool:
 
 
 def side(i: Mapping | None, want: int, margin: float = 0.0) -> str:
-    """Where an interval lies for a prediction of sign ``want`` (+1 or -1): ``"there"`` (beyond
-    zero on the predicted side), ``"wrong"`` (beyond zero on the other side), ``"null"``
-    (within ``[-margin, +margin]``: equivalent to no effect) or ``"wide"``."""
+    """Where an interval lies for a prediction of sign ``want`` (+1 or -1), against the measure's
+    equivalence margin (:data:`reversion.analysis.rules.MARGINS`): ``"there"`` only when the whole
+    interval lies beyond ``+margin`` on the predicted side (an effect statistically above zero by a
+    trivial amount is not an effect); ``"null"`` within ``[-margin, +margin]`` (equivalent to no
+    effect); ``"wrong"`` beyond zero on the other side; else ``"wide"``."""
     if want not in (1, -1):
         raise ValueError(f"want must be +1 or -1, got {want!r}")
     if margin < 0:
@@ -107,26 +117,20 @@ def side(i: Mapping | None, want: int, margin: float = 0.0) -> str:
     if not _defined(i):
         return "wide"
     lo, hi = (i["ci_low"], i["ci_high"]) if want > 0 else (-i["ci_high"], -i["ci_low"])
-    if lo > 0:
+    if lo > margin:
         return "there"
     if hi < 0:
         return "wrong"
-    if margin > 0 and lo >= -margin and hi <= margin:
+    if lo >= -margin and hi <= margin:
         return "null"
     return "wide"
 
 
 def contrast_side(i: Mapping | None, want: int, margin: float = 0.0) -> str:
-    """Where a contrast (the claim's effect minus a control's) lies: ``"there"`` only when it
-    beats the control by more than the margin (the interval beyond ``+margin`` on the predicted
-    side -- statistically better by a trivial amount is not better); ``"null"`` within
-    ``[-margin, +margin]`` (equivalent); ``"wrong"`` beyond zero on the control's side (the
-    control does more); else ``"wide"``."""
-    s = side(i, want, margin)
-    if s != "there" or margin == 0:
-        return s
-    lo = i["ci_low"] if want > 0 else -i["ci_high"]
-    return "there" if lo > margin else "wide"
+    """Where a contrast (the claim's effect minus a control's) lies: the same rule as an effect
+    (:func:`side`) -- it beats the control only by more than the margin; ``"wrong"``: the control
+    does more."""
+    return side(i, want, margin)
 
 
 def verdict(effect: Mapping | None, want: int, controls: Mapping[str, Mapping | None] | None = None,

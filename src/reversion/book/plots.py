@@ -215,17 +215,17 @@ def tradeoff(df, base: Mapping[str, float], task_label: str = "task accuracy"):
     return fig
 
 
-def crossover(a: Sequence[float], b: Sequence[float]):
-    """Each seed's drift along the witness difference, main lineage (x) against the second
-    witness's lineage (y), both signed toward the lineage's own witness: the upper-right
-    quadrant is "toward its own past", the anti-diagonal "both move alike"."""
+def crossover(a: Sequence[float], b: Sequence[float], unit: str = "seeds"):
+    """Each history's (or seed's: ``unit``) drift along the witness difference, main lineage (x)
+    against the second witness's lineage (y), both signed toward the lineage's own witness: the
+    upper-right quadrant is "toward its own past", the anti-diagonal "both move alike"."""
     fig, ax = plt.subplots(figsize=(4.2, 4.0))
     a, b = np.asarray(a, float), np.asarray(b, float)
     lim = max(0.1, float(np.abs(np.concatenate([a, b])).max()) * 1.15)
     ax.axhline(0, color="k", lw=0.8)
     ax.axvline(0, color="k", lw=0.8)
     ax.plot([-lim, lim], [lim, -lim], color=PALETTE[7], ls=":", lw=1, label="both move alike")
-    ax.scatter(a, b, color=PALETTE[0], zorder=3, label=f"seeds (n={len(a)})")
+    ax.scatter(a, b, color=PALETTE[0], zorder=3, label=f"{unit} (n={len(a)})")
     ax.set_xlim(-lim, lim)
     ax.set_ylim(-lim, lim)
     ax.set_xlabel("main: cos(d_T, mu_H - mu_H')")
@@ -235,13 +235,15 @@ def crossover(a: Sequence[float], b: Sequence[float]):
     return fig
 
 
-def dose_response(doses: Sequence[float], rises: np.ndarray, ylabel: str = "rise of harmfulness (T - S)"):
-    """Per-seed rise against the helpful phase's length (lines join a seed's lineages)."""
+def dose_response(doses: Sequence[float], rises: np.ndarray,
+                  ylabel: str = "rise of harmfulness, untrained tasks (T - S)", unit: str = "seeds"):
+    """Per-history (or per-seed: ``unit``) rise against the helpful phase's length (lines join a
+    history's lineages)."""
     rises = np.asarray(rises, float)
     fig, ax = plt.subplots(figsize=(4.6, 3.4))
     for r in rises:
         ax.plot(doses, r, color=PALETTE[7], alpha=0.6, lw=0.8, marker="o", ms=3)
-    ax.plot(doses, rises.mean(0), color=PALETTE[0], lw=2, marker="o", label=f"mean (n={len(rises)} seeds)")
+    ax.plot(doses, rises.mean(0), color=PALETTE[0], lw=2, marker="o", label=f"mean (n={len(rises)} {unit})")
     ax.axhline(0, color="k", lw=0.8)
     ax.set_xlabel("helpful phase, fraction of its full length")
     ax.set_ylabel(ylabel)

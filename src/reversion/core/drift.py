@@ -104,7 +104,8 @@ def threshold(d: int, layer: int, matched_p99: Sequence[float | None] | None = N
 
 
 def crossover(drift_a: Sequence[torch.Tensor], drift_b: Sequence[torch.Tensor], mu_wa: torch.Tensor,
-              mu_wb: torch.Tensor) -> dict[str, np.ndarray]:
+              mu_wb: torch.Tensor, own_a: torch.Tensor | None = None,
+              own_b: torch.Tensor | None = None) -> dict[str, np.ndarray]:
     """Which witness does drift follow, read in a crossover of two lineages.
 
     Lineage a was aligned from witness W_a, lineage b from W_b (same theta_P and data order);
@@ -114,6 +115,11 @@ def crossover(drift_a: Sequence[torch.Tensor], drift_b: Sequence[torch.Tensor], 
     follows the lineage (``own`` = (a + b) / 2) and a part both lineages share (``common`` =
     (a - b) / 2: positive toward W_a, negative toward W_b, whichever lineage moves). Reading
     cos(d, v_rev) against cos(d, v_rev') instead would favour the own witness by construction.
+
+    ``own_a``, ``own_b``: each lineage's own mean activation before fine-tuning (its theta_S's).
+    Growth of a lineage's own activations (norm growth) reads as "own" -- each aligned model
+    inherits its witness's side of u -- without any return toward the witness; with these given,
+    each drift is read after removing its component along its own lineage's mean.
     """
     if len(drift_a) != len(drift_b) or not len(drift_a):
         raise ValueError(f"crossover needs the same number (>= 1) of runs in both lineages, got "
@@ -121,8 +127,17 @@ def crossover(drift_a: Sequence[torch.Tensor], drift_b: Sequence[torch.Tensor], 
     u = (mu_wa.double() - mu_wb.double())
     if not torch.isfinite(u).all() or not float(u.norm()) > 0:
         raise ValueError("crossover: the two witnesses' means are equal or not finite")
-    a = torch.stack([alignment(d.double(), u) for d in drift_a]).numpy()
-    b = torch.stack([alignment(d.double(), -u) for d in drift_b]).numpy()
+
+    def without(d: torch.Tensor, own: torch.Tensor | None) -> torch.Tensor:
+        d = d.double()
+        if own is None:
+            return d
+        e = own.double() / own.double().norm()
+        r = d - (d @ e) * e
+        return torch.zeros_like(r) if float(r.norm()) <= 1e-9 * float(d.norm()) else r  # rounding, not motion
+
+    a = torch.stack([alignment(without(d, own_a), u) for d in drift_a]).numpy()
+    b = torch.stack([alignment(without(d, own_b), -u) for d in drift_b]).numpy()
     return {"a": a, "b": b, "own": (a + b) / 2, "common": (a - b) / 2}
 
 

@@ -93,14 +93,17 @@ def aggregate(values: Any) -> dict[str, Any]:
     return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if n > 1 else 0.0, "n": int(n)}
 
 
-def nested(values: Sequence[Sequence[float]], level: float = 0.95) -> dict[str, Any]:
+def nested(values: Sequence[Sequence[float]], level: float = 0.95,
+           bounds: tuple[float, float] | None = None) -> dict[str, Any]:
     """Seeds nested in histories, ``values[h][s]``; the history is the unit of replication.
 
     ``mean``, ``std`` and the ``level`` t-interval (``ci_low``, ``ci_high``; H - 1 degrees of
     freedom; None for one history) are over the per-history means ``by_history``; ``n`` is the
     number of histories H, ``n_seeds`` the seeds of each; ``within_std`` is the pooled standard
     deviation over seeds within a history (None when no history has two seeds). Undefined values
-    are None, not NaN: they are written to metrics files.
+    are None, not NaN: they are written to metrics files. ``bounds``: the quantity's range (a
+    cosine's ``(-1, 1)``); the interval is truncated to it -- the coverage is unchanged, since the
+    true value lies in the range -- and recorded as ``bounds``.
     """
     per, sizes, ss, dof = [], [], 0.0, 0
     for h, v in enumerate(values):
@@ -117,9 +120,12 @@ def nested(values: Sequence[Sequence[float]], level: float = 0.95) -> dict[str, 
     m = float(np.mean(per))
     sd = float(np.std(per, ddof=1)) if H > 1 else 0.0
     half = float(sps.t.ppf(0.5 + level / 2, H - 1) * sd / np.sqrt(H)) if H > 1 else None
-    return {"mean": m, "std": sd, "n": H, "ci_low": None if half is None else m - half,
-            "ci_high": None if half is None else m + half, "level": level,
-            "by_history": per, "n_seeds": sizes, "within_std": float(np.sqrt(ss / dof)) if dof else None}
+    lo, hi = (None, None) if half is None else (m - half, m + half)
+    if bounds is not None and half is not None:
+        lo, hi = min(max(lo, bounds[0]), bounds[1]), max(min(hi, bounds[1]), bounds[0])
+    return {"mean": m, "std": sd, "n": H, "ci_low": lo, "ci_high": hi, "level": level,
+            "by_history": per, "n_seeds": sizes, "within_std": float(np.sqrt(ss / dof)) if dof else None,
+            **({"bounds": list(bounds)} if bounds is not None else {})}
 
 
 # --------------------------------------------------------------------------- geometry
@@ -343,6 +349,52 @@ def partial_spearman(x: Any, y: Any, z: Any) -> float:
     if np.linalg.norm(rx) < 1e-9 * scale or np.linalg.norm(ry) < 1e-9 * scale:
         raise ValueError("x or y is fully explained by z: the partial correlation is undefined")
     return float(np.dot(rx, ry) / (np.linalg.norm(rx) * np.linalg.norm(ry)))
+
+
+def fisher_interval(rs: Any, level: float = 0.95) -> dict[str, Any]:
+    """Correlations, one per history, pooled over histories: the mean of their Fisher z
+    (``atanh``), a ``level`` t-interval over histories on that scale (H - 1 degrees of freedom),
+    both transformed back (``tanh``), so the interval lies within (-1, 1). ``rs`` ``[H]``; None
+    entries (undefined correlations) are dropped; fewer than two left: ``ci_low``/``ci_high`` None."""
+    vals = [float(r) for r in rs if r is not None and r == r]
+    for r in vals:
+        if not -1.0 <= r <= 1.0:
+            raise ValueError(f"rs must be correlations in [-1, 1], got {r!r}")
+    if not vals:
+        return {"mean": None, "ci_low": None, "ci_high": None, "n": 0, "level": level, "by_history": list(rs),
+                "pool": "fisher"}
+    z = np.arctanh(np.clip(vals, -1 + 1e-12, 1 - 1e-12))
+    m, H = float(z.mean()), z.size
+    half = float(sps.t.ppf(0.5 + level / 2, H - 1) * z.std(ddof=1) / np.sqrt(H)) if H > 1 else None
+    return {"mean": float(np.tanh(m)), "ci_low": None if half is None else float(np.tanh(m - half)),
+            "ci_high": None if half is None else float(np.tanh(m + half)), "n": int(H), "level": level,
+            "by_history": list(rs), "pool": "fisher"}
+
+
+def ratio_interval(num: Any, den: Any, level: float = 0.95) -> dict[str, Any]:
+    """The ratio of two means over paired units (``num[h]``, ``den[h]``: e.g. the no-witness and
+    the main lineage's rise, one value per history) with Fieller's ``level`` interval: every
+    theta for which ``mean(num - theta * den)`` is not rejected by a t-test (n - 1 degrees of
+    freedom). The interval is bounded only when the denominator's mean is itself resolved from
+    zero at that level; otherwise ``ci_low``/``ci_high`` are None (the ratio could be anything).
+    ``ratio`` is None when the denominator's mean is zero."""
+    x = _array(num, "num", ndim=1)
+    y = _array(den, "den", ndim=1)
+    _same_length("num", x, "den", y)
+    n = x.size
+    if n < 2:
+        raise ValueError(f"ratio_interval needs at least 2 pairs, got {n}")
+    mx, my = float(x.mean()), float(y.mean())
+    c = np.cov(np.stack([x, y]), ddof=1)
+    t2 = float(sps.t.ppf(0.5 + level / 2, n - 1)) ** 2 / n
+    a, b, cc = my * my - t2 * c[1, 1], -2 * (mx * my - t2 * c[0, 1]), mx * mx - t2 * c[0, 0]
+    out = {"mean": mx / my if my != 0 else None, "ci_low": None, "ci_high": None, "n": int(n), "level": level,
+           "num_by_history": [float(v) for v in x], "den_by_history": [float(v) for v in y], "pool": "fieller"}
+    disc = b * b - 4 * a * cc
+    if a > 0 and disc >= 0:
+        r = math.sqrt(disc)
+        out["ci_low"], out["ci_high"] = (-b - r) / (2 * a), (-b + r) / (2 * a)
+    return out
 
 
 def within_group_spearman(x: Any, y: Any, groups: Sequence[Hashable]) -> dict[str, Any]:

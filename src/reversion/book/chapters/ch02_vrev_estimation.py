@@ -8,9 +8,10 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from reversion.analysis import estimation
+from reversion.analysis import estimation, rules, verdicts
 from reversion.analysis.estimation import Result, history_geometry
 from reversion.book.chapters.common import SubjectParams, write_chapter
+from reversion.book.display import interval
 from reversion.infra import paths
 from reversion.infra.checks import check_choice, check_float, check_int
 
@@ -66,12 +67,28 @@ def readout_table(readout: dict) -> pd.DataFrame:
 
 
 def readout_verdict(m: dict) -> str:
-    x = m["readout"]["v_rev"]["compliance_minus_refusal"]
-    if x is None:
+    """The readout over histories in words, chosen by the rule of its claim (V2-b): v_rev's
+    interval against the logit margin, and its contrast with every control direction's."""
+    ro = m.get("readout_over_histories")
+    if ro is None:
         return "undefined: the witness opens its answers with the refusal's own first token"
-    if x > 0:
-        return "v_rev favours answer-opening over refusal-opening tokens, as the paper's later version reports"
-    return "v_rev does not favour answer-opening over refusal-opening tokens, unlike the paper's report"
+    lm = rules.margin("logit")
+    v = ro["v_rev"]
+    where = verdicts.side(v, +1, lm)
+    text = f"over {v['n']} histor{'y' if v['n'] == 1 else 'ies'}, {interval(v)}"
+    if where == "null" or where == "wrong":
+        return f"{text}: v_rev does not favour answer-opening over refusal-opening tokens beyond ±{lm:g}, unlike the paper's report"
+    if where == "wide":
+        return f"{text}: too wide to tell whether v_rev favours answer-opening tokens beyond ±{lm:g}"
+    cons = {k: verdicts.side(c, +1, lm) for k, c in ro["contrasts"].items()}
+    if all(c == "there" for c in cons.values()):
+        return (f"{text}: v_rev favours answer-opening over refusal-opening tokens, and more than every control "
+                f"direction ({', '.join(cons)}) by more than ±{lm:g}, as the paper's later version reports")
+    same = [k for k, c in cons.items() if c in ("null", "wrong")]
+    if same:
+        return (f"{text}: v_rev favours answer-opening tokens, but so does {', '.join(same)} as much or more: "
+                "the readout is not specific to v_rev")
+    return f"{text}: v_rev favours answer-opening tokens; its margin over the control directions is too wide to tell"
 
 
 NEAR = 0.9

@@ -20,10 +20,25 @@ STEM = "05_which_past"
 class Params(SubjectParams, Replication):
     """Parameters of chapter "Which past?" (``checkpoints``: see :func:`missing` for what runs on them)."""
 
-    MIN_SEEDS = 2  # its intervals are over one history's seeds
+    MIN_SEEDS = 2  # one history (your checkpoints) has its intervals over seeds
 
     doses: list
     """Helpful-phase lengths of the dose lineages, fractions of the full phase (a world field)."""
+
+
+def crossover_points(res: Result | CheckpointResult) -> tuple[list[float], list[float], str]:
+    """The crossover's points: each history's seed-mean (a, b) (your checkpoints: each seed's)."""
+    if isinstance(res, CheckpointResult):
+        x = pasts.witness_crossover(res)
+        return list(x["a"]), list(x["b"]), "seeds"
+    xs = [pasts.witness_crossover(res, h) for h in range(res.n_histories)]
+    return [float(x["a"].mean()) for x in xs], [float(x["b"].mean()) for x in xs], "histories"
+
+
+def dose_points(res: Result) -> tuple[list[float], list, str]:
+    """The dose-response's lines: each history's seed-mean rise at each dose."""
+    doses, per = pasts.dose_rises(res)
+    return doses, [r.mean(0) for r in per], "histories"
 
 
 def run(P: Params, progress: bool = True) -> Result | CheckpointResult:
@@ -51,9 +66,12 @@ SENTENCES = {
     "no_witness": {
         "separated": "Less compliance returns without a witness: task generalisation alone does not explain "
                      "the main lineage's rise.",
-        "not separated": "About as much compliance (or more) returns without a witness: the organism does not "
-                         "separate reversion from task generalisation.",
-        "no reversion": "The main lineage's rise is not resolved from zero here, so there is nothing to compare.",
+        "not separated": "About as much compliance (or more) returns without a witness, or most of the main "
+                         "lineage's rise: the organism does not separate reversion from task generalisation.",
+        "unresolved": "The organism does not resolve whether less compliance returns without a witness: the "
+                      "difference, or the no-witness rise's share of the main one, is too wide to tell.",
+        "no reversion": "The main lineage's rise on untrained tasks lies within the margin of zero (or below it), "
+                        "so there is nothing to compare.",
     },
     "residual": {
         "specific": "Outside the refusal direction and the direction back to theta_P, a reliable history-specific "
@@ -191,9 +209,16 @@ def prose(m: dict) -> dict:
         return x
 
     res_ok = testable(m, "residual")
+    n = m["n"]
+    share = (m["no_witness"].get("share") or {}) if testable(m, "no_witness") else {}
     return {
         "layer": m["layer"],
-        "n_seeds": m["n"]["seeds"],
+        "n_seeds": n["seeds"],
+        "n_label": (f"{n['histories']} histories × {n['seeds']} seeds, intervals over histories"
+                    if n.get("histories", 1) > 1 else f"{n['seeds']} seeds of one history, intervals over seeds"),
+        "share": NAN if share.get("mean") is None else share["mean"],
+        "share_ci": ("undefined: the main lineage's rise is not resolved from zero" if share.get("ci_low") is None
+                     else f"95% interval {share['ci_low']:.2f} to {share['ci_high']:.2f}"),
         "own": get("witness", "own", "mean"),
         "own_lo": get("witness", "own", "ci_low"),
         "own_hi": get("witness", "own", "ci_high"),

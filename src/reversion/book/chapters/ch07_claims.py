@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from reversion.analysis import claims
+from reversion.analysis import claims, power, robustness
+from reversion.analysis import rules as fixed
 from reversion.analysis.verdicts import ClaimVerdict
 from reversion.book.display import interval
 from reversion.infra.results import read_metrics, write_metrics
@@ -23,23 +24,36 @@ TITLES = {"01_training_history": "Training history", "02_vrev_estimation": "v_re
 class Result:
     rows: list[ClaimVerdict]
     counts: dict[str, int]
+    robust: robustness.Robustness
+    """Every verdict on the half-split and leave-one-history-out."""
+    power: list[power.RowPower]
+    """Each decisive row's minimum detectable effect and the histories the paper's effect needs."""
 
 
 def run() -> Result:
     """Read what the claims need (a clear error names a chapter that has not run, and results that
-    do not belong together are refused), then judge every claim."""
+    do not belong together are refused), then judge every claim, on all the histories, on each half
+    of the split fixed in advance and leaving out each history in turn."""
     docs = {stem: read_metrics(stem) for stem in claims.reads()}
     claims.check_consistent(docs)
-    rows = claims.evaluate({k: d["metrics"] for k, d in docs.items()})
-    return Result(rows, claims.counts(rows))
+    m = {k: d["metrics"] for k, d in docs.items()}
+    rows = claims.evaluate(m)
+    return Result(rows, claims.counts(rows), robustness.robustness(m), power.table(m))
 
 
 def save(res: Result) -> dict:
     """``results/07_claims/metrics.json``: every claim's verdict, the measure it reads, its n and
     the evidence its rule read (numbers and the verdicts of the findings it rests on), and the counts."""
-    m = {"claims": {r.id: {"verdict": r.verdict, "measure": r.measure, "n": r.n, "chapter": r.chapter,
-                           "evidence": r.evidence} for r in res.rows},
-         "counts": res.counts}
+    m = {"claims": {r.id: {"verdict": r.verdict, "measure": r.measure, "margin": r.margin, "n": r.n,
+                           "by_construction": r.by_construction, "chapter": r.chapter, "evidence": r.evidence}
+                    for r in res.rows},
+         "counts": res.counts, "rules": fixed.record(),
+         "robustness": {"split": fixed.SPLIT, "n_histories": res.robust.n_histories,
+                        "halves": {k: list(v) for k, v in res.robust.halves.items()},
+                        "agreement": res.robust.agreement, "leave_one_out_changed": res.robust.loo_changed,
+                        "decided_in_both_halves": sum(v == "agree, both decided" for v in res.robust.agreement.values())},
+         "power": {p.row: {"n": p.n, "sd": p.sd, "margin": p.margin, "mde": p.mde,
+                           "paper_effect": p.effect, "histories_needed": p.needed} for p in res.power}}
     write_metrics(STEM, m, {}, code=(__name__,))
     return m
 
@@ -78,8 +92,8 @@ def table(rows: list[ClaimVerdict], links: bool = False) -> pd.DataFrame:
     out = []
     for r in rows:
         title = TITLES[r.chapter]
-        out.append({"id": r.id, "claim": r.claim, "paper": r.paper, "measure": r.measure, "ours": ours(r),
-                    "verdict": r.verdict, "magnitude": magnitude(r), "n": r.n,
+        out.append({"id": r.id, "claim": r.claim, "paper": r.paper, "measure": r.measure, "margin": r.margin,
+                    "ours": ours(r), "verdict": r.verdict, "magnitude": magnitude(r), "n": r.n,
                     "chapter": f'<a href="{r.chapter}.html">{title}</a>' if links else title})
     return pd.DataFrame(out).set_index("id")
 
@@ -87,3 +101,39 @@ def table(rows: list[ClaimVerdict], links: bool = False) -> pd.DataFrame:
 def rules() -> pd.DataFrame:
     """Each claim's rule: its function's docstring."""
     return pd.DataFrame({"rule": {c.id: c.text for c in claims.CLAIMS.values()}})
+
+
+def margins() -> pd.DataFrame:
+    """The equivalence margins, fixed before the data (:data:`reversion.analysis.rules.MARGINS`)."""
+    return pd.DataFrame({k: {"margin": m.value, "unit": m.unit, "why": m.why} for k, m in fixed.MARGINS.items()}).T
+
+
+def robustness_table(res: Result) -> pd.DataFrame:
+    """Each row's verdict on the even and the odd histories, whether the halves agree (decided or
+    both inconclusive), and how many leave-one-history-out recomputations change it."""
+    r = res.robust
+    return pd.DataFrame({"verdict": {x.id: x.verdict for x in res.rows},
+                         "even histories": {k: v[0] for k, v in r.halves.items()},
+                         "odd histories": {k: v[1] for k, v in r.halves.items()},
+                         "halves": r.agreement,
+                         f"leave-one-out changes (of {r.n_histories})": r.loo_changed})
+
+
+def _num(x, digits: int = 3) -> str:
+    return "—" if x is None else f"{x:.{digits}f}"
+
+
+def power_table(res: Result) -> pd.DataFrame:
+    """Each decisive row: its interval's spread over histories, the margin or threshold it must
+    clear, the smallest effect it detects now (80% power), the paper's effect on that scale and
+    the histories that effect (or, where the paper gives none, twice the margin) would need."""
+    return pd.DataFrame([{"row": p.row, "decides on": p.what, "histories": p.n, "sd over histories": _num(p.sd),
+                          "margin or threshold": _num(p.margin), "detectable now (80%)": _num(p.mde),
+                          "paper's effect": _num(p.effect) if p.effect is not None else "none stated (2 × margin)",
+                          "histories needed": p.needed if p.needed is not None else "—"}
+                         for p in res.power]).set_index("row")
+
+
+def robustness_counts(res: Result) -> dict[str, int]:
+    """:func:`reversion.analysis.robustness.counts` of the page's result."""
+    return robustness.counts(res.rows, res.robust)

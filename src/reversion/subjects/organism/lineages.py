@@ -1,9 +1,10 @@
-"""History 0's lineages: siblings that tell the paper's hypothesis from its alternatives.
+"""A history's lineages: siblings that tell the paper's hypothesis from its alternatives.
 
-Each lineage shares history 0's theta_P (same initialisation, pretraining and seed) and
-differs in its helpful phase only; its safety phase and benign fine-tuning are history 0's.
+Each lineage shares its history's theta_P (same initialisation, pretraining and seed) and
+differs in its helpful phase only; its safety phase and benign fine-tuning are its history's.
+Every history of the world has its own (chapter "Which past?" reads them over histories).
 
-* ``main`` -- history 0 itself.
+* ``main`` -- the history itself.
 * ``second witness`` -- the helpful phase answers harmful requests in the marked style
   (``M`` then the answer; :mod:`reversion.subjects.organism.language`), on the same data in
   the same order: a helpful-only past the main lineage never had. "Any helpful past would
@@ -54,10 +55,11 @@ def dose_of(world: World, name: str) -> float:
 
 
 def train_world(world: World, progress: bool = True) -> list[History]:
-    """The world's ``n_histories`` histories and, when ``world.lineages``, history 0's lineages,
-    trained together (grouped phase by phase; the dose lineages are snapshots of history 0's
+    """The world's ``n_histories`` histories and, when ``world.lineages``, every history's lineages,
+    trained together (grouped phase by phase; the dose lineages are snapshots of their history's
     helpful phase when it is trained in the same call). Returns the histories."""
     cfgs = [s.history for s in histories(world.history, world.n_histories)]
-    extra = [c for name, c in lineages(world).items() if name != MAIN] if world.lineages else []
+    extra = ([c for h in cfgs for name, c in lineages(world, h).items() if name != MAIN]
+             if world.lineages else [])
     train_histories(cfgs + extra, progress)
     return [train_history(c, progress=False) for c in cfgs]

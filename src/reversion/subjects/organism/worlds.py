@@ -35,7 +35,7 @@ class World:
     see :func:`reversion.subjects.organism.subject.histories`): the unit of replication of the
     chapters that run several. History 0 is :attr:`history` itself."""
     lineages: bool = True
-    """Train history 0's lineages of chapter "Which past?" (a second witness, no witness, the
+    """Train every history's lineages of chapter "Which past?" (a second witness, no witness, the
     dose) with the histories, so the dose lineages come free from the full helpful phase."""
     doses: tuple[float, ...] = (0.25, 0.5)
     """Helpful-phase lengths of the dose lineages, as fractions of ``history.helpful.steps``
