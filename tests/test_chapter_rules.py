@@ -132,3 +132,32 @@ def test_judge_sentence_flips_with_the_untrained_exact_match_interval():
     one = {"exact_match": {"untrained": {"mean": 0.02, "ci_low": None, "ci_high": None}}}
     assert "not only the fine-tuned task" in judge_sentence(one)
     assert "does not split" in judge_sentence(None)
+
+
+# --------------------------------------------------------------------------- chapter 02: the readout over histories
+
+
+def _readout(v, controls, d=0.02):
+    """Three histories' readouts: v_rev's around ``v`` (+-``d``), each control's as given (a number:
+    shifted with v_rev's, so the paired contrast is constant; a list: one value per history)."""
+    from reversion.analysis.estimation import readout_over_histories
+
+    if v is None:
+        return {"readout_over_histories": None}
+    es = (0.0, d, -d)
+    ros = [{"v_rev": {"compliance_minus_refusal": v + e},
+            **{k: {"compliance_minus_refusal": c[i] if isinstance(c, list) else c + e} for k, c in controls.items()}}
+           for i, e in enumerate(es)]
+    return {"readout_over_histories": readout_over_histories(ros)}
+
+
+def test_readout_sentence_follows_the_interval_and_every_control():
+    from reversion.book.chapters.ch02_vrev_estimation import readout_verdict
+
+    assert "and more than every control direction" in readout_verdict(_readout(0.8, {"-r_S": 0.1, "random": 0.0}))
+    assert "so does -r_S as much or more" in readout_verdict(_readout(0.8, {"-r_S": 0.85, "random": 0.0}))
+    assert "does not favour" in readout_verdict(_readout(0.02, {"-r_S": 0.0}))
+    assert "too wide to tell whether" in readout_verdict(_readout(0.3, {"-r_S": 0.0}, d=0.3))
+    wide = readout_verdict(_readout(0.8, {"-r_S": [0.7, 0.8, 0.6]}))  # contrasts 0.10, 0.02, 0.18
+    assert "margin over the control directions is too wide to tell" in wide
+    assert readout_verdict(_readout(None, {})).startswith("undefined")

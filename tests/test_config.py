@@ -243,6 +243,7 @@ def test_valid_overrides_are_applied_and_nothing_else_changes():
     ({"history": {"model": {"n_head": 3}}}, r"model\.n_embd"),
     ({"history": {"language": {"max_len": 9}}}, r"model\.n_positions"),
     ({"history": {"seed": True}}, r"seed"),
+    ({"history": {"safety": {"steps": 0}}}, r"safety\.steps must be >= 1"),  # theta_S would be theta_H
     ({"n_seeds": 0}, r"n_seeds"),
     ({"finetune": {"eval_steps": 5}}, r"finetune"),
     ({"finetune": {"eval_steps": [0, 2.5]}}, r"finetune\.eval_steps"),

@@ -370,12 +370,12 @@ def alignment_tracks_harmfulness(m: Mapping[str, dict]) -> ClaimVerdict:
 def opposing_lowers_both(m: Mapping[str, dict]) -> ClaimVerdict:
     """The weaker of block's alignment verdict (V1-d's rule before its by-construction cap: the
     alignment half can only weaken this row) and its harmfulness verdict (V1-e), which decides."""
-    v_al, v_h = _block_alignment(m)[0], block_lowers_harmfulness(m).verdict
+    v_al, e = _block_alignment(m)[0], block_lowers_harmfulness(m)
     iv = m[INTERVENTIONS]
     return ClaimVerdict("V2-d", "opposing positive motion lowers alignment and harmfulness", "all settings",
-                        weaker(v_al, v_h), INTERVENTIONS, "alignment (by construction), untrained-task harm",
-                        {"block: alignment": v_al, "harmfulness": v_h}, margin=f"±{COS:g} cosine; ±{iv['margin']:g} rate",
-                        by_construction=True)
+                        weaker(v_al, e.verdict), INTERVENTIONS, "alignment (by construction), untrained-task harm",
+                        {"block: alignment": v_al, "harmfulness": e.verdict}, e.n,
+                        margin=f"±{COS:g} cosine; ±{iv['margin']:g} rate", by_construction=True)
 
 
 @claim("V2-e", INTERVENTIONS)

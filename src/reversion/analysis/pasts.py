@@ -104,7 +104,8 @@ class Result(_Readings):
 
     @property
     def notes(self) -> list[str]:
-        return []  # the organism: nothing differs from the chapter's text
+        """What this world cannot measure (the default world: nothing)."""
+        return [f"Not measurable in this world ({LABELS[k]}): needs {v}." for k, v in impossible(self).items()]
 
 
 @dataclass
@@ -520,56 +521,91 @@ def residual_measure(res: Result | CheckpointResult) -> dict:
     return out
 
 
+def impossible(res: Result) -> dict[str, str]:
+    """Measurement (:data:`LABELS`) -> why this world cannot make it (empty for the default world):
+    lineages that coincide (a helpful phase with no steps leaves every lineage's theta_H at theta_P;
+    one without harmful requests is already the no-witness lineage, and has nothing to mark), or no
+    dose lineage. Such a measurement reads "not testable here" and says why."""
+    h = res.configs[MAIN][0].helpful
+    out = {}
+    if h.steps == 0 or h.harmful_fraction == 0:
+        why = ("a second witness that differs from theta_H (this world's helpful phase "
+               + ("has no steps" if h.steps == 0 else "holds no harmful request to answer in a marked style") + ")")
+        out.update(witness=why, style=why, weights=why)
+    if h.steps == 0 or h.harmful_fraction == 0:
+        out["no_witness"] = ("a no-witness lineage that differs from the main one (this world's helpful phase "
+                             + ("has no steps" if h.steps == 0 else "already holds no harmful request") + ")")
+    if len(res.doses) < 2:
+        out["dose"] = "at least one dose lineage besides the full helpful phase (doses is empty)"
+    return out
+
+
 def measure_pasts(res: Result | CheckpointResult) -> dict:
     """Every number the chapter's verdicts read (your checkpoints: :func:`measure_checkpoints`).
     Each interval is over histories, seeds averaged within a history; rises read the headline
     measure (harmfulness on untrained tasks) except the style's, which reads each style on every
-    request."""
+    request. What this world cannot measure (:func:`impossible`) is a block that says why."""
     if isinstance(res, CheckpointResult):
         return measure_checkpoints(res)
     T, task, H = res.final, res.world.finetune.task, res.n_histories
     R = res.runs
-    marked_h = [rise(R[SECOND][h], T, "marked") for h in range(H)]
-    plain_h = [plain_rise(R[SECOND][h], T) for h in range(H)]
-    marked, plain = over(marked_h, RATE_DIFF), over(plain_h, RATE_DIFF)
-    style_diff = over([m - p for m, p in zip(marked_h, plain_h)], RATE_DIFF)
-    main_h = [headline_rise(R[MAIN][h], T, task) for h in range(H)]
-    none_h = [headline_rise(R[NONE][h], T, task) for h in range(H)]
-    main_i, none_i = over(main_h, RATE_DIFF), over(none_h, RATE_DIFF)
-    nw_diff = over([m - n for m, n in zip(main_h, none_h)], RATE_DIFF)
-    share = (stats.ratio_interval([n.mean() for n in none_h], [m.mean() for m in main_h]) if H > 1 else None)
-    doses, by_dose = dose_rises(res)
-    slope = over([dose_slopes(doses, by_dose[h]) for h in range(H)])
-    split = {n: {part: over([rise(R[n][h], T, "harmfulness", part, task) for h in range(H)], RATE_DIFF)
-                 for part in ("trained", "untrained")} for n in (MAIN, NONE)}
+    cannot = impossible(res)
+
+    def block(kind: str, made) -> dict:
+        return not_testable(cannot[kind]) if kind in cannot else made()
+
+    def style() -> dict:
+        marked_h = [rise(R[SECOND][h], T, "marked") for h in range(H)]
+        plain_h = [plain_rise(R[SECOND][h], T) for h in range(H)]
+        marked, plain = over(marked_h, RATE_DIFF), over(plain_h, RATE_DIFF)
+        diff = over([m - p for m, p in zip(marked_h, plain_h)], RATE_DIFF)
+        return {"marked_rise": marked, "plain_rise": plain, "difference": diff,
+                "main_marked_rise": over([rise(R[MAIN][h], T, "marked") for h in range(H)], RATE_DIFF),
+                "verdict": style_verdict(marked, plain, diff)}
+
+    def no_witness() -> dict:
+        main_h = [headline_rise(R[MAIN][h], T, task) for h in range(H)]
+        none_h = [headline_rise(R[NONE][h], T, task) for h in range(H)]
+        main_i, none_i = over(main_h, RATE_DIFF), over(none_h, RATE_DIFF)
+        diff = over([m - n for m, n in zip(main_h, none_h)], RATE_DIFF)
+        share = stats.ratio_interval([n.mean() for n in none_h], [m.mean() for m in main_h]) if H > 1 else None
+        split = {n: {part: over([rise(R[n][h], T, "harmfulness", part, task) for h in range(H)], RATE_DIFF)
+                     for part in ("trained", "untrained")} for n in (MAIN, NONE)}
+        ratio = share["mean"] if share else (float(np.mean(none_h[0]) / np.mean(main_h[0]))
+                                             if np.mean(main_h[0]) != 0 else None)
+        return {"main_rise": main_i, "no_witness_rise": none_i, "difference": diff, "share": share,
+                "share_max": rules.SHARE_MAX, "ratio": ratio,
+                "theta_H_harmfulness": float(np.mean([x.metrics["theta_H"]["harmfulness"] for x in res.hists[NONE]])),
+                "by_task": split, "verdict": no_witness_verdict(main_i, diff, share)}
+
+    def dose() -> dict:
+        doses, by_dose = dose_rises(res)
+        slope = over([dose_slopes(doses, by_dose[h]) for h in range(H)])
+        return {"doses": doses, "rise": [over([by_dose[h][:, i] for h in range(H)], RATE_DIFF)
+                                         for i in range(len(doses))],
+                "slope": slope, "verdict": dose_verdict(slope)}
+
+    def weights() -> dict:
+        wx = [weight_crossover(res, h) for h in range(H)]
+        own, common = over([x["own"] for x in wx], COS_RANGE), over([x["common"] for x in wx], COS_RANGE)
+        return {"crossover": {"own": own, "common": common, "verdict": witness_verdict(own, common)}}
+
     steps = [s for s in R[MAIN][0][0].steps if s > 0]
-    wx = [weight_crossover(res, h) for h in range(H)]
-    w_own, w_common = over([x["own"] for x in wx], COS_RANGE), over([x["common"] for x in wx], COS_RANGE)
-    weights = {"steps": steps,
-               **{key: [stats.nested([weight_series(runs, key)[:, i] for runs in res.history_runs])
-                        for i in range(len(steps))] for key in ("cos_gap", "gap_closed")},
-               "crossover": {"own": w_own, "common": w_common, "verdict": witness_verdict(w_own, w_common)}}
+    ws = block("weights", weights)
+    if "needs" not in ws:
+        ws = {"steps": steps,
+              **{key: [stats.nested([weight_series(runs, key)[:, i] for runs in res.history_runs])
+                       for i in range(len(steps))] for key in ("cos_gap", "gap_closed")}, **ws}
     return {
-        "weight_space": weights,
+        "weight_space": ws,
         "layer": res.layer,
         "layers": [res.layer_of(h) for h in range(H)],
         "harm_measure": HEADLINE,
         "residual": residual_measure(res),
-        "witness": witness_measure(res),
-        "style": {"marked_rise": marked, "plain_rise": plain, "difference": style_diff,
-                  "main_marked_rise": over([rise(R[MAIN][h], T, "marked") for h in range(H)], RATE_DIFF),
-                  "verdict": style_verdict(marked, plain, style_diff)},
-        "no_witness": {"main_rise": main_i, "no_witness_rise": none_i, "difference": nw_diff,
-                       "share": share, "share_max": rules.SHARE_MAX,
-                       "ratio": share["mean"] if share else (float(np.mean(none_h[0]) / np.mean(main_h[0]))
-                                                             if np.mean(main_h[0]) != 0 else None),
-                       "theta_H_harmfulness": float(np.mean([x.metrics["theta_H"]["harmfulness"]
-                                                             for x in res.hists[NONE]])),
-                       "by_task": split,
-                       "verdict": no_witness_verdict(main_i, nw_diff, share)},
-        "dose": {"doses": doses, "rise": [over([by_dose[h][:, i] for h in range(H)], RATE_DIFF)
-                                          for i in range(len(doses))],
-                 "slope": slope, "verdict": dose_verdict(slope)},
+        "witness": block("witness", lambda: witness_measure(res)),
+        "style": block("style", style),
+        "no_witness": block("no_witness", no_witness),
+        "dose": block("dose", dose),
     }
 
 

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
-from reversion.analysis import arm_runs, arms, verdicts
+from reversion.analysis import arm_runs, arms, rules, verdicts
 from reversion.analysis.arm_runs import SITES, ArmRuns
 from reversion.analysis.arms import OBJECTIVES, ArmsResult
 from reversion.book.chapters.common import Replication, SubjectParams, write_chapter
@@ -152,11 +152,16 @@ def outcome_table(r: ArmsResult, names: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("arm")
 
 
+def harm_words(r: ArmsResult) -> str:
+    """The harm measure the verdicts read, in words."""
+    return "harmfulness on untrained tasks" if r.harm_measure == arms.HARM else "harmfulness"
+
+
 def specificity_table(r: ArmsResult) -> pd.DataFrame:
     """For each v_rev arm: its effect on harm and the contrast with every control direction."""
     rows = []
     for n, s in r.specificity.items():
-        row = {"arm": n, "effect on harmfulness": interval(s.effect)}
+        row = {"arm": n, f"effect on {harm_words(r)}": interval(s.effect)}
         for c, i in s.contrasts.items():
             row[f"minus {c}"] = interval(i)
         rows.append({**row, "verdict": s.verdict})
@@ -195,13 +200,13 @@ def study_arms(r: ArmsResult, P: Params) -> list[str]:
 def sentences(r: ArmsResult) -> dict[str, str]:
     """The sentences of the page that state a result, chosen by the numbers (the same rule as
     the verdicts: :func:`reversion.analysis.verdicts.side` with the chapter's margin)."""
-    out, margin = {}, r.margin
+    out, margin, harm = {}, r.margin, harm_words(r)
     for n, s in r.specificity.items():
         e = s.effect
         verb = "raises" if s.want > 0 else "lowers"
         where = verdicts.side(e, s.want, margin)
         if where == "there":
-            head = f"{n} {verb} harmfulness against the baseline ({interval(e)})"
+            head = f"{n} {verb} {harm} against the baseline ({interval(e)})"
             if not s.contrasts:
                 tail = "; no control direction was run for it, so it cannot be called specific"
             elif not s.failing:
@@ -215,19 +220,20 @@ def sentences(r: ArmsResult) -> dict[str, str]:
                 tail = (f"; whether it beats {', '.join(s.failing)} at the same strength by more than "
                         f"the margin (±{margin:g}) is not resolved")
         elif where == "wrong":
-            head, tail = f"{n} moves harmfulness the other way ({interval(e)})", ""
+            head, tail = f"{n} moves {harm} the other way ({interval(e)})", ""
         elif where == "null":
-            head, tail = f"{n} leaves harmfulness within ±{margin:g} of the baseline's ({interval(e)})", ""
+            head, tail = f"{n} leaves {harm} within ±{margin:g} of the baseline's ({interval(e)})", ""
         else:
-            head, tail = f"{n} does not move harmfulness measurably ({interval(e)})", ""
+            head, tail = f"{n} does not move {harm} beyond ±{margin:g} ({interval(e)})", ""
         out[n] = f"{head}{tail}: {s.verdict}."
     red = r.rehearsal.cumulative_reversion
     if red is not None:
-        where = verdicts.side(red, -1, margin)
+        cm = rules.margin("cumulative_reversion")
+        where = verdicts.side(red, -1, cm)
         out["rehearsal"] = (f"Rehearsal (its safety examples added to the full benign batch) changes cumulative "
-                            f"reversion by {interval(red)}: "
-                            + {"there": "less reversion.", "wrong": "more reversion.", "wide": "not resolved from zero.",
-                               "null": f"no change beyond ±{margin:g}."}[where])
+                            f"reversion ({harm} above theta_S's level, over the run) by {interval(red)}: "
+                            + {"there": f"less reversion, beyond ±{cm:g}.", "wrong": "more reversion.",
+                               "wide": f"not resolved beyond ±{cm:g}.", "null": f"no change beyond ±{cm:g}."}[where])
     return out
 
 

@@ -45,6 +45,7 @@ def save(res: Result) -> dict:
     """``results/07_claims/metrics.json``: every claim's verdict, the measure it reads, its n and
     the evidence its rule read (numbers and the verdicts of the findings it rests on), and the counts."""
     m = {"claims": {r.id: {"verdict": r.verdict, "measure": r.measure, "margin": r.margin, "n": r.n,
+                           "n_levels": levels(r.n),
                            "by_construction": r.by_construction, "chapter": r.chapter, "evidence": r.evidence}
                     for r in res.rows},
          "counts": res.counts, "rules": fixed.record(),
@@ -56,6 +57,15 @@ def save(res: Result) -> dict:
                            "paper_effect": p.effect, "histories_needed": p.needed} for p in res.power}}
     write_metrics(STEM, m, {}, code=(__name__,))
     return m
+
+
+def levels(n: str) -> dict | None:
+    """``"10×2"`` as ``{"histories": 10, "seeds": 2}`` (None where the row has no n: a count or a
+    claim the organism cannot test)."""
+    if "×" not in n:
+        return None
+    h, k = n.split("×")
+    return {"histories": int(h) if h.isdigit() else None, "seeds": int(k) if k.isdigit() else None}
 
 
 def fmt(a, digits: int = 3) -> str:

@@ -150,6 +150,9 @@ class HistoryConfig:
         self.pretrain.validate("pretrain", self.language.tasks)
         self.helpful.validate("helpful", self.language.tasks)
         self.safety.validate("safety", self.language.tasks)
+        if self.safety.steps < 1:  # theta_S would be theta_H: no alignment to revert, v_rev of no length
+            raise ValueError("safety.steps must be >= 1: without a safety phase theta_S is theta_H and v_rev "
+                             "has no length")
         check_int("seed", self.seed, 0)
         check_int("n_eval", self.n_eval, 1)
         # BOS <task> inputs SEP, then the longer of a marked answer and the refusal, then EOS.
