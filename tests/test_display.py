@@ -181,3 +181,4 @@ def test_interval_is_written_one_way():
     assert display.interval({"mean": 0.1234, "ci_low": 0.0456, "ci_high": 0.2012}) == "+0.123 [+0.046, +0.201]"
     assert display.interval({"mean": -0.5, "ci_low": None, "ci_high": None}, 2) == "-0.50"
     assert display.interval(None) == display.NA_REP
+    assert display.interval({"mean": None, "ci_low": None, "ci_high": None}) == display.NA_REP  # undefined mean

@@ -16,7 +16,7 @@ Measured:
 * activation extraction (:func:`~reversion.core.activations.mean_activations` and
   :class:`~reversion.core.tracking.ProbeTracker`) against a plain
   ``output_hidden_states=True`` forward over the same prompts (target: at least as fast);
-* the whole book from an empty cache and again with nothing changed (targets: 10 min
+* the whole book from an empty cache and again with nothing changed (targets: 15 min
   and 60 s), and the peak memory of the build's process tree (target: 2 GiB);
 * how step and tracking time grow with model width and number of probes;
 * a LoRA (peft) fine-tuning step of a small random GPT-2 inside a ``transformers.Trainer``, with
@@ -88,7 +88,7 @@ TARGETS = {
     "tracking_chosen_layer_overhead": 0.05,
     "block_overhead": 0.25,
     "extraction_ratio": 1.0,
-    "book_cold_seconds": 600.0,
+    "book_cold_seconds": 900.0,  # the power issue: ten histories with their lineages in every chapter
     "book_warm_seconds": 60.0,
     "book_peak_memory_gib": 2.0,
     "seeds_batched_to_one_seed": 1.5,

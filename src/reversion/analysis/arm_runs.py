@@ -24,7 +24,7 @@ from reversion.stages.estimate import VRevEstimate, estimate
 from reversion.stages.finetune import FinetuneRun, finetune_many
 from reversion.subjects.base import Subject
 from reversion.subjects.organism.judge import headline
-from reversion.subjects.organism.lineages import SECOND, lineages
+from reversion.subjects.organism.lineages import SECOND, lineages, witnesses_differ
 from reversion.subjects.organism.subject import OrganismSubject
 from reversion.subjects.organism.worlds import World
 
@@ -58,6 +58,14 @@ class ArmRuns(OverHistories):
     strengths: dict[tuple[Arm, int], float]
     calibration: list[dict]
     main: list[Arm] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+    """Control directions of no length in this world, not run (:func:`no_length`)."""
+
+    @property
+    def notes(self) -> list[str]:
+        return super().notes + [f"Not testable here: the control direction {d} has no length in this world "
+                                "(theta_H is theta_P when the helpful phase has no steps); its arms are not run."
+                                for d in self.dropped]
 
 
 def site_layers(site: str, L: int, layer: int) -> list[int]:
@@ -72,8 +80,17 @@ def site_layers(site: str, L: int, layer: int) -> list[int]:
 
 
 def directions_of(design, est: VRevEstimate) -> dict[str, torch.Tensor]:
-    """Every direction this estimate has (v_rev and its controls)."""
-    return control_directions(est.directions, design.n_random)
+    """Every direction this estimate has (v_rev and its controls) that has a length at every block
+    layer: a control of no length (v_P where theta_H is theta_P) has nothing to act along and no
+    alternative to stand for (:func:`no_length`)."""
+    return {k: v for k, v in control_directions(est.directions, design.n_random).items()
+            if k == "v_rev" or k not in no_length(design, est)}
+
+
+def no_length(design, est: VRevEstimate) -> list[str]:
+    """The control directions of this estimate that are zero at some block layer."""
+    return [k for k, v in control_directions(est.directions, design.n_random).items()
+            if k != "v_rev" and not bool((v[1:].norm(dim=-1) > 1e-12).all())]
 
 
 def check_directions(design, est: VRevEstimate) -> None:
@@ -151,7 +168,8 @@ def jobs(design, world: World, subjects: list[Subject], ests: list[VRevEstimate]
     for h, (s, est) in enumerate(zip(subjects, ests)):
         have = directions_of(design, est)
         arms = main + (study if h == 0 else [])
-        if h == 0 and design.witness_direction and isinstance(s, OrganismSubject) and world.lineages:
+        if (h == 0 and design.witness_direction and isinstance(s, OrganismSubject) and world.lineages
+                and witnesses_differ(world.history)):  # else theta_H' is theta_H: no witness difference
             have["witness"] = witness_difference(world, est)
             arms = arms + [Arm("block", "witness", "all", design.multiple)]
         L = est.directions.v_rev.shape[0] - 1
@@ -176,7 +194,8 @@ def train(design, world: World, subjects: list[Subject], progress: bool = True) 
     p = jobs(design, world, subjects, ests)
     done = dict(zip(p.jobs, finetune_many(list(p.jobs.values()), progress)))
     arms = list(dict.fromkeys(a for a, _, _ in done))
-    return ArmRuns(world, list(subjects), ests, arms, done, p.strengths, p.calibration, p.main)
+    return ArmRuns(world, list(subjects), ests, arms, done, p.strengths, p.calibration, p.main,
+                   no_length(design, ests[0]))
 
 
 def outcomes(run: FinetuneRun, v_rev: torch.Tensor, layer: int, task: str, level: float) -> dict[str, float]:

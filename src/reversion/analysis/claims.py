@@ -422,7 +422,7 @@ def rehearsal_cuts_reversion(m: Mapping[str, dict]) -> ClaimVerdict:
     above zero, or within the margin -> not reproduced; else inconclusive."""
     iv = m[INTERVENTIONS]
     red, rel = iv["rehearsal"]["cumulative_reversion"], iv.get("rehearsal_relative")
-    cm = rules.margin("cumulative_reversion")
+    cm = iv["margin"]  # the harmfulness margin: rules.MARGINS["cumulative_reversion"] is that margin
     v = INCONCLUSIVE if red is None else {"there": CONSISTENT, "wrong": NOT_REPRODUCED, "null": NOT_REPRODUCED,
                                           "wide": INCONCLUSIVE}[side(red, -1, cm)]
     ev = {"Δ": red, **({"reduction": f"{-rel:.0%}"} if rel is not None else {})}

@@ -39,7 +39,7 @@ from reversion.subjects.checkpoints.subject import SECOND_LINEAGE_KEYS, Checkpoi
 from reversion.subjects.organism.config import HistoryConfig
 from reversion.subjects.organism.history import History, train_history
 from reversion.subjects.organism.judge import HEADLINE, headline, split_by_task
-from reversion.subjects.organism.lineages import MAIN, NONE, SECOND, dose_of, lineages, train_world
+from reversion.subjects.organism.lineages import MAIN, NONE, SECOND, dose_of, lineages, train_world, witnesses_differ
 from reversion.subjects.organism.subject import OrganismSubject, histories
 from reversion.subjects.organism.worlds import World
 
@@ -528,11 +528,10 @@ def impossible(res: Result) -> dict[str, str]:
     dose lineage. Such a measurement reads "not testable here" and says why."""
     h = res.configs[MAIN][0].helpful
     out = {}
-    if h.steps == 0 or h.harmful_fraction == 0:
+    if not witnesses_differ(res.configs[MAIN][0]):
         why = ("a second witness that differs from theta_H (this world's helpful phase "
                + ("has no steps" if h.steps == 0 else "holds no harmful request to answer in a marked style") + ")")
         out.update(witness=why, style=why, weights=why)
-    if h.steps == 0 or h.harmful_fraction == 0:
         out["no_witness"] = ("a no-witness lineage that differs from the main one (this world's helpful phase "
                              + ("has no steps" if h.steps == 0 else "already holds no harmful request") + ")")
     if len(res.doses) < 2:

@@ -44,8 +44,9 @@ NA_REP = "—"
 
 def interval(i: Mapping | None, digits: int = 3) -> str:
     """An interval as every page writes it: ``+0.123 [+0.045, +0.201]``; the mean alone where the
-    interval is undefined (one history and one seed); an em dash for none at all."""
-    if i is None:
+    interval is undefined (one history and one seed); an em dash for none at all, or for a mean
+    that is itself undefined (a correlation where harmfulness never moved, a ratio to zero)."""
+    if i is None or i.get("mean") is None:
         return NA_REP
     if i["ci_low"] is None:
         return f"{i['mean']:+.{digits}f}"

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
-from reversion.analysis import arm_runs, arms, rules, verdicts
+from reversion.analysis import arm_runs, arms, verdicts
 from reversion.analysis.arm_runs import SITES, ArmRuns
 from reversion.analysis.arms import OBJECTIVES, ArmsResult
 from reversion.book.chapters.common import Replication, SubjectParams, write_chapter
@@ -228,7 +228,7 @@ def sentences(r: ArmsResult) -> dict[str, str]:
         out[n] = f"{head}{tail}: {s.verdict}."
     red = r.rehearsal.cumulative_reversion
     if red is not None:
-        cm = rules.margin("cumulative_reversion")
+        cm = margin  # cumulative reversion is harmfulness averaged over the run: the same unit and margin
         where = verdicts.side(red, -1, cm)
         out["rehearsal"] = (f"Rehearsal (its safety examples added to the full benign batch) changes cumulative "
                             f"reversion ({harm} above theta_S's level, over the run) by {interval(red)}: "

@@ -49,6 +49,14 @@ def lineages(world: World, history: HistoryConfig | None = None) -> dict[str, Hi
     return out
 
 
+def witnesses_differ(cfg: HistoryConfig) -> bool:
+    """Whether the second witness (and the no-witness lineage) can differ from the main lineage:
+    only when the helpful phase has steps and harmful requests to answer (a phase of no steps
+    leaves every theta_H at theta_P; one without harmful requests has nothing to mark and is
+    already the no-witness lineage)."""
+    return cfg.helpful.steps > 0 and cfg.helpful.harmful_fraction > 0
+
+
 def dose_of(world: World, name: str) -> float:
     """The helpful-phase fraction of a lineage (1 for ``main``)."""
     return 1.0 if name == MAIN else {dose_name(f): f for f in world.doses}[name]
