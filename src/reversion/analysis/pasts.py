@@ -1,12 +1,14 @@
 """What the "Which past?" chapter computes: the paper's hypothesis against three alternatives,
 one lineage each, and the verdict of each measurement.
 
-The lineages (:mod:`reversion.subjects.organism.lineages`) share history 0's theta_P and
-data order and differ in their helpful phase; each is aligned and fine-tuned exactly as
-history 0. Everything here is on history 0 (one history): intervals are over fine-tuning
-seeds (t, n - 1 degrees of freedom), paired by seed where two lineages are compared (a
-seed fixes the benign data order). Each verdict is a rule on those intervals, unit-tested
-with planted numbers that flip it (``tests/test_which_past.py``).
+Every history has its lineages (:mod:`reversion.subjects.organism.lineages`): they share the
+history's theta_P and data order and differ in their helpful phase; each is aligned and
+fine-tuned exactly as its history. The history is the unit: a measurement is averaged over a
+history's seeds (paired by seed where two lineages are compared: a seed fixes the benign data
+order) and its 95% interval is over histories (:func:`over`; :mod:`reversion.analysis.rules`).
+Each verdict is a rule on those intervals with the measure's margin, unit-tested with planted
+numbers that flip it (``tests/test_which_past.py``); a measurement this world cannot make
+(:func:`impossible`) is a block that says why.
 
 On your own checkpoints (``checkpoints``) the chapter runs what real checkpoints can show: with a
 second lineage (``second_witness`` and ``second_aligned``) the witness crossover in activations,
