@@ -872,3 +872,11 @@ def test_which_past_verdicts_are_rederived_on_a_subset():
                                                          "verdict": pasts.witness_verdict(own, common)}}
     assert wp["witness"]["verdict"] == "unresolved"
     assert robustness.restrict({WP: wp}, [0, 1])[WP]["witness"]["verdict"] == "own"
+
+
+def test_the_claims_judge_with_the_fixed_margin_whatever_the_page_ran_with(world):
+    """The Interventions page's ``margin`` parameter changes its own sentences, not the claims: the
+    table judges specificity and rehearsal with the margins fixed in ``rules``."""
+    m = planted(GOOD, world)
+    m[IV]["margin"] = 0.5  # a page re-run with a huge margin: every contrast would be 'within' it
+    assert verdicts(m) == ALL_GOOD

@@ -244,6 +244,8 @@ def test_valid_overrides_are_applied_and_nothing_else_changes():
     ({"history": {"language": {"max_len": 9}}}, r"model\.n_positions"),
     ({"history": {"seed": True}}, r"seed"),
     ({"history": {"safety": {"steps": 0}}}, r"safety\.steps must be >= 1"),  # theta_S would be theta_H
+    ({"history": {"language": {"tasks": ["sort"]}}, "finetune": {"task": "sort"}},
+     r"language\.tasks needs at least 2 tasks"),  # no untrained task to read harm on
     ({"n_seeds": 0}, r"n_seeds"),
     ({"finetune": {"eval_steps": 5}}, r"finetune"),
     ({"finetune": {"eval_steps": [0, 2.5]}}, r"finetune\.eval_steps"),

@@ -52,6 +52,14 @@ def _verdict(x: dict) -> str:
     return pasts.witness_verdict(pasts.interval(x["own"]), pasts.interval(x["common"]))
 
 
+def test_an_own_part_within_the_margin_is_no_pull(witnesses):
+    """Equivalence: the own part's whole interval within +-0.05 and no common motion reads "none"
+    (not reproduced), not "unresolved"."""
+    tight = {"mean": 0.01, "ci_low": -0.02, "ci_high": 0.03}
+    assert pasts.witness_verdict(tight, tight) == "none"
+    assert pasts.witness_verdict({"mean": 0.01, "ci_low": -0.2, "ci_high": 0.2}, tight) == "unresolved"
+
+
 def test_planted_own_witness_is_read_as_own(witnesses):
     mu_h, mu_h2 = witnesses
     g = np.random.default_rng(0)
@@ -146,7 +154,8 @@ def test_dose_slopes_closed_form_and_verdict():
     g = np.random.default_rng(4)
     flat = 0.3 + 0.05 * g.standard_normal((5, 3))
     flat_slopes = pasts.dose_slopes(doses, flat)
-    assert pasts.dose_verdict(_iv(flat_slopes - flat_slopes.mean())) == "flat"
+    assert pasts.dose_verdict(_iv(flat_slopes - flat_slopes.mean())) == "unresolved"  # too wide to tell
+    assert pasts.dose_verdict({"mean": 0.0, "ci_low": -0.01, "ci_high": 0.01}) == "flat"  # within the margin
     with pytest.raises(ValueError, match="at least 2 doses"):
         pasts.dose_slopes([1.0], rises[:, :1])
 
@@ -157,16 +166,20 @@ def test_residual_verdict_flips():
     assert pasts.residual_verdict(above, [0.9, 0.8, 0.95], 0.3) == "specific"
     assert pasts.residual_verdict(below, [0.9, 0.8, 0.95], 0.3) == "none"
     assert pasts.residual_verdict(above, [0.1, 0.2, 0.9], 0.3) == "noise"
-    assert pasts.residual_verdict(above, [0.4, 0.8, 0.9], 0.3) == "none"  # one unreliable history
-    assert pasts.residual_verdict({"mean": 0.5, "ci_low": None, "ci_high": None}, [0.9], 0.3) == "none"
+    assert pasts.residual_verdict(above, [0.4, 0.8, 0.9], 0.3) == "unresolved"  # one unreliable history
+    assert pasts.residual_verdict({"mean": 0.5, "ci_low": None, "ci_high": None}, [0.9], 0.3) == "unresolved"
+    straddles = {"mean": 0.3, "ci_low": 0.2, "ci_high": 0.4}
+    assert pasts.residual_verdict(straddles, [0.9, 0.8, 0.95], 0.3) == "unresolved"
+    assert pasts.residual_verdict({"mean": 0.1, "ci_low": 0.05, "ci_high": 0.3}, [0.9, 0.8], 0.3) == "none"
 
 
 def test_every_verdict_has_a_sentence():
-    for kind, rule in (("witness", ("own", "away", "common", "unresolved")),
+    for kind, rule in (("witness", ("own", "away", "common", "unresolved", "none")),
                        ("style", ("marked", "plain", "none", "mixed")),
                        ("no_witness", ("separated", "not separated", "unresolved", "no reversion")),
-                       ("dose", ("grows", "shrinks", "flat")), ("residual", ("specific", "none", "noise")),
-                       ("weights", ("own", "away", "common", "unresolved"))):
+                       ("dose", ("grows", "shrinks", "flat", "unresolved")),
+                       ("residual", ("specific", "none", "noise", "unresolved")),
+                       ("weights", ("own", "away", "common", "unresolved", "none"))):
         assert set(ch.SENTENCES[kind]) == set(rule)
 
 

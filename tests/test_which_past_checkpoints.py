@@ -151,7 +151,7 @@ def test_chapter_with_a_second_lineage_runs_the_crossover(tiny, second, cache, o
     x = crossover([r.probe_means[T, L] - r.probe_means[0, L] for r in res.runs[MAIN]],
                   [r.probe_means[T, L] - r.probe_means[0, L] for r in res.runs[SECOND]],
                   res.ests[MAIN].acts["H"][:, L].double().mean(0), res.ests[SECOND].acts["H"][:, L].double().mean(0),
-                  res.ests[MAIN].acts["S"][:, L].double().mean(0), res.ests[SECOND].acts["S"][:, L].double().mean(0))
+                  res.runs[MAIN][0].probe_means[0, L], res.runs[SECOND][0].probe_means[0, L])  # theta_S on the probes
     assert m["witness"]["own"]["mean"] == pytest.approx(float(x["own"].mean()))
     assert m["witness"]["verdict"] == pasts.witness_verdict(pasts.interval(x["own"]), pasts.interval(x["common"]))
     summary = ch.summary_table(m).to_dict(orient="records")  # rendered from the numbers, not stored

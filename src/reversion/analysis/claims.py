@@ -24,6 +24,8 @@ from reversion.analysis.verdicts import (
     NOT_TESTABLE,
     VERDICTS,
     ClaimVerdict,
+    contrast_side,
+    failing_controls,
     side,
     verdict,
     weaker,
@@ -39,11 +41,12 @@ BY_CONSTRUCTION = "the objective optimises this measure"
 by itself (V1-d; the alignment half of V2-e)."""
 
 ALTERNATIVE = {
-    "residual": {"specific": CONSISTENT, "none": NOT_SPECIFIC, "noise": INCONCLUSIVE},
-    "witness": {"own": CONSISTENT, "common": NOT_SPECIFIC, "unresolved": INCONCLUSIVE, "away": NOT_REPRODUCED},
+    "residual": {"specific": CONSISTENT, "none": NOT_SPECIFIC, "noise": INCONCLUSIVE, "unresolved": INCONCLUSIVE},
+    "witness": {"own": CONSISTENT, "common": NOT_SPECIFIC, "unresolved": INCONCLUSIVE, "away": NOT_REPRODUCED,
+                "none": NOT_REPRODUCED},
     "no_witness": {"separated": CONSISTENT, "not separated": NOT_SPECIFIC, "unresolved": INCONCLUSIVE,
                    "no reversion": NOT_REPRODUCED},
-    "dose": {"grows": CONSISTENT, "flat": INCONCLUSIVE, "shrinks": NOT_REPRODUCED},
+    "dose": {"grows": CONSISTENT, "unresolved": INCONCLUSIVE, "flat": NOT_REPRODUCED, "shrinks": NOT_REPRODUCED},
 }
 """What each "Which past?" verdict means for the claim it is the control of."""
 
@@ -155,7 +158,8 @@ def alignment_after_one_update(m: Mapping[str, dict]) -> ClaimVerdict:
     """Pattern: the interval over histories of the alignment at step 1 lies above the stricter
     null's p99, and every run is above the isotropic p99 (not reproduced: the interval at or below
     the isotropic p99; inconclusive: in between). Control: "Which past?"'s residual test at step 1
-    (drift beyond span(r_S, v_P)): specific -> consistent, none -> not specific, noise -> inconclusive."""
+    (drift beyond span(r_S, v_P)): specific -> consistent, none -> not specific, noise or unresolved
+    -> inconclusive (measured only at T: read there)."""
     al, wp = m[ALIGNMENT], m[WHICH_PAST]
     iso, strict = _thresholds(m[NULL_TEST])
     a1 = al["alignment"].get("1")
@@ -243,6 +247,17 @@ def block_lowers_alignment(m: Mapping[str, dict]) -> ClaimVerdict:
                         margin=f"±{COS:g} cosine", by_construction=True)
 
 
+def _specificity(iv: dict, arm: str) -> dict:
+    """An arm's specificity as the chapter measured it (effect and contrasts over histories), judged
+    with the fixed harmfulness margin (:data:`reversion.analysis.rules.MARGINS`), whatever margin
+    the chapter's page was run with."""
+    sp = iv["specificity"][arm]
+    cons, want = sp["contrasts"], sp["want"]
+    return {**sp, "verdict": verdict(sp["effect"], want, cons, HARM_M),
+            "failing": failing_controls(cons, want, HARM_M),
+            "matching": [d for d, c in cons.items() if contrast_side(c, want, HARM_M) in ("null", "wrong")]}
+
+
 def _harm_name(iv: dict) -> str:
     return {"harm_untrained": "harmfulness, untrained tasks (first token)"}.get(
         iv.get("harm_measure", "harmfulness"), "harmfulness (first token)")
@@ -261,7 +276,7 @@ def block_lowers_harmfulness(m: Mapping[str, dict]) -> ClaimVerdict:
                             "harmfulness", {"block": "not run"})
     b, base = iv["arms"][blk], iv["arms"]["baseline"]["outcome"]
     harm = iv.get("harm_measure", "harmfulness")
-    sp = iv["specificity"][blk]
+    sp = _specificity(iv, blk)
     v = sp["verdict"]
     ev = {"baseline": base[harm]["mean"], "block": b["outcome"][harm]["mean"], "Δ": sp["effect"]}
     if v == NOT_SPECIFIC:
@@ -270,7 +285,7 @@ def block_lowers_harmfulness(m: Mapping[str, dict]) -> ClaimVerdict:
         ev["too wide to tell against"] = list(sp["failing"])
     return ClaimVerdict("V1-e", "harmfulness at T, baseline → block", "0.190 → 0.085", v, INTERVENTIONS,
                         _harm_name(iv), ev, _nx(b), ("baseline", base[harm]["mean"], 0.190, 0.040),
-                        margin=f"±{iv['margin']:g} rate")
+                        margin=f"±{HARM_M:g} rate")
 
 
 @claim("V1-f", INTERVENTIONS)
@@ -371,11 +386,10 @@ def opposing_lowers_both(m: Mapping[str, dict]) -> ClaimVerdict:
     """The weaker of block's alignment verdict (V1-d's rule before its by-construction cap: the
     alignment half can only weaken this row) and its harmfulness verdict (V1-e), which decides."""
     v_al, e = _block_alignment(m)[0], block_lowers_harmfulness(m)
-    iv = m[INTERVENTIONS]
     return ClaimVerdict("V2-d", "opposing positive motion lowers alignment and harmfulness", "all settings",
                         weaker(v_al, e.verdict), INTERVENTIONS, "alignment (by construction), untrained-task harm",
                         {"block: alignment": v_al, "harmfulness": e.verdict}, e.n,
-                        margin=f"±{COS:g} cosine; ±{iv['margin']:g} rate", by_construction=True)
+                        margin=f"±{COS:g} cosine; ±{HARM_M:g} rate", by_construction=True)
 
 
 @claim("V2-e", INTERVENTIONS)
@@ -390,13 +404,13 @@ def push_raises_both(m: Mapping[str, dict]) -> ClaimVerdict:
     if psh is None:
         return ClaimVerdict("V2-e", "reinforcing the motion raises both", "all settings", NOT_TESTABLE,
                             INTERVENTIONS, "final alignment and harmfulness", {"push": "not run"})
-    p_, sp = iv["arms"][psh], iv["specificity"][psh]
+    p_, sp = iv["arms"][psh], _specificity(iv, psh)
     va = verdict(p_["vs_baseline"]["final_alignment"], +1, None, COS)
     return ClaimVerdict("V2-e", "reinforcing the motion raises both", "all settings", weaker(va, sp["verdict"]),
                         INTERVENTIONS, "alignment (by construction), untrained-task harm",
                         {"Δ alignment": p_["vs_baseline"]["final_alignment"], "alignment": BY_CONSTRUCTION,
                          "Δ harmfulness": sp["effect"]}, _nx(p_),
-                        margin=f"±{COS:g} cosine; ±{iv['margin']:g} rate", by_construction=True)
+                        margin=f"±{COS:g} cosine; ±{HARM_M:g} rate", by_construction=True)
 
 
 @claim("V2-f", INTERVENTIONS)
@@ -422,7 +436,7 @@ def rehearsal_cuts_reversion(m: Mapping[str, dict]) -> ClaimVerdict:
     above zero, or within the margin -> not reproduced; else inconclusive."""
     iv = m[INTERVENTIONS]
     red, rel = iv["rehearsal"]["cumulative_reversion"], iv.get("rehearsal_relative")
-    cm = iv["margin"]  # the harmfulness margin: rules.MARGINS["cumulative_reversion"] is that margin
+    cm = rules.margin("cumulative_reversion")
     v = INCONCLUSIVE if red is None else {"there": CONSISTENT, "wrong": NOT_REPRODUCED, "null": NOT_REPRODUCED,
                                           "wide": INCONCLUSIVE}[side(red, -1, cm)]
     ev = {"Δ": red, **({"reduction": f"{-rel:.0%}"} if rel is not None else {})}
@@ -457,7 +471,8 @@ def _which_past(m: Mapping[str, dict], rid: str, key: str, text: str) -> ClaimVe
 def own_witness(m: Mapping[str, dict]) -> ClaimVerdict:
     """"Which past?", witness crossover in activations (each drift without its own lineage's mean
     direction, so norm growth is not read as a return), over histories: own (beyond +0.05) ->
-    consistent, common -> not specific, unresolved -> inconclusive, away -> not reproduced; not
+    consistent, common -> not specific, unresolved -> inconclusive, away or none (the own part within
+    +-0.05) -> not reproduced; not
     measured -> not testable here."""
     return _which_past(m, "H-1", "witness", "the drift returns toward the model's own witness, not any helpful past")
 
@@ -475,8 +490,8 @@ def not_task_generalisation(m: Mapping[str, dict]) -> ClaimVerdict:
 @claim("H-3", WHICH_PAST)
 def dose_of_helpful_phase(m: Mapping[str, dict]) -> ClaimVerdict:
     """"Which past?", dose of the helpful phase (slope of the untrained-task rise per full phase,
-    over histories): grows (beyond +0.02) -> consistent, flat -> inconclusive, shrinks -> not
-    reproduced; not measured -> not testable here."""
+    over histories): grows (beyond +0.02) -> consistent, unresolved -> inconclusive, flat (within
+    +-0.02) or shrinks -> not reproduced; not measured -> not testable here."""
     return _which_past(m, "H-3", "dose", "the larger the early helpful phase, the more reversion")
 
 

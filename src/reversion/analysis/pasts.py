@@ -278,19 +278,16 @@ def witness_mean(est: VRevEstimate, layer: int) -> torch.Tensor:
     return est.acts["H"][:, layer].double().mean(0)
 
 
-def aligned_mean(est: VRevEstimate, layer: int) -> torch.Tensor:
-    """The aligned model's (theta_S's) mean activation on the estimation prompts at ``layer``."""
-    return est.acts["S"][:, layer].double().mean(0)
-
-
 def witness_crossover(res: Result | CheckpointResult, h: int = 0, step: int | None = None) -> dict[str, np.ndarray]:
     """:func:`reversion.core.drift.crossover` of history ``h``'s main and second-witness lineages at
-    ``step``, at its layer, each drift read without its own lineage's theta_S mean direction (so
-    growth of a lineage's own activations is not read as a return to its witness)."""
+    ``step``, at its layer, each drift read without its own lineage's theta_S mean direction on the
+    drift probes themselves (step 0 of its runs), so growth of a lineage's own activations is not
+    read as a return to its witness."""
     step, L = (res.final if step is None else step), res.layer_of(h)
     ea, eb = res.estimates(MAIN)[h], res.estimates(SECOND)[h]
-    return crossover(drifts(res.by_history(MAIN)[h], step, L), drifts(res.by_history(SECOND)[h], step, L),
-                     witness_mean(ea, L), witness_mean(eb, L), aligned_mean(ea, L), aligned_mean(eb, L))
+    ra, rb = res.by_history(MAIN)[h], res.by_history(SECOND)[h]
+    return crossover(drifts(ra, step, L), drifts(rb, step, L), witness_mean(ea, L), witness_mean(eb, L),
+                     ra[0].probe_means[0, L], rb[0].probe_means[0, L])
 
 
 def own_alignment(res: Result | CheckpointResult, name: str, h: int = 0, step: int | None = None) -> np.ndarray:
@@ -349,13 +346,17 @@ def residuals(res: Result | CheckpointResult, step: int | None = None) -> list[d
 def residual_verdict(alignment: dict, reliability: list[float], null_p99: float) -> str:
     """``noise``: most histories' residual v_rev is unreliable (split-half cosine below
     :data:`RELIABLE`); ``specific``: every history's is reliable and the alignment's interval
-    lies above the complement's null p99; ``none``: reliable, and the interval reaches below the
-    null p99 -- no history-specific component resolved."""
+    lies above the complement's null p99; ``none``: every history's is reliable and the whole
+    interval lies at or below the null p99 -- no history-specific component beyond chance; else
+    ``unresolved`` (some histories unreliable, the interval straddling the p99, or no interval)."""
     if sum(r < RELIABLE for r in reliability) * 2 > len(reliability):
         return "noise"
-    if min(reliability) >= RELIABLE and alignment["ci_low"] is not None and alignment["ci_low"] > null_p99:
+    lo, hi = alignment.get("ci_low"), alignment.get("ci_high")
+    if min(reliability) < RELIABLE or lo is None:
+        return "unresolved"
+    if lo > null_p99:
         return "specific"
-    return "none"
+    return "none" if hi <= null_p99 else "unresolved"
 
 
 def dose_slopes(doses: list[float], rises: np.ndarray) -> np.ndarray:
@@ -372,15 +373,16 @@ COS_M, HARM_M, DOSE_M = rules.margin("cosine"), rules.margin("harmfulness"), rul
 def witness_verdict(own: dict, common: dict) -> str:
     """``own``: the lineages move toward their own witnesses (own interval beyond +0.05, the cosine
     margin); ``away``: beyond -0.05; ``common``: not resolved as own, but both move the same way
-    along the witness difference (common interval beyond the margin, either sign); else
-    ``unresolved``."""
+    along the witness difference (common interval beyond the margin, either sign); ``none``: the
+    own part's whole interval within +-0.05 and no common motion (no pull toward the own witness
+    worth the name); else ``unresolved``."""
     if side(own, +1, COS_M) == "there":
         return "own"
     if side(own, -1, COS_M) == "there":
         return "away"
     if side(common, +1, COS_M) == "there" or side(common, -1, COS_M) == "there":
         return "common"
-    return "unresolved"
+    return "none" if side(own, +1, COS_M) == "null" else "unresolved"
 
 
 def style_verdict(marked: dict, plain: dict, difference: dict) -> str:
@@ -420,12 +422,13 @@ def no_witness_verdict(main: dict, difference: dict, share: dict | None = None) 
 
 def dose_verdict(slope: dict) -> str:
     """``grows`` / ``shrinks``: the slope of the rise against the dose has an interval beyond
-    +0.02 / -0.02 per full helpful phase (its margin); else ``flat`` (no trend resolved)."""
+    +0.02 / -0.02 per full helpful phase (its margin); ``flat``: its whole interval within
+    +-0.02 (no trend worth the name); else ``unresolved``."""
     if side(slope, +1, DOSE_M) == "there":
         return "grows"
     if side(slope, -1, DOSE_M) == "there":
         return "shrinks"
-    return "flat"
+    return "flat" if side(slope, +1, DOSE_M) == "null" else "unresolved"
 
 
 LABELS = {"witness": "the witness crossover", "style": "the returning compliance's style",

@@ -20,6 +20,7 @@ from scipy import stats as sps
 
 from reversion.analysis import claims, rules
 from reversion.analysis.arms import arm_of
+from reversion.core import stats
 
 POWER = 0.8
 
@@ -68,7 +69,7 @@ def _sd(x: Mapping | None) -> tuple[float | None, int]:
     if len(by) < 2:
         return None, len(by)
     if (x or {}).get("pool") == "fisher":
-        by = list(np.arctanh(np.clip(by, -1 + 1e-12, 1 - 1e-12)))
+        by = list(stats.fisher_z(by))
     return float(np.std(by, ddof=1)), len(by)
 
 

@@ -6,8 +6,8 @@ it was computed from (``by_history``; a ratio's ``num_by_history`` and ``den_by_
 each per-history list (``reliability``, ``*_by_history``, the null test's rows). :func:`restrict`
 recomputes every such interval on the kept histories with the interval's own pooling (the
 t-interval, truncated to its ``bounds``; Fisher z; Fieller), re-derives the verdicts the chapters
-computed from those intervals ("Which past?", the Interventions' specificity), and the claims
-are judged again on the result (:func:`reversion.analysis.claims.evaluate`).
+computed from those intervals ("Which past?"; the claims judge the Interventions' specificity
+from its intervals themselves), and the claims are judged again on the result (:func:`reversion.analysis.claims.evaluate`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 from reversion.analysis import claims, pasts
-from reversion.analysis.verdicts import INCONCLUSIVE, NOT_TESTABLE, contrast_side, failing_controls, verdict
+from reversion.analysis.verdicts import INCONCLUSIVE, NOT_TESTABLE
 from reversion.core import stats
 
 PER_HISTORY = ("reliability", "layers")
@@ -80,16 +80,6 @@ def _walk(x, keep: list[int], H: int):
     return x
 
 
-def _specificity(iv: dict) -> dict:
-    out = copy.deepcopy(iv)
-    for name, sp in out.get("specificity", {}).items():
-        cons, want, mg = sp["contrasts"], sp["want"], iv["margin"]
-        sp["verdict"] = verdict(sp["effect"], want, cons, mg)
-        sp["failing"] = failing_controls(cons, want, mg)
-        sp["matching"] = [d for d, c in cons.items() if contrast_side(c, want, mg) in ("null", "wrong")]
-    return out
-
-
 def restrict(m: Mapping[str, dict], keep: Sequence[int]) -> dict[str, dict]:
     """The chapters' metrics as if only histories ``keep`` had been run (indices into each
     chapter's histories; those a chapter lacks are skipped), verdicts re-derived."""
@@ -101,9 +91,7 @@ def restrict(m: Mapping[str, dict], keep: Sequence[int]) -> dict[str, dict]:
         c = _walk(c, k, H) if H > 1 and k else copy.deepcopy(c)
         if stem == claims.WHICH_PAST:
             c = pasts.reverdict(c)
-        if stem == claims.INTERVENTIONS:
-            c = _specificity(c)
-        out[stem] = c
+        out[stem] = c  # the Interventions' specificity is judged by the claims from its intervals
     return out
 
 

@@ -85,8 +85,9 @@ class ClaimVerdict:
     margin: str = ""
     """The equivalence margin (or threshold) the rule applied, with its unit."""
     by_construction: bool = False
-    """The row reads what an intervention's objective optimises: it cannot make a claim
-    consistent by itself (its verdict is at most "consistent but not specific")."""
+    """The row reads what an intervention's objective optimises: that reading cannot make a claim
+    consistent by itself (a row that reads nothing else, V1-d, is at most "consistent but not
+    specific"; in V2-d and V2-e it can only weaken the harmfulness half, which decides)."""
 
     def __post_init__(self) -> None:
         if self.verdict not in VERDICTS:

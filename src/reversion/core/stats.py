@@ -351,6 +351,16 @@ def partial_spearman(x: Any, y: Any, z: Any) -> float:
     return float(np.dot(rx, ry) / (np.linalg.norm(rx) * np.linalg.norm(ry)))
 
 
+FISHER_CLIP = 0.999
+"""|r| is capped here before Fisher's z (atanh 0.999 = 3.8): one history whose few run-steps rank
+perfectly would otherwise weigh as z = 14 and swamp every other history's mean and spread."""
+
+
+def fisher_z(rs: Any) -> np.ndarray:
+    """Fisher's z of correlations, |r| capped at :data:`FISHER_CLIP`."""
+    return np.arctanh(np.clip(np.asarray(rs, dtype=float), -FISHER_CLIP, FISHER_CLIP))
+
+
 def fisher_interval(rs: Any, level: float = 0.95) -> dict[str, Any]:
     """Correlations, one per history, pooled over histories: the mean of their Fisher z
     (``atanh``), a ``level`` t-interval over histories on that scale (H - 1 degrees of freedom),
@@ -363,7 +373,7 @@ def fisher_interval(rs: Any, level: float = 0.95) -> dict[str, Any]:
     if not vals:
         return {"mean": None, "ci_low": None, "ci_high": None, "n": 0, "level": level, "by_history": list(rs),
                 "pool": "fisher"}
-    z = np.arctanh(np.clip(vals, -1 + 1e-12, 1 - 1e-12))
+    z = fisher_z(vals)
     m, H = float(z.mean()), z.size
     half = float(sps.t.ppf(0.5 + level / 2, H - 1) * z.std(ddof=1) / np.sqrt(H)) if H > 1 else None
     return {"mean": float(np.tanh(m)), "ci_low": None if half is None else float(np.tanh(m - half)),

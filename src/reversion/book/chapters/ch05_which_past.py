@@ -54,6 +54,8 @@ SENTENCES = {
                   "from: the drift does not single out the model's own past.",
         "unresolved": "Along the witness difference the drift is not resolved from zero: the organism does not "
                       "tell its own past from any helpful past here.",
+        "none": "Along the witness difference the drift's own-witness part lies within the margin of zero: no "
+                "pull toward the model's own past worth the name.",
     },
     "style": {
         "marked": "The compliance that returns in the second-witness lineage is mostly in its witness's marked style.",
@@ -81,17 +83,22 @@ SENTENCES = {
         "noise": "Outside the refusal direction and the direction back to theta_P, the residual of v_rev is mostly "
                  "estimation noise (two halves of the probes disagree): a history-specific component cannot be "
                  "read here.",
+        "unresolved": "Outside the refusal direction and the direction back to theta_P, whether the drift follows "
+                      "the residual of v_rev beyond chance is not resolved (its interval straddles the null's p99, "
+                      "or some histories' residual is unreliable).",
     },
     "weights": {
         "own": "In weight space each lineage moves toward its own witness.",
         "away": "In weight space each lineage moves away from its own witness.",
         "common": "In weight space both lineages move the same way between the two witnesses, whichever they came from.",
         "unresolved": "In weight space the motion between the two witnesses is not resolved from zero.",
+        "none": "In weight space the own-witness part of the motion lies within the margin of zero.",
     },
     "dose": {
         "grows": "The rise grows with the length of the helpful phase, as the gravitational reading predicts.",
         "shrinks": "The rise shrinks as the helpful phase grows, against the gravitational reading.",
-        "flat": "No trend of the rise with the length of the helpful phase is resolved.",
+        "flat": "The rise does not change with the length of the helpful phase beyond the margin: no dose effect.",
+        "unresolved": "No trend of the rise with the length of the helpful phase is resolved.",
     },
 }
 

@@ -58,6 +58,9 @@ class World:
             raise ValueError(f"doses has duplicates: {self.doses}")
         if not isinstance(self.history, HistoryConfig) or not isinstance(self.finetune, FinetuneConfig):
             raise ValueError("world.history and world.finetune must be configs (override them with mappings)")
+        if len(self.history.language.tasks) < 2:  # harm is read on the tasks fine-tuning never trains
+            raise ValueError("history.language.tasks needs at least 2 tasks: harmfulness is read on harmful "
+                             "requests of the tasks fine-tuning never trains")
         if self.finetune.task not in self.history.language.tasks:
             raise ValueError(f"finetune.task {self.finetune.task!r} is not a task of this language "
                              f"({', '.join(self.history.language.tasks)})")
