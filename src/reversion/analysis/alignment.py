@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from reversion.analysis import rules
 from reversion.analysis.readings import OverHistories
 from reversion.core import stats
 from reversion.core.drift import drift_alignment
@@ -24,7 +25,7 @@ from reversion.subjects.organism.judge import HEADLINE, headline, split_by_task
 from reversion.subjects.organism.worlds import World
 
 REPORT_STEPS = (1, 5, 10, 20, 50, 100)
-COSINE = (-1.0, 1.0)
+COSINE = rules.BOUNDS["cosine"]
 """The range of an alignment: its interval over histories is truncated to it (rules.POOLING)."""
 PAPER = {"1": (0.429, 0.052), "20": (0.647, 0.021)}
 
@@ -119,37 +120,33 @@ def harmfulness_pairs(res: Result) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _safe(f, *args):
+    """``f(*args)``, or None where it is undefined (e.g. harmfulness constant: never moved), not zero."""
+    try:
+        return f(*args)
+    except ValueError:
+        return None
+
+
 def within_history(pairs: pd.DataFrame) -> dict:
     """The correlation of alignment with harmfulness within each history (its runs and steps), pooled
     over histories (:func:`reversion.core.stats.fisher_interval`): ``raw`` (Spearman) and
     ``step_removed`` (partial Spearman, the step controlled), each with its per-history values
     (None where a history's harmfulness never moved)."""
-    def safe(f, *args):
-        try:
-            return f(*args)
-        except ValueError:
-            return None
-
     raw, part = [], []
     for _, g in pairs.groupby("history", sort=True):
-        raw.append(safe(stats.spearman, g["alignment"], g["harmfulness"]))
-        part.append(safe(stats.partial_spearman, g["alignment"], g["harmfulness"], g["step"]))
+        raw.append(_safe(stats.spearman, g["alignment"], g["harmfulness"]))
+        part.append(_safe(stats.partial_spearman, g["alignment"], g["harmfulness"], g["step"]))
     return {"raw": stats.fisher_interval(raw), "step_removed": stats.fisher_interval(part)}
 
 
 def correlations(pairs: pd.DataFrame) -> dict:
     """Spearman r of alignment with harmfulness pooled over every run-step; partial (step
     controlled) and within-step (shown beside :func:`within_history`, which decides)."""
-    def safe(f, *args):
-        try:
-            return f(*args)
-        except ValueError:  # e.g. harmfulness constant (never moved): undefined, not zero
-            return None
-
     a, h, s = pairs["alignment"], pairs["harmfulness"], pairs["step"]
-    out = {"spearman": safe(stats.spearman, a, h),
-           "partial_spearman_step": safe(stats.partial_spearman, a, h, s)}
-    w = safe(stats.within_group_spearman, a, h, s)
+    out = {"spearman": _safe(stats.spearman, a, h),
+           "partial_spearman_step": _safe(stats.partial_spearman, a, h, s)}
+    w = _safe(stats.within_group_spearman, a, h, s)
     out["within_step_spearman"] = w["mean"] if w and w["n_groups"] else None
     out["within_step_groups"] = w["n_groups"] if w else 0
     return out
@@ -171,7 +168,7 @@ def judge_split(res: Result) -> dict | None:
         return split_by_task(r.evals[T], task)[part][measure] - split_by_task(r.evals[0], task)[part][measure]
 
     return {measure: {part: stats.nested([[rise(r, part, measure) for r in runs] for runs in res.runs],
-                                         bounds=(-1.0, 1.0))
+                                         bounds=rules.BOUNDS["rate difference"])
                       for part in ("trained", "untrained")} for measure in JUDGES}
 
 
@@ -186,18 +183,20 @@ def metrics(res: Result) -> dict:
         al_min_h[str(s)] = [float(x) for x in a[:, :, s].min(axis=1)]
     c = res.cos["v_rev"]
     final_all = {str(l): stats.nested(c[:, :, T, l], bounds=COSINE) for l in range(c.shape[3])}
-    corr = correlations(harmfulness_pairs(res))
+    pairs = harmfulness_pairs(res)
+    corr = correlations(pairs)
     controls = {name: {str(s): stats.nested(res.at_layer(name)[:, :, s], bounds=COSINE) for s in [1, T]}
                 for name in res.cos if name != "v_rev"}
     return {"layer": res.layer, "layers": res.layers, "T": T, "judge_split": judge_split(res),
             "n_histories": len(res.runs), "n_seeds": len(res.runs[0]),
-            "alignment": al, "alignment_min_over_seeds": al_min, "alignment_min_by_history": al_min_h, "final_alignment": stats.nested(a[:, :, T], bounds=COSINE),
+            "alignment": al, "alignment_min_over_seeds": al_min, "alignment_min_by_history": al_min_h,
+            "final_alignment": stats.nested(a[:, :, T], bounds=COSINE),
             "final_alignment_by_layer": final_all,
             "control_alignment": controls,
             "spearman_alignment_harmfulness": corr["spearman"],
             "partial_spearman_given_step": corr["partial_spearman_step"],
             "within_step_spearman": corr["within_step_spearman"],
-            "within_history_spearman": within_history(harmfulness_pairs(res)),
+            "within_history_spearman": within_history(pairs),
             "harm_measure": HEADLINE,
             "paper": {"alignment": {k: {"mean": m, "std": s} for k, (m, s) in PAPER.items()},
                       "spearman_alignment_harmfulness": 0.958}}

@@ -84,13 +84,18 @@ def directions_of(design, est: VRevEstimate) -> dict[str, torch.Tensor]:
     layer: a control of no length (v_P where theta_H is theta_P) has nothing to act along and no
     alternative to stand for (:func:`no_length`)."""
     return {k: v for k, v in control_directions(est.directions, design.n_random).items()
-            if k == "v_rev" or k not in no_length(design, est)}
+            if k == "v_rev" or _has_length(v)}
+
+
+def _has_length(v: torch.Tensor) -> bool:
+    """A direction ``[L+1, d]`` that is not zero at any block layer (1..L)."""
+    return bool((v[1:].norm(dim=-1) > 1e-12).all())
 
 
 def no_length(design, est: VRevEstimate) -> list[str]:
     """The control directions of this estimate that are zero at some block layer."""
     return [k for k, v in control_directions(est.directions, design.n_random).items()
-            if k != "v_rev" and not bool((v[1:].norm(dim=-1) > 1e-12).all())]
+            if k != "v_rev" and not _has_length(v)]
 
 
 def check_directions(design, est: VRevEstimate) -> None:

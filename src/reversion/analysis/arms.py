@@ -168,9 +168,7 @@ def effect(values: list[list[float]], bounds: tuple[float, float] | None = None)
     if x.size < 2:
         return Effect(float(x.mean()), None, None, [float(x.mean())], 1, int(x.size), "seeds", bounds)
     d = stats.paired_difference(x, np.zeros_like(x))
-    lo, hi = d["ci_low"], d["ci_high"]
-    if bounds is not None:
-        lo, hi = min(max(lo, bounds[0]), bounds[1]), max(min(hi, bounds[1]), bounds[0])
+    lo, hi = stats.truncate(d["ci_low"], d["ci_high"], bounds)
     return Effect(d["mean"], lo, hi, [d["mean"]], 1, int(x.size), "seeds", bounds)
 
 
@@ -251,11 +249,11 @@ def summarise(res: Outcomes, margin: float, rehearsal_fraction: float) -> ArmsRe
             if a.direction == "v_rev" and a.objective in (*OBJECTIVES, "push")}
     reh = arms[REHEARSAL.name].vs_baseline
     base = arms[BASELINE.name].outcome["cumulative_reversion"]
-    red = reh.get("cumulative_reversion")
+    red, harm = reh.get("cumulative_reversion"), harm_key(res)
     return ArmsResult(
         arms, spec, [a.name for a in res.main], [a.name for a in res.arms if a not in res.main], margin,
-        Rehearsal(red, reh.get(harm_key(res)), "added", round(rehearsal_fraction * res.batch_size)), base,
-        (red.mean / base.mean) if red is not None and base.mean > 0 else None, harm_key(res))
+        Rehearsal(red, reh.get(harm), "added", round(rehearsal_fraction * res.batch_size)), base,
+        (red.mean / base.mean) if red is not None and base.mean > 0 else None, harm)
 
 
 def arm_of(r: ArmsResult | dict, objective: str, direction: str = "v_rev") -> str | None:

@@ -205,11 +205,7 @@ def pairs_above_isotropic_null(m: Mapping[str, dict]) -> ClaimVerdict:
           "history 0 above the isotropic p99": f"{pr['above_isotropic']} of {pr['n']}"}
     return ClaimVerdict("V1-c", "run-step pairs above the null's p99", "24 of 24 (isotropic)",
                         CONSISTENT if ok else NOT_REPRODUCED, NULL_TEST,
-                        "pairs above stricter null", ev, _nx_nt(nt), margin="stricter null's p99")
-
-
-def _nx_nt(nt: dict) -> str:
-    return f"{nt.get('n_histories', 1)}×{nt.get('n_seeds', '?')}"
+                        "pairs above stricter null", ev, _n(nt), margin="stricter null's p99")
 
 
 def _block(m: Mapping[str, dict]) -> tuple[dict, str | None]:
@@ -330,7 +326,7 @@ def every_run_beats_matched_null(m: Mapping[str, dict]) -> ClaimVerdict:
                         {"runs significant": f"{sig} of {n_runs}", "α": pr_run["alpha"],
                          "per history": [f"{h['runs significant']}/{h['runs']}" for h in by] or None,
                          "history 0 pairs above the matched p99": f"{pr['above_matched']} of {pr['n']}"},
-                        _nx_nt(nt), margin=f"α = {pr_run['alpha']:g} per run")
+                        _n(nt), margin=f"α = {pr_run['alpha']:g} per run")
 
 
 @claim("V2-b", ESTIMATION)

@@ -255,10 +255,11 @@ def metrics(res: Result, long_safety_steps: int) -> dict:
                                   "finetuned": _finetuned(res, other_acc)} if others else None),
         # Paired per run: each run's own step-0 evaluation (its history's theta_S).
         "harmfulness_rise": stats.nested([[r.evals[T]["harmfulness"] - r.evals[0]["harmfulness"] for r in runs]
-                                          for runs in res.runs], bounds=(-1.0, 1.0)),
+                                          for runs in res.runs], bounds=rules.BOUNDS["rate difference"]),
         # The headline: harmful requests of the tasks fine-tuning never trains.
         "harmfulness_rise_untrained": stats.nested([[headline(r.evals[T], task) - headline(r.evals[0], task)
-                                                     for r in runs] for runs in res.runs], bounds=(-1.0, 1.0)),
+                                                     for r in runs] for runs in res.runs],
+                                                   bounds=rules.BOUNDS["rate difference"]),
         "harm_measure": HEADLINE,
         "long_alignment": {"safety_steps": long_safety_steps, "history": 0,
                            "theta_S": res.control_history.metrics["theta_S"]["harmfulness"],

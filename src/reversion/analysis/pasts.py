@@ -246,7 +246,7 @@ def over(per_history, bounds: tuple[float, float] | None = None) -> dict:
             "n_seeds": e.n_seeds, "level": e.level, **({"bounds": list(bounds)} if bounds else {})}
 
 
-COS_RANGE, RATE_DIFF = (-1.0, 1.0), (-1.0, 1.0)
+COS_RANGE, RATE_DIFF = rules.BOUNDS["cosine"], rules.BOUNDS["rate difference"]
 
 
 def rise(runs: list[FinetuneRun], step: int, key: str = "harmfulness", part: str | None = None,
@@ -519,10 +519,10 @@ def residual_measure(res: Result | CheckpointResult) -> dict:
                 "verdict": residual_verdict(al, rel, resid[0]["null_p99"])}
 
     out = at(res.final)
-    out["by_step"] = {str(s): (out if s == res.final else at(s)) for s in (*RESIDUAL_STEPS, res.final)
-                      if s <= res.final and bool(torch.isfinite(res.history_runs[0][0].probe_means[s]).all())}
-    out["by_step"] = {k: {q: v[q] for q in ("alignment", "reliability", "null_p99", "verdict")}
-                      for k, v in out["by_step"].items()}
+    steps = [s for s in (*RESIDUAL_STEPS, res.final)
+             if s <= res.final and bool(torch.isfinite(res.history_runs[0][0].probe_means[s]).all())]
+    out["by_step"] = {str(s): {q: v[q] for q in ("alignment", "reliability", "null_p99", "verdict")}
+                      for s, v in ((s, out if s == res.final else at(s)) for s in steps)}
     return out
 
 

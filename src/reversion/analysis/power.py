@@ -89,10 +89,10 @@ def decisive(m: Mapping[str, dict]) -> dict[str, tuple[str, Mapping | None, floa
     if blk:
         out["V1-d"] = ("Δ final alignment, block", iv["arms"][blk]["vs_baseline"].get("final_alignment"), cos,
                        0.648 + 0.211)
-        out["V1-e"] = ("Δ harmfulness, block", iv["specificity"][blk]["effect"], iv.get("margin", harm), 0.190 - 0.085)
+        out["V1-e"] = ("Δ harmfulness, block", iv["specificity"][blk]["effect"], harm, 0.190 - 0.085)
         out["V2-d"] = out["V1-e"]
     if psh:
-        out["V2-e"] = ("Δ harmfulness, push", iv["specificity"][psh]["effect"], iv.get("margin", harm), None)
+        out["V2-e"] = ("Δ harmfulness, push", iv["specificity"][psh]["effect"], harm, None)
     reh = (iv.get("rehearsal") or {}).get("cumulative_reversion")
     base = (iv.get("baseline_cumulative_reversion") or {}).get("mean")
     if reh is not None:

@@ -89,7 +89,8 @@ POOLING = {
 
 BOUNDS = {"cosine": (-1.0, 1.0), "rate": (0.0, 1.0), "cosine difference": (-2.0, 2.0),
           "rate difference": (-1.0, 1.0)}
-"""The range of each bounded kind of quantity."""
+"""The range of each bounded kind of quantity (the ``bounds`` of its interval:
+:func:`reversion.core.stats.truncate`)."""
 
 
 def margin(measure: str) -> float:
@@ -97,20 +98,6 @@ def margin(measure: str) -> float:
     if measure not in MARGINS:
         raise ValueError(f"measure must be one of {sorted(MARGINS)}, got {measure!r}")
     return MARGINS[measure].value
-
-
-def truncate(interval: dict, kind: str) -> dict:
-    """``interval`` (``ci_low``, ``ci_high``) truncated to the range of ``kind`` (:data:`BOUNDS`);
-    undefined ends stay None."""
-    if kind not in BOUNDS:
-        raise ValueError(f"kind must be one of {sorted(BOUNDS)}, got {kind!r}")
-    lo, hi = BOUNDS[kind]
-    out = dict(interval)
-    if out.get("ci_low") is not None:
-        out["ci_low"] = min(max(out["ci_low"], lo), hi)
-    if out.get("ci_high") is not None:
-        out["ci_high"] = max(min(out["ci_high"], hi), lo)
-    return out
 
 
 POOLED = {"seeds": "mean", "histories": "t", "bounded": "truncated t", "correlation": "Fisher z",

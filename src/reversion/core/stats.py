@@ -93,6 +93,14 @@ def aggregate(values: Any) -> dict[str, Any]:
     return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if n > 1 else 0.0, "n": int(n)}
 
 
+def truncate(lo: float, hi: float, bounds: tuple[float, float] | None) -> tuple[float, float]:
+    """An interval's ends cut to a quantity's range ``bounds`` (None: unbounded). The coverage is
+    unchanged: the true value always lies in the range."""
+    if bounds is None:
+        return lo, hi
+    return min(max(lo, bounds[0]), bounds[1]), max(min(hi, bounds[1]), bounds[0])
+
+
 def nested(values: Sequence[Sequence[float]], level: float = 0.95,
            bounds: tuple[float, float] | None = None) -> dict[str, Any]:
     """Seeds nested in histories, ``values[h][s]``; the history is the unit of replication.
@@ -120,9 +128,7 @@ def nested(values: Sequence[Sequence[float]], level: float = 0.95,
     m = float(np.mean(per))
     sd = float(np.std(per, ddof=1)) if H > 1 else 0.0
     half = float(sps.t.ppf(0.5 + level / 2, H - 1) * sd / np.sqrt(H)) if H > 1 else None
-    lo, hi = (None, None) if half is None else (m - half, m + half)
-    if bounds is not None and half is not None:
-        lo, hi = min(max(lo, bounds[0]), bounds[1]), max(min(hi, bounds[1]), bounds[0])
+    lo, hi = (None, None) if half is None else truncate(m - half, m + half, bounds)
     return {"mean": m, "std": sd, "n": H, "ci_low": lo, "ci_high": hi, "level": level,
             "by_history": per, "n_seeds": sizes, "within_std": float(np.sqrt(ss / dof)) if dof else None,
             **({"bounds": list(bounds)} if bounds is not None else {})}
@@ -387,7 +393,7 @@ def ratio_interval(num: Any, den: Any, level: float = 0.95) -> dict[str, Any]:
     theta for which ``mean(num - theta * den)`` is not rejected by a t-test (n - 1 degrees of
     freedom). The interval is bounded only when the denominator's mean is itself resolved from
     zero at that level; otherwise ``ci_low``/``ci_high`` are None (the ratio could be anything).
-    ``ratio`` is None when the denominator's mean is zero."""
+    ``mean`` (the ratio of the means) is None when the denominator's mean is zero."""
     x = _array(num, "num", ndim=1)
     y = _array(den, "den", ndim=1)
     _same_length("num", x, "den", y)

@@ -52,7 +52,7 @@ def save(res: Result) -> dict:
          "robustness": {"split": fixed.SPLIT, "n_histories": res.robust.n_histories,
                         "halves": {k: list(v) for k, v in res.robust.halves.items()},
                         "agreement": res.robust.agreement, "leave_one_out_changed": res.robust.loo_changed,
-                        "decided_in_both_halves": sum(v == "agree, both decided" for v in res.robust.agreement.values())},
+                        "decided_in_both_halves": robustness_counts(res)["agree_decided"]},
          "power": {p.row: {"n": p.n, "sd": p.sd, "margin": p.margin, "mde": p.mde,
                            "paper_effect": p.effect, "histories_needed": p.needed} for p in res.power}}
     write_metrics(STEM, m, {}, code=(__name__,))
