@@ -22,7 +22,10 @@ from reversion.infra import kernels
 PACKAGE = "reversion"
 
 
+@functools.lru_cache(maxsize=1)
 def _root() -> Path:
+    # resolved once: a cache lookup walks an import closure of dozens of modules, and resolving
+    # the root for each of them was most of a lookup's cost
     return Path(reversion.__file__).resolve().parent
 
 
