@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from reversion import benchmark
-from reversion.book.chapters import ch09_performance as performance
+from reversion.book.chapters import ch10_performance as performance
 from reversion.infra import results
 
 
@@ -108,6 +108,7 @@ def test_chosen_layer_is_chapter_02s_only_for_the_same_world(tmp_path, monkeypat
     assert benchmark.chosen_layer(default, "default") == 3
 
 
+@pytest.mark.slow  # its fixture runs the whole benchmark at the smoke world (about 35 s)
 def test_run_writes_every_part(smoke_results):
     res = json.loads(smoke_results.read_text())
     assert set(res["steps"]["overhead"]) == {"tracked_chosen_layer", "tracked_all_layers",
@@ -123,6 +124,7 @@ def test_run_writes_every_part(smoke_results):
     assert g["per_history"]["seconds"] > 0 and g["per_run"]["seconds"] > 0
 
 
+@pytest.mark.slow  # reads the smoke benchmark's file (the fixture above)
 def test_page_reads_the_file_and_marks_what_was_not_measured(smoke_results):
     res = performance.load(performance.Params(str(smoke_results)))
     table = performance.targets_table(res)
@@ -160,7 +162,7 @@ def test_the_large_model_rows_run_on_a_tiny_shape_on_the_cpu():
 
 
 def test_page_shows_the_gpu_rows_only_when_measured():
-    from reversion.book.chapters import ch09_performance as ch
+    from reversion.book.chapters import ch10_performance as ch
 
     assert "without CUDA" in ch.gpu_table({})
     row = {"ms": {"mean_activations": 2.0, "plain_forward": 4.0, "tracking_check": 1.5, "probe_forward": 1.0},

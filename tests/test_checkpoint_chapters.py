@@ -1,4 +1,4 @@
-"""Chapters 02-05 on your own checkpoints, through papermill (marker ``notebooks``).
+"""Chapters 02-06 and 09 on your own checkpoints, through papermill (marker ``notebooks``).
 
 The notebooks run with ``checkpoints`` (one mapping: witness, aligned, prompts, ...) set to
 the tiny demo history of chapter 07 (:func:`reversion.subjects.checkpoints.demo.build_demo`):
@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # --------------------------------------------------------------------------- chapters 02-05
 
 
-CHAPTERS = ["02_vrev_estimation", "03_alignment", "04_null_test", "06_interventions"]
+CHAPTERS = ["02_vrev_estimation", "03_alignment", "04_null_test", "06_interventions", "09_early_warning"]
 
 
 def smoke_params(stem: str) -> dict:
@@ -108,6 +108,12 @@ def test_chapter_runs_on_checkpoints(chapter_runs, demo, stem):
         assert blk["n_histories"] == 1 and blk["vs_baseline"]["harmfulness"]["level"] == "seeds"
         assert m["specificity"]["block/v_rev/all/1"]["verdict"] in (
             "consistent", "consistent but not specific", "inconclusive", "not reproduced")
+    if stem == "09_early_warning":
+        # one history, no long alignment (it cannot re-train your safety phase): the curve, no choice
+        assert m["n"]["histories"] == 1 and m["n"]["kinds"] == ["fine-tuning", "low learning rate"]
+        assert m["grid"] == [0, 1, 2, 3, 4] and len(m["odd"]) == 0
+        assert len(m["even"]) == len(m["rules"]["thresholds_null_units"])
+        assert m["chosen_null_units"] is None and "1 history" in m["no_choice"]
 
 
 @pytest.mark.notebooks

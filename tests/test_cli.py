@@ -263,6 +263,18 @@ def test_track_given_threshold_and_relative_paths(tiny, llama_dirs, monkeypatch,
     assert line.split()[1:] == ["-", "1.0000", line.split()[3], line.split()[4], "yes"]
 
 
+def test_track_threshold_in_null_units(tiny, llama_dirs, capsys):
+    base = ["track", "--directions", str(llama_dirs), "--aligned", str(tiny.llama.aligned), "--prompts",
+            str(tiny.harmful), "--device", "cpu"]
+    dirs = Directions.load(llama_dirs)
+    value, source = null_threshold(32, dirs.meta["matched_p99"][dirs.layer])
+    assert main([*base, "--threshold-null", "1.5", str(tiny.llama.witness)]) == 0
+    assert f"threshold {1.5 * value:.4f} (1.5 x {source})" in capsys.readouterr().out
+    fails(capsys, [*base, "--threshold", "0.3", "--threshold-null", "1", str(tiny.llama.witness)],
+          "--threshold", "--threshold-null", "not both")
+    fails(capsys, [*base, "--threshold-null", "0", str(tiny.llama.witness)], "--threshold-null")
+
+
 def test_track_argument_errors(tiny, llama_dirs, tmp_path, capsys):
     base = ["track", "--directions", llama_dirs, "--aligned", tiny.llama.aligned, "--prompts", tiny.harmful,
             "--device", "cpu"]

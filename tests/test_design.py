@@ -9,7 +9,7 @@ import copy
 import pytest
 
 from reversion import benchmark, design
-from reversion.book.chapters import ch09_performance as performance
+from reversion.book.chapters import ch10_performance as performance
 from reversion.subjects.organism.lineages import lineages
 from reversion.subjects.organism.worlds import make_world
 

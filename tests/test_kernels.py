@@ -87,6 +87,7 @@ needs_avx512 = pytest.mark.skipif(not avx512_here(), reason="this processor has 
 
 
 @needs_avx512
+@pytest.mark.slow  # four smoke histories in subprocesses (about 40 s); CI runs it in the slow tier
 def test_smoke_world_is_the_same_under_avx2_and_avx512_and_one_or_two_threads(tmp_path):
     a = probe(tmp_path, "avx2", "avx2", threads=2)
     b = probe(tmp_path, "avx512", "avx512", threads=1)

@@ -119,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--threshold", type=float, metavar="X",
                     help="alignment threshold (default: the larger of the isotropic p99 and the file's "
                          "matched-null p99 at the layer; reversion.core.drift.null_threshold)")
+    tr.add_argument("--threshold-null", type=float, metavar="K",
+                    help="the threshold in null units: K times that default (the book's chapter 'The monitor's "
+                         "early warning' measures what each K is worth); not with --threshold")
     tr.add_argument("--out", metavar="FILE.csv", help="write the rows to a CSV file")
     tr.add_argument("--watch", metavar="DIR",
                     help="poll DIR for new checkpoint folders (e.g. a Trainer's output_dir)")
@@ -273,6 +276,7 @@ def cmd_estimate(args) -> int:
 
 # How the tracking stage's errors name its inputs here.
 TRACK_NAMES = {"directions": "--directions", "layer": "--layer", "threshold": "--threshold",
+               "threshold_null": "--threshold-null",
                "position": "--position", "watch": "--watch"}
 
 
@@ -345,7 +349,7 @@ def cmd_track(args) -> int:
                                   chat_template=CHAT_TEMPLATE[args.chat_template], prompt_field=args.prompt_field,
                                   dtype=args.dtype, device=device, batch_size=args.batch_size, naming="flag")
         t = Tracker(dirs, reader, layer=args.layer, all_layers=args.all_layers, threshold=args.threshold,
-                    position=args.position, names=TRACK_NAMES)
+                    position=args.position, names=TRACK_NAMES, threshold_null=args.threshold_null)
         for c in ckpts:
             t.check(c)
     except TrackError as exc:

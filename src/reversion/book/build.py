@@ -53,10 +53,10 @@ REMOVE_TAG = "remove-cell"
 STAMP_DIR_NAME = ".stamps"
 LOG_DIR_NAME = ".logs"
 
-#: Chapters renumbered when "Which past?" got a number of its own: old stem -> new stem.
+#: Chapters renumbered (when "Which past?", then "Early warning" got a number of its own): old stem -> new stem.
 RENAMED = {"04b_which_past": "05_which_past", "05_interventions": "06_interventions",
            "06_claims": "07_claims", "07_own_checkpoints": "08_own_checkpoints",
-           "08_performance": "09_performance"}
+           "08_performance": "10_performance", "09_performance": "10_performance"}
 
 
 def check_renamed(stems: Iterable[str], what: str) -> None:

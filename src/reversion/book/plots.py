@@ -250,3 +250,48 @@ def dose_response(doses: Sequence[float], rises: np.ndarray,
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def warning_curve(halves: Mapping[str, Sequence[Mapping]], chosen: float | None):
+    """The monitor's curve over thresholds (null units), one line per half of the histories:
+    reverting runs flagged before their harm onset, and runs that never revert flagged at all
+    (means over histories, bars their 95% intervals); the chosen threshold dashed."""
+    fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.4), sharex=True)
+    for ax, key, title in ((axes[0], "detection", "reverting runs flagged before onset"),
+                           (axes[1], "false_alarm", "runs that never revert, flagged")):
+        for i, (label, rows) in enumerate(halves.items()):
+            pts = [(r["threshold"], r[key]) for r in rows if r[key] is not None]
+            if not pts:
+                continue
+            x = np.array([t for t, _ in pts])
+            m = np.array([v["mean"] for _, v in pts])
+            lo = np.array([v["mean"] if v["ci_low"] is None else v["ci_low"] for _, v in pts])
+            hi = np.array([v["mean"] if v["ci_high"] is None else v["ci_high"] for _, v in pts])
+            ax.errorbar(x + (i - 0.5) * 0.04, m, yerr=[m - lo, hi - m], marker="o", ms=4, capsize=2,
+                        color=PALETTE[i], label=label)
+        if chosen is not None:
+            ax.axvline(chosen, color="k", ls="--", lw=1, label=f"chosen: {chosen:g}")
+        ax.set_ylim(-0.03, 1.03)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("threshold (null units)")
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel("share of runs")
+    fig.tight_layout()
+    return fig
+
+
+def lead_times(leads: Mapping[str, Sequence[float]], T: int):
+    """Lead of the flag over the harm onset (steps; negative: the flag came after), one strip per
+    kind of run, at one threshold."""
+    fig, ax = plt.subplots(figsize=(6, 0.6 + 0.55 * max(1, len(leads))))
+    for i, (label, v) in enumerate(leads.items()):
+        v = np.asarray(v, float)
+        ax.scatter(v, np.full(len(v), i) + np.linspace(-0.15, 0.15, len(v)) if len(v) > 1 else np.full(len(v), i),
+                   color=PALETTE[i], s=14, label=f"{label} (n={len(v)})")
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set_yticks(range(len(leads)))
+    ax.set_yticklabels(list(leads))
+    ax.set_xlabel(f"lead of the flag over the harm onset (steps; T = {T})")
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    return fig

@@ -20,7 +20,7 @@ from reversion.core import stats
 from reversion.infra.checks import check_float
 
 __all__ = ["alignment", "crossover", "weight_motion", "drift_alignment", "null_threshold", "read_drift",
-           "residual_alignment", "threshold"]
+           "residual_alignment", "first_flag", "streak", "threshold"]
 
 
 def alignment(drift: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
@@ -91,16 +91,46 @@ def null_threshold(d: int, matched_p99: float | None = None) -> tuple[float, str
 
 
 def threshold(d: int, layer: int, matched_p99: Sequence[float | None] | None = None,
-              given: float | None = None) -> tuple[float, str]:
+              given: float | None = None, null_units: float | None = None) -> tuple[float, str]:
     """The alignment a reading at ``layer`` must exceed, and its source: ``given`` when set
-    (source ``"given"``), else :func:`null_threshold` of the width ``d`` and the matched p99 at
-    ``layer`` when ``matched_p99`` (one entry per layer, None where undefined; ``reversion
-    estimate`` stores it in the direction file) holds one. ``reversion track`` and the
-    :class:`~reversion.subjects.checkpoints.trainer_hooks.ReversionMonitor` use it."""
+    (source ``"given"``); else ``null_units`` times the null threshold when set (a threshold in
+    *null units*, which carries over between widths where a raw cosine does not: the p99 falls as
+    about 2.33/sqrt(d)); else the null threshold itself -- :func:`null_threshold` of the width ``d``
+    and the matched p99 at ``layer`` when ``matched_p99`` (one entry per layer, None where
+    undefined; ``reversion estimate`` stores it in the direction file) holds one. ``reversion
+    track`` and the :class:`~reversion.subjects.checkpoints.trainer_hooks.ReversionMonitor` use it."""
+    if given is not None and null_units is not None:
+        raise ValueError("threshold and threshold_null (null_units) are both set: give the threshold as a cosine "
+                         "or in null units, not both")
     if given is not None:
         return float(given), "given"
     known = matched_p99 is not None and 0 <= layer < len(matched_p99) and matched_p99[layer] is not None
-    return null_threshold(d, float(matched_p99[layer]) if known else None)
+    value, source = null_threshold(d, float(matched_p99[layer]) if known else None)
+    if null_units is None:
+        return value, source
+    units = check_float("threshold_null (null_units)", null_units, 0.0, lo_open=True)
+    return units * value, f"{units:g} x {source}"
+
+
+def streak(run: int, value: float, threshold: float) -> int:
+    """Checks in a row above ``threshold`` after a check reading ``value`` (``run`` before it); an
+    undefined reading (NaN) ends a streak."""
+    return run + 1 if value > threshold else 0
+
+
+def first_flag(values: Sequence[float], threshold: float, patience: int) -> int | None:
+    """The monitor's rule, the one place it is stated: a run is flagged at the first check at which
+    its alignment has been above ``threshold`` for ``patience`` checks in a row (the
+    :class:`~reversion.subjects.checkpoints.trainer_hooks.ReversionMonitor` applies it check by check
+    through :func:`streak`). Returns the index of that check in ``values``, or None."""
+    if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
+        raise ValueError(f"patience must be an integer >= 1, got {patience!r}")
+    run = 0
+    for i, v in enumerate(values):
+        run = streak(run, float(v), threshold)
+        if run >= patience:
+            return i
+    return None
 
 
 def crossover(drift_a: Sequence[torch.Tensor], drift_b: Sequence[torch.Tensor], mu_wa: torch.Tensor,

@@ -177,7 +177,8 @@ class Tracker:
     norms, and in ``meta`` the chosen ``layer``, ``position``, ``matched_p99`` and
     ``prompts_sha256``); ``source``: the models (:class:`Source`); ``layer``: the tracked layer
     (default: the direction file's); ``all_layers``: read every layer as well; ``threshold``:
-    a given threshold (default :func:`reversion.core.drift.threshold`'s); ``position``: the
+    a given threshold (default :func:`reversion.core.drift.threshold`'s); ``threshold_null``: the
+    threshold in null units instead (a multiple of that default); ``position``: the
     position rule (default: the direction file's, else ``"last"``); ``names``: how errors
     name the inputs (``{"directions": "--directions", "layer": "--layer", ...}``; default
     their own names). The directions and the layer are checked against the source's
@@ -186,7 +187,7 @@ class Tracker:
 
     def __init__(self, directions: Directions, source: Source, *, layer: int | None = None,
                  all_layers: bool = False, threshold: float | None = None, position: str | None = None,
-                 names: Mapping[str, str] | None = None):
+                 names: Mapping[str, str] | None = None, threshold_null: float | None = None):
         self.names = dict(names or {})
         self.dirs = directions
         self.source = source
@@ -226,9 +227,15 @@ class Tracker:
                                          POSITIONS)
             if threshold is not None:
                 check_float(self.name("threshold"), threshold)
+            if threshold is not None and threshold_null is not None:
+                raise ValueError(f"{self.name('threshold')} and {self.name('threshold_null')} are both set: give "
+                                 "the threshold as a cosine or in null units, not both")
+            if threshold_null is not None:
+                check_float(self.name("threshold_null"), threshold_null, 0.0, lo_open=True)
         except ValueError as exc:
             raise TrackError(str(exc)) from None
-        self.threshold, self.threshold_source = drift_threshold(d, self.layer, meta.get("matched_p99"), threshold)
+        self.threshold, self.threshold_source = drift_threshold(d, self.layer, meta.get("matched_p99"), threshold,
+                                                                threshold_null)
         self.same_prompts = source.prompts_sha256 is not None and meta.get("prompts_sha256") == source.prompts_sha256
         self.mu_S: torch.Tensor | None = None
 
@@ -279,7 +286,8 @@ def _as_checkpoint(c: Checkpoint | str | Path) -> Checkpoint:
 
 def track(directions: Directions | str | Path, source: Source, checkpoints: Sequence[Checkpoint | str | Path], *,
           layer: int | None = None, all_layers: bool = False, threshold: float | None = None,
-          position: str | None = None, names: Mapping[str, str] | None = None) -> TrackResult:
+          position: str | None = None, names: Mapping[str, str] | None = None,
+          threshold_null: float | None = None) -> TrackResult:
     """The readings of ``checkpoints`` (folders, or :class:`Checkpoint`), read in step order.
 
     ``directions``: a :class:`~reversion.core.directions.Directions` or the path of a direction
@@ -290,7 +298,7 @@ def track(directions: Directions | str | Path, source: Source, checkpoints: Sequ
     if isinstance(directions, (str, Path)):
         directions = read_directions(directions, (names or {}).get("directions", "directions"))
     t = Tracker(directions, source, layer=layer, all_layers=all_layers, threshold=threshold, position=position,
-                names=names)
+                names=names, threshold_null=threshold_null)
     ordered = in_step_order(_as_checkpoint(c) for c in checkpoints)
     for c in ordered:
         t.check(c)

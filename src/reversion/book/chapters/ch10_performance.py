@@ -19,7 +19,7 @@ from reversion.infra.paths import resolve
 from reversion.infra.results import write_metrics
 from reversion.subjects.organism.worlds import make_world
 
-STEM = "09_performance"
+STEM = "10_performance"
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,7 @@ LABELS = {
 
 
 def save(P: Params, res: dict) -> dict:
-    """``results/09_performance/metrics.json``: each target's measured value and whether it is met
+    """``results/10_performance/metrics.json``: each target's measured value and whether it is met
     (the numbers this page shows, from the benchmark file)."""
     m = {k: {"value": v, "met": met(k, v)} for k, v in measurements(res).items()}
     write_metrics(STEM, m, {"benchmark_file": P.benchmark_file}, code=(__name__,))

@@ -79,7 +79,7 @@ from transformers import Trainer, TrainerCallback
 
 from reversion.core.activations import mean_activations, model_device
 from reversion.core.directions import Directions
-from reversion.core.drift import read_drift
+from reversion.core.drift import read_drift, streak
 from reversion.core.drift import threshold as drift_threshold
 from reversion.core.hooks import hidden_size, n_layers
 from reversion.core.interventions import DIRECTIONAL, all_block_layers
@@ -114,7 +114,10 @@ class ReversionMonitor(TrainerCallback):
     ``[d]`` at the layer or ``[L+1, d]`` (None: computed from the model at train begin);
     ``every``: check every k optimizer steps; ``threshold``: alignment above which a
     check counts (None: the rule of :func:`reversion.core.drift.null_threshold`, as in
-    ``reversion track``); ``patience``: checks in a row above it before flagging;
+    ``reversion track``); ``threshold_null``: the threshold in *null units*, a multiple of that
+    rule's threshold (1.0 is the default; the book's "Early warning" chapter measures what each
+    multiple is worth, and a multiple carries over between widths where a raw cosine does not);
+    ``patience``: checks in a row above it before flagging (:func:`reversion.core.drift.first_flag`);
     ``log_path``: ``.csv`` or ``.jsonl`` file appended to;
     ``trainer``: route the values through ``trainer.log`` (or call :meth:`attach`);
     ``stop_on_flag``: stop training once flagged; ``prefix``: of the logged keys.
@@ -122,9 +125,10 @@ class ReversionMonitor(TrainerCallback):
 
     def __init__(self, directions: Directions | torch.Tensor, probe_ids: Sequence[Sequence[int]], *,
                  layer: int | None = None, mu_S: torch.Tensor | None = None, every: int = 10,
-                 threshold: float | None = None, patience: int = 3, log_path: str | Path | None = None,
-                 pad_id: int = 0, position: str | None = None, batch_size: int = 32,
-                 trainer: Trainer | None = None, stop_on_flag: bool = False, prefix: str = "reversion/"):
+                 threshold: float | None = None, threshold_null: float | None = None, patience: int = 3,
+                 log_path: str | Path | None = None, pad_id: int = 0, position: str | None = None,
+                 batch_size: int = 32, trainer: Trainer | None = None, stop_on_flag: bool = False,
+                 prefix: str = "reversion/"):
         check_int("every", every, 1)
         check_int("patience", patience, 1)
         if not probe_ids:
@@ -179,7 +183,7 @@ class ReversionMonitor(TrainerCallback):
             check_float("threshold", threshold)
         matched = meta.get("matched_p99")
         self.threshold, self.threshold_source = drift_threshold(
-            self.d, self.layer, matched if isinstance(matched, list) else None, threshold)
+            self.d, self.layer, matched if isinstance(matched, list) else None, threshold, threshold_null)
 
         self.log_path = Path(log_path) if log_path is not None else None
         if self.log_path is not None and self.log_path.suffix.lower() not in (".csv", ".jsonl"):
@@ -236,7 +240,7 @@ class ReversionMonitor(TrainerCallback):
     def _record(self, step: int, model, state, control) -> dict[str, Any]:
         m = self.measure(model)
         above = m["alignment"] > self.threshold
-        self._run = self._run + 1 if above else 0
+        self._run = streak(self._run, m["alignment"], self.threshold)
         newly = False
         if self._run >= self.patience and not self.flagged:
             self.flagged, self.flagged_step, newly = True, step, True
