@@ -72,8 +72,11 @@ class Record:
     """One run as the study reads it."""
 
     history: int
+    """The history (the unit of replication; even and odd histories are the split)."""
     kind: str
+    """Which runs it is among (:data:`KINDS`)."""
     seed: int
+    """Its fine-tuning seed."""
     steps: tuple[int, ...]
     """The evaluated steps (0 first)."""
     harm: tuple[float, ...]
@@ -250,9 +253,13 @@ def study(records: Sequence[Record], thresholds: Sequence[float] = THRESHOLDS, e
 
 @dataclass
 class Result:
+    """The runs of the study and what it made of them."""
+
     world: World
     subjects: list[Subject]
+    """The organism's histories, or your checkpoints (one history)."""
     ests: list[VRevEstimate]
+    """Per history: its estimate (v_rev and chosen layer) at its own theta_S."""
     units: list[float]
     """Per history: the null threshold at its chosen layer (its long-aligned runs have their own,
     in their records)."""
@@ -261,9 +268,12 @@ class Result:
     runs: dict[tuple[str, int, int], FinetuneRun]
     """(kind, history, seed) -> run."""
     records: list[Record]
+    """Every run as the study reads it."""
     study: Study
     kinds: list[str]
+    """The kinds of run present (the organism has all of :data:`KINDS`)."""
     grid: tuple[int, ...]
+    """The evaluation grid of every run."""
 
 
 def grid(T: int, eval_every: int) -> tuple[int, ...]:
