@@ -122,3 +122,35 @@ def test_bad_inputs_are_refused_and_the_mode_is_restored():
     greedy_generate(model, [[1, 2]], 2, None)
     answer_loss(model, [([1, 2], [3])], pad_id=0)
     assert model.training   # both run in eval mode and give the model back as they found it
+
+
+# ------------------------------------------------------------------ left-padded batches (text checkpoints)
+
+
+@pytest.fixture(scope="module")
+def mixed() -> list[list[int]]:
+    """Prompts of many lengths, most of them alone at their length (a real prompt set)."""
+    g = np.random.default_rng(1)
+    return [g.integers(1, VOCAB, size=int(n)).tolist() for n in (2, 9, 4, 12, 3, 7, 5, 11, 6, 8)]
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 32])
+def test_left_padded_batches_equal_each_prompt_alone(model, mixed, batch_size):
+    from reversion.core.left_padded import greedy_generate_left_padded
+
+    got = greedy_generate_left_padded(model, mixed, 6, None, pad_id=0, batch_size=batch_size)
+    want = [naive(model, p, 6) for p in mixed]
+    assert got == want
+    assert len({tuple(w) for w in want}) > 1
+
+
+def test_left_padded_generation_stops_at_eos_and_refuses_bad_input(model, mixed):
+    from reversion.core.left_padded import greedy_generate_left_padded
+
+    eos = naive(model, mixed[0], 1)[0]
+    got = greedy_generate_left_padded(model, mixed, 8, eos, pad_id=0)
+    assert [until_eos(g, eos) for g in got] == [until_eos(naive(model, p, 8), eos) for p in mixed]
+    with pytest.raises(ValueError, match="pad_id"):
+        greedy_generate_left_padded(model, mixed, 2, None, pad_id=None)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        greedy_generate_left_padded(model, mixed, 0, None, pad_id=0)
