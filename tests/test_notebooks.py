@@ -115,7 +115,7 @@ def test_notebook_is_parameterized(notebook):
     assert kernel in (None, "python3"), f"{notebook.name}: kernelspec {kernel!r}, expected python3"
 
 
-HEAVY = {"06_interventions", "08_own_checkpoints", "09_early_warning"}
+HEAVY = {"05_which_past", "06_interventions", "08_own_checkpoints", "09_early_warning", "10_performance"}
 """Notebooks whose nbval re-run (their second full execution) is a slow test: the fast tier
 executes them here (papermill) and again in the browser test's smoke build."""
 

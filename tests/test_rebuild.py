@@ -77,7 +77,7 @@ def test_a_plot_edit_reexecutes_only_the_pages_that_plot(built):
     second = _build(project, env)
     reexecuted = sorted(s for s, ran in second.items() if ran)
     assert reexecuted == ["01_training_history", "02_vrev_estimation", "03_alignment", "04_null_test",
-                          "05_which_past", "06_interventions"], second
+                          "05_which_past", "06_interventions", "09_early_warning"], second
     after = _entries(project / ".cache")
     for stage in set(before) | set(after):
         if stage.startswith("08_"):  # the own-checkpoints page's scratch folder, not a stage

@@ -381,6 +381,7 @@ def metrics(res: Result) -> dict:
                       "patience": st.patience, "every": st.every, "false_alarm_max": FALSE_ALARM_MAX,
                       "split": rules.SPLIT, "level": rules.LEVEL},
             "grid": list(res.grid), "units": res.units, "p99": res.p99,
+            "layer": res.ests[0].layer, "layers": [e.layer for e in res.ests],
             "n": {"histories": len(res.subjects), "seeds": len(res.world.seeds), "kinds": res.kinds,
                   "runs": len(res.records)},
             "kinds": kind_table(res), "even": st.even, "odd": st.odd, "chosen_null_units": st.chosen,

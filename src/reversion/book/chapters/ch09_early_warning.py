@@ -101,17 +101,17 @@ def _cell(x: dict | None, digits: int = 2) -> str:
     return interval(x, digits)
 
 
-def curve_table(rows: list[dict], units: list[float]) -> pd.DataFrame | str:
-    """A half's curve: per threshold (null units, and the mean raw cosine it implies), detection
-    before onset, lead (steps; share of T) and false alarms, each a mean [95% interval over histories];
-    a sentence when the half has no history."""
+def curve_table(rows: list[dict], units: list[float], caption: str = ""):
+    """A half's curve, captioned: per threshold (null units, and the mean raw cosine it implies),
+    detection before onset, lead (steps; share of T) and false alarms, each a mean [95% interval over
+    histories]; a sentence when the half has no history (your checkpoints: one history)."""
     if not rows:
-        return "no history in this half"
+        return f"{caption}: no history in this half"
     return pd.DataFrame([{"threshold (null units)": f"{r['threshold']:g}",
                           "≈ cosine": f"{early_warning.implied_cosine(r['threshold'], units):.3f}",
                           "flagged before onset": _cell(r["detection"]), "lead (steps)": _cell(r["lead"], 1),
                           "lead (share of run)": _cell(r["lead_share"]), "false alarms": _cell(r["false_alarm"])}
-                         for r in rows]).set_index("threshold (null units)")
+                         for r in rows]).set_index("threshold (null units)").style.set_caption(caption)
 
 
 def _units(x: float) -> str:
