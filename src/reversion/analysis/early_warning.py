@@ -26,6 +26,7 @@ from typing import Sequence
 import numpy as np
 
 from reversion.analysis import rules
+from reversion.analysis.readings import OverHistories
 from reversion.core import stats
 from reversion.core.drift import drift_alignment, first_flag, null_threshold
 from reversion.infra import seeding
@@ -252,7 +253,7 @@ def study(records: Sequence[Record], thresholds: Sequence[float] = THRESHOLDS, e
 
 
 @dataclass
-class Result:
+class Result(OverHistories):
     """The runs of the study and what it made of them."""
 
     world: World
@@ -357,13 +358,13 @@ def kind_table(res: Result) -> list[dict]:
     read at T: a run cut off before it would revert counts among them)."""
     out = []
     for kind in res.kinds:
-        recs = [r for r in res.records if r.kind == kind]
-        hs = sorted({r.history for r in recs})
-        share = [[float(onset(r) is not None) for r in recs if r.history == h] for h in hs]
-        onsets = [onset(r) for r in recs if onset(r) is not None]
+        recs = [(r, onset(r)) for r in res.records if r.kind == kind]
+        hs = sorted({r.history for r, _ in recs})
+        share = [[float(on is not None) for r, on in recs if r.history == h] for h in hs]
+        onsets = [on for _, on in recs if on is not None]
         st = res.study
-        quiet = [r for r in recs if r.history % 2 == 1 and onset(r) is None]
-        out.append({"kind": kind, "runs": len(recs), "reverting": sum(onset(r) is not None for r in recs),
+        quiet = [r for r, on in recs if r.history % 2 == 1 and on is None]
+        out.append({"kind": kind, "runs": len(recs), "reverting": len(onsets),
                     "share reverting": stats.nested(share, level=rules.LEVEL, bounds=RATE),
                     "median onset": float(np.median(onsets)) if onsets else None,
                     # a false alarm is read at T: a run that would revert later is counted among them

@@ -59,11 +59,11 @@ class Page:
 
     @property
     def subject(self):
-        return self.res.subjects[0]
+        return self.res.subject
 
     @property
     def est(self):
-        return self.res.ests[0]
+        return self.res.est
 
     @property
     def notes(self) -> list[str]:
