@@ -32,10 +32,12 @@ BENCH_ARGS ?=
 # Extra arguments for pytest (e.g. PYTEST_ARGS="-k book -x").
 PYTEST_ARGS ?=
 # Test files run side by side, one process per core (pytest-xdist; a file's tests stay in one
-# process, so its fixtures are built once; TEST_PROCS=0 runs them here), each on one thread:
+# process, so its fixtures are built once -- tests/conftest.py makes each file an xdist group and
+# joins the notebook and browser tests, which share one smoke execution of the chapters;
+# TEST_PROCS=0 runs them here), each on one thread:
 # two OpenMP pools per core make everything many times slower.
 TEST_PROCS ?= auto
-PYTEST     := OMP_NUM_THREADS=1 $(PY) -m pytest -n $(TEST_PROCS) --dist loadfile
+PYTEST     := OMP_NUM_THREADS=1 $(PY) -m pytest -n $(TEST_PROCS) --dist loadgroup
 
 .PHONY: help venv mathjax book test test-slow test-browser test-all benchmark design clean requirements
 

@@ -5,7 +5,8 @@ whole book into a temporary copy of the working tree:
 
 1. the chapter notebooks run with papermill at ``notebooks/params/smoke/`` through
    :func:`reversion.book.execute_notebooks` (``REVERSION_CACHE`` and
-   ``REVERSION_RESULTS`` point into the temporary folder), and
+   ``REVERSION_RESULTS`` point into the temporary folder): the ``smoke_book`` fixture
+   (``smoke_book.py``), whose executed chapters ``test_notebooks.py`` re-runs with nbval, and
 2. :func:`reversion.book.build_book` builds the copy strictly (``-W -n
    --keep-going``); MathJax is copied from ``book/_static/mathjax`` (``make
    mathjax`` runs once in the checkout when it is not there yet).
@@ -43,10 +44,10 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import pytest
+import smoke_book as smoke
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-SMOKE_DIR = ROOT / "notebooks" / "params" / "smoke"
 MATHJAX_DIR = Path("book") / "_static" / "mathjax"
 
 pytestmark = pytest.mark.notebooks
@@ -274,38 +275,6 @@ def run_chromium(chromium: str, profile: Path, args: list[str], url: str) -> sub
 # --------------------------------------------------------------------------- the build
 
 
-def _working_tree_files(root: Path) -> list[str]:
-    """The checkout's files as git sees them (tracked, and untracked but not ignored)."""
-    try:
-        out = subprocess.run(
-            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-            cwd=str(root),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            check=True,
-        ).stdout
-    except (OSError, subprocess.CalledProcessError):
-        out = b""
-    files = [f for f in out.decode().split("\0") if f and (root / f).is_file()]
-    if files:
-        return files
-    # Not a git checkout: what the book is built from.
-    wanted = ["_config.yml", "_toc.yml", "book", "notebooks", "examples"]
-    skip = {"executed", ".ipynb_checkpoints", "__pycache__"}
-    found = []
-    for name in wanted:
-        path = root / name
-        if path.is_file():
-            found.append(name)
-        elif path.is_dir():
-            for sub in path.rglob("*"):
-                rel = sub.relative_to(root)
-                # MathJax (ignored by git) is copied on its own; the style sheet is the book's.
-                if sub.is_file() and not skip.intersection(rel.parts) and not rel.is_relative_to(MATHJAX_DIR):
-                    found.append(str(rel))
-    return found
-
-
 def _ensure_mathjax() -> Path:
     """The checkout's MathJax folder, fetched with ``make mathjax`` when missing."""
     source = ROOT / MATHJAX_DIR
@@ -325,8 +294,8 @@ def _ensure_mathjax() -> Path:
 
 
 @pytest.fixture(scope="session")
-def built_book(tmp_path_factory):
-    """The book built at smoke parameters in a temporary copy of the working tree.
+def built_book(smoke_book):
+    """The book built from the chapters executed at smoke parameters (``smoke_book``).
 
     Returns ``{"root", "html", "screenshots", "build_error", "seconds"}``; the
     strict build's error (if any) is kept for :func:`test_book_builds_strictly`, as
@@ -334,38 +303,17 @@ def built_book(tmp_path_factory):
     """
     from reversion.book import build as book
 
-    base = tmp_path_factory.mktemp("browser-book")
-    root = base / "tree"
-    for rel in _working_tree_files(ROOT):
-        target = root / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / rel, target)
-    # Generated folders a stale checkout could carry are not part of the copy.
-    for stale in ("_build", "book/executed"):
-        shutil.rmtree(root / stale, ignore_errors=True)
-    shutil.copytree(_ensure_mathjax(), root / MATHJAX_DIR)
-
-    env = {
-        "REVERSION_CACHE": base / "cache",
-        "REVERSION_RESULTS": base / "results",
-    }
+    root = smoke_book.root
+    smoke.mathjax_into(root, _ensure_mathjax())
     t0 = time.perf_counter()
     build_error = None
-    with pytest.MonkeyPatch.context() as mp:
-        for name, path in env.items():
-            path.mkdir()
-            mp.setenv(name, str(path))
-        book.execute_notebooks(
-            out_dir=root / "book" / "executed",
-            parameters=book.load_parameters_dir(SMOKE_DIR),
-            force=True,
-            notebook_dir=root / "notebooks",
-            cwd=root,
-        )
-        try:
-            book.build_book(root)
-        except book.BookBuildError as exc:
-            build_error = str(exc)
+    if smoke_book.errors:
+        build_error = "chapters failed to execute: " + "; ".join(
+            f"{stem}: {err.splitlines()[0]}" for stem, err in smoke_book.errors.items())
+    try:
+        book.build_book(root)
+    except book.BookBuildError as exc:
+        build_error = "\n".join(filter(None, [build_error, str(exc)]))
     html = root / "_build" / "html"
     assert (html / "index.html").is_file(), f"the build wrote no {html / 'index.html'}:\n{build_error}"
     screenshots = root / "_build" / "screenshots"
@@ -375,7 +323,7 @@ def built_book(tmp_path_factory):
         "html": html,
         "screenshots": screenshots,
         "build_error": build_error,
-        "seconds": time.perf_counter() - t0,
+        "seconds": time.perf_counter() - t0 + sum(smoke_book.seconds.values()),
     }
 
 

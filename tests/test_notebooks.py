@@ -2,20 +2,24 @@
 
 For each ``notebooks/NN_name.ipynb`` (marker ``notebooks``; part of the default run):
 
-1. papermill executes it with ``notebooks/params/smoke/NN_name.yaml`` (if present,
-   else at its defaults) into a temporary folder -- any exception fails the test;
+1. the book's executor (:func:`reversion.book.execute_notebooks`, papermill) runs it with
+   ``notebooks/params/smoke/NN_name.yaml`` (if present, else at its defaults) in a copy of
+   the working tree -- the ``smoke_book`` fixture, which the browser test builds its book from;
+   any exception fails the chapter's test;
 2. nbval re-runs the executed copy in a fresh kernel, in strict mode (``--nbval``:
    every cell's text outputs must match), with ``tests/nbval_sanitize.cfg`` taking
-   out run-to-run noise (times, rates, addresses, absolute paths, hashes).
+   out run-to-run noise (times, rates, addresses, absolute paths, hashes). The executed
+   copy is the book's page, whose stderr (progress bars and library warnings) the executor
+   drops; the re-run's stderr is dropped too, so what is compared is what a reader sees.
 
 Isolation: ``REVERSION_CACHE`` and ``REVERSION_RESULTS`` point into temporary
 folders (the kernels inherit them), so the tests never read or write the project's
-``.cache/`` or ``results/``.  The papermill runs share one cache/results pair for
-the whole session and the nbval re-runs another, so each notebook is compared
-cold-against-cold (a cache hit cannot change its output), while a chapter still
-finds what the earlier chapters of the same run left (they run in chapter order).
-Both kernels start in the temporary folder, so a notebook that depends on its
-working directory fails here rather than in someone else's checkout.
+``.cache/`` or ``results/``.  The smoke execution has one cache/results pair and
+the nbval re-runs another, so each notebook is compared cold-against-cold (a cache
+hit cannot change its output), while a chapter still finds what the earlier chapters
+of the same run left (they run in chapter order). Both kernels start in an empty
+temporary folder, so a notebook that depends on its working directory fails here
+rather than in someone else's checkout.
 """
 
 from __future__ import annotations
@@ -26,10 +30,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import smoke_book as smoke
+
+from reversion.book.nb import PAGE_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = ROOT / "notebooks"
-SMOKE_DIR = NOTEBOOK_DIR / "params" / "smoke"
 SANITIZE = ROOT / "tests" / "nbval_sanitize.cfg"
 
 NOTEBOOKS = sorted(p for p in NOTEBOOK_DIR.glob("*.ipynb") if not p.name.startswith("."))
@@ -42,8 +48,12 @@ pytestmark = pytest.mark.notebooks
 # under Jupyter or papermill) and every such cell "differs".  This plugin, loaded
 # into the nbval run with ``-p``, executes cells as Jupyter does.
 NBVAL_PLUGIN_NAME = "_nbval_jupyter_semantics"
-NBVAL_PLUGIN = '''"""pytest plugin: nbval executes cells with store_history=True, as Jupyter does."""
+# It also drops the re-run's stderr streams before comparing: the executed copy is the book's
+# page, from which the executor removed them (reversion.book.build.postprocess_executed).
+NBVAL_PLUGIN = '''"""pytest plugin: nbval executes cells with store_history=True, as Jupyter does,
+and compares what the book shows (stderr streams are not on its pages)."""
 import nbval.kernel
+import nbval.plugin
 
 
 def _execute_cell_input(self, cell_input, allow_stdin=None):
@@ -53,6 +63,16 @@ def _execute_cell_input(self, cell_input, allow_stdin=None):
 
 
 nbval.kernel.RunningKernel.execute_cell_input = _execute_cell_input
+
+_compare = nbval.plugin.IPyNbCell.compare_outputs
+
+
+def _compare_without_stderr(self, test, ref, skip_compare=None):
+    test = [o for o in test if not (o.get("output_type") == "stream" and o.get("name") == "stderr")]
+    return _compare(self, test, ref, skip_compare)
+
+
+nbval.plugin.IPyNbCell.compare_outputs = _compare_without_stderr
 '''
 
 if NOTEBOOKS:
@@ -67,39 +87,14 @@ else:
     ]
 
 
-def smoke_parameters(notebook: Path) -> dict:
-    """The smoke parameters of a notebook (``{}``: run at its defaults)."""
-    import yaml
-
-    for suffix in (".yaml", ".yml"):
-        path = SMOKE_DIR / f"{notebook.stem}{suffix}"
-        if path.is_file():
-            data = yaml.safe_load(path.read_text()) or {}
-            assert isinstance(data, dict), f"{path} must be a mapping of parameter names to values"
-            return data
-    return {}
-
-
 @pytest.fixture(scope="session")
-def run_dirs(tmp_path_factory):
-    """Cache/results folders: one pair for the papermill runs, one for the nbval re-runs."""
-    base = tmp_path_factory.mktemp("notebook-runs")
-    dirs = {}
-    for run in ("papermill", "nbval"):
-        dirs[run] = {
-            "REVERSION_CACHE": base / run / "cache",
-            "REVERSION_RESULTS": base / run / "results",
-        }
-        for path in dirs[run].values():
-            path.mkdir(parents=True)
+def nbval_dirs(tmp_path_factory) -> dict[str, Path]:
+    """The nbval re-runs' cache/results pair (the smoke execution has its own)."""
+    base = tmp_path_factory.mktemp("nbval-runs")
+    dirs = {"REVERSION_CACHE": base / "cache", "REVERSION_RESULTS": base / "results"}
+    for path in dirs.values():
+        path.mkdir(parents=True)
     return dirs
-
-
-def _set_run_env(monkeypatch, env: dict) -> None:
-    for name, path in env.items():
-        monkeypatch.setenv(name, str(path))
-    # Same hash seed in both kernels: printed sets and dicts built from sets agree.
-    monkeypatch.setenv("PYTHONHASHSEED", "0")
 
 
 @pytest.mark.parametrize("notebook", PARAMS)
@@ -117,53 +112,46 @@ def test_notebook_is_parameterized(notebook):
 
 HEAVY = {"05_which_past", "06_interventions", "08_own_checkpoints", "09_early_warning", "10_performance"}
 """Notebooks whose nbval re-run (their second full execution) is a slow test: the fast tier
-executes them here (papermill) and again in the browser test's smoke build."""
+executes them once (``smoke_book``), and the browser test checks the pages they make."""
 
 
 @pytest.mark.parametrize("notebook", PARAMS)
-def test_notebook_executes_and_revalidates(notebook, tmp_path, monkeypatch, run_dirs):
-    _execute_and_revalidate(notebook, tmp_path, monkeypatch, run_dirs,
-                            revalidate=notebook is None or notebook.stem not in HEAVY)
+def test_notebook_executes_and_revalidates(notebook, smoke_book, tmp_path, monkeypatch, nbval_dirs):
+    _execute_and_revalidate(notebook, smoke_book, tmp_path, monkeypatch, nbval_dirs,
+                            revalidate=notebook.stem not in HEAVY)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("notebook", [p for p in PARAMS if p.values[0] is not None and p.values[0].stem in HEAVY])
-def test_heavy_notebook_revalidates(notebook, tmp_path, monkeypatch, run_dirs):
-    _execute_and_revalidate(notebook, tmp_path, monkeypatch, run_dirs, revalidate=True)
+def test_heavy_notebook_revalidates(notebook, smoke_book, tmp_path, monkeypatch, nbval_dirs):
+    _execute_and_revalidate(notebook, smoke_book, tmp_path, monkeypatch, nbval_dirs, revalidate=True)
 
 
-def _execute_and_revalidate(notebook, tmp_path, monkeypatch, run_dirs, revalidate: bool) -> None:
-    import papermill as pm
+def _execute_and_revalidate(notebook, smoke_book, tmp_path, monkeypatch, nbval_dirs, revalidate: bool) -> None:
+    import shutil
 
-    workdir = tmp_path / "work"
-    workdir.mkdir()
-    executed = workdir / notebook.name
-    params = smoke_parameters(notebook)
-
-    # 1. papermill, at smoke parameters, with the papermill run's cache/results.
-    _set_run_env(monkeypatch, run_dirs["papermill"])
-    pm.execute_notebook(
-        str(notebook),
-        str(executed),
-        parameters=params,
-        kernel_name="python3",
-        cwd=str(workdir),
-        progress_bar=False,
-        log_output=False,
-    )
-    assert executed.is_file()
+    params = smoke.smoke_parameters(notebook.stem)
+    # 1. the smoke execution (the book's executor, at smoke parameters)
+    assert notebook.stem not in smoke_book.errors, (
+        f"{notebook.name} failed at smoke parameters {params}:\n{smoke_book.errors[notebook.stem][-20000:]}")
+    executed = smoke_book.executed / notebook.name
+    assert executed.is_file(), f"the executor wrote no {executed}"
     if not revalidate:
         # the chapters after it re-run (nbval) on the nbval pair: they find this chapter's
-        # results there, as the papermill run wrote them (the same numbers: runs are deterministic)
-        import shutil
-
-        src = run_dirs["papermill"]["REVERSION_RESULTS"] / notebook.stem
-        if src.is_dir():
-            shutil.copytree(src, run_dirs["nbval"]["REVERSION_RESULTS"] / notebook.stem, dirs_exist_ok=True)
+        # results there, as the smoke run wrote them (the same numbers: runs are deterministic)
+        smoke.copy_results(smoke_book, notebook.stem, nbval_dirs["REVERSION_RESULTS"])
         return
 
     # 2. nbval, strict, in a fresh kernel of this interpreter, with the other pair.
-    _set_run_env(monkeypatch, run_dirs["nbval"])
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    shutil.copy2(executed, workdir / notebook.name)
+    executed = workdir / notebook.name
+    for name, path in nbval_dirs.items():
+        monkeypatch.setenv(name, str(path))
+    monkeypatch.setenv("PYTHONHASHSEED", "0")  # as in the smoke execution
+    # a page of the book, as it was executed: its downloads cell shows the same links
+    monkeypatch.setenv(PAGE_ENV, str(workdir / notebook.stem))
     env = dict(os.environ)
     env.pop("PYTEST_ADDOPTS", None)  # the outer run's options are not nbval's
     plugin_dir = tmp_path / "plugin"
@@ -212,16 +200,13 @@ SENTENCE_WORDS = 6
 """A string with this many words is prose (a name, a label, a verdict word has fewer)."""
 
 
-def test_metrics_hold_numbers_not_sentences(run_dirs):
-    """Every ``metrics.json`` the notebooks above wrote (run them first: this test reads the
-    papermill runs' results) holds numbers and short labels, never a sentence or a rendered
-    table: prose and tables are made from the numbers when a page renders."""
+def test_metrics_hold_numbers_not_sentences(smoke_book):
+    """Every ``metrics.json`` the smoke execution wrote holds numbers and short labels, never a
+    sentence or a rendered table: prose and tables are made from the numbers when a page renders."""
     import json
 
-    results = run_dirs["papermill"]["REVERSION_RESULTS"]
-    files = sorted(results.glob("*/metrics.json"))
-    if not files:
-        pytest.skip("no notebook ran in this session (run the notebook tests with this one)")
+    files = sorted(smoke_book.results.glob("*/metrics.json"))
+    assert files, f"the smoke execution wrote no metrics.json under {smoke_book.results}"
     prose = [(f.parent.name, p, s) for f in files for p, s in _strings(json.loads(f.read_text())["metrics"])
              if len(s.split()) >= SENTENCE_WORDS]
     assert not prose, prose[:5]
