@@ -7,8 +7,11 @@
   monitor's log.
 * FSDP2 (``fully_shard``): the block term and its gradient through :class:`ShardedTerm`
   equal one process's (``tests/distributed/fsdp_term.py``); with the all-reduce's backward
-  cut to the local share the gradient comes out halved (the check can fail); the monitor
-  refuses the sharded model.
+  cut to the local share the gradient comes out halved (the check can fail).
+* FSDP2, the monitor: a full fine-tuning run with ``transformers.Trainer`` on a model sharded at
+  load time (``tests/distributed/fsdp_monitor.py``): every rank takes part in each check's probe
+  forward (its share of each probe batch), rank 0 alone logs (one row and one ``trainer.log``
+  record per check), and the values equal the same run's in one process.
 """
 
 from __future__ import annotations
@@ -66,4 +69,42 @@ def test_fsdp2_block_term_and_its_gradient_match_one_process(tmp_path):
     for row in got["cut"]:  # the planted error: 1/W of the gradient
         assert row["term"] == pytest.approx(row["term_ref"], abs=1e-6)
         assert row["grad_err"] > 0.4 * row["grad_scale"], row
-    assert "does not run on an FSDP-sharded model" in got["monitor_refused"]
+
+
+def test_fsdp2_monitor_logs_once_and_matches_one_process(gpt2, tmp_path):  # noqa: F811
+    from distributed.fsdp_monitor import run  # the script, run here as the one-process reference
+    files = {"aligned": gpt2["aligned"], "directions": gpt2["directions"], "prompts": gpt2["harmful"],
+             "pairs": gpt2["benign"]}
+    one = run(**files, out=tmp_path / "one")
+    torchrun("fsdp_monitor.py", *(x for k, v in files.items() for x in (f"--{k}", v)), "--out", tmp_path / "two")
+    ranks = [json.loads((tmp_path / "two" / f"rank-{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world"] for r in ranks] == [2, 2] and [r["global_step"] for r in ranks] == [4, 4]
+    # Sharded: each block and the root; the probe forward the monitor used to run fails there.
+    assert all(r["sharded"] == ["", "transformer.h.0", "transformer.h.1"] for r in ranks)
+    assert all("mixed torch.Tensor and DTensor" in r["old_path_error"] for r in ranks)
+    # Every rank measured at every check (mu_S, then steps 0, 2, 4), each forwarding its share of
+    # the probe batches of 8 and 4; only rank 0 logged them.
+    assert [r["checks"] for r in ranks] == [[0, 2, 4], [0, 2, 4]]
+    assert [r["probe_rows"] for r in ranks] == [[4, 2] * 4] * 2
+    assert [r["logged"] for r in ranks] == [[0, 2, 4], []]
+    with (tmp_path / "two" / "monitor.csv").open() as f:
+        logged = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in logged] == [0, 2, 4]  # one row per check: rank 1 wrote none
+    # The same run in one process: the same steps (losses) and the same readings.
+    assert ranks[0]["loss"] == pytest.approx(one["loss"], rel=1e-5)
+    with (tmp_path / "one" / "monitor.csv").open() as f:
+        reference = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in reference] == [0, 2, 4]
+    for got, want in zip(logged, reference):
+        for key in ("alignment", "projection", "drift_norm"):
+            assert float(got[key]) == pytest.approx(float(want[key]), abs=1e-5), (got["step"], key)
+    assert ranks[1]["alignment"] == pytest.approx([float(r["alignment"]) for r in reference], abs=1e-5)
+    assert float(reference[-1]["drift_norm"]) > 1e-2 and abs(float(reference[-1]["alignment"])) > 1e-2  # it moved
+    for r in ranks:  # position "mean": the same activations as one process's
+        assert r["mean_rule"] == pytest.approx(one["mean_rule"], abs=1e-5)
+    for r in ranks:
+        last = {k: float(v) for k, v in logged[-1].items() if k in ("projection", "drift_norm")}
+        assert r["planted"]["again"]["drift_norm"] == pytest.approx(last["drift_norm"], abs=1e-12)
+        for key, value in last.items():  # the planted error: each rank's own share, not all-reduced
+            assert abs(r["planted"]["cut"][key] - value) > 0.2 * abs(value), (r["rank"], key)
+        assert "does not run on a model wrapped in FSDP1" in r["planted"]["fsdp1_refused"]

@@ -49,15 +49,21 @@ sets one up for a text model.
 Several processes (``torchrun``). DDP: the monitor measures and logs on the main process
 only (one log row per check; the other ranks record nothing), and the block term's
 forward runs through the module inside the DDP wrapper (see :class:`ObjectiveMixin`).
-Block term, DDP or FSDP2 (``torch.distributed.fsdp.fully_shard``, which runs on CPU with
-gloo): each rank forwards its share of the probes and the projection is all-reduced
-so that the term and its gradient are those of one process (:class:`ShardedTerm`, tested
-against one process under FSDP2). The monitor does *not* run on a sharded model: its
-probe forward calls the backbone below the root module, whose parameters FSDP2 leaves
-sharded (on CPU: ``RuntimeError: aten.embedding.default got mixed torch.Tensor and
-DTensor``), so :meth:`ReversionMonitor.on_train_begin` refuses an FSDP model with a
-ValueError; track its saved checkpoints with ``reversion track`` instead. DeepSpeed
-ZeRO-3 is not supported either.
+FSDP2 (``torch.distributed.fsdp.fully_shard``; on CPU with gloo too: a model loaded with
+``from_pretrained(..., distributed_config=DistributedConfig(fsdp_size=W))``, which the Trainer
+trains as it is, or sharded by hand; the Trainer's ``fsdp`` setting shards through accelerate,
+on GPUs only): a probe forward must go through the root module, whose forward gathers the
+sharded parameters (the backbone called below it meets them sharded: ``aten.embedding.default
+got mixed torch.Tensor and DTensor``). The block term and the monitor share that forward,
+:func:`sharded_probe_sum`: each rank forwards its share of each probe batch through the
+root module and the per-layer sums are all-reduced, so every rank holds one process's
+values. The block term and its gradient are then those of one process (:class:`ShardedTerm`,
+tested against one process); the monitor measures on every rank at every check (the forward
+is a collective), and every rank keeps the same history and flag (so ``stop_on_flag`` stops
+all of them together), but only the main process writes the log row, calls
+``trainer.log`` and warns: one row per check, equal to one process's run (tested, 2 CPU
+processes). FSDP1 (``FullyShardedDataParallel``) is refused with a ValueError, and DeepSpeed
+ZeRO-3 is not supported; track such runs' checkpoints with ``reversion track``.
 """
 
 from __future__ import annotations
@@ -74,7 +80,6 @@ import torch
 import torch.distributed as dist
 import torch.distributed._functional_collectives as funcol
 from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
-from torch.nn.parallel import DistributedDataParallel
 from transformers import Trainer, TrainerCallback
 
 from reversion.core.activations import mean_activations, model_device
@@ -83,6 +88,7 @@ from reversion.core.drift import read_drift, streak
 from reversion.core.drift import threshold as drift_threshold
 from reversion.core.hooks import hidden_size, n_layers
 from reversion.core.interventions import DIRECTIONAL, all_block_layers
+from reversion.core.objective import ObjectiveMixin
 from reversion.core.tracking import ProbeTracker
 from reversion.infra.checks import check_float, check_int
 from reversion.subjects.base import Prompts
@@ -226,18 +232,52 @@ class ReversionMonitor(TrainerCallback):
     # ------------------------------------------------------------------ measuring
 
     def measure(self, model) -> dict[str, float]:
-        """Alignment, projection and drift norm of ``model`` now (no grad; model mode restored)."""
+        """Alignment, projection and drift norm of ``model`` now (no grad; model mode restored).
+        On an FSDP2-sharded model a collective: every rank calls it at the same step (:meth:`probe_mean`)."""
         if self.mu_S is None:
             raise RuntimeError("mu_S is unknown: pass mu_S= or let on_train_begin compute it")
-        if self._tracker is None or self._tracker.device != model_device(model):  # pads once per run
-            self._tracker = ProbeTracker(model, self.probe_ids, [self.layer], self.position, self.pad_id,
-                                         self.batch_size)
-        out = read_drift(self._tracker(model)[0], self.mu_S, self.v, self.displacement)
+        out = read_drift(self.probe_mean(model), self.mu_S, self.v, self.displacement)
         if out["relative_projection"] is None:
             del out["relative_projection"]
         return out
 
-    def _record(self, step: int, model, state, control) -> dict[str, Any]:
+    def probe_mean(self, model) -> torch.Tensor:
+        """The mean probe activation of ``model`` at the monitored layer, ``[d]`` float64 on the CPU.
+
+        One process or DDP: a :class:`~reversion.core.tracking.ProbeTracker` forward on this process.
+        FSDP2 (``fully_shard``): the tracker's padded batches, each split over the ranks and forwarded
+        through the root module with the sums all-reduced (:func:`sharded_probe_sum`, the block term's
+        forward), so every rank gets one process's mean (to float rounding); afterwards every FSDP
+        module is resharded, as training left it. A collective: all ranks call it together.
+        """
+        if self._tracker is None or self._tracker.device != model_device(model):  # pads once per run
+            self._tracker = ProbeTracker(model, self.probe_ids, [self.layer], self.position, self.pad_id,
+                                         self.batch_size)
+        if not _fsdp2(model):
+            return self._tracker(model)[0]
+        total = 0.0  # summed on the model's device; one transfer
+        was_training = model.training
+        model.eval()
+        try:
+            # no_grad, not inference_mode: FSDP2 reuses its all-gather buffers, and buffers made
+            # in inference mode fail the next training step ("Inplace update to inference tensor").
+            with torch.no_grad():
+                for x, attn, _, _ in self._tracker.batches:
+                    total = total + sharded_probe_sum(model, x, attn, [self.layer], self.position)[0]
+            total = total.to("cpu", torch.float64)
+        finally:
+            model.train(was_training)
+            for m in model.modules():  # the root keeps its gathered parameters after a forward
+                if isinstance(m, FSDPModule):
+                    m.reshard()
+        if not torch.isfinite(total).all():
+            raise ValueError(f"non-finite activations (NaN or inf) at layer {self.layer}")
+        return total / self._tracker.n
+
+    def _record(self, step: int, model, state, control, main: bool = True) -> dict[str, Any]:
+        """Measure and update the streak and flag; the main process (``main``) also writes the row,
+        logs it and warns. Under FSDP2 every rank records (each holds the all-reduced values), so
+        ``stop_on_flag`` stops every rank at the same step."""
         m = self.measure(model)
         above = m["alignment"] > self.threshold
         self._run = streak(self._run, m["alignment"], self.threshold)
@@ -248,13 +288,15 @@ class ReversionMonitor(TrainerCallback):
                "flagged": self.flagged}
         row.setdefault("relative_projection", None)
         self.history.append(row)
-        self._write(row)
-        self._report(m, state, control)
+        if main:
+            self._write(row)
+            self._report(m, state, control)
         if newly:
-            msg = (f"reversion monitor: drift aligned with v_rev above {self.threshold:.4f} "
-                   f"({self.threshold_source}) for {self.patience} checks in a row, at step {step} "
-                   f"(layer {self.layer}, alignment {m['alignment']:.4f})")
-            warnings.warn(msg, ReversionWarning, stacklevel=2)
+            if main:
+                msg = (f"reversion monitor: drift aligned with v_rev above {self.threshold:.4f} "
+                       f"({self.threshold_source}) for {self.patience} checks in a row, at step {step} "
+                       f"(layer {self.layer}, alignment {m['alignment']:.4f})")
+                warnings.warn(msg, ReversionWarning, stacklevel=2)
             if self.stop_on_flag and control is not None:
                 control.should_training_stop = True
         return row
@@ -308,29 +350,32 @@ class ReversionMonitor(TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if model is None:
             raise ValueError("ReversionMonitor needs the model (the Trainer passes it to callbacks)")
-        if any(isinstance(m, (FSDPModule, FullyShardedDataParallel)) for m in model.modules()):
-            raise ValueError("model: ReversionMonitor does not run on an FSDP-sharded model (its probe forward "
-                             "needs whole parameters on one process); save checkpoints and track them with "
-                             "`reversion track` instead")
+        if any(isinstance(m, FullyShardedDataParallel) for m in model.modules()):
+            raise ValueError("model: ReversionMonitor does not run on a model wrapped in FSDP1 "
+                             "(FullyShardedDataParallel); shard it with FSDP2 (torch.distributed.fsdp.fully_shard, "
+                             "the Trainer's default FSDP version) or track its checkpoints with `reversion track`")
         self._check_model(model)
+        sharded = _fsdp2(model)
         if self.mu_S is None:
             if state.global_step > 0:
                 warnings.warn("ReversionMonitor: mu_S computed from the model at a resumed step "
                               f"{state.global_step}, not at theta_S; pass mu_S= when resuming",
                               ReversionWarning, stacklevel=2)
             with self.precision(args, model):
-                self.mu_S = reference_mean(model, self.probe_ids, self.layer, self.position, self.pad_id,
-                                           self.batch_size)
-        if state.is_world_process_zero:
+                self.mu_S = self.probe_mean(model) if sharded else \
+                    reference_mean(model, self.probe_ids, self.layer, self.position, self.pad_id, self.batch_size)
+        if sharded or state.is_world_process_zero:  # sharded: every rank takes part in the forward
             with self.precision(args, model):
-                self._record(state.global_step, model, state, control)
+                self._record(state.global_step, model, state, control, main=state.is_world_process_zero)
         return control
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        if model is None or state.global_step % self.every != 0 or not state.is_world_process_zero:
+        if model is None or state.global_step % self.every != 0:
+            return control
+        if not (state.is_world_process_zero or _fsdp2(model)):  # DDP: the main process alone measures
             return control
         with self.precision(args, model):
-            self._record(state.global_step, model, state, control)
+            self._record(state.global_step, model, state, control, main=state.is_world_process_zero)
         return control
 
     def summary(self) -> dict[str, Any]:
@@ -379,6 +424,47 @@ def _world() -> tuple[int, int]:
     return 0, 1
 
 
+def _fsdp2(model) -> bool:
+    """Whether ``model`` holds modules sharded by FSDP2 (``fully_shard``)."""
+    return any(isinstance(m, FSDPModule) for m in model.modules())
+
+
+def sharded_probe_sum(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, layers: Sequence[int],
+                      position: str = "last") -> torch.Tensor:
+    """A right-padded probe batch's activations at ``layers``, summed over its rows and over the ranks:
+    ``[len(layers), d]`` float64, the same on every rank.
+
+    Rank ``r`` of ``W`` forwards rows ``r, r+W, ...`` through ``model`` itself (the root module: under
+    FSDP its forward gathers the sharded parameters; a submodule called directly would meet them
+    sharded) and sums its rows' activations (``position``: ``"last"`` real token or ``"mean"`` over
+    the real tokens); the partial sums are added with ``funcol.all_reduce``, whose backward is again
+    a sum over ranks (see :class:`ShardedTerm`). A collective: every rank calls it at the same time,
+    so a rank whose share is empty (a batch smaller than ``W``) forwards one row with weight 0.
+    One process: the whole batch, no collective. Autograd follows the caller's grad mode.
+    """
+    rank, world = _world()
+    n = input_ids.shape[0]
+    rows = torch.arange(rank, n, world, device=input_ids.device)
+    weight = 1.0
+    if len(rows) == 0:
+        rows, weight = rows.new_zeros(1), 0.0
+    mask = attention_mask[rows]
+    out = model(input_ids=input_ids[rows], attention_mask=mask, output_hidden_states=True)
+    if position == "last":
+        last = mask.sum(1) - 1
+        at = torch.arange(len(rows), device=last.device)
+        h = torch.stack([out.hidden_states[l][at, last] for l in layers], 1)  # [rows, k, d]
+    else:
+        real = mask.bool()[:, :, None]  # masked_fill, not a multiply: 0 * NaN at a pad is NaN
+        h = torch.stack([out.hidden_states[l].double().masked_fill(~real, 0.0).sum(1) / real.sum(1)
+                         for l in layers], 1)
+    part = weight * h.double().sum(0)  # [k, d]
+    if world == 1:
+        return part
+    # funcol, not dist.all_reduce (in place, outside autograd): its backward sums over the ranks.
+    return funcol.all_reduce(part, "sum", dist.group.WORLD)
+
+
 class ShardedTerm:
     """A set-up directional term (:class:`~reversion.core.interventions.Block`, ``Oppose`` or ``Push``) whose probe forward is
     split over the ranks of a ``torch.distributed`` run.
@@ -388,8 +474,10 @@ class ShardedTerm:
     at the term's layers, and the sums are added over the ranks with
     ``torch.distributed._functional_collectives.all_reduce`` (torch 2.13's replacement for the
     deprecated ``torch.distributed.nn.functional.all_reduce``); every rank then holds the
-    same mean, drift, projection and term ``T`` as one process. That all-reduce is differentiable: its backward is
-    again a sum over ranks, so rank ``r``'s parameter gradient is ``W * dT/ds * ds_r/dtheta``
+    same mean, drift, projection and term ``T`` as one process (that forward is
+    :func:`sharded_probe_sum`, which the monitor shares under FSDP2). That all-reduce is
+    differentiable: its backward is again a sum over ranks, so rank ``r``'s parameter gradient
+    is ``W * dT/ds * ds_r/dtheta``
     (``s_r``: its partial sum). DDP and FSDP average the gradients over the ranks, which
     gives ``dT/ds * sum_r ds_r/dtheta = dT/dtheta``, the one-process gradient (tested
     against one process under FSDP2). A plain ``dist.all_reduce`` would cut the graph, and
@@ -420,84 +508,17 @@ class ShardedTerm:
         self.term.teardown()
 
     def aux_loss(self, model, batch, step: int) -> torch.Tensor | None:
-        rank, world = _world()
+        _, world = _world()
         if world == 1 or self.term.strength == 0.0:
             return self.term.aux_loss(model, batch, step)
         t = self.term
         i = (step - 1) % len(t.probe_batches)
         b = t.probe_batches[i]
-        n = b["input_ids"].shape[0]
-        rows = torch.arange(rank, n, world, device=b["input_ids"].device)
-        weight = 1.0
-        if len(rows) == 0:
-            rows, weight = rows.new_zeros(1), 0.0
-        mask = b["attention_mask"][rows]
-        out = model(input_ids=b["input_ids"][rows], attention_mask=mask, output_hidden_states=True)
-        last = mask.sum(1) - 1
-        at = torch.arange(len(rows), device=last.device)
-        h = torch.stack([out.hidden_states[l][at, last] for l in t.layers], 1)  # [rows, k, d]
-        # funcol, not dist.all_reduce (in place, outside autograd): its backward sums over the ranks.
-        total = funcol.all_reduce(weight * h.double().sum(0), "sum", dist.group.WORLD)  # [k, d]
+        total = sharded_probe_sum(model, b["input_ids"], b["attention_mask"], t.layers)  # [k, d]
         device = total.device
-        drift = total / n - t.mu_S[i].to(device)
+        drift = total / b["input_ids"].shape[0] - t.mu_S[i].to(device)
         p = (drift * t.v[t.layers].to(device)).sum(-1)
         return (t.sign * t.strength * t.penalty(p / t.scale[t.layers].to(device)).sum()).float()
-
-
-class ObjectiveMixin:
-    """Adds ``block.aux_loss(model, inputs, step)`` to the training loss of any ``Trainer``
-    subclass: ``class MySFT(ObjectiveMixin, trl.SFTTrainer)`` (the mixin first, so its
-    ``compute_loss`` wraps theirs).
-
-    ``block``: any object with ``aux_loss(model, batch, step) -> tensor | None`` (e.g.
-    :func:`block_term`); step is the optimizer step being taken (1-based). The term is
-    added in training only (not in evaluation) and once per optimizer step in
-    total: with gradient accumulation it is divided over the micro-batches exactly as
-    the Trainer divides its own loss. ``last_block_term`` keeps its latest value.
-
-    Under DDP the term's forward runs through the wrapped module (``model.module``), not
-    through the ``DistributedDataParallel`` wrapper. The loss's forward went through the
-    wrapper, which readies its reducer for one backward; the term's graph ends on the same
-    parameters, whose gradient hooks fire once per backward with both contributions already
-    summed, so that one backward averages the term's gradient over the ranks together with
-    the loss's. A second forward through the wrapper would redo the reducer's per-step
-    bookkeeping (buffer broadcast, the unused-parameter search under
-    ``find_unused_parameters``) mid-step on the term's output alone; it gives the same
-    numbers in the tested run, but nothing requires it. Averaging is right because every
-    rank computes the same term (see :class:`ShardedTerm`). FSDP2 (``fully_shard``) shards
-    the module in place: its forward is the module's own.
-    """
-
-    def __init__(self, *args, block=None, **kwargs):
-        if block is not None and not callable(getattr(block, "aux_loss", None)):
-            raise ValueError(f"block must have an aux_loss(model, batch, step) method (e.g. block_term(...)), "
-                             f"got {type(block).__name__}")
-        super().__init__(*args, **kwargs)
-        self.block = block
-        self.last_block_term: float | None = None
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        out = super().compute_loss(model, inputs, return_outputs=return_outputs,
-                                   num_items_in_batch=num_items_in_batch)
-        if self.block is None or not model.training:
-            return out
-        loss, outputs = out if return_outputs else (out, None)
-        inner = model.module if isinstance(model, DistributedDataParallel) else model
-        term = self.block.aux_loss(inner, inputs, self.state.global_step + 1)
-        if term is not None:
-            self.last_block_term = float(term.detach())
-            # The Trainer divides a per-batch loss by the accumulation steps itself; a loss it
-            # treats as already normalized over the accumulated batch is not divided, so the
-            # term must be divided here to count once per optimizer step.
-            scaled = getattr(self, "loss_is_scaled_for_ga", None)
-            if scaled is None:
-                scaled = (getattr(self, "model_accepts_loss_kwargs", False) and num_items_in_batch is not None) \
-                    or getattr(self, "compute_loss_func", None) is not None
-            if scaled:
-                ga = getattr(self, "current_gradient_accumulation_steps", None) or self.args.gradient_accumulation_steps
-                term = term / ga
-            loss = loss + term.to(device=loss.device, dtype=loss.dtype)
-        return (loss, outputs) if return_outputs else loss
 
 
 class BlockTrainer(ObjectiveMixin, Trainer):
