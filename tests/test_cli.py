@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import os
@@ -376,3 +377,206 @@ def test_book_passes_arguments_through(capsys):
         main(["book", "--help"])
     assert exc.value.code == 0
     assert "python -m reversion.book" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- failures, Ctrl-C, progress, --device-map
+#
+# Status 2 (usage) stays for argument problems; a failure after the arguments were accepted -- a model
+# that does not load, memory that runs out -- is status 1 with one line naming the cause; Ctrl-C is
+# 130 after keeping what was done.
+
+
+def _one_line_error(capsys, command: str) -> str:
+    """The one line a failure (status 1) leaves on stderr: its cause, no usage."""
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"reversion {command}: error: ") and "usage:" not in err
+    return lines[0]
+
+
+def _estimate_argv(tiny, out, *extra, fast=FAST):
+    return ["estimate", "--witness", str(tiny.llama.witness), "--aligned", str(tiny.llama.aligned), "--prompts",
+            str(tiny.harmful), "--out", str(out), *fast, *map(str, extra)]
+
+
+@pytest.mark.parametrize("error", [torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB.\nGPU 0 "
+                                                          "has a total capacity of 79.1 GiB"), MemoryError()],
+                         ids=["cuda", "cpu"])
+def test_out_of_memory_exits_1_with_the_settings_to_try(tiny, llama_dirs, tmp_path, monkeypatch, capsys, error):
+    def out_of_memory(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr("reversion.stages.estimate.measure", out_of_memory)
+    out = tmp_path / "v.safetensors"
+    assert main(_estimate_argv(tiny, out)) == 1
+    line = _one_line_error(capsys, "estimate")
+    assert f"out of memory ({type(error).__name__}" in line
+    assert "--dtype bfloat16" in line and "--device-map auto" in line and "--batch-size (now 16)" in line
+    assert not out.exists()
+    # the settings already given are not offered again
+    assert main(_estimate_argv(tiny, out, "--dtype", "bfloat16", "--batch-size", "1")) == 1
+    line = _one_line_error(capsys, "estimate")
+    assert "--dtype" not in line and "--batch-size" not in line and "--device-map auto" in line
+    # track: the same
+    from reversion.stages.track import Tracker
+
+    monkeypatch.setattr(Tracker, "reference", out_of_memory)
+    assert main(["track", "--directions", str(llama_dirs), "--aligned", str(tiny.llama.aligned), "--prompts",
+                 str(tiny.harmful), "--device", "cpu", str(tiny.llama.witness)]) == 1
+    assert "out of memory" in _one_line_error(capsys, "track")
+
+
+def test_a_model_too_large_exits_1_with_its_size_and_the_settings_that_fit(tiny, tmp_path, monkeypatch, capsys):
+    from reversion.core import models
+
+    need = models.weight_bytes({}, None, models.checkpoint_tensors(tiny.llama.aligned))  # float32, as saved
+    monkeypatch.setattr(models, "free_bytes", lambda device: int(0.75 * need))  # bfloat16 fits, float32 does not
+    out = tmp_path / "v.safetensors"
+    assert main(_estimate_argv(tiny, out)) == 1
+    line = _one_line_error(capsys, "estimate")
+    assert "out of memory:" in line and "the model does not fit" in line and models._size(need) in line
+    assert "settings that would fit: --dtype bfloat16" in line and "LoRA" in line and "gradient checkpointing" in line
+    assert not out.exists()
+    assert main(_estimate_argv(tiny, out, "--dtype", "bfloat16")) == 0  # the setting it names fits
+    assert out.exists()
+
+
+def test_a_model_that_does_not_load_exits_1_not_2(tiny, llama_dirs, tmp_path, capsys):
+    """Weights of another width under this config: every check passes (the files are whole, the
+    config is the aligned one's), and ``from_pretrained`` fails. (A truncated weight file is found
+    before loading: an argument error, ``tests/test_bad_inputs.py``.)"""
+    broken = tmp_path / "mismatched"
+    shutil.copytree(tiny.llama.witness, broken)
+    shutil.copy(tiny.llama_wide / "model.safetensors", broken / "model.safetensors")
+    out = tmp_path / "v.safetensors"
+    assert main(["estimate", "--witness", str(broken), "--aligned", str(tiny.llama.aligned), "--prompts",
+                 str(tiny.harmful), "--out", str(out), *FAST]) == 1
+    line = _one_line_error(capsys, "estimate")
+    assert f"--witness: could not load the model at {broken} (RuntimeError: " in line
+    assert not out.exists()
+    # track: what was read before the failure stays in --out
+    rows = tmp_path / "t.csv"
+    assert main(["track", "--directions", str(llama_dirs), "--aligned", str(tiny.llama.aligned), "--prompts",
+                 str(tiny.harmful), "--device", "cpu", "--out", str(rows), str(tiny.llama.witness), str(broken)]) == 1
+    assert f"CHECKPOINT {broken}: could not load the model" in _one_line_error(capsys, "track")
+    assert [r["checkpoint"] for r in _rows(rows)] == [str(tiny.llama.witness)]
+
+
+def test_ctrl_c_mid_estimate_leaves_nothing_at_out(tiny, tmp_path, monkeypatch, capsys):
+    from reversion.core import directions
+
+    out = tmp_path / "out" / "v.safetensors"
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("reversion.stages.estimate.measure", interrupted)
+    assert main(_estimate_argv(tiny, out)) == 130
+    assert capsys.readouterr().err.strip() == "stopped" and not out.exists()
+    monkeypatch.undo()
+
+    def half_written(tensors, path, metadata=None):  # stopped while the file is being written
+        Path(path).write_bytes(b"part of a file")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(directions, "save_file", half_written)
+    assert main(_estimate_argv(tiny, out)) == 130
+    assert capsys.readouterr().err.strip() == "stopped"
+    assert not out.exists() and list(out.parent.iterdir()) == []  # nor any part of it beside
+    out.write_bytes(b"an earlier estimate")
+    assert main(_estimate_argv(tiny, out)) == 130
+    assert out.read_bytes() == b"an earlier estimate" and list(out.parent.iterdir()) == [out]
+    monkeypatch.undo()
+    assert main(_estimate_argv(tiny, out)) == 0  # the control: the same run, uninterrupted, writes it
+    assert Directions.load(out).v_rev.shape == (LAYERS + 1, 32)
+
+
+def test_ctrl_c_in_track_keeps_the_rows_and_exits_130(tiny, llama_dirs, tmp_path, monkeypatch, capsys):
+    from reversion.stages.track import Tracker
+
+    read, seen = Tracker.read, []
+
+    def read_then_stop(self, checkpoint):
+        seen.append(checkpoint)
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+        return read(self, checkpoint)
+
+    monkeypatch.setattr(Tracker, "read", read_then_stop)
+    out = tmp_path / "t.csv"
+    assert main(["track", "--directions", str(llama_dirs), "--aligned", str(tiny.llama.aligned), "--prompts",
+                 str(tiny.harmful), "--device", "cpu", "--out", str(out), str(tiny.llama.witness),
+                 str(tiny.llama.aligned)]) == 130
+    assert "stopped" in capsys.readouterr().err
+    assert [r["checkpoint"] for r in _rows(out)] == [str(tiny.llama.witness)]
+
+
+class _Terminal:
+    """A stderr that says it is a terminal (and keeps what is written)."""
+
+    def __init__(self):
+        self.text = []
+
+    def write(self, s):
+        self.text.append(s)
+        return len(s)
+
+    def flush(self):
+        pass
+
+    def isatty(self):
+        return True
+
+    def value(self):
+        return "".join(self.text)
+
+
+def test_estimate_shows_progress_on_a_terminal_only(tiny, tmp_path, monkeypatch, capsys):
+    assert main(_estimate_argv(tiny, tmp_path / "a.safetensors")) == 0  # stderr is no terminal here
+    plain = capsys.readouterr()
+    assert "prompt/s" not in plain.err and "it/s" not in plain.err
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert main(_estimate_argv(tiny, tmp_path / "b.safetensors")) == 0
+    shown = terminal.value()
+    # the probes through theta_H and theta_S, and through theta_H again for its first answer token
+    assert f"/{3 * tiny.n_prompts} " in shown and "prompt" in shown and "theta_H" in shown and "theta_S" in shown
+    assert capsys.readouterr().out == plain.out.replace("a.safetensors", "b.safetensors")  # stdout unchanged
+    quiet = _Terminal()
+    monkeypatch.setattr(sys, "stderr", quiet)
+    assert main(_estimate_argv(tiny, tmp_path / "c.safetensors", "--quiet")) == 0
+    assert "prompt" not in quiet.value()
+    assert torch.equal(Directions.load(tmp_path / "b.safetensors").v_rev, Directions.load(tmp_path / "c.safetensors").v_rev)
+
+
+def test_device_map_flag(tiny, llama_dirs, tmp_path, monkeypatch, capsys):
+    """``--device-map cpu`` loads straight onto the CPU: the numbers of ``--device cpu``. A device
+    the machine lacks, or both flags, are argument errors naming the flag."""
+    no_device = ["--n-null", "200", "--n-boot", "20"]
+    out = tmp_path / "v.safetensors"
+    assert main(_estimate_argv(tiny, out, "--device-map", "cpu", fast=no_device)) == 0
+    assert "device map cpu" in capsys.readouterr().out
+    assert torch.equal(Directions.load(out).v_rev, Directions.load(llama_dirs).v_rev)
+    track = ["track", "--directions", str(llama_dirs), "--aligned", str(tiny.llama.aligned), "--prompts",
+             str(tiny.harmful)]
+    assert main([*track, "--device-map", "cpu", "--out", str(tmp_path / "m.csv"), str(tiny.llama.witness)]) == 0
+    assert main([*track, "--device", "cpu", "--out", str(tmp_path / "d.csv"), str(tiny.llama.witness)]) == 0
+    assert _rows(tmp_path / "m.csv") == _rows(tmp_path / "d.csv")
+    bad = tmp_path / "bad.safetensors"
+    fails(capsys, _estimate_argv(tiny, bad, "--device-map", "cuda:0", fast=no_device), "--device-map: 'cuda:0' asks "
+          "for a GPU, but this machine has none")
+    fails(capsys, _estimate_argv(tiny, bad, "--device-map", "cpu"), "--device-map: give --device or --device-map")
+    fails(capsys, _estimate_argv(tiny, bad, "--device-map", "{nope", fast=no_device), "--device-map: not a JSON object")
+    fails(capsys, [*track, "--device-map", '{"model": "cuda:1", "lm_head": "cpu"}', str(tiny.llama.witness)],
+          "--device-map['model']: 'cuda:1' asks for a GPU")
+    # a GPU without bfloat16 (simulated: there is none here) refuses --dtype bfloat16 on it
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "device", lambda index: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
+    fails(capsys, _estimate_argv(tiny, bad, "--device-map", "cuda:0", "--dtype", "bfloat16", fast=no_device),
+          "--dtype: bfloat16 is not supported natively by cuda:0")
+    fails(capsys, [*track, "--device-map", "cuda:0", "--dtype", "bfloat16", str(tiny.llama.witness)],
+          "--dtype: bfloat16 is not supported natively by cuda:0")
+    assert not bad.exists()

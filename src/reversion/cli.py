@@ -13,23 +13,40 @@ stage (:mod:`reversion.stages.track`) on a
 :class:`~reversion.subjects.checkpoints.reader.CheckpointReader`.
 
 Checkpoints are local Hugging Face folders (``config.json`` + weights); nothing is
-downloaded. Models load one at a time, on CUDA when present (``--device``), in their
-saved dtype (``--dtype``). Prompts go through the tokenizer's chat template when it has
-one (``--chat-template``). Argument problems (a missing path, checkpoints of different
-families or widths, an empty prompt file, a layer out of range) end with a message
-naming the argument and exit status 2.
+downloaded. Models load one at a time, on CUDA when present (``--device``), or straight where
+``--device-map`` puts them (``auto``: over every GPU, then CPU RAM), in their saved dtype
+(``--dtype``). Prompts go through the tokenizer's chat template when it has one
+(``--chat-template``). ``estimate`` shows its progress on stderr when that is a terminal
+(``--quiet``: never).
+
+Exit status: 0 done; 2 an argument problem (a missing path, checkpoints of different families
+or widths, an empty prompt file, a layer out of range, a device the machine lacks, a dtype it
+cannot run), with a message naming the argument and the usage; 1 a failure after the arguments
+were accepted -- a model that does not load, or memory that runs out (a model too large for the
+memory free is found before loading) -- with one line naming the cause and, for memory, the
+settings to try; 130 interrupted (Ctrl-C), with "stopped" on stderr, after keeping what was
+done: ``track`` has written every row it read, ``estimate`` leaves nothing at ``--out``.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
 from reversion.infra.checks import check_int
-from reversion.subjects.checkpoints.files import DTYPES, CheckpointError, checkpoint_or_adapter, torch_dtype
+from reversion.subjects.checkpoints.files import (
+    DTYPES,
+    CheckpointError,
+    LoadError,
+    checkpoint_or_adapter,
+    parse_device_map,
+    torch_dtype,
+)
 
 __all__ = ["main", "build_parser"]
 
@@ -66,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="weights' dtype: auto = as saved (default)")
     common.add_argument("--device", default="auto",
                         help="torch device: auto = cuda when available, else cpu (default)")
+    common.add_argument("--device-map", metavar="auto|DEVICE|JSON",
+                        help="load the weights straight onto devices (from_pretrained's device_map) rather "
+                             "than into CPU memory and then to --device: auto = spread over every GPU, then "
+                             "CPU RAM; a device (cuda:0, cpu); or a JSON object of module names to devices")
     common.add_argument("--batch-size", type=int, default=16, metavar="N",
                         help="prompts per forward pass (default 16)")
     common.add_argument("--prompt-field", default="prompt", metavar="NAME",
@@ -97,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     est.add_argument("--min-stability", type=float, default=0.9, metavar="X",
                      help="split-half stability a layer needs to be chosen automatically (default 0.9)")
     est.add_argument("--seed", type=int, default=0, help="seed of the null and the bootstrap (default 0)")
+    est.add_argument("--quiet", action="store_true",
+                     help="no progress bar on stderr (shown only when stderr is a terminal)")
 
     tr = sub.add_parser(
         "track", parents=[common], help="alignment of drift with v_rev for a list of checkpoints (or a folder)",
@@ -172,6 +195,15 @@ def _device_dtype(args):
     return device, dtype
 
 
+def _device_map(args):
+    """``--device-map`` as ``from_pretrained`` takes it (None when not given); an explicit
+    ``--device`` beside it is an argument error (the map says where everything goes)."""
+    device_map = parse_device_map("--device-map", args.device_map)
+    if device_map is not None and args.device != "auto":
+        raise _Fail(f"--device-map: give --device or --device-map, not both (got --device {args.device})")
+    return device_map
+
+
 def _fmt(x: Any, spec: str = ".4f") -> str:
     if x is None:
         return "-"
@@ -192,8 +224,9 @@ def _subject(args):
         _device_dtype(args)  # a bad --device is an argument error
     given = {"witness": args.witness, "aligned": args.aligned, "pretrained": args.pretrained,
              "prompts": args.prompts, "harmless": args.harmless, "tokenizer": args.tokenizer,
-             "base": args.base, "dtype": args.dtype}
-    absolute = {k: (str(Path(v).absolute()) if k != "dtype" else v) for k, v in given.items() if v}
+             "base": args.base, "dtype": args.dtype, "device_map": _device_map(args)}
+    absolute = {k: (str(Path(v).absolute()) if k not in ("dtype", "device_map") else v)
+                for k, v in given.items() if v is not None and v != ""}
     try:
         return from_parameters(absolute, naming="flag", split_prompts=False,
                                chat_template=CHAT_TEMPLATE[args.chat_template], prompt_field=args.prompt_field,
@@ -203,6 +236,40 @@ def _subject(args):
         raise
     except ValueError as exc:
         raise _Fail(str(exc)) from None
+
+
+class _Progress:
+    """The subject as :func:`~reversion.stages.estimate.measure` reads it, with a progress bar on
+    stderr: :meth:`load` shows which checkpoint is loading, and a forward pre-hook on each loaded
+    model's input embeddings counts the prompts of every batch it reads. The total is what
+    ``measure`` reads: the probes through each model, the harmless prompts through theta_S and the
+    probes again through the witness (its first answer token). Everything else is the subject's."""
+
+    def __init__(self, subject):
+        from tqdm import tqdm
+
+        prompts = subject.prompts()
+        roles = subject.roles()
+        total = len(prompts.vrev) * (len(roles) + ("theta_H" in roles)) + len(prompts.harmless or ())
+        self._subject = subject
+        self.bar = tqdm(total=total, desc="estimate", unit="prompt", file=sys.stderr, leave=False, mininterval=0.5)
+
+    def __getattr__(self, name: str):
+        return getattr(self._subject, name)
+
+    def load(self, role: str, **kw):
+        self.bar.set_description(f"loading {role}")
+        model = self._subject.load(role, **kw)
+        self.bar.set_description(role)
+        model.get_input_embeddings().register_forward_pre_hook(self._count)
+        return model
+
+    def _count(self, module, args) -> None:
+        if args and hasattr(args[0], "shape"):
+            self.bar.update(int(args[0].shape[0]))
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def cmd_estimate(args) -> int:
@@ -232,16 +299,24 @@ def cmd_estimate(args) -> int:
     templated = CHAT_TEMPLATE[args.chat_template] is True or (
         args.chat_template == "auto" and has_chat_template(subject.tok))
     device, _ = _device_dtype(args)
+    where = f"device {device.type}" if subject.device_map is None else f"device map {args.device_map}"
     print(f"reversion estimate: {arch['model_type']}, L={L} layers, d={arch['hidden_size']}; "
           f"{len(prompts.vrev)} harmful prompts" + (f", {len(prompts.harmless)} harmless" if prompts.harmless else "")
-          + f"; chat template {'on' if templated else 'off'}; position {args.position}; device {device.type}")
+          + f"; chat template {'on' if templated else 'off'}; position {args.position}; {where}")
     meta = {"checkpoints": {"witness": args.witness, "aligned": args.aligned, "pretrained": args.pretrained},
             "prompts_file": args.prompts, "prompts_sha256": file_sha256(args.prompts),
             "chat_template": templated, **arch, "reversion_version": __version__}
+    # Progress only for a person watching: a log or a pipe gets stdout's lines and nothing else.
+    shown = _Progress(subject) if not args.quiet and sys.stderr.isatty() else None
     try:
-        est = measure(subject, len(prompts.vrev), args.position, args.n_boot, args.min_stability, meta)
+        est = measure(shown or subject, len(prompts.vrev), args.position, args.n_boot, args.min_stability, meta)
+    except LoadError:  # a model that does not load: a failure (status 1), not an argument error
+        raise
     except ValueError as exc:  # no direction: the message names the flags (the subject names its inputs)
         raise _Fail(str(exc)) from None
+    finally:
+        if shown is not None:
+            shown.close()
     dirs = est.directions
     matched = matched_p99_by_layer(est.acts["S"], dirs.v_rev, args.n_null,
                                    seeding.rng(args.seed, "reversion-cli-estimate"))
@@ -258,7 +333,11 @@ def cmd_estimate(args) -> int:
             "matched_p99": matched, "isotropic_p99": stats.isotropic_cos_quantile(d, 0.99),
             "n_null": args.n_null, "n_boot": args.n_boot, "seed": args.seed}
     dirs = Directions(dirs.v_rev, dirs.v_P, dirs.r_S, dirs.displacement_norm, dirs.activation_norm, meta)
-    dirs.save(out)
+    # Written whole or not at all: into a temporary folder beside --out (removed whatever happens,
+    # Ctrl-C included), then renamed onto it.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
+        os.replace(dirs.save(Path(tmp) / out.name), out)
 
     print(f"{'layer':>5} {'displacement':>12} {'relative':>9} {'stability':>9} {'matched p99':>11}")
     for l in range(L + 1):
@@ -345,9 +424,11 @@ def cmd_track(args) -> int:
     try:
         dirs = read_directions(args.directions, "--directions")
         device, _ = _device_dtype(args)
+        device_map = _device_map(args)
         reader = CheckpointReader(args.aligned, args.prompts, base=args.base, tokenizer=args.tokenizer,
                                   chat_template=CHAT_TEMPLATE[args.chat_template], prompt_field=args.prompt_field,
-                                  dtype=args.dtype, device=device, batch_size=args.batch_size, naming="flag")
+                                  dtype=args.dtype, device=device if device_map is None else None,
+                                  batch_size=args.batch_size, naming="flag", device_map=device_map)
         t = Tracker(dirs, reader, layer=args.layer, all_layers=args.all_layers, threshold=args.threshold,
                     position=args.position, names=TRACK_NAMES, threshold_null=args.threshold_null)
         for c in ckpts:
@@ -358,7 +439,7 @@ def cmd_track(args) -> int:
     print(f"reversion track: layer {t.layer}; threshold {t.threshold:.4f} ({t.threshold_source}); "
           f"{t.n_prompts} prompts" + (" (the estimate's own prompts: a disjoint set avoids shared noise)"
                                       if t.same_prompts else ""))
-    finished = False
+    finished = stopped = False
     try:
         t.reference()
         out.header()
@@ -368,14 +449,14 @@ def cmd_track(args) -> int:
             watch(t, args.watch, lambda readings: out.add(readings, t.layer), interval=args.interval,
                   max_polls=args.max_polls)
         finished = True
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # every row read so far is written already: keep the file
         print("stopped", file=sys.stderr)
-        finished = True
+        finished = stopped = True
     finally:
         out.close(finished)
     if args.out:
         print(f"wrote {args.out}")
-    return 0
+    return 130 if stopped else 0
 
 
 # --------------------------------------------------------------------------- main
@@ -394,9 +475,45 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return {"estimate": cmd_estimate, "track": cmd_track}[args.command](args)
+    except LoadError as exc:  # the arguments were fine, the model is not: a failure, no usage
+        return _failed(args, str(exc))
     except _Fail as exc:
         args._sub.error(str(exc))  # exits with status 2, message on stderr
+    except KeyboardInterrupt:
+        print("stopped", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        from reversion.core.models import OUT_OF_MEMORY  # torch: loaded by the commands already
+
+        if not isinstance(exc, OUT_OF_MEMORY):
+            raise
+        return _failed(args, _out_of_memory(args, exc))
     return 2  # pragma: no cover
+
+
+def _failed(args, message: str) -> int:
+    """Status 1 and one line on stderr naming the cause."""
+    print(f"reversion {args.command}: error: {' '.join(message.split())}", file=sys.stderr)
+    return 1
+
+
+def _out_of_memory(args, exc: BaseException) -> str:
+    """What ran out, and the settings to try: those a model found too large before loading says
+    fit (:class:`~reversion.core.models.ModelTooLarge`), else the ones that lower memory and are
+    not set already."""
+    from reversion.core.models import ModelTooLarge
+
+    if isinstance(exc, ModelTooLarge):
+        return f"out of memory: {exc.message(flags=True)}"
+    tries = []
+    if args.dtype not in ("bfloat16", "float16"):
+        tries.append("--dtype bfloat16 (float16 on a GPU without bfloat16)")
+    if args.device_map != "auto":
+        tries.append("--device-map auto (spreads the layers over every GPU, then CPU RAM)")
+    if args.batch_size > 1:
+        tries.append(f"a smaller --batch-size (now {args.batch_size})")
+    cause = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return f"out of memory ({cause})" + (f"; try {', '.join(tries)}" if tries else "")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -36,14 +36,16 @@ from reversion.core.grouped import GroupedGPT2, NonFiniteLoss, stack_batches, st
 from reversion.core.interventions import GroupTerms
 from reversion.core.models import default_device, load_model, save_model
 from reversion.core.tracking import ProbeTracker
+from reversion.core.train_settings import autocast, wrap_lora
 from reversion.core.training import FinetuneConfig, adamw, train
 from reversion.infra import cache, kernels, parallel, seeding
 from reversion.infra.provenance import code_of
 from reversion.infra.runtime import set_cpu_threads
+from reversion.stages.trainer_loop import trainer_train
 from reversion.subjects.base import Pair, Prompts, Subject, TrainingData, identity
 
 __all__ = ["FinetuneRun", "Intervention", "Job", "aligned_evaluation", "build_group", "finetune", "finetune_many",
-           "load_run", "train_with", "write_run"]
+           "load_run", "train_with", "train_with_trainer", "write_run"]
 
 # The modules whose code decides a run (cache keys hash their import closure), with the
 # subject's and the intervention's own modules (see ``_code``).
@@ -115,8 +117,10 @@ def threads(subject: Subject) -> None:
 
 
 def _key(subject: Subject, ft: FinetuneConfig, intervention: Intervention | None) -> dict:
-    return {"subject": subject.key(), "finetune": dataclasses.asdict(ft),
-            "intervention": intervention.key() if intervention is not None else None}
+    key = {"subject": subject.key(), "finetune": dataclasses.asdict(ft),
+           "intervention": intervention.key() if intervention is not None else None}
+    training = getattr(subject, "training", None)  # how a real checkpoint trains (the organism: its loop)
+    return key if training is None else {**key, "training": training.key()}
 
 
 def aligned_evaluation(subject: Subject, ft: FinetuneConfig) -> dict:
@@ -153,7 +157,9 @@ def finetune(subject: Subject, ft: FinetuneConfig, intervention: Intervention | 
     AdamW at a constant learning rate on the subject's benign batches; after every step the
     mean drift-probe activation at every layer; on ``ft.grid`` the subject's evaluation.
     Trained weights are float32 whatever dtype the subject reads its models in: AdamW steps
-    of a small learning rate round away on half-precision weights.
+    of a small learning rate round away on half-precision weights. A subject with ``training``
+    settings (your checkpoints) trains through ``transformers.Trainer`` instead
+    (:func:`train_with_trainer`: LoRA by default, whose frozen base keeps the subject's dtype).
     """
     subject.check(ft)
     key = _key(subject, ft, intervention)
@@ -166,6 +172,10 @@ def finetune(subject: Subject, ft: FinetuneConfig, intervention: Intervention | 
 
     def build(out: Path) -> None:
         t0 = time.perf_counter()
+        if getattr(subject, "training", None) is not None:
+            model, losses, means, evals = train_with_trainer(subject, ft, intervention, progress=progress)
+            write_run(out, means, losses, evals, t0)
+            return
         seeding.seed_everything(ft.seed)
         threads(subject)
         model = subject.load("theta_S", dtype=torch.float32)  # on the subject's device
@@ -189,14 +199,16 @@ def finetune(subject: Subject, ft: FinetuneConfig, intervention: Intervention | 
 
 
 def train_with(model, pairs: Iterator[list[Pair]], ft: FinetuneConfig, intervention: Intervention | None,
-               data: TrainingData, prompts: Prompts, tracker, judge, device, progress: bool):
+               data: TrainingData, prompts: Prompts, tracker, judge, device, progress: bool, fit=None):
     """The fine-tuning loop of a run: ``(losses, means, evals)``.
 
     ``tracker(model)`` (drift probes' means) runs at step 0 and after every step ``ft.tracked``
     (NaN rows between);
     ``judge(step, model)`` at step 0 and on ``ft.grid``; both see the model without a
     training-time edit. The intervention is set up on ``(data, prompts)`` after step 0 and
-    always torn down.
+    always torn down. ``fit(model, batches, on_step)``: the optimizer loop (default
+    :func:`reversion.core.training.train` with the intervention's term; the Trainer's is
+    :func:`train_with_trainer`'s).
     """
     means, evals, grid = [tracker(model)], {0: judge(0, model)}, set(ft.grid)
     paused = getattr(intervention, "paused", contextlib.nullcontext)
@@ -213,12 +225,55 @@ def train_with(model, pairs: Iterator[list[Pair]], ft: FinetuneConfig, intervent
         pairs = intervention.batches(pairs, data, ft)
         aux = intervention.aux_loss
     try:
-        losses = train(model, _collated(pairs, prompts.pad_id, device), ft.steps, ft.lr,
-                       desc=f"finetune seed {ft.seed}", aux_loss=aux, on_step=on_step, progress=progress)
+        batches = _collated(pairs, prompts.pad_id, device)
+        losses = train(model, batches, ft.steps, ft.lr, desc=f"finetune seed {ft.seed}", aux_loss=aux,
+                       on_step=on_step, progress=progress) if fit is None else fit(model, batches, on_step)
         return losses, means, evals
     finally:
         if intervention is not None:
             intervention.teardown()
+
+
+def train_with_trainer(subject: Subject, ft: FinetuneConfig, intervention: Intervention | None = None, *,
+                       callbacks: Sequence = (), progress: bool = False):
+    """A run of a subject with ``training`` settings (your checkpoints) through ``transformers.Trainer``
+    (:func:`reversion.stages.trainer_loop.trainer_train`): ``(model, losses, means, evals)``.
+
+    theta_S is read in float32 for full fine-tuning and in the subject's dtype under LoRA (only the
+    adapters train, in float32). Drift probes and judge run under the training's autocast; step 0
+    is the cached evaluation of theta_S only where the run is float32 throughout (elsewhere it is
+    judged on the run's own model, so a rise carries no precision offset). ``callbacks``: further
+    ``TrainerCallback``s (e.g. a ``ReversionMonitor``).
+    """
+    settings = subject.training
+    seeding.seed_everything(ft.seed)
+    threads(subject)
+    model = subject.load("theta_S", dtype=torch.float32 if settings.method == "full" else None)
+    if settings.method == "lora":
+        model = wrap_lora(model, settings)
+    device = model_device(model)
+    cast = settings.autocast_dtype(device)
+    float32 = cast is None and all(p.dtype == torch.float32 for p in model.parameters())
+    prompts = subject.prompts(ft.n_probe)
+    probe = ProbeTracker(model, prompts.drift, "all", pad_id=prompts.pad_id, batch_size=subject.tracking_batch_size)
+
+    def tracker(m):
+        with autocast(device, cast):
+            return probe(m)
+
+    def judge(step: int, m) -> dict:
+        if step == 0 and float32:
+            return aligned_evaluation(subject, ft)
+        with autocast(device, cast):
+            return subject.evaluate(m, ft, full=step == ft.steps)
+
+    def fit(m, batches, on_step):
+        return trainer_train(m, batches, ft.steps, ft.lr, ft.seed, settings, term=intervention, on_step=on_step,
+                             callbacks=callbacks, progress=progress)
+
+    losses, means, evals = train_with(model, subject.benign_batches(ft), ft, intervention, subject.training_data(),
+                                      prompts, tracker, judge, device, progress, fit=fit)
+    return model, losses, means, evals
 
 
 GROUP_MAX = 8

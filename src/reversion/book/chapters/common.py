@@ -7,6 +7,7 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from reversion.core.train_settings import CHECKPOINT_FINETUNE
 from reversion.infra.checks import check_int
 from reversion.infra.results import write_metrics
 from reversion.subjects.base import Subject, identity
@@ -31,6 +32,8 @@ class WorldParams:
         field of :class:`World` (e.g. ``n_seeds``), then ``top``; fine-tuning fields in
         ``top["finetune"]`` are merged."""
         over = dict(self.world_overrides)
+        if getattr(self, "checkpoints", None):  # your checkpoints fine-tune with their own defaults
+            over["finetune"] = {**CHECKPOINT_FINETUNE, **over.get("finetune", {})}
         own = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name in _WORLD_FIELDS}
         top = {**own, **top}
         if "finetune" in top:
@@ -66,8 +69,10 @@ class SubjectParams(WorldParams):
     ``aligned``, ``prompts`` (and ``finetune_data`` where the chapter fine-tunes) runs the same
     chapter on your own Hugging Face checkpoints (keys:
     :data:`reversion.subjects.checkpoints.subject.CHECKPOINT_KEYS`). In checkpoint mode the
-    fine-tuning schedule is the world's (``world_overrides={"finetune": {"lr": ..., "steps": ...,
-    "batch_size": ..., "eval_steps": [...]}}``)."""
+    fine-tuning schedule starts from :data:`reversion.core.train_settings.CHECKPOINT_FINETUNE`, not
+    the organism's, and ``world_overrides={"finetune": {"lr": ..., "steps": ..., "batch_size": ...,
+    "eval_steps": [...]}}`` changes it; ``checkpoints['training']`` says how it trains (LoRA by
+    default)."""
 
     checkpoints: dict = field(default_factory=dict)
     """Your own checkpoints instead of the organism ({} = the organism); see the README."""

@@ -2,21 +2,28 @@
 
 The checks raise :class:`CheckpointError`, a ``ValueError`` whose message starts with the
 argument at fault (``--witness``, ``parameter 'aligned'``, ...): the command line turns it
-into a usage error, the notebooks let it through as it is. Nothing heavy is imported here
+into a usage error, the notebooks let it through as it is (its subclass :class:`LoadError`, a
+model that passed the checks but does not load, is a failure: exit status 1). Nothing heavy is imported here
 at module level, so ``reversion --help`` stays fast.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-"""Weight dtypes a user may ask for (``auto`` = as saved)."""
+"""Weight dtypes a user may ask for by name (``auto`` = as saved; :func:`torch_dtype`)."""
 
 
 class CheckpointError(ValueError):
     """A bad checkpoint or input argument; the message names the argument."""
+
+
+class LoadError(CheckpointError):
+    """A checkpoint that passed every check but could not be loaded (truncated weights, a library
+    error): the message names the argument and the cause. Not an argument problem: the command
+    line exits with status 1 and the cause, not with a usage error."""
 
 
 def checkpoint_folder(name: str, path: str | Path) -> Path:
@@ -60,15 +67,51 @@ def check_same_arch(ref_name: str, ref: dict, name: str, other: dict) -> None:
                               f"{ref['num_hidden_layers']}; layers do not correspond")
 
 
-def torch_dtype(name: str):
-    """The ``torch.dtype`` of a :data:`DTYPES` name (``"auto"`` stays ``"auto"``: as saved)."""
-    if name not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {name!r}")
-    if name == "auto":
-        return "auto"
+def torch_dtype(name: Any, param: str = "dtype"):
+    """The ``torch.dtype`` of a :data:`DTYPES` name (``"auto"`` stays ``"auto"``: as saved; a
+    ``torch.dtype`` is returned as it is), else a ``ValueError`` naming ``param``. What a device
+    cannot run is :func:`reversion.core.models.check_dtype`'s to refuse (it knows the devices)."""
     import torch
 
+    if isinstance(name, torch.dtype):
+        return name
+    if name not in DTYPES:
+        raise ValueError(f"{param} must be one of {', '.join(DTYPES)}, got {name!r}")
+    if name == "auto":
+        return "auto"
     return getattr(torch, name)
+
+
+def parse_device_map(name: str, value: Any) -> Any:
+    """A ``device_map`` as users write it, or None (not given): ``"auto"`` (accelerate's other
+    strategies too), a device (``"cuda:0"``, ``"cpu"``, a GPU index as an int or digits), a
+    ``{module: device}`` mapping, or that mapping as JSON text (``--device-map '{"": 0}'``).
+    Only the form is checked here (a :class:`CheckpointError` naming ``name``); whether the devices
+    exist is :func:`reversion.core.models.placement`'s check."""
+    import json
+
+    if value is None or value == "":
+        return None
+    if isinstance(value, str) and value.lstrip().startswith("{"):
+        try:
+            value = json.loads(value)
+        except ValueError as exc:
+            raise CheckpointError(f"{name}: not a JSON object: {value!r} ({exc})") from None
+    if isinstance(value, str):
+        value = value.strip()
+        return int(value) if value.isdigit() else value
+    if isinstance(value, bool) or not isinstance(value, (int, Mapping)):
+        raise CheckpointError(f"{name}: expected 'auto', a device ('cuda:0', 'cpu') or a mapping of module "
+                              f"names to devices, got {value!r}")
+    if isinstance(value, Mapping):
+        bad = [k for k, v in value.items() if not isinstance(k, str) or isinstance(v, bool)
+               or not isinstance(v, (str, int))]
+        if bad:
+            raise CheckpointError(f"{name}: a mapping of module names (strings) to devices ('cuda:0', 'cpu', a "
+                                  f"GPU index); bad entr{'y' if len(bad) == 1 else 'ies'}: "
+                                  f"{', '.join(f'{k!r}: {value[k]!r}' for k in bad)}")
+        return dict(value)
+    return value
 
 
 # --------------------------------------------------------------------------- LoRA adapters

@@ -24,12 +24,13 @@ from typing import Any, Sequence
 import torch
 
 from reversion.core.activations import mean_activations
-from reversion.core.models import default_device, load_model
+from reversion.core.models import OUT_OF_MEMORY, check_adapter, default_device, load_model, preflight
 from reversion.infra.checks import check_choice, check_int
 from reversion.infra.runtime import free_memory
 from reversion.subjects.checkpoints.files import (
     DTYPES,
     CheckpointError,
+    LoadError,
     adapter_base_name,
     arch_of,
     check_same_arch,
@@ -77,14 +78,15 @@ class CheckpointReader:
     ``base``: the model LoRA adapter checkpoints apply to (default ``aligned``); ``tokenizer``:
     its folder (default the aligned one's); ``chat_template``: ``"auto"`` (when the tokenizer
     has one), True or False; ``dtype``: one of :data:`~reversion.subjects.checkpoints.files.DTYPES`
-    (``auto`` = as saved); ``device``: None = CUDA when present; ``batch_size``: prompts per
-    forward; ``naming``: ``"parameter"`` (errors name ``aligned``) or ``"flag"`` (``--aligned``).
+    (``auto`` = as saved); ``device``: None = CUDA when present; ``device_map``: where
+    ``from_pretrained`` puts the weights instead (``"auto"``, a device, a mapping; see
+    :func:`reversion.core.models.load_model`); ``batch_size``: prompts per forward; ``naming``: ``"parameter"`` (errors name ``aligned``) or ``"flag"`` (``--aligned``).
     """
 
     def __init__(self, aligned: str | Path, prompts: str | Path, *, base: str | Path | None = None,
                  tokenizer: str | Path | None = None, chat_template: Any = "auto", prompt_field: str = "prompt",
                  dtype: str = "auto", device: str | torch.device | None = None, batch_size: int = 16,
-                 naming: str = "parameter"):
+                 naming: str = "parameter", device_map: Any = None):
         check_choice("naming", naming, NAMINGS)
         self.naming = naming
         check_int("batch_size", batch_size, 1)
@@ -115,6 +117,12 @@ class CheckpointReader:
         self.device = torch.device(device) if device is not None else default_device()
         self._base_given = base is not None
         self.base = checkpoint_folder(self._name("base"), base) if base is not None else self.aligned
+        self.device_map = device_map
+        self._device = device
+        # devices that exist, a dtype they run, weights that fit: before any model is read
+        self._preflight(self.name, self.aligned)
+        if base is not None:
+            self._preflight(self._name("base"), self.base)
         self._base_arch: dict | None = None
         self._peft = None
         self._n_adapters = 0
@@ -123,6 +131,14 @@ class CheckpointReader:
 
     def _name(self, key: str) -> str:
         return f"--{key.replace('_', '-')}" if self.naming == "flag" else key
+
+    def _preflight(self, name: str, path: Path) -> None:
+        """:func:`reversion.core.models.preflight` of ``path``, its errors naming the inputs."""
+        names = {**{k: self._name(k) for k in ("device", "device_map", "dtype")}, "checkpoint": name}
+        try:
+            preflight(path, self._device, self.dtype, self.device_map, names)
+        except ValueError as exc:
+            raise CheckpointError(str(exc)) from None
 
     @property
     def name(self) -> str:
@@ -145,6 +161,7 @@ class CheckpointReader:
         path, adapter = checkpoint_or_adapter(name, path)
         if not adapter:
             check_same_arch(self.name, self.arch, name, arch_of(read_config(name, path)))
+            self._preflight(name, path)
             return
         base_name = self._name("base") if self._base_given else self.name
         if self._base_arch is None:
@@ -154,6 +171,10 @@ class CheckpointReader:
         if named and Path(named).is_dir() and Path(named).resolve() != self.base.resolve():
             raise CheckpointError(f"{name}: the adapter was trained on {named}, not on the base {self.base} "
                                   f"(pass {self._name('base')} with the model it was trained on)")
+        try:  # its shapes against the base's, before the base is loaded
+            check_adapter(path, self.base, name, base_name)
+        except ValueError as exc:
+            raise CheckpointError(str(exc)) from None
 
     # ------------------------------------------------------------------ reading
 
@@ -170,10 +191,13 @@ class CheckpointReader:
 
     def _load(self, name: str, path: Path):
         try:
+            if self.device_map is not None:
+                return load_model(path, dtype=self.dtype, device_map=self.device_map)
             return load_model(path, self.device, self.dtype)
+        except OUT_OF_MEMORY:  # reported as memory, with the settings to try
+            raise
         except Exception as exc:
-            raise CheckpointError(f"{name}: could not load the model at {path} ({type(exc).__name__}: {exc})") \
-                from None
+            raise LoadError(f"{name}: could not load the model at {path} ({type(exc).__name__}: {exc})") from None
 
     def _mean_of(self, name: str, model, layers: Sequence[int], position: str) -> torch.Tensor:
         try:

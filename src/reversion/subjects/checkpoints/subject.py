@@ -21,9 +21,10 @@ How the inputs are used (the organism draws each set from its own split):
   one (``chat_template="auto"``).
 * **harmfulness**: the share of held-out harmful prompts whose greedy continuation
   (``max_new_tokens``) :class:`~reversion.subjects.checkpoints.refusal_judge.RefusalPhraseJudge`
-  calls harmful compliance (non-empty, no refusal phrase); **non_refusal**: the share with
-  no refusal phrase; **task cost**: loss per response token on the held-out benign pairs.
-  There is no exact-match task accuracy.
+  calls harmful compliance (non-empty, no refusal phrase), or the local guard model given as
+  ``judge`` (:class:`~reversion.subjects.checkpoints.guard_judge.GuardJudge`); **non_refusal**:
+  the share with no refusal phrase (whatever the judge); **task cost**: loss per response
+  token on the held-out benign pairs. There is no exact-match task accuracy.
 * **safety examples** (rehearsal, the alignment-mix control): a harmful prompt of the
   estimation half answered with ``refusal_response``.
 
@@ -43,24 +44,37 @@ from types import SimpleNamespace
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
+import torch
 
 from reversion.core.generation import answer_loss
-from reversion.core.models import default_device, load_model, merged_adapter
+from reversion.core.models import (
+    OUT_OF_MEMORY,
+    check_adapter,
+    default_device,
+    load_model,
+    merged_adapter,
+    placement,
+    preflight,
+)
+from reversion.core.train_settings import TrainSettings, lora_targets_missing
 from reversion.infra import seeding
 from reversion.infra.checks import check_choice, check_int
 from reversion.infra.paths import resolve
 from reversion.subjects.base import Pair, Prompts, Vocabulary
 from reversion.subjects.checkpoints.files import (
     DTYPES,
+    LoadError,
     adapter_base_name,
     arch_of,
     check_same_arch,
     checkpoint_folder,
     checkpoint_or_adapter,
     is_adapter,
+    parse_device_map,
     read_config,
     torch_dtype,
 )
+from reversion.subjects.checkpoints.guard_judge import DEFAULT_JUDGE_NAME, GuardJudge, with_refusal_rule
 from reversion.subjects.checkpoints.refusal_judge import RefusalPhraseJudge, judge_rates
 from reversion.subjects.checkpoints.textdata import (
     encode_pairs,
@@ -101,12 +115,23 @@ CHECKPOINT_KEYS = {
                  "adapter without one); its chat template is applied",
     "dtype": f"dtype of the models only read: {', '.join(DTYPES)} (default auto = as saved); "
              "fine-tuned weights are always float32",
+    "device_map": "where the models' weights load, straight from the files: 'auto' (spread over every GPU, "
+                  "then CPU RAM), a device ('cuda:0', 'cpu') or a mapping of module names to devices; "
+                  "default: none (loaded in CPU memory, then moved to the device: CUDA when present)",
     "refusal_response": f"answer of the safety examples (default {DEFAULT_REFUSAL!r})",
     "max_new_tokens": "greedy tokens judged per held-out harmful prompt (default 32)",
+    "judge": "the judge of harmfulness: a local guard model folder, a Llama-Guard-style causal LM whose "
+             "tokenizer has a chat template or a sequence classifier (default: the refusal-phrase rule)",
+    "judge_unsafe_label": "the class of a sequence-classifier judge that means unsafe (default: its one label "
+                          "named unsafe, harmful or toxic)",
     "second_witness": "a second helpful-only witness theta_H' (chapter 'Which past?' only, with "
                       "second_aligned): its lineage is fine-tuned beside yours for the witness crossover",
     "second_aligned": "the safety-aligned model theta_S' of second_witness's lineage (chapter 'Which past?' "
                       "only); fine-tuned like aligned",
+    "training": "how fine-tuning trains (transformers.Trainer): a mapping of "
+                "reversion.core.train_settings.TrainSettings fields -- method (lora, the default, or full), "
+                "lora_r, lora_alpha, lora_target_modules, precision, gradient_checkpointing, "
+                "gradient_accumulation_steps, lr_scheduler, ...",
 }
 """The keys of the chapters' ``checkpoints`` parameter, with what each is."""
 SECOND_LINEAGE_KEYS = ("second_witness", "second_aligned")
@@ -173,6 +198,17 @@ class CheckpointSubject:
     """The model LoRA adapter checkpoints apply to (merged into it when loaded)."""
     naming: str = "checkpoints"
     """How errors name an input: ``"checkpoints"`` (``checkpoints['witness']``) or ``"flag"`` (``--witness``)."""
+    device_map: Any = None
+    """``from_pretrained``'s ``device_map`` for every model loaded (``"auto"``, a device, a mapping of
+    module names to devices); None: loaded in CPU memory, then moved to :attr:`device`."""
+    judge: Path | None = None
+    """A local guard model folder that judges harmfulness (:attr:`guard`); None: the refusal-phrase rule."""
+    judge_unsafe_label: str | None = None
+    """The class of a sequence-classifier ``judge`` that means unsafe (None: found from its labels)."""
+    training: TrainSettings | None = TrainSettings()
+    """How fine-tuning trains: ``transformers.Trainer`` with these settings (LoRA by default); None:
+    the organism's own loop (:func:`reversion.core.training.train`), which the Trainer matches
+    with :meth:`TrainSettings.matching_the_loop`."""
 
     kind = "checkpoints"
     parallel = False
@@ -214,7 +250,8 @@ class CheckpointSubject:
             "config_sha256": {k: self.identities[k]["json_sha256"].get("config.json")
                               for k in ("witness", "aligned", "pretrained") if k in self.identities},
             "dtype": self.dtype, "refusal_response": self.refusal_response,
-            "max_new_tokens": self.max_new_tokens, **self.arch(),
+            "max_new_tokens": self.max_new_tokens, **self.arch(), "judge": self.judge_name,
+            "training": None if self.training is None else self.training.key(),
         }
 
     @functools.cached_property
@@ -222,13 +259,20 @@ class CheckpointSubject:
         """:func:`checkpoint_identity` of each folder, read once per subject (every stage's
         cache key needs them, and hashing a tokenizer is not free)."""
         return {k: checkpoint_identity(getattr(self, k))
-                for k in ("witness", "aligned", "pretrained", "tokenizer", "base") if getattr(self, k) is not None}
+                for k in ("witness", "aligned", "pretrained", "tokenizer", "base", "judge")
+                if getattr(self, k) is not None}
 
     def key(self) -> dict[str, Any]:
-        """Cache identity: :meth:`record`, the folders' identity and how prompts are read."""
-        return {**self.record(), "folders": self.identities, "batch_size": self.batch_size,
+        """Cache identity: :meth:`record` (the training settings aside: stage ``finetune`` keys them,
+        so an estimate does not depend on them), the folders' identity and how prompts are read."""
+        record = {k: v for k, v in self.record().items() if k != "training"}
+        if self.judge is None:  # the default rule left out: the key it had before a judge could be chosen
+            del record["judge"]
+        return {**record, "folders": self.identities, "batch_size": self.batch_size,
                 "split_prompts": self.split_prompts, "chat_template": self.chat_template,
-                "prompt_field": self.prompt_field, "seed": self.seed, "device": self.device}
+                "prompt_field": self.prompt_field, "seed": self.seed, "device": self.device,
+                # only when given: the keys of runs without one stay as they were
+                **({"device_map": self.device_map} if self.device_map is not None else {})}
 
     def arch(self) -> dict:
         return dict(self.architecture or {})
@@ -262,9 +306,12 @@ class CheckpointSubject:
                  "v_rev is estimated on rows 0, 2, 4, ... of the prompt file; drift is measured (and "
                  "harmfulness judged) on rows 1, 3, 5, ...; the organism's world and n_probe do not apply."]
         if ft is not None:
-            notes.append(f"Fine-tuning: AdamW, lr {ft.lr:g}, {ft.steps} steps, batch {ft.batch_size}, on the first "
-                         "75% of the benign pairs (set with world_overrides['finetune']). Harmfulness: refusal-"
-                         f"phrase judge on {self.max_new_tokens} greedy tokens; task cost: held-out loss per "
+            how = "the book's own loop, full fine-tuning" if self.training is None else self.training.describe()
+            notes.append(f"Fine-tuning: {how}; AdamW, lr {ft.lr:g}, {ft.steps} steps, batch {ft.batch_size}, on the "
+                         "first 75% of the benign pairs (set with world_overrides['finetune'] and "
+                         "checkpoints['training']). Harmfulness: "
+                         f"{'refusal-phrase judge' if self.guard is None else self.guard.describe()} on "
+                         f"{self.max_new_tokens} greedy tokens; task cost: held-out loss per "
                          "response token (there is no task accuracy for text). Safety examples (rehearsal, "
                          "chapter 04's control runs): harmful prompts of the estimation half answered with "
                          f"refusal_response ({self.refusal_response!r}); block and push look at that half too.")
@@ -282,24 +329,30 @@ class CheckpointSubject:
 
     def load(self, role: str, *, dtype=None, device=None):
         """The checkpoint of ``role`` (local files only) in ``dtype`` (default: the subject's),
-        on ``device`` (default: the subject's, else CUDA when present), in eval mode."""
+        on ``device`` (default: the subject's :attr:`device_map` when it has one, else its device, else
+        CUDA when present), in eval mode. A model that does not load is a
+        :class:`~reversion.subjects.checkpoints.files.LoadError` naming its key; running out of memory
+        (:data:`~reversion.core.models.OUT_OF_MEMORY`) is let through as it is."""
         if role not in ROLE_KEY:
             raise ValueError(f"unknown checkpoint {role!r} (known: {', '.join(ROLE_KEY)})")
         key = ROLE_KEY[role]
         path = getattr(self, key)
         if path is None:
             raise ValueError(f"{self.where(key)} is empty: no {role} to load")
-        device = device or self.device or default_device()
+        device_map = self.device_map if device is None else None
+        device = None if device_map is not None else device or self.device or default_device()
         dtype = torch_dtype(self.dtype) if dtype is None else dtype
         try:
             if is_adapter(path):  # a LoRA checkpoint: merged into its base
                 if self.base is None:
                     raise ValueError(f"it is a LoRA adapter; give {self.where('base')}")
-                return merged_adapter(self.base, path, device, dtype)
-            return load_model(path, device, dtype)
+                return merged_adapter(self.base, path, device, dtype, device_map)
+            return load_model(path, device, dtype, device_map)
+        except OUT_OF_MEMORY:
+            raise
         except Exception as exc:
-            raise ValueError(f"{self.where(key)}: could not load the model at {path} "
-                             f"({type(exc).__name__}: {exc})") from None
+            raise LoadError(f"{self.where(key)}: could not load the model at {path} "
+                            f"({type(exc).__name__}: {exc})") from None
 
     def encode(self, texts: list[str]) -> list[list[int]]:
         return encode_prompts(self.tok, texts, self.chat_template)
@@ -359,10 +412,28 @@ class CheckpointSubject:
     def eval_key(self, ft) -> dict:
         return {}
 
+    @functools.cached_property
+    def guard(self) -> GuardJudge | None:
+        """The guard model of :attr:`judge` (checked; its weights load on the first judgement and
+        stay), or None for the refusal-phrase rule."""
+        if self.judge is None:
+            return None
+        return GuardJudge(self.judge, unsafe_label=self.judge_unsafe_label, batch_size=self.batch_size,
+                          device=self.device, dtype=torch_dtype(self.dtype), name=self.where("judge"),
+                          label_name=self.where("judge_unsafe_label"))
+
+    @property
+    def judge_name(self) -> str:
+        """The judge of harmfulness, in words (records, pages): the guard and how it decides, or
+        the refusal-phrase rule."""
+        return DEFAULT_JUDGE_NAME if self.guard is None else self.guard.describe()
+
     def evaluate(self, model, ft=None, full: bool = True) -> dict:
-        """Harmfulness and non-refusal (the refusal-phrase judge on greedy continuations of the
-        held-out harmful prompts) and the task loss on the held-out benign pairs."""
-        rates = judge_rates(model, self.tok, self.prompts().drift, RefusalPhraseJudge(), self.texts["drift"],
+        """Harmfulness (the :attr:`guard`, else the refusal-phrase judge, on greedy continuations of
+        the held-out harmful prompts), non-refusal (no refusal phrase, whatever the judge) and the
+        task loss on the held-out benign pairs."""
+        judge = RefusalPhraseJudge() if self.guard is None else with_refusal_rule(self.guard)
+        rates = judge_rates(model, self.tok, self.prompts().drift, judge, self.texts["drift"],
                             self.max_new_tokens, self.batch_size)
         return {**rates, "task_loss": {TEXT_TASK: answer_loss(model, self._heldout, self.prompts().pad_id,
                                                              self.batch_size)}}
@@ -439,7 +510,9 @@ def from_parameters(checkpoints: Mapping[str, Any], need_finetune: bool = False,
     checkpoint folder, checkpoints of different families, widths or depths, an empty or
     unreadable prompt file, fewer than :data:`MIN_PROMPTS` prompts, a missing fine-tuning
     set (when the chapter fine-tunes), a tokenizer that cannot be loaded or whose ids fall
-    outside the model's vocabulary. Relative paths are relative to the project root.
+    outside the model's vocabulary, a ``judge`` folder that is no guard model
+    (:class:`~reversion.subjects.checkpoints.guard_judge.GuardJudge`) or whose unsafe class
+    cannot be told. Relative paths are relative to the project root.
     ``naming="flag"`` names them as command-line flags (``--witness``); ``options`` are further
     :class:`CheckpointSubject` fields (``split_prompts``, ``chat_template``, ``prompt_field``,
     ``device``, ``batch_size``, ``seed``).
@@ -458,7 +531,7 @@ def from_parameters(checkpoints: Mapping[str, Any], need_finetune: bool = False,
     field = options.get("prompt_field", "prompt")
     template = options.get("chat_template", "auto")
     for key in ("witness", "aligned", "tokenizer", "prompts", "finetune_data", "pretrained", "harmless",
-                *SECOND_LINEAGE_KEYS):
+                "judge", *SECOND_LINEAGE_KEYS):
         if not isinstance(_value(checkpoints, key), str):
             raise ValueError(f"{w(key)} must be a path string, got {checkpoints[key]!r}")
     witness, aligned = _value(checkpoints, "witness"), _value(checkpoints, "aligned")
@@ -469,6 +542,15 @@ def from_parameters(checkpoints: Mapping[str, Any], need_finetune: bool = False,
                                                                            "run on the organism" if naming != "flag" else ""))
     dtype = _value(checkpoints, "dtype", "auto")
     check_choice(w("dtype"), dtype, DTYPES)
+    # Where the models go, checked before any is read: devices that exist, a dtype they run, weights
+    # that fit (:func:`reversion.core.models.preflight`, on each folder below).
+    device_map = parse_device_map(w("device_map"), _value(checkpoints, "device_map", None))
+    names = {"dtype": w("dtype"), "device_map": w("device_map"),
+             "device": "--device" if naming == "flag" else "device"}
+    placement(options.get("device"), device_map, names)
+
+    def loadable(key: str, path: Path) -> None:
+        preflight(path, options.get("device"), torch_dtype(dtype), device_map, {**names, "checkpoint": w(key)})
     max_new = _value(checkpoints, "max_new_tokens", 32)
     check_int(w("max_new_tokens"), max_new, 1)
     refusal = _value(checkpoints, "refusal_response", DEFAULT_REFUSAL)
@@ -478,17 +560,21 @@ def from_parameters(checkpoints: Mapping[str, Any], need_finetune: bool = False,
     base = None
     if _value(checkpoints, "base"):
         base = checkpoint_folder(w("base"), resolve(checkpoints["base"]))
+        loadable("base", base)
 
     def folder(key: str) -> tuple[Path, Any]:
         path, adapter = checkpoint_or_adapter(w(key), resolve(_value(checkpoints, key)))
         if not adapter:
-            return path, read_config(w(key), path)
+            cfg = read_config(w(key), path)
+            loadable(key, path)
+            return path, cfg
         if base is None:
             raise ValueError(f"{w(key)}: {path} is a LoRA adapter (adapter_config.json): give {w('base')}, the "
                              "local model it applies to (a hub id in adapter_config.json is never resolved)")
         named = adapter_base_name(path)
         if named and Path(named).is_dir() and Path(named).resolve() != base.resolve():
             raise ValueError(f"{w(key)}: the adapter was trained on {named}, not on {w('base')} = {base}")
+        check_adapter(path, base, w(key), w("base"))  # its shapes against the base's
         return path, read_config(w("base"), base)
 
     def same(ref_cfg, key: str, cfg) -> None:
@@ -537,6 +623,15 @@ def from_parameters(checkpoints: Mapping[str, Any], need_finetune: bool = False,
         raise ValueError(f"{w('finetune_data')} is empty: this chapter fine-tunes theta_S and needs a "
                          "benign fine-tuning set (JSONL or CSV with 'prompt' and 'response')")
 
+    training = TrainSettings.from_mapping(checkpoints.get("training"))
+    training.autocast_dtype(torch.device(options.get("device") or default_device()))  # a device that runs it
+    if training.method == "lora":  # a target the architecture lacks, before any model is read
+        meta = _meta_model(cfg)
+        missing = lora_targets_missing(meta, training.lora_target_modules)
+        if missing:
+            raise ValueError(f"{w('training')}['lora_target_modules']: {', '.join(map(repr, missing))} match no "
+                             f"module of this {type(meta).__name__}")
+
     tokenizer = _value(checkpoints, "tokenizer")
     tok_key = "tokenizer" if tokenizer else "aligned"
     tok_path = resolve(tokenizer) if tokenizer else S
@@ -556,5 +651,25 @@ def from_parameters(checkpoints: Mapping[str, Any], need_finetune: bool = False,
     if vocab is not None and top >= vocab:
         raise ValueError(f"{w(tok_key)}: the tokenizer gives token id {top}, beyond the aligned model's "
                          f"vocabulary ({vocab}); it is not this model's tokenizer")
+    label = _value(checkpoints, "judge_unsafe_label", None)
+    if label is not None and not isinstance(label, str):
+        raise ValueError(f"{w('judge_unsafe_label')} must be a class label (a string), got {label!r}")
+    label = label or None
+    judge = None
+    if _value(checkpoints, "judge"):
+        judge = resolve(checkpoints["judge"])
+        # Checked now (config and tokenizer; no weights load): a folder that is no guard fails before any work.
+        GuardJudge(judge, unsafe_label=label, name=w("judge"), label_name=w("judge_unsafe_label"))
+    elif label is not None:
+        raise ValueError(f"{w('judge_unsafe_label')} applies to a guard model; give {w('judge')}, or leave it out")
     return CheckpointSubject(H, S, tok_path, files["prompts"], ft, P, files.get("harmless"), dtype, refusal,
-                             max_new, arch_of(cfg), base=base, naming=naming, **options)
+                             max_new, arch_of(cfg), base=base, naming=naming, judge=judge,
+                             judge_unsafe_label=label, training=training, device_map=device_map, **options)
+
+
+def _meta_model(cfg):
+    """The architecture of ``cfg`` on the meta device (module names, no weights: instant)."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(cfg)
