@@ -32,12 +32,11 @@ BENCH_ARGS ?=
 # Extra arguments for pytest (e.g. PYTEST_ARGS="-k book -x").
 PYTEST_ARGS ?=
 # Test files run side by side, one process per core (pytest-xdist; a file's tests stay in one
-# process, so its fixtures are built once -- tests/conftest.py makes each file an xdist group and
-# joins the notebook and browser tests, which share one smoke execution of the chapters;
-# TEST_PROCS=0 runs them here), each on one thread:
+# process, so its fixtures are built once; the browser tests are collected in test_notebooks.py,
+# whose smoke execution of the chapters they share; TEST_PROCS=0 runs them here), each on one thread:
 # two OpenMP pools per core make everything many times slower.
 TEST_PROCS ?= auto
-PYTEST     := OMP_NUM_THREADS=1 $(PY) -m pytest -n $(TEST_PROCS) --dist loadgroup
+PYTEST     := OMP_NUM_THREADS=1 $(PY) -m pytest -n $(TEST_PROCS) --dist loadfile
 
 .PHONY: help venv mathjax book test test-slow test-browser test-all benchmark design clean requirements
 
@@ -85,7 +84,7 @@ test-slow: venv ## only the tests marked slow (end-to-end notebook runs; CI runs
 	$(PYTEST) -m slow $(PYTEST_ARGS)
 
 test-browser: venv mathjax ## only the browser tests: the book at smoke parameters in headless Chromium
-	$(PY) -m pytest tests/test_browser.py $(PYTEST_ARGS)
+	$(PY) -m pytest tests/test_notebooks.py -k 'browser or builds_strictly or index_leads or screenshots or layout_check or stylesheet' $(PYTEST_ARGS)
 
 test-all: venv ## also run the tests marked slow
 	$(PYTEST) -m '' $(PYTEST_ARGS)

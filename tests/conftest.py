@@ -12,11 +12,8 @@
 * ``cache_a`` / ``cache_b`` and ``hist_a`` / ``hist_b`` -- per test module, the module's
   ``world`` history trained in two separate empty caches (cache and determinism tests);
 * ``smoke_book`` -- every chapter executed once at smoke parameters in a copy of the working
-  tree (``smoke_book.py``; session-scoped), for the notebook and browser tests.
-
-Under pytest-xdist (``make test``: ``--dist loadgroup``) each test file is one unit of work, so a
-file's tests share a process and its fixtures; ``test_notebooks.py`` and ``test_browser.py`` are
-one unit, so the chapters they both need are executed once.
+  tree (``smoke_book.py``; session-scoped), for the notebook and browser tests (both collected in
+  ``test_notebooks.py``, so one process executes the chapters once).
 """
 
 from __future__ import annotations
@@ -32,19 +29,6 @@ from reversion.infra.runtime import set_cpu_threads
 from reversion.subjects.checkpoints import demo as demo_models
 from reversion.subjects.organism.history import train_history
 from reversion.subjects.organism.worlds import make_world
-
-
-SHARED_UNITS = {"test_notebooks.py": "smoke-book", "test_browser.py": "smoke-book"}
-"""Test files that run in one pytest-xdist worker because they share a session fixture."""
-
-
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the marks
-def pytest_collection_modifyitems(config, items):
-    """Each test file is one xdist group (``--dist loadgroup``), except the files of
-    :data:`SHARED_UNITS`, which share a group: the effect of ``--dist loadfile`` with files joined."""
-    for item in items:
-        name = item.path.name
-        item.add_marker(pytest.mark.xdist_group(SHARED_UNITS.get(name, name)))
 
 
 @pytest.fixture(scope="session")

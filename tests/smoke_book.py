@@ -3,9 +3,10 @@
 :func:`execute` copies the working tree into a temporary folder and runs every chapter there
 with the book's own executor (:func:`reversion.book.execute_notebooks`, papermill), one chapter
 at a time, so that a chapter that fails is reported by its own test while the later ones still
-run. ``tests/test_notebooks.py`` re-runs the executed copies with nbval; ``tests/test_browser.py``
-builds the book from them. Executing the chapters once for both halves the notebook tests' cost:
-the two files share one pytest-xdist worker (``conftest.py`` groups them).
+run. ``tests/test_notebooks.py`` re-runs the executed copies with nbval; the browser tests
+(``tests/browser_checks.py``, collected in ``test_notebooks.py`` so that they run in the same
+pytest-xdist worker) build the book from them. Executing the chapters once for both halves the
+notebook tests' cost.
 
 The kernels start in an empty temporary folder (a chapter that depends on its working directory
 fails here, not in a reader's checkout) with ``REVERSION_CACHE`` and ``REVERSION_RESULTS`` in

@@ -1,7 +1,7 @@
 """reversion.book.display: verdict labels, the book's tables and result lists.
 
 What the browser shows of them (that they fit the page) is checked in
-``tests/test_browser.py``; here, the HTML and Markdown they produce.
+``tests/browser_checks.py``; here, the HTML and Markdown they produce.
 """
 
 from __future__ import annotations

@@ -212,3 +212,8 @@ def test_metrics_hold_numbers_not_sentences(smoke_book):
     assert not prose, prose[:5]
     assert [p for p, s in _strings({"a": ["a rendered sentence with many words in it", "label"]})
             if len(s.split()) >= SENTENCE_WORDS] == [".a[0]"]  # the check can fail
+
+
+# The browser tests (tests/browser_checks.py) are collected here: they build the book from the same
+# smoke execution, so they must run in this process (pytest-xdist --dist loadfile).
+from browser_checks import *  # noqa: E402,F401,F403

@@ -84,9 +84,12 @@ def test_accumulation_splits_the_step_and_keeps_its_gradient(demo, isolated):
                                                      gradient_accumulation_steps=2)), FT, progress=False)
     assert two.path != one.path
     _same_run(two, one, tol=1e-4)
+    entries = sorted(p.name for p in (isolated / "cache").rglob("*") if p.is_dir())
     with pytest.raises(ValueError, match=r"gradient_accumulation_steps'\] = 8 is more than the 4 sequences"):
         finetune(subject(demo, dataclasses.replace(TrainSettings.matching_the_loop(),
                                                    gradient_accumulation_steps=8)), FT, progress=False)
+    # refused before anything was read or computed: no new cache entry (step 0 included)
+    assert sorted(p.name for p in (isolated / "cache").rglob("*") if p.is_dir()) == entries
 
 
 def test_lora_trains_only_its_adapters(demo):
@@ -134,6 +137,15 @@ def test_bad_training_settings_name_the_key_before_any_work(demo, isolated, trai
     with pytest.raises(ValueError, match=message):
         cs.from_parameters(c, need_finetune=True)
     assert not any(isolated.rglob("*.json"))  # nothing written
+
+
+def test_settings_normalise_what_means_the_same_and_refuse_what_does_nothing():
+    assert TrainSettings(lora_target_modules="q_proj").lora_target_modules == ("q_proj",)  # not 'q', '_', ...
+    assert TrainSettings(lora_target_modules=["q_proj", "v_proj"]).lora_target_modules == ("q_proj", "v_proj")
+    assert TrainSettings(lora_alpha=32).key() == TrainSettings(lora_alpha=32.0).key()
+    with pytest.raises(ValueError, match=r"\['warmup_steps'\] = 10 does nothing with lr_scheduler 'constant'"):
+        TrainSettings(warmup_steps=10)
+    assert TrainSettings(warmup_steps=10, lr_scheduler="constant_with_warmup").warmup_steps == 10
 
 
 def test_lora_targets_are_checked_against_the_architecture(demo):

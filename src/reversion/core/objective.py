@@ -58,12 +58,18 @@ class ObjectiveMixin:
             # The Trainer divides a per-batch loss by the accumulation steps itself; a loss it
             # treats as already normalized over the accumulated batch is not divided, so the
             # term must be divided here to count once per optimizer step.
-            scaled = getattr(self, "loss_is_scaled_for_ga", None)
-            if scaled is None:
-                scaled = (getattr(self, "model_accepts_loss_kwargs", False) and num_items_in_batch is not None) \
-                    or getattr(self, "compute_loss_func", None) is not None
-            if scaled:
+            if self.loss_is_normalised_over_the_step(num_items_in_batch):
                 ga = getattr(self, "current_gradient_accumulation_steps", None) or self.args.gradient_accumulation_steps
                 term = term / ga
             loss = loss + term.to(device=loss.device, dtype=loss.dtype)
         return (loss, outputs) if return_outputs else loss
+
+    def loss_is_normalised_over_the_step(self, num_items_in_batch) -> bool:
+        """Whether the Trainer's loss of a micro-batch is already normalised over the whole
+        accumulated batch (then the micro-batches' losses sum to the step's) rather than a
+        per-micro-batch mean (which the Trainer divides by the accumulation steps itself)."""
+        scaled = getattr(self, "loss_is_scaled_for_ga", None)
+        if scaled is None:
+            scaled = (getattr(self, "model_accepts_loss_kwargs", False) and num_items_in_batch is not None) \
+                or getattr(self, "compute_loss_func", None) is not None
+        return bool(scaled)

@@ -71,8 +71,13 @@ class TrainSettings:
         check_float(f"{w}['lora_alpha']", self.lora_alpha, 0.0, lo_open=True)
         check_float(f"{w}['lora_dropout']", self.lora_dropout, 0.0, 1.0, hi_open=True)
         t = self.lora_target_modules
-        if isinstance(t, list):
-            object.__setattr__(self, "lora_target_modules", t := tuple(t))
+        if isinstance(t, str) and t != "all-linear":  # one module name, not a string of letters
+            t = (t,)
+        if isinstance(t, list | tuple):
+            t = tuple(t)
+        object.__setattr__(self, "lora_target_modules", t)
+        if isinstance(self.lora_alpha, int) and not isinstance(self.lora_alpha, bool):
+            object.__setattr__(self, "lora_alpha", float(self.lora_alpha))  # 32 and 32.0: one key
         if not (isinstance(t, str) and t) and not (isinstance(t, tuple) and t and all(
                 isinstance(x, str) and x for x in t)):
             raise ValueError(f"{w}['lora_target_modules'] must be 'all-linear' or a list of module names, got {t!r}")
@@ -82,6 +87,9 @@ class TrainSettings:
         check_int(f"{w}['gradient_accumulation_steps']", self.gradient_accumulation_steps, 1)
         check_choice(f"{w}['lr_scheduler']", self.lr_scheduler, SCHEDULERS)
         check_int(f"{w}['warmup_steps']", self.warmup_steps, 0)
+        if self.warmup_steps and self.lr_scheduler == "constant":
+            raise ValueError(f"{w}['warmup_steps'] = {self.warmup_steps} does nothing with lr_scheduler 'constant'; "
+                             "use 'constant_with_warmup'")
         check_float(f"{w}['max_grad_norm']", self.max_grad_norm, 0.0)
         check_float(f"{w}['weight_decay']", self.weight_decay, 0.0)
 

@@ -420,6 +420,18 @@ EVALS_SPLIT_FROM = 8
 workers rather than run here."""
 
 
+def _may_use_cached_step0(subject: Subject) -> bool:
+    """Whether a run of ``subject`` may read the cached float32 evaluation of theta_S as its step 0
+    (:func:`train_with_trainer` judges step 0 on its own model when the run is not float32: a
+    bf16 LoRA run of a 7B model would load a float32 copy for nothing)."""
+    t = getattr(subject, "training", None)
+    if t is None:
+        return True
+    half = t.method == "lora" and getattr(subject, "dtype", "auto") in ("bfloat16", "float16")
+    return not half and t.autocast_dtype(default_device() if subject.device is None
+                                         else torch.device(subject.device)) is None
+
+
 def _aligned_evaluations(pairs: Sequence[tuple[Subject, FinetuneConfig]]) -> None:
     for s, ft in pairs:
         aligned_evaluation(s, ft)
@@ -449,6 +461,8 @@ def finetune_many(jobs: Sequence[Job], progress: bool = True,
             missing.setdefault(cache.cache_key("finetune", k, code=_code(s, iv)), (s, ft, iv))
     evaluated = {}
     for s, ft, _ in missing.values():  # here, once, not in every worker at once
+        if not _may_use_cached_step0(s):
+            continue
         evaluated.setdefault(cache.cache_key("aligned_eval", {"subject": s.key(), **s.eval_key(ft)}), (s, ft))
     pinned = any(s.grouped for s in subjects) and default_device().type == "cpu"
     workers = parallel.n_workers() if all(s.parallel for s in subjects) else 1

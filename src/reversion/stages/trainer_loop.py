@@ -72,17 +72,18 @@ def _trainer_class():
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             out = super().compute_loss(model, inputs, return_outputs=return_outputs,
                                        num_items_in_batch=num_items_in_batch)
-            if model.training:
-                self.micro_losses.append(float((out[0] if return_outputs else out).detach()))
+            if model.training:  # (value, already normalised over the step?)
+                loss = (out[0] if return_outputs else out).detach()
+                self.micro_losses.append((float(loss), self.loss_is_normalised_over_the_step(num_items_in_batch)))
             return out
 
     class StageTrainer(ObjectiveMixin, LossRecorder):
         """The stage's batches as the dataloader; ObjectiveMixin's term on the recorded loss."""
 
-        def __init__(self, *args, batches: Iterator[dict], **kwargs):
+        def __init__(self, *args, batches: Iterator[dict], micro_losses: list, **kwargs):
             super().__init__(*args, **kwargs)
             self._batches = batches
-            self.micro_losses: list[float] = []
+            self.micro_losses = micro_losses  # shared with the step callback (not the trainer: no cycle)
 
         def get_train_dataloader(self):
             return _Batches(self._batches)
@@ -90,18 +91,19 @@ def _trainer_class():
     class StepCallback(TrainerCallback):
         """After each optimizer step: the step's task loss, then ``on_step(step, model)``."""
 
-        def __init__(self, trainer_ref: list, on_step, losses: list[float], scaled: Callable[[], bool]):
-            self.trainer_ref, self.on_step, self.losses, self.scaled = trainer_ref, on_step, losses, scaled
+        def __init__(self, micro_losses: list, on_step, losses: list[float]):
+            self.micro_losses, self.on_step, self.losses = micro_losses, on_step, losses
 
         def on_step_end(self, args, state, control, model=None, **kwargs):
-            trainer = self.trainer_ref[0]
-            micro, trainer.micro_losses = trainer.micro_losses, []
-            loss = sum(micro) if self.scaled() else sum(micro) / max(len(micro), 1)
+            micro = list(self.micro_losses)
+            self.micro_losses.clear()
+            total = sum(v for v, _ in micro)
+            loss = total if micro and micro[0][1] else total / max(len(micro), 1)
             if not math.isfinite(loss):
                 raise FloatingPointError(f"finetune: non-finite loss at step {state.global_step}")
             self.losses.append(loss)
             if self.on_step is not None:
-                self.on_step(state.global_step, trainer.model)
+                self.on_step(state.global_step, model)
             return control
 
     return StageTrainer, StepCallback
@@ -148,19 +150,20 @@ def trainer_train(model, batches: Iterator[dict], steps: int, lr: float, seed: i
             **_checkpointing(TrainingArguments, settings.gradient_checkpointing),
             use_cpu=device.type == "cpu", report_to="none", save_strategy="no", logging_strategy="no",
             disable_tqdm=not progress, remove_unused_columns=False, dataloader_pin_memory=False)
-        ref: list = []
-        trainer = StageTrainer(model=model, args=args, block=term,
+        # One process trains one placed model: without a launcher the Trainer would wrap the
+        # model in DataParallel over every visible GPU (a loss per GPU, batches split).
+        args._n_gpu = 1
+        micro: list = []
+        trainer = StageTrainer(model=model, args=args, block=term, micro_losses=micro,
                                batches=_micro_batches(batches, settings.gradient_accumulation_steps))
-        ref.append(trainer)
-
-        def scaled() -> bool:  # the Trainer normalised each micro-batch's loss over the whole step
-            return bool(getattr(trainer, "model_accepts_loss_kwargs", False)) and \
-                settings.gradient_accumulation_steps > 1
-
         # the stage reports its own progress; the Trainer's printer would put its metrics on stdout
         trainer.remove_callback(PrinterCallback)
-        trainer.add_callback(StepCallback(ref, on_step, losses, scaled))
+        trainer.add_callback(StepCallback(micro, on_step, losses))
         for cb in callbacks:
             trainer.add_callback(cb)
-        trainer.train()
+        try:
+            trainer.train()
+        finally:
+            trainer.accelerator.free_memory()  # optimizer state, before the next run loads a model
+            del trainer
     return losses

@@ -113,8 +113,8 @@ CHECKPOINT_KEYS = {
             "apply to; they are merged into it when loaded",
     "tokenizer": "tokenizer folder (default: the aligned checkpoint's, or the base's when aligned is an "
                  "adapter without one); its chat template is applied",
-    "dtype": f"dtype of the models only read: {', '.join(DTYPES)} (default auto = as saved); "
-             "fine-tuned weights are always float32",
+    "dtype": f"dtype of the models only read, and of the frozen base under LoRA: {', '.join(DTYPES)} "
+             "(default auto = as saved); full fine-tuning trains float32 weights",
     "device_map": "where the models' weights load, straight from the files: 'auto' (spread over every GPU, "
                   "then CPU RAM), a device ('cuda:0', 'cpu') or a mapping of module names to devices; "
                   "default: none (loaded in CPU memory, then moved to the device: CUDA when present)",
@@ -284,9 +284,19 @@ class CheckpointSubject:
         pass  # checked when built: the checkpoints exist
 
     def check(self, ft) -> None:
+        """What a fine-tuning run needs, before any model is read."""
         if self.finetune_data is None:
             raise ValueError(f"{self.where('finetune_data')} is empty: this chapter fine-tunes theta_S and needs "
                              "a benign fine-tuning set (JSONL or CSV with 'prompt' and 'response')")
+        t = self.training
+        if t is not None and t.gradient_accumulation_steps > ft.batch_size:
+            raise ValueError(f"{self.where('training')}['gradient_accumulation_steps'] = {t.gradient_accumulation_steps} "
+                             f"is more than the {ft.batch_size} sequences of a step's batch (finetune.batch_size)")
+        device = self.device or str(default_device())
+        if t is not None and device.startswith("cuda:") and device != "cuda:0":
+            # transformers.Trainer trains on the process's first visible GPU
+            raise ValueError(f"{self.where('device')} = {device!r}: fine-tuning trains on cuda:0; choose the GPU with "
+                             "CUDA_VISIBLE_DEVICES instead")
 
     def name_input(self, role: str) -> str:
         keys = {"theta_H/theta_S": ("witness", "aligned"), "theta_P": ("pretrained",),

@@ -1,6 +1,9 @@
 """The book as a reader sees it: built at smoke parameters, opened in headless Chromium.
 
-Marker ``notebooks`` (part of the default run).  One session fixture builds the
+These tests are collected in ``tests/test_notebooks.py`` (which imports them), so that they run in
+the same process as the notebook tests and share their one smoke execution of the chapters
+(pytest-xdist's ``--dist loadfile`` keeps a file's tests in one process). Marker ``notebooks``
+(part of the default run).  One session fixture builds the
 whole book into a temporary copy of the working tree:
 
 1. the chapter notebooks run with papermill at ``notebooks/params/smoke/`` through
@@ -51,6 +54,10 @@ ROOT = Path(__file__).resolve().parents[1]
 MATHJAX_DIR = Path("book") / "_static" / "mathjax"
 
 pytestmark = pytest.mark.notebooks
+
+__all__ = ["chromium", "built_book", "test_book_builds_strictly", "test_page_in_browser",
+           "test_index_leads_to_the_first_page", "test_screenshots", "test_layout_check_flags_what_is_cut_off",
+           "test_layout_check_passes_what_fits", "test_stylesheet_fits_pandas_tables"]
 
 CHROMIUM_FLAGS = [
     "--headless",
