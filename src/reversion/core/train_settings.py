@@ -16,6 +16,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from reversion.core.models import bf16_supported
 from reversion.infra.checks import check_choice, check_float, check_int
 
 __all__ = ["CHECKPOINT_FINETUNE", "TrainSettings", "autocast", "lora_targets_missing", "wrap_lora"]
@@ -146,12 +147,12 @@ class TrainSettings:
         if self.precision == "fp32":
             return None
         if self.precision == "auto":
-            return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+            return torch.bfloat16 if device.type == "cuda" and bf16_supported(device.index or 0) else None
         if self.precision == "fp16":
             if device.type != "cuda":
                 raise ValueError(f"{w} = 'fp16' needs a CUDA device (the model is on {device}); use 'bf16' or 'fp32'")
             return torch.float16
-        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        if device.type == "cuda" and not bf16_supported(device.index or 0):
             raise ValueError(f"{w} = 'bf16': this GPU does not run bfloat16; use 'fp16' or 'fp32'")
         return torch.bfloat16
 

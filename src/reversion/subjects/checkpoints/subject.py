@@ -635,7 +635,7 @@ def from_parameters(checkpoints: Mapping[str, Any], need_finetune: bool = False,
 
     training = TrainSettings.from_mapping(checkpoints.get("training"))
     training.autocast_dtype(torch.device(options.get("device") or default_device()))  # a device that runs it
-    if training.method == "lora":  # a target the architecture lacks, before any model is read
+    if training.method == "lora" and training.lora_target_modules != "all-linear":  # before any model is read
         meta = _meta_model(cfg)
         missing = lora_targets_missing(meta, training.lora_target_modules)
         if missing:
