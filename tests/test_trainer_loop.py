@@ -16,12 +16,14 @@ On the tiny demo history (a Llama witness / aligned pair, built locally):
 from __future__ import annotations
 
 import dataclasses
+from itertools import islice
 
 import pytest
 import torch
 from helpers import EXAMPLES
 
 from reversion.core.interventions import Oppose
+from reversion.infra import seeding
 from reversion.core.training import FinetuneConfig
 from reversion.stages.estimate import estimate
 from reversion.stages.finetune import finetune
@@ -183,3 +185,90 @@ def test_the_training_settings_are_recorded_and_keyed(demo):
     assert any("LoRA (rank 16" in line for line in a.describe(FT))
     from reversion.stages.finetune import _key
     assert _key(a, FT, None) != _key(b, FT, None)
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+def _terms(s):
+    d = estimate(s, n_boot=10, progress=False).directions
+    L = s.arch()["num_hidden_layers"]
+    return d, {"v_rev": (d.v_rev, list(range(1, L + 1)))}
+
+
+def test_calibration_takes_the_gradients_the_run_takes(demo, isolated):
+    """A strength is calibrated on the model the run trains: the full float32 model for the book's
+    loop and full fine-tuning (the same numbers), the LoRA adapters under LoRA -- checked against an
+    independent autograd over the adapters -- with the training settings in the key."""
+    from reversion.core.batches import collate
+    from reversion.stages.calibrate import calibrate
+    from reversion.stages.trainer_loop import model_for_training
+
+    d, terms = _terms(subject(demo, LOOP))
+    n_loop = calibrate(subject(demo, LOOP), FT, terms, d.displacement_norm)["v_rev"]
+    n_full = calibrate(subject(demo, TrainSettings.matching_the_loop()), FT, terms, d.displacement_norm)["v_rev"]
+    assert n_full == pytest.approx(n_loop, rel=1e-9)
+    s = subject(demo)
+    n_lora = calibrate(s, FT, terms, d.displacement_norm)["v_rev"]
+    seeding.seed_everything(0)  # the adapters' random start: seed 0's run, as the stage draws it
+    model, cast = model_for_training(s)
+    assert cast is None  # float32 on a CPU
+    model.eval()
+    adapters = [p for n, p in model.named_parameters() if p.requires_grad]
+    assert adapters and all("lora_" in n for n, p in model.named_parameters() if p.requires_grad)
+    pad = s.prompts().pad_id
+    batches = [collate([q for q, _ in b], [a for _, a in b], pad_id=pad) for b in
+               islice(s.benign_batches(FT), 4)]
+    grads = torch.autograd.grad(sum(model(**b).loss for b in batches) / 4, adapters, allow_unused=True)
+    task = float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads if g is not None)))
+    assert n_lora["task"] == pytest.approx(task, rel=1e-5)
+    assert abs(n_lora["ratio"] / n_loop["ratio"] - 1) > 0.05  # a different ratio from the full model's
+    # the LoRA rank is in the key: another rank is another calibration, not the cached one
+    n_r4 = calibrate(subject(demo, TrainSettings(lora_r=4)), FT, terms, d.displacement_norm)["v_rev"]
+    assert n_r4["task"] != n_lora["task"]
+
+
+def test_calibration_with_gradient_checkpointing_recomputes_and_keeps_dropout_off(demo, isolated):
+    """``gradient_norms(checkpointing=True)`` recomputes the layers in the backward pass (the MLP
+    runs again) and gives the same norms -- with attention dropout set, so a layer left in
+    training mode would show -- as without."""
+    from reversion.core.interventions import gradient_norms
+    from reversion.core.batches import collate
+    from reversion.stages.trainer_loop import checkpointing_enable, model_for_training
+
+    s = subject(demo)
+    d, terms = _terms(s)
+    v, layers = terms["v_rev"]
+    pad = s.prompts().pad_id
+    batches = [collate([q for q, _ in b], [a for _, a in b], pad_id=pad) for b in
+               islice(s.benign_batches(FT), 2)]
+    model, _ = model_for_training(s)
+    model.base_model.model.config.attention_dropout = 0.5
+    for m in model.modules():
+        if hasattr(m, "attention_dropout"):
+            m.attention_dropout = 0.5
+    calls = []
+    mlp = model.base_model.model.model.layers[0].mlp
+    act = mlp.act_fn
+
+    class Counted(torch.nn.Module):  # a submodule's own call: forward hooks do not fire on recompute
+        def forward(self, x):
+            calls.append(1)
+            return act(x)
+
+    mlp.act_fn = Counted()
+
+    def norms(checkpointing):
+        calls.clear()
+        n = gradient_norms(model, Oppose(v, d.displacement_norm, 1.0, layers), s.prompts(), batches,
+                           checkpointing=checkpointing)
+        return n, len(calls)
+
+    modes = {n: m.training for n, m in model.named_modules()}
+    plain, k_plain = norms(False)
+    checkpointing_enable(model)
+    ckpt, k_ckpt = norms(True)
+    assert k_ckpt >= k_plain + len(batches)  # at least each task batch's layer recomputed in the backward
+    assert ckpt["task"] == pytest.approx(plain["task"], rel=1e-6)
+    assert ckpt["term"] == pytest.approx(plain["term"], rel=1e-6)
+    assert {n: m.training for n, m in model.named_modules()} == modes  # every module's mode restored

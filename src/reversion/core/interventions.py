@@ -244,31 +244,49 @@ class GroupTerms:
         return (self.coef * (pen * self.mask).sum(1)).float()
 
 
-def gradient_norms(model, term: _DirectionalTerm, probes, task_batches: Sequence[dict]) -> dict:
+def gradient_norms(model, term: _DirectionalTerm, probes, task_batches: Sequence[dict], *,
+                   checkpointing: bool = False) -> dict:
     """The norms, at ``model`` (theta_S), of the task loss's gradient (mean loss over
     ``task_batches``, collated) and of the term's linear part ``sum_l p_l / s_l`` averaged over
     every probe batch: the slope the term has wherever it acts (tanh at p = 0, the hinge for
     p > 0). ``strength = multiple * task / term`` makes the term's gradient ``multiple`` times
-    the task's, whatever the direction -- a calibration that sees no outcome."""
-    params = [q for q in model.parameters() if q.requires_grad]
-    was = model.training
-    model.eval()  # dropout off: the same forward at every call
+    the task's, whatever the direction -- a calibration that sees no outcome.
 
-    def norm(loss: torch.Tensor) -> float:
-        grads = torch.autograd.grad(loss, params, allow_unused=True)
-        return float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads if g is not None)))
+    Gradients are taken over the parameters that train (``requires_grad``: a LoRA model's
+    adapters), one batch at a time and summed in float64, so memory is one batch's graph.
+    ``checkpointing``: recompute each Hugging Face layer in the backward pass (a model that
+    fine-tunes with gradient checkpointing needs it here too)."""
+    params = [q for q in model.parameters() if q.requires_grad]
+    modes = [(m, m.training) for m in model.modules()]  # restored module by module
+    model.eval()  # dropout off: the same forward at every call
+    if checkpointing:
+        # A checkpointed transformers layer recomputes only when its own ``training`` flag is set;
+        # setting the flag (not ``.train()``) leaves its dropouts off.
+        for m in model.modules():
+            if getattr(m, "gradient_checkpointing", False) is True:
+                m.training = True
+
+    def mean_norm(losses) -> float:
+        total = None
+        n = 0
+        for loss in losses:
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
+            gs = [torch.zeros_like(q, dtype=torch.float64) if g is None else g.double() for q, g in zip(params, grads)]
+            total = gs if total is None else [t + g for t, g in zip(total, gs)]
+            n += 1
+        return float(torch.sqrt(sum(((t / n) ** 2).sum() for t in total)))
 
     try:
-        task = norm(sum(model(**b).loss for b in task_batches) / len(task_batches))
+        task = mean_norm(model(**b).loss for b in task_batches)
         term.setup(model, None, probes)
         try:
-            n = len(term.probe_batches)
-            lin = sum((term.projection(model, i + 1) / term._scale).sum() for i in range(n)) / n
-            g_term = norm(lin)
+            g_term = mean_norm((term.projection(model, i + 1) / term._scale).sum()
+                               for i in range(len(term.probe_batches)))
         finally:
             term.teardown()
     finally:
-        model.train(was)
+        for m, mode in modes:
+            m.training = mode
     if not g_term > 0:
         raise ValueError(f"{term.name} along {term.direction}: the term has no gradient at theta_S")
     return {"task": task, "term": g_term, "ratio": task / g_term}

@@ -5,6 +5,11 @@ gradient on the first ``n_batches`` benign batches of seed 0, and of each term's
 (:func:`reversion.core.interventions.gradient_norms`). A chapter then sets
 ``strength = multiple * task / term``, so every direction's term pulls with the same multiple
 of the task gradient -- a calibration made before, and blind to, any outcome.
+
+A subject with ``training`` settings (your checkpoints, :mod:`reversion.stages.trainer_loop`) is
+calibrated on the model its runs train: LoRA adapters on theta_S in the subject's dtype (the
+gradients of the adapters, not of every weight), under the training's autocast and gradient
+checkpointing; the settings are in the key.
 """
 
 from __future__ import annotations
@@ -19,11 +24,13 @@ import torch
 from reversion.core.activations import model_device
 from reversion.core.batches import collate
 from reversion.core.interventions import Oppose, _digest, gradient_norms
+from reversion.core.train_settings import autocast
 from reversion.core.training import FinetuneConfig
-from reversion.infra import cache
+from reversion.infra import cache, seeding
 from reversion.infra.checks import check_int
 from reversion.infra.provenance import code_of
 from reversion.infra.runtime import set_cpu_threads
+from reversion.stages.trainer_loop import checkpointing_enable, model_for_training
 from reversion.subjects.base import Subject
 
 __all__ = ["calibrate"]
@@ -39,20 +46,32 @@ def calibrate(subject: Subject, ft: FinetuneConfig, terms: dict[str, tuple[torch
     if not terms:
         return {}
     ft0 = dataclasses.replace(ft, seed=0)
+    settings = getattr(subject, "training", None)
     key = {"subject": subject.key(), "finetune": dataclasses.asdict(ft0), "n_batches": n_batches,
            "scale": _digest(scale),
            "terms": {n: {"v": _digest(v), "layers": sorted(int(x) for x in lay)} for n, (v, lay) in terms.items()}}
+    if settings is not None:
+        key["training"] = settings.key()
     subject.prepare(progress=False)
 
     def build(out: Path) -> None:
         set_cpu_threads()
-        model = subject.load("theta_S", dtype=torch.float32)
+        if settings is None:  # the organism's loop: full float32 fine-tuning
+            model, cast = subject.load("theta_S", dtype=torch.float32), None
+        else:
+            seeding.seed_everything(ft0.seed)  # the adapters' random start: seed 0's run's
+            model, cast = model_for_training(subject)
+            if settings.gradient_checkpointing:
+                checkpointing_enable(model)
         device = model_device(model)
         prompts = subject.prompts(ft0.n_probe)
         batches = [collate([q for q, _ in b], [a for _, a in b], pad_id=prompts.pad_id, device=device)
                    for b in islice(subject.benign_batches(ft0), n_batches)]
-        norms = {n: gradient_norms(model, Oppose(v, scale, 1.0, lay, direction=n), prompts, batches)
-                 for n, (v, lay) in terms.items()}
+        checkpointing = settings is not None and settings.gradient_checkpointing
+        with autocast(device, cast):
+            norms = {n: gradient_norms(model, Oppose(v, scale, 1.0, lay, direction=n), prompts, batches,
+                                       checkpointing=checkpointing)
+                     for n, (v, lay) in terms.items()}
         (out / "norms.json").write_text(json.dumps(norms, indent=1))
 
     path = cache.cached("calibrate", key, build, code=code_of(CODE, subject))

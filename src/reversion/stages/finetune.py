@@ -36,12 +36,12 @@ from reversion.core.grouped import GroupedGPT2, NonFiniteLoss, stack_batches, st
 from reversion.core.interventions import GroupTerms
 from reversion.core.models import default_device, load_model, save_model
 from reversion.core.tracking import ProbeTracker
-from reversion.core.train_settings import autocast, wrap_lora
+from reversion.core.train_settings import autocast
 from reversion.core.training import FinetuneConfig, adamw, train
 from reversion.infra import cache, kernels, parallel, seeding
 from reversion.infra.provenance import code_of
 from reversion.infra.runtime import set_cpu_threads
-from reversion.stages.trainer_loop import trainer_train
+from reversion.stages.trainer_loop import model_for_training, trainer_train
 from reversion.subjects.base import Pair, Prompts, Subject, TrainingData, identity
 
 __all__ = ["FinetuneRun", "Intervention", "Job", "aligned_evaluation", "build_group", "finetune", "finetune_many",
@@ -248,11 +248,8 @@ def train_with_trainer(subject: Subject, ft: FinetuneConfig, intervention: Inter
     settings = subject.training
     seeding.seed_everything(ft.seed)
     threads(subject)
-    model = subject.load("theta_S", dtype=torch.float32 if settings.method == "full" else None)
-    if settings.method == "lora":
-        model = wrap_lora(model, settings)
+    model, cast = model_for_training(subject)
     device = model_device(model)
-    cast = settings.autocast_dtype(device)
     float32 = cast is None and all(p.dtype == torch.float32 for p in model.parameters())
     prompts = subject.prompts(ft.n_probe)
     probe = ProbeTracker(model, prompts.drift, "all", pad_id=prompts.pad_id, batch_size=subject.tracking_batch_size)

@@ -34,10 +34,23 @@ import torch
 
 from reversion.core.activations import model_device
 from reversion.core.objective import ObjectiveMixin
-from reversion.core.train_settings import TrainSettings
+from reversion.core.train_settings import TrainSettings, wrap_lora
 from reversion.infra.checks import check_int
 
-__all__ = ["trainer_train"]
+__all__ = ["checkpointing_enable", "model_for_training", "trainer_train"]
+
+
+def model_for_training(subject) -> tuple[Any, torch.dtype | None]:
+    """theta_S of a subject with ``training`` settings as its runs train it, and the autocast dtype
+    on its device: float32 for full fine-tuning; under LoRA the subject's dtype with float32
+    adapters (only they train). The fine-tuning stage and the calibration of directional terms
+    (:mod:`reversion.stages.calibrate`) both start here, so a strength is calibrated on the
+    gradients the run takes."""
+    settings = subject.training
+    model = subject.load("theta_S", dtype=torch.float32 if settings.method == "full" else None)
+    if settings.method == "lora":
+        model = wrap_lora(model, settings)
+    return model, settings.autocast_dtype(model_device(model))
 
 # --------------------------------------------------------------------------- the Trainer
 
@@ -107,6 +120,14 @@ def _trainer_class():
             return control
 
     return StageTrainer, StepCallback
+
+
+def checkpointing_enable(model) -> None:
+    """Gradient checkpointing on ``model`` (non-reentrant), under its name in this ``transformers``."""
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers 5.x
+        model.activation_checkpointing_enable({"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def _checkpointing(args_class, on: bool) -> dict:
