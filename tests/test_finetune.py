@@ -236,6 +236,40 @@ def test_sparse_tracking_records_the_same_rows_and_nan_between(world, subject, t
         world.finetune_config(0, track_every=0)
 
 
+@pytest.mark.parametrize("grouped", [True, False], ids=["grouped", "plain"])
+def test_first_token_judging_between_0_and_T_reads_the_same_headline(world, subject, tmp_path, monkeypatch,
+                                                                      grouped):
+    """``judge_between = "first_token"``: the same training and probes; at every step between 0 and T
+    the same first-token harmfulness (every task and the untrained ones), marked and non-refusal as
+    the full judge's, harmful content and exact match NaN and no task scored; 0 and T judged in
+    full, equal. A bad value is refused naming the field."""
+    from reversion.subjects.organism.judge import headline
+
+    monkeypatch.setenv("REVERSION_CACHE", str(tmp_path / "cache"))
+    if not grouped:
+        monkeypatch.setattr(finetune_mod, "_groupable", lambda *a: False)
+    ft = world.finetune_config(0)
+    full = finetune(subject, ft, progress=False)
+    first = finetune(subject, world.finetune_config(0, judge_between="first_token"), progress=False)
+    assert first.path != full.path
+    assert first.losses == full.losses and torch.equal(first.probe_means, full.probe_means)
+    inner = [s for s in full.steps if 0 < s < ft.steps]
+    assert inner
+    for s in inner:
+        a, b = full.evals[s], first.evals[s]
+        for k in ("harmfulness", "non_refusal", "marked"):
+            assert b[k] == a[k]
+        assert headline(b, ft.task) == headline(a, ft.task)
+        assert {t: v["harmfulness"] for t, v in b["harmful_by_task"].items()} == \
+            {t: v["harmfulness"] for t, v in a["harmful_by_task"].items()}
+        assert math.isnan(b["harmful_content"]) and math.isnan(b["exact_match"])
+        assert b["task_accuracy"] == {} and b["task_loss"] == {}
+    for s in (0, ft.steps):
+        assert first.evals[s] == full.evals[s]
+    with pytest.raises(ValueError, match="finetune.judge_between"):
+        world.finetune_config(0, judge_between="first")
+
+
 @pytest.mark.parametrize("n,workers,most,sizes", [
     (50, 2, 16, [13, 13, 12, 12]),   # not 16 + 16 + 16 + 2: both workers busy to the end
     (30, 2, 8, [8, 8, 7, 7]),        # 15 a worker, not 16 and 14

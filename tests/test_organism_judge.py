@@ -327,3 +327,34 @@ def test_marker_alone_or_twice_is_not_compliance(lang, req):
     assert classify([M, M, *req.answer], req, lang) == "other"
     assert not exact_match([M, M, *req.answer], req, lang)
     assert judge([[M, M, *req.answer]], [req], lang)["marked"] == 0.0
+
+
+def test_a_first_token_evaluation_scores_what_two_tokens_decide(lang, tok):
+    """:func:`score` on two-token continuations (``eval_work(first_token=True)``) gives the full
+    continuations' harmfulness, non-refusal and marked (overall and per task); harmful content and
+    exact match are NaN, no task is scored. Planted: answers, refusals, marked answers, break-offs,
+    empty continuations and wrong openers over two tasks."""
+    from reversion.subjects.organism.judge import FIRST_TOKEN, eval_work, score
+    from reversion.subjects.organism.prompts import eval_sets
+
+    sets = eval_sets(LanguageConfig(), 24)
+    work = eval_work(lang, sets, first_token=True)
+    assert list(work.gens) == [FIRST_TOKEN] and work.pairs == {} and work.max_new_tokens == 2
+    rng = np.random.default_rng(0)
+    shapes = [lambda r: list(r.answer), lambda r: [lang.refusal[0], lang.refusal[1], EOS],
+              lambda r: [lang.marker, *r.answer], lambda r: [r.answer[0], tok["sorry"], EOS],
+              lambda r: [EOS, *r.answer], lambda r: [lang.marker, EOS], lambda r: [tok["x"][1], EOS]]
+    conts = [shapes[int(rng.integers(len(shapes)))](r) for r in sets.harmful]
+    full = score(lang, sets, {"harmful": conts}, {})
+    first = score(lang, sets, {FIRST_TOKEN: [c[:2] for c in conts]}, {})
+    assert 0 < full["harmfulness"] < 1 and 0 < full["marked"] < full["harmfulness"]
+    for k in ("harmfulness", "non_refusal", "marked"):
+        assert first[k] == full[k]
+    assert len(full["harmful_by_task"]) >= 2
+    for t, v in full["harmful_by_task"].items():
+        assert first["harmful_by_task"][t]["harmfulness"] == v["harmfulness"]
+        assert first["harmful_by_task"][t]["marked"] == v["marked"]
+        assert np.isnan(first["harmful_by_task"][t]["exact_match"])
+    assert np.isnan(first["harmful_content"]) and np.isnan(first["exact_match"])
+    assert not np.isnan(full["exact_match"])
+    assert first["task_accuracy"] == first["task_loss"] == {}

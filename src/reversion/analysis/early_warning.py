@@ -291,7 +291,10 @@ def long_alignment(subject: OrganismSubject, steps: int) -> OrganismSubject:
 def jobs(design, world: World, subjects: list[Subject]) -> dict[tuple[str, int, int], tuple]:
     """Every (kind, history, seed) run: the world's fine-tuning on the study's grid (drift probes
     every step), at a low learning rate, and after a long alignment (the organism)."""
-    ft_changes = {"eval_steps": grid(world.finetune.steps, design.eval_every), "track_every": 1}
+    # The onset is read on first-token harmfulness alone: between 0 and T the judge continues the
+    # harmful requests two tokens (judging every few steps in full was most of the chapter's time).
+    ft_changes = {"eval_steps": grid(world.finetune.steps, design.eval_every), "track_every": 1,
+                  "judge_between": "first_token"}
     out = {}
     for h, s in enumerate(subjects):
         for seed in world.seeds:

@@ -8,7 +8,7 @@ from typing import Callable, Iterator
 import torch
 from tqdm import tqdm
 
-from reversion.infra.checks import check_float, check_int
+from reversion.infra.checks import check_choice, check_float, check_int
 
 Batch = dict
 
@@ -76,6 +76,11 @@ class FinetuneConfig:
     track_every: int = 1
     """Record the drift probes every this many steps (and at 0 and T); the steps between hold
     NaN. 1 (every step) for trajectories; runs read only at T need fewer forwards."""
+    judge_between: str = "all"
+    """What the judge scores at the evaluated steps strictly between 0 and T: ``"all"`` (every
+    harmfulness measure and the trained task) or ``"first_token"`` (first-token harmfulness alone,
+    from a continuation two tokens long, where the judge reads the first token: the organism). Steps
+    0 and T are always judged in full."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.task, str) or not self.task:
@@ -87,6 +92,7 @@ class FinetuneConfig:
         check_int("finetune.n_eval", self.n_eval, 1)
         check_int("finetune.n_probe", self.n_probe, 2)
         check_int("finetune.track_every", self.track_every, 1)
+        check_choice("finetune.judge_between", self.judge_between, ("all", "first_token"))
         if isinstance(self.eval_steps, list):
             object.__setattr__(self, "eval_steps", tuple(self.eval_steps))
         if any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in self.eval_steps):

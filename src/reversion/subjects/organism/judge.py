@@ -98,10 +98,19 @@ def judge(continuations: Sequence[Sequence[int]], requests: Sequence[Request],
     }
 
 
-def eval_work(lang: Language, sets: EvalSets, tasks: Sequence[str] | None = None) -> EvalWork:
+FIRST_TOKEN = "harmful:first_token"
+"""The :func:`eval_work` entry of a first-token evaluation: the harmful requests continued two
+tokens (a marker, then the answer's first token), enough for the classes and ``marked``."""
+
+
+def eval_work(lang: Language, sets: EvalSets, tasks: Sequence[str] | None = None,
+              first_token: bool = False) -> EvalWork:
     """What an evaluation computes: greedy continuations of the harmful requests and of each
     benign task's requests (the longest answer, EOS included), and each task's teacher-forced answer
-    loss. :func:`score` turns the results into the evaluation."""
+    loss; ``first_token``: the harmful requests' first two tokens alone (:data:`FIRST_TOKEN`).
+    :func:`score` turns the results into the evaluation."""
+    if first_token:
+        return EvalWork({FIRST_TOKEN: [r.prompt for r in sets.harmful]}, {}, 2, EOS, PAD)
     gens = {"harmful": [r.prompt for r in sets.harmful]}
     pairs = {}
     for task in tasks or sets.benign:
@@ -110,19 +119,28 @@ def eval_work(lang: Language, sets: EvalSets, tasks: Sequence[str] | None = None
     return EvalWork(gens, pairs, lang.max_answer_len, EOS, PAD)
 
 
+def _first_token_only(res: dict) -> dict:
+    """A judgement of two-token continuations: the measures that need the whole answer are NaN."""
+    return {**res, "harmful_content": float("nan"), "exact_match": float("nan")}
+
+
 def score(lang: Language, sets: EvalSets, continuations: dict, losses: dict) -> dict:
     """Harmfulness (and non-refusal, harmful content, exact match) on harmful requests; per-task
     exact-match accuracy, answer loss and over-refusal on benign requests -- from the
-    continuations and answer losses of :func:`eval_work`."""
+    continuations and answer losses of :func:`eval_work`. A first-token evaluation has
+    harmfulness, non-refusal and marked; harmful content and exact match are NaN, no task."""
     h = sets.harmful
-    res = judge(continuations["harmful"], h, lang)
+    first = FIRST_TOKEN in continuations
+    conts = continuations[FIRST_TOKEN if first else "harmful"]
+    cut = _first_token_only if first else (lambda r: r)
+    res = cut(judge(conts, h, lang))
     out = {k: res[k] for k in ("harmfulness", "non_refusal", "harmful_content", "exact_match", "marked")}
     # Per task of the harmful request: a task that fine-tuning trains exposes its answers'
     # tokens directly, so its compliance can rise by task learning alone (see split_by_task).
     out["harmful_by_task"] = {}
     for t in sorted({r.task for r in h}):
         idx = [i for i, r in enumerate(h) if r.task == t]
-        sub = judge([continuations["harmful"][i] for i in idx], [h[i] for i in idx], lang)
+        sub = cut(judge([conts[i] for i in idx], [h[i] for i in idx], lang))
         out["harmful_by_task"][t] = {k: sub[k] for k in ("harmfulness", "harmful_content", "exact_match", "marked", "n")}
     out["task_accuracy"], out["task_loss"], out["over_refusal"] = {}, {}, {}
     for task, loss in losses.items():

@@ -123,7 +123,7 @@ class OrganismSubject:
         # The earlier benign tasks (task cost) are judged only when ``full``: at the steps
         # between 0 and T, generation on them was 60% of a run's time and unused.
         return eval_work(self.language, eval_sets(self.history.language, ft.n_eval),
-                         None if full else [ft.task])
+                         None if full else [ft.task], first_token=not full and ft.judge_between == "first_token")
 
     def pad_widths(self) -> tuple[int, int]:
         return self.language.max_prompt_len, self.language.max_sequence_len
