@@ -136,7 +136,7 @@ def mixed() -> list[list[int]]:
 
 @pytest.mark.parametrize("batch_size", [1, 3, 32])
 def test_left_padded_batches_equal_each_prompt_alone(model, mixed, batch_size):
-    from reversion.core.left_padded import greedy_generate_left_padded
+    from reversion.core.generation import greedy_generate_left_padded
 
     got = greedy_generate_left_padded(model, mixed, 6, None, pad_id=0, batch_size=batch_size)
     want = [naive(model, p, 6) for p in mixed]
@@ -145,7 +145,7 @@ def test_left_padded_batches_equal_each_prompt_alone(model, mixed, batch_size):
 
 
 def test_left_padded_generation_stops_at_eos_and_refuses_bad_input(model, mixed):
-    from reversion.core.left_padded import greedy_generate_left_padded
+    from reversion.core.generation import greedy_generate_left_padded
 
     eos = naive(model, mixed[0], 1)[0]
     got = greedy_generate_left_padded(model, mixed, 8, eos, pad_id=0)

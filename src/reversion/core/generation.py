@@ -1,7 +1,8 @@
 """Greedy generation and teacher-forced answer loss, for any Hugging Face causal LM.
 
-Both judges (the organism's first-token judge and the refusal-phrase judge of text
-checkpoints) read continuations from :func:`greedy_generate`; both task costs are
+The organism's first-token judge reads continuations from :func:`greedy_generate` (prompts
+batched by equal length); the judges of text checkpoints (refusal phrases, a guard model) from
+:func:`greedy_generate_left_padded` (mixed lengths in full batches); both task costs are
 :func:`answer_loss`.
 """
 
@@ -35,6 +36,63 @@ def check_prompts(prompts: Sequence[Sequence[int]]) -> list[list[int]]:
     return out
 
 
+def _check_lengths(max_new_tokens: int, batch_size: int) -> None:
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+
+
+def _greedy_batch(model, ids: torch.Tensor, max_new_tokens: int, eos_id: int | None,
+                  mask: torch.Tensor | None = None) -> list[list[int]]:
+    """Greedy continuations of one batch (argmax, KV cache), until all produced ``eos_id``.
+    ``mask``: the attention mask of a left-padded batch (position ids then count from each
+    prompt's first real token); None: a batch of equal lengths, no padding."""
+    past, gen = None, []
+    done = torch.zeros(len(ids), dtype=torch.bool, device=ids.device)
+    step_in = ids
+    step_pos = None if mask is None else (mask.cumsum(-1) - 1).clamp(min=0)
+    for _ in range(max_new_tokens):
+        padded = {} if mask is None else {"attention_mask": mask, "position_ids": step_pos}
+        o = model(input_ids=step_in, past_key_values=past, use_cache=True, **padded)
+        past = o.past_key_values
+        nxt = o.logits[:, -1].argmax(-1)
+        gen.append(nxt)
+        if eos_id is not None:
+            done |= nxt == eos_id
+            if bool(done.all()):
+                break
+        step_in = nxt[:, None]
+        if mask is not None:
+            step_pos = step_pos[:, -1:] + 1
+            mask = torch.cat([mask, mask.new_ones(len(ids), 1)], dim=1)
+    return torch.stack(gen, 1).tolist()
+
+
+def _generate(model, prompts: list[list[int]], batches: list[list[int]], max_new_tokens: int, eos_id: int | None,
+              pad_id: int | None) -> list[list[int]]:
+    """Each batch of prompt indices continued by :func:`_greedy_batch` (left-padded with ``pad_id``
+    where it is given), in eval mode."""
+    was_training = model.training
+    model.eval()
+    device = model_device(model)
+    out: list[list[int]] = [[] for _ in prompts]
+    try:
+        for idx in batches:
+            if pad_id is None:
+                ids, mask = torch.tensor([prompts[i] for i in idx], device=device), None
+            else:
+                width = max(len(prompts[i]) for i in idx)
+                ids = torch.tensor([[pad_id] * (width - len(prompts[i])) + prompts[i] for i in idx], device=device)
+                mask = torch.tensor([[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i in idx],
+                                    device=device)
+            for i, g in zip(idx, _greedy_batch(model, ids, max_new_tokens, eos_id, mask)):
+                out[i] = g
+    finally:
+        model.train(was_training)
+    return out
+
+
 @torch.no_grad()
 def greedy_generate(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, eos_id: int | None,
                     batch_size: int = 256) -> list[list[int]]:
@@ -43,44 +101,33 @@ def greedy_generate(model, prompts: Sequence[Sequence[int]], max_new_tokens: int
 
     Prompts are batched by exact length, so no padding is ever needed: every
     continuation equals that of the prompt alone, for any family (no position-id or
-    mask conventions involved).
+    mask conventions involved). That suits the organism (a handful of prompt lengths); a
+    real prompt set, with as many lengths as prompts, wants :func:`greedy_generate_left_padded`.
     """
     prompts = check_prompts(prompts)
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    was_training = model.training
-    model.eval()
-    device = model_device(model)
+    _check_lengths(max_new_tokens, batch_size)
     by_len: dict[int, list[int]] = defaultdict(list)
     for i, p in enumerate(prompts):
         by_len[len(p)].append(i)
-    out: list[list[int]] = [[] for _ in prompts]
-    try:
-        for idx_all in by_len.values():
-            for s in range(0, len(idx_all), batch_size):
-                idx = idx_all[s: s + batch_size]
-                step_in = torch.tensor([prompts[i] for i in idx], device=device)
-                past = None
-                done = torch.zeros(len(idx), dtype=torch.bool, device=device)
-                gen = []
-                for _ in range(max_new_tokens):
-                    o = model(input_ids=step_in, past_key_values=past, use_cache=True)
-                    past = o.past_key_values
-                    nxt = o.logits[:, -1].argmax(-1)
-                    gen.append(nxt)
-                    if eos_id is not None:
-                        done |= nxt == eos_id
-                        if bool(done.all()):
-                            break
-                    step_in = nxt[:, None]
-                g = torch.stack(gen, 1).tolist()
-                for j, i in enumerate(idx):
-                    out[i] = g[j]
-    finally:
-        model.train(was_training)
-    return out
+    batches = [idx[s: s + batch_size] for idx in by_len.values() for s in range(0, len(idx), batch_size)]
+    return _generate(model, prompts, batches, max_new_tokens, eos_id, None)
+
+
+@torch.no_grad()
+def greedy_generate_left_padded(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, eos_id: int | None,
+                                pad_id: int, batch_size: int = 32) -> list[list[int]]:
+    """:func:`greedy_generate` for prompts of mixed length, in full batches: each batch is
+    left-padded, an attention mask hides the pads and position ids count from each prompt's first
+    real token, so a prompt's continuation is the one it gets alone (``tests/test_generation.py``
+    checks it token for token on a tiny Llama and GPT-2). Prompts are sorted by length first, so a
+    batch pads little."""
+    prompts = check_prompts(prompts)
+    _check_lengths(max_new_tokens, batch_size)
+    if isinstance(pad_id, bool) or not isinstance(pad_id, int):
+        raise ValueError(f"pad_id must be a token id, got {pad_id!r}")
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    batches = [order[s: s + batch_size] for s in range(0, len(order), batch_size)]
+    return _generate(model, prompts, batches, max_new_tokens, eos_id, pad_id)
 
 
 def until_eos(tokens: Sequence[int], eos_id: int | None) -> list[int]:

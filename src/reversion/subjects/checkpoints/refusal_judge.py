@@ -10,7 +10,7 @@ whether the content is actually harmful. Plug a classifier (e.g. a guard model) 
 through the same interface for real measurements.
 
 * :func:`generate_continuations` -- greedy continuations, decoded, prompts of mixed length in
-  full left-padded batches (:func:`reversion.core.left_padded.greedy_generate_left_padded`);
+  full left-padded batches (:func:`reversion.core.generation.greedy_generate_left_padded`);
 * :func:`harmfulness` -- the fraction of harmful compliance over a prompt set;
 * :func:`heldout_loss` -- mean cross-entropy per response token on held-out
   ``(prompt, response)`` pairs: the task cost of an intervention
@@ -24,8 +24,7 @@ from __future__ import annotations
 import re
 from typing import Protocol, Sequence, runtime_checkable
 
-from reversion.core.generation import answer_loss, check_prompts, until_eos
-from reversion.core.left_padded import greedy_generate_left_padded
+from reversion.core.generation import answer_loss, check_prompts, greedy_generate_left_padded, until_eos
 from reversion.subjects.checkpoints.textdata import encode_pairs, pad_id_of, split_pair
 
 __all__ = [
@@ -117,7 +116,7 @@ def generate_continuations(model, tokenizer, prompt_ids: Sequence[Sequence[int]]
                            batch_size: int = 16) -> list[str]:
     """Greedy continuations (decoded, special tokens skipped) of each prompt, in order, cut at
     the tokenizer's EOS: prompts of mixed length in full left-padded batches
-    (:func:`reversion.core.left_padded.greedy_generate_left_padded`; each continuation is the one
+    (:func:`reversion.core.generation.greedy_generate_left_padded`; each continuation is the one
     its prompt gets alone)."""
     eos = getattr(tokenizer, "eos_token_id", None)
     gens = greedy_generate_left_padded(model, prompt_ids, max_new_tokens, eos, pad_id_of(tokenizer), batch_size)
