@@ -228,47 +228,69 @@ def test_calibration_takes_the_gradients_the_run_takes(demo, isolated):
     assert n_r4["task"] != n_lora["task"]
 
 
-def test_calibration_with_gradient_checkpointing_recomputes_and_keeps_dropout_off(demo, isolated):
-    """``gradient_norms(checkpointing=True)`` recomputes the layers in the backward pass (the MLP
-    runs again) and gives the same norms -- with attention dropout set, so a layer left in
-    training mode would show -- as without."""
-    from reversion.core.interventions import gradient_norms
+def test_calibration_in_micro_batches_gives_the_same_norms_and_forwards_a_sequence_at_a_time(demo, isolated):
+    """``gradient_norms(micro_batch=k)`` forwards the task loss k sequences at a time (counted) and
+    gives the whole batches' norms; the stage calibrates a run with gradient checkpointing (one
+    sequence at a time) or accumulation (its micro-batches) to the plain run's numbers."""
     from reversion.core.batches import collate
-    from reversion.stages.trainer_loop import checkpointing_enable, model_for_training
+    from reversion.core.interventions import gradient_norms
+    from reversion.stages.calibrate import calibrate
+    from reversion.stages.trainer_loop import model_for_training
 
     s = subject(demo)
     d, terms = _terms(s)
     v, layers = terms["v_rev"]
     pad = s.prompts().pad_id
-    batches = [collate([q for q, _ in b], [a for _, a in b], pad_id=pad) for b in
-               islice(s.benign_batches(FT), 2)]
+    batches = [collate([q for q, _ in b], [a for _, a in b], pad_id=pad) for b in islice(s.benign_batches(FT), 2)]
+    n_seq = sum(len(b["input_ids"]) for b in batches)
+    seeding.seed_everything(0)
     model, _ = model_for_training(s)
-    model.base_model.model.config.attention_dropout = 0.5
-    for m in model.modules():
-        if hasattr(m, "attention_dropout"):
-            m.attention_dropout = 0.5
     calls = []
-    mlp = model.base_model.model.model.layers[0].mlp
-    act = mlp.act_fn
+    model.base_model.model.model.register_forward_hook(lambda *a: calls.append(1))
 
-    class Counted(torch.nn.Module):  # a submodule's own call: forward hooks do not fire on recompute
-        def forward(self, x):
-            calls.append(1)
-            return act(x)
-
-    mlp.act_fn = Counted()
-
-    def norms(checkpointing):
+    def norms(micro):
         calls.clear()
         n = gradient_norms(model, Oppose(v, d.displacement_norm, 1.0, layers), s.prompts(), batches,
-                           checkpointing=checkpointing)
+                           micro_batch=micro)
         return n, len(calls)
 
-    modes = {n: m.training for n, m in model.named_modules()}
-    plain, k_plain = norms(False)
-    checkpointing_enable(model)
-    ckpt, k_ckpt = norms(True)
-    assert k_ckpt >= k_plain + len(batches)  # at least each task batch's layer recomputed in the backward
-    assert ckpt["task"] == pytest.approx(plain["task"], rel=1e-6)
-    assert ckpt["term"] == pytest.approx(plain["term"], rel=1e-6)
-    assert {n: m.training for n, m in model.named_modules()} == modes  # every module's mode restored
+    whole, k_whole = norms(None)
+    for micro in (1, 3):
+        part, k_part = norms(micro)
+        assert k_part - k_whole == sum(-(-len(b["input_ids"]) // micro) for b in batches) - len(batches)
+        assert part["task"] == pytest.approx(whole["task"], rel=1e-6)
+        assert part["term"] == pytest.approx(whole["term"], rel=1e-6)
+    assert k_whole > len(batches) and n_seq > len(batches)
+    with pytest.raises(ValueError, match="micro_batch"):
+        gradient_norms(model, Oppose(v, d.displacement_norm, 1.0, layers), s.prompts(), batches, micro_batch=0)
+    plain = calibrate(s, FT, terms, d.displacement_norm)["v_rev"]
+    for settings in (TrainSettings(gradient_checkpointing=True), TrainSettings(gradient_accumulation_steps=2)):
+        got = calibrate(subject(demo, settings), FT, terms, d.displacement_norm)["v_rev"]
+        assert got["ratio"] == pytest.approx(plain["ratio"], rel=1e-6)
+
+
+def test_seeded_seeds_the_body_and_gives_the_caller_its_generators_back(demo, isolated):
+    """``seeding.seeded(s)``: the body draws as after ``seed_everything(s)``; afterwards Python's,
+    NumPy's and torch's generators continue as if the body had not run -- so a calibration built
+    (which seeds the adapters' start) and one read from the cache leave the chapter's draws alike."""
+    import random
+
+    import numpy as np
+
+    from reversion.stages.calibrate import calibrate
+
+    seeding.seed_everything(0)
+    want = (torch.rand(3), np.random.rand(2), random.random())
+    seeding.seed_everything(7)
+    with seeding.seeded(0):
+        got = (torch.rand(3), np.random.rand(2), random.random())
+    after = (torch.rand(3), np.random.rand(2), random.random())
+    seeding.seed_everything(7)
+    assert torch.equal(got[0], want[0]) and np.array_equal(got[1], want[1]) and got[2] == want[2]
+    expect = (torch.rand(3), np.random.rand(2), random.random())
+    assert torch.equal(after[0], expect[0]) and np.array_equal(after[1], expect[1]) and after[2] == expect[2]
+    # the stage: a built calibration leaves torch's generator where it was
+    d, terms = _terms(subject(demo, LOOP))
+    state = torch.random.get_rng_state()
+    calibrate(subject(demo, TrainSettings(lora_r=2)), FT, terms, d.displacement_norm)
+    assert torch.equal(torch.random.get_rng_state(), state)

@@ -42,7 +42,7 @@ from typing import Iterator, Sequence
 import torch
 
 from reversion.core.activations import mean_activations
-from reversion.core.batches import collate
+from reversion.core.batches import IGNORE, collate
 from reversion.core.grouped import stack_prompts
 from reversion.core.hooks import add_hooks, edit_block_output, get_blocks, n_layers
 from reversion.infra import seeding
@@ -244,40 +244,53 @@ class GroupTerms:
         return (self.coef * (pen * self.mask).sum(1)).float()
 
 
+def _task_losses(model, batches: Sequence[dict], micro_batch: int | None):
+    """Each batch's mean answer loss, as one forward or, with ``micro_batch``, as forwards of that
+    many sequences weighted by their share of the batch's answer tokens (the same mean)."""
+    for b in batches:
+        n = b["input_ids"].shape[0]
+        if micro_batch is None or micro_batch >= n:
+            yield model(**b).loss
+            continue
+        total = (b["labels"][:, 1:] != IGNORE).sum()
+        for s in range(0, n, micro_batch):
+            part = {k: v[s:s + micro_batch] for k, v in b.items()}
+            k = (part["labels"][:, 1:] != IGNORE).sum()
+            if k:
+                yield model(**part).loss * (k / total)
+
+
 def gradient_norms(model, term: _DirectionalTerm, probes, task_batches: Sequence[dict], *,
-                   checkpointing: bool = False) -> dict:
+                   micro_batch: int | None = None) -> dict:
     """The norms, at ``model`` (theta_S), of the task loss's gradient (mean loss over
     ``task_batches``, collated) and of the term's linear part ``sum_l p_l / s_l`` averaged over
     every probe batch: the slope the term has wherever it acts (tanh at p = 0, the hinge for
     p > 0). ``strength = multiple * task / term`` makes the term's gradient ``multiple`` times
     the task's, whatever the direction -- a calibration that sees no outcome.
 
-    Gradients are taken over the parameters that train (``requires_grad``: a LoRA model's
-    adapters), one batch at a time and summed in float64, so memory is one batch's graph.
-    ``checkpointing``: recompute each Hugging Face layer in the backward pass (a model that
-    fine-tunes with gradient checkpointing needs it here too)."""
+    The gradients are those of the parameters that train (``requires_grad``: a LoRA model's
+    adapters), accumulated forward by forward in their gradient buffers as training accumulates
+    them, so memory holds one forward's graph and one gradient. ``micro_batch``: sequences per
+    forward of the task loss (None: a batch at a time), for a model that trains with gradient
+    checkpointing or accumulation; the term's probe batches are forwarded whole."""
+    if micro_batch is not None:
+        check_int("micro_batch", micro_batch, 1)
     params = [q for q in model.parameters() if q.requires_grad]
+    grads = [q.grad for q in params]
     modes = [(m, m.training) for m in model.modules()]  # restored module by module
     model.eval()  # dropout off: the same forward at every call
-    if checkpointing:
-        # A checkpointed transformers layer recomputes only when its own ``training`` flag is set;
-        # setting the flag (not ``.train()``) leaves its dropouts off.
-        for m in model.modules():
-            if getattr(m, "gradient_checkpointing", False) is True:
-                m.training = True
 
     def mean_norm(losses) -> float:
-        total = None
+        for q in params:
+            q.grad = None
         n = 0
         for loss in losses:
-            grads = torch.autograd.grad(loss, params, allow_unused=True)
-            gs = [torch.zeros_like(q, dtype=torch.float64) if g is None else g.double() for q, g in zip(params, grads)]
-            total = gs if total is None else [t + g for t, g in zip(total, gs)]
+            loss.backward()
             n += 1
-        return float(torch.sqrt(sum(((t / n) ** 2).sum() for t in total)))
+        return float(torch.sqrt(sum((q.grad.double() ** 2).sum() for q in params if q.grad is not None))) / n
 
     try:
-        task = mean_norm(model(**b).loss for b in task_batches)
+        task = mean_norm(_task_losses(model, task_batches, micro_batch))
         term.setup(model, None, probes)
         try:
             g_term = mean_norm((term.projection(model, i + 1) / term._scale).sum()
@@ -285,6 +298,8 @@ def gradient_norms(model, term: _DirectionalTerm, probes, task_batches: Sequence
         finally:
             term.teardown()
     finally:
+        for q, g in zip(params, grads):
+            q.grad = g
         for m, mode in modes:
             m.training = mode
     if not g_term > 0:

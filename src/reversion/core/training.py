@@ -79,8 +79,9 @@ class FinetuneConfig:
     judge_between: str = "all"
     """What the judge scores at the evaluated steps strictly between 0 and T: ``"all"`` (every
     harmfulness measure and the trained task) or ``"first_token"`` (first-token harmfulness alone,
-    from a continuation two tokens long, where the judge reads the first token: the organism). Steps
-    0 and T are always judged in full."""
+    from a continuation two tokens long: the organism, whose judge reads the first token; a
+    checkpoint's judge reads whole answers and judges in full either way). Steps 0 and T are always
+    judged in full."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.task, str) or not self.task:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import random
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -18,6 +20,24 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(int(seed))
     # warn_only: a few CUDA kernels have no deterministic variant; CPU ones all do.
     torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """:func:`seed_everything` for the body only: Python's, NumPy's and torch's generators (CPU and
+    CUDA) are put back as they were after it, so a cached step and a built one leave the caller's
+    draws alike."""
+    states = (random.getstate(), np.random.get_state(), torch.random.get_rng_state(),
+              torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+    try:
+        seed_everything(seed)
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.random.set_rng_state(states[2])
+        if states[3] is not None:
+            torch.cuda.set_rng_state_all(states[3])
 
 
 def rng(*keys: int | str) -> np.random.Generator:

@@ -8,8 +8,9 @@ of the task gradient -- a calibration made before, and blind to, any outcome.
 
 A subject with ``training`` settings (your checkpoints, :mod:`reversion.stages.trainer_loop`) is
 calibrated on the model its runs train: LoRA adapters on theta_S in the subject's dtype (the
-gradients of the adapters, not of every weight), under the training's autocast and gradient
-checkpointing; the settings are in the key.
+gradients of the adapters, not of every weight), under the training's autocast; with gradient
+checkpointing the task loss is forwarded a sequence at a time, with accumulation in the run's
+micro-batches, so calibration needs no more memory than a training step. The settings are in the key.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from reversion.infra import cache, seeding
 from reversion.infra.checks import check_int
 from reversion.infra.provenance import code_of
 from reversion.infra.runtime import set_cpu_threads
-from reversion.stages.trainer_loop import checkpointing_enable, model_for_training
+from reversion.stages.trainer_loop import model_for_training, training_key
 from reversion.subjects.base import Subject
 
 __all__ = ["calibrate"]
@@ -51,26 +52,28 @@ def calibrate(subject: Subject, ft: FinetuneConfig, terms: dict[str, tuple[torch
            "scale": _digest(scale),
            "terms": {n: {"v": _digest(v), "layers": sorted(int(x) for x in lay)} for n, (v, lay) in terms.items()}}
     if settings is not None:
-        key["training"] = settings.key()
+        key["training"] = training_key(subject)
     subject.prepare(progress=False)
 
     def build(out: Path) -> None:
         set_cpu_threads()
+        micro = None
         if settings is None:  # the organism's loop: full float32 fine-tuning
             model, cast = subject.load("theta_S", dtype=torch.float32), None
         else:
-            seeding.seed_everything(ft0.seed)  # the adapters' random start: seed 0's run's
-            model, cast = model_for_training(subject)
+            with seeding.seeded(ft0.seed):  # the adapters' random start: seed 0's run's
+                model, cast = model_for_training(subject)
             if settings.gradient_checkpointing:
-                checkpointing_enable(model)
+                micro = 1
+            elif settings.gradient_accumulation_steps > 1:
+                micro = -(-ft0.batch_size // settings.gradient_accumulation_steps)
         device = model_device(model)
         prompts = subject.prompts(ft0.n_probe)
         batches = [collate([q for q, _ in b], [a for _, a in b], pad_id=prompts.pad_id, device=device)
                    for b in islice(subject.benign_batches(ft0), n_batches)]
-        checkpointing = settings is not None and settings.gradient_checkpointing
         with autocast(device, cast):
             norms = {n: gradient_norms(model, Oppose(v, scale, 1.0, lay, direction=n), prompts, batches,
-                                       checkpointing=checkpointing)
+                                       micro_batch=micro)
                      for n, (v, lay) in terms.items()}
         (out / "norms.json").write_text(json.dumps(norms, indent=1))
 

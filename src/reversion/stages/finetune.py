@@ -41,7 +41,7 @@ from reversion.core.training import FinetuneConfig, adamw, train
 from reversion.infra import cache, kernels, parallel, seeding
 from reversion.infra.provenance import code_of
 from reversion.infra.runtime import set_cpu_threads
-from reversion.stages.trainer_loop import model_for_training, trainer_train
+from reversion.stages.trainer_loop import model_for_training, trainer_train, training_key
 from reversion.subjects.base import Pair, Prompts, Subject, TrainingData, identity
 
 __all__ = ["FinetuneRun", "Intervention", "Job", "aligned_evaluation", "build_group", "finetune", "finetune_many",
@@ -79,7 +79,9 @@ class FinetuneRun:
     """Task loss per step 1..T."""
     evals: dict[int, dict]
     """Step -> the subject's evaluation: harmfulness (and its other measures) and task cost of
-    the fine-tuning task (of every benign task at steps 0 and T)."""
+    the fine-tuning task (of every benign task at steps 0 and T); a run with
+    ``judge_between = "first_token"`` has first-token harmfulness alone between 0 and T (no task
+    cost; harmful content and exact match NaN)."""
     seconds: float
 
     @property
@@ -119,8 +121,8 @@ def threads(subject: Subject) -> None:
 def _key(subject: Subject, ft: FinetuneConfig, intervention: Intervention | None) -> dict:
     key = {"subject": subject.key(), "finetune": dataclasses.asdict(ft),
            "intervention": intervention.key() if intervention is not None else None}
-    training = getattr(subject, "training", None)  # how a real checkpoint trains (the organism: its loop)
-    return key if training is None else {**key, "training": training.key()}
+    training = training_key(subject)  # how a real checkpoint trains (the organism: its loop)
+    return key if training is None else {**key, "training": training}
 
 
 def aligned_evaluation(subject: Subject, ft: FinetuneConfig) -> dict:

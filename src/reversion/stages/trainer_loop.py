@@ -33,11 +33,12 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 
 from reversion.core.activations import model_device
+from reversion.core.models import default_device
 from reversion.core.objective import ObjectiveMixin
 from reversion.core.train_settings import TrainSettings, wrap_lora
 from reversion.infra.checks import check_int
 
-__all__ = ["checkpointing_enable", "model_for_training", "trainer_train"]
+__all__ = ["model_for_training", "trainer_train", "training_key"]
 
 
 def model_for_training(subject) -> tuple[Any, torch.dtype | None]:
@@ -51,6 +52,17 @@ def model_for_training(subject) -> tuple[Any, torch.dtype | None]:
     if settings.method == "lora":
         model = wrap_lora(model, settings)
     return model, settings.autocast_dtype(model_device(model))
+
+
+def training_key(subject) -> dict | None:
+    """The cache identity of how ``subject``'s runs train: its ``training`` settings and the autocast
+    dtype they resolve to on its device (``precision: auto`` is bf16 on a GPU that runs it, float32
+    on a CPU: a run cached on one is not the other's). None: the organism's own loop."""
+    settings = getattr(subject, "training", None)
+    if settings is None:
+        return None
+    device = torch.device(subject.device) if getattr(subject, "device", None) else default_device()
+    return {**settings.key(), "autocast": str(settings.autocast_dtype(device))}
 
 # --------------------------------------------------------------------------- the Trainer
 
@@ -120,14 +132,6 @@ def _trainer_class():
             return control
 
     return StageTrainer, StepCallback
-
-
-def checkpointing_enable(model) -> None:
-    """Gradient checkpointing on ``model`` (non-reentrant), under its name in this ``transformers``."""
-    if hasattr(model, "activation_checkpointing_enable"):  # transformers 5.x
-        model.activation_checkpointing_enable({"use_reentrant": False})
-    else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def _checkpointing(args_class, on: bool) -> dict:
