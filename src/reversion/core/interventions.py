@@ -280,21 +280,20 @@ def gradient_norms(model, term: _DirectionalTerm, probes, task_batches: Sequence
     modes = [(m, m.training) for m in model.modules()]  # restored module by module
     model.eval()  # dropout off: the same forward at every call
 
-    def mean_norm(losses) -> float:
+    def mean_norm(losses, n: int) -> float:
+        """The norm of the mean over ``n`` batches of the gradients of ``losses`` (their parts)."""
         for q in params:
             q.grad = None
-        n = 0
         for loss in losses:
             loss.backward()
-            n += 1
         return float(torch.sqrt(sum((q.grad.double() ** 2).sum() for q in params if q.grad is not None))) / n
 
     try:
-        task = mean_norm(_task_losses(model, task_batches, micro_batch))
+        task = mean_norm(_task_losses(model, task_batches, micro_batch), len(task_batches))
         term.setup(model, None, probes)
         try:
-            g_term = mean_norm((term.projection(model, i + 1) / term._scale).sum()
-                               for i in range(len(term.probe_batches)))
+            n = len(term.probe_batches)
+            g_term = mean_norm(((term.projection(model, i + 1) / term._scale).sum() for i in range(n)), n)
         finally:
             term.teardown()
     finally:
