@@ -185,6 +185,11 @@ def test_the_training_settings_are_recorded_and_keyed(demo):
     assert any("LoRA (rank 16" in line for line in a.describe(FT))
     from reversion.stages.finetune import _key
     assert _key(a, FT, None) != _key(b, FT, None)
+    # what the settings resolve to, and the libraries that run them, are keyed too
+    from importlib import metadata
+    k = _key(a, FT, None)["training"]
+    assert k["autocast"] == "None"  # precision auto on a CPU: float32
+    assert k["peft_version"] == metadata.version("peft") and k["accelerate_version"] == metadata.version("accelerate")
 
 
 # --------------------------------------------------------------------------- calibration

@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import tempfile
+from importlib import metadata
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
@@ -57,12 +58,16 @@ def model_for_training(subject) -> tuple[Any, torch.dtype | None]:
 def training_key(subject) -> dict | None:
     """The cache identity of how ``subject``'s runs train: its ``training`` settings and the autocast
     dtype they resolve to on its device (``precision: auto`` is bf16 on a GPU that runs it, float32
-    on a CPU: a run cached on one is not the other's). None: the organism's own loop."""
+    on a CPU: a run cached on one is not the other's), with the peft and accelerate versions. None:
+    the organism's own loop."""
     settings = getattr(subject, "training", None)
     if settings is None:
         return None
     device = torch.device(subject.device) if getattr(subject, "device", None) else default_device()
-    return {**settings.key(), "autocast": str(settings.autocast_dtype(device))}
+    # peft draws the adapters and accelerate steps the Trainer: their versions decide a run as
+    # torch's and transformers' do (those two are in every key)
+    return {**settings.key(), "autocast": str(settings.autocast_dtype(device)),
+            "peft_version": metadata.version("peft"), "accelerate_version": metadata.version("accelerate")}
 
 # --------------------------------------------------------------------------- the Trainer
 
