@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from reversion.core.activations import model_device
+from reversion.core.activations import _eval_mode, model_device
 from reversion.core.batches import IGNORE, collate
 
 Pair = tuple[Sequence[int], Sequence[int]]
@@ -73,11 +73,9 @@ def _generate(model, prompts: list[list[int]], batches: list[list[int]], max_new
               pad_id: int | None) -> list[list[int]]:
     """Each batch of prompt indices continued by :func:`_greedy_batch` (left-padded with ``pad_id``
     where it is given), in eval mode."""
-    was_training = model.training
-    model.eval()
     device = model_device(model)
     out: list[list[int]] = [[] for _ in prompts]
-    try:
+    with _eval_mode(model):
         for idx in batches:
             if pad_id is None:
                 ids, mask = torch.tensor([prompts[i] for i in idx], device=device), None
@@ -88,8 +86,6 @@ def _generate(model, prompts: list[list[int]], batches: list[list[int]], max_new
                                     device=device)
             for i, g in zip(idx, _greedy_batch(model, ids, max_new_tokens, eos_id, mask)):
                 out[i] = g
-    finally:
-        model.train(was_training)
     return out
 
 
@@ -146,11 +142,9 @@ def answer_loss(model, pairs: Sequence[Pair], pad_id: int, batch_size: int = 256
     loss and every answer token counts once, whatever its example's length."""
     if not pairs:
         raise ValueError("answer_loss needs at least one (prompt, answer) pair")
-    was_training = model.training
-    model.eval()
     device = model_device(model)
     total, count = 0.0, 0
-    try:
+    with _eval_mode(model):
         for s in range(0, len(pairs), batch_size):
             chunk = pairs[s: s + batch_size]
             b = collate([p for p, _ in chunk], [a for _, a in chunk], pad_id=pad_id, device=device)
@@ -161,8 +155,6 @@ def answer_loss(model, pairs: Sequence[Pair], pad_id: int, batch_size: int = 256
                 reduction="sum")
             total += float(lp)
             count += int((labels != IGNORE).sum())
-    finally:
-        model.train(was_training)
     if count == 0:
         raise ValueError("no answer tokens to score")
     return total / count

@@ -41,7 +41,7 @@ from reversion.core.training import FinetuneConfig, adamw, train
 from reversion.infra import cache, kernels, parallel, seeding
 from reversion.infra.provenance import code_of
 from reversion.infra.runtime import set_cpu_threads
-from reversion.stages.trainer_loop import model_for_training, trainer_train, training_key
+from reversion.stages.trainer_loop import model_for_training, trainer_train, training_device, training_key
 from reversion.subjects.base import Pair, Prompts, Subject, TrainingData, identity
 
 __all__ = ["FinetuneRun", "Intervention", "Job", "aligned_evaluation", "build_group", "finetune", "finetune_many",
@@ -427,8 +427,7 @@ def _may_use_cached_step0(subject: Subject) -> bool:
     if t is None:
         return True
     half = t.method == "lora" and getattr(subject, "dtype", "auto") in ("bfloat16", "float16")
-    return not half and t.autocast_dtype(default_device() if subject.device is None
-                                         else torch.device(subject.device)) is None
+    return not half and t.autocast_dtype(training_device(subject)) is None
 
 
 def _aligned_evaluations(pairs: Sequence[tuple[Subject, FinetuneConfig]]) -> None:

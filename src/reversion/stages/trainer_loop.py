@@ -39,7 +39,7 @@ from reversion.core.objective import ObjectiveMixin
 from reversion.core.train_settings import TrainSettings, wrap_lora
 from reversion.infra.checks import check_int
 
-__all__ = ["model_for_training", "trainer_train", "training_key"]
+__all__ = ["model_for_training", "trainer_train", "training_device", "training_key"]
 
 
 def model_for_training(subject) -> tuple[Any, torch.dtype | None]:
@@ -55,6 +55,12 @@ def model_for_training(subject) -> tuple[Any, torch.dtype | None]:
     return model, settings.autocast_dtype(model_device(model))
 
 
+def training_device(subject) -> torch.device:
+    """The device a subject's runs train on, known before any model is read: its ``device``, else
+    the default (CUDA when present)."""
+    return torch.device(subject.device) if getattr(subject, "device", None) else default_device()
+
+
 def training_key(subject) -> dict | None:
     """The cache identity of how ``subject``'s runs train: its ``training`` settings and the autocast
     dtype they resolve to on its device (``precision: auto`` is bf16 on a GPU that runs it, float32
@@ -63,7 +69,7 @@ def training_key(subject) -> dict | None:
     settings = getattr(subject, "training", None)
     if settings is None:
         return None
-    device = torch.device(subject.device) if getattr(subject, "device", None) else default_device()
+    device = training_device(subject)
     # peft draws the adapters and accelerate steps the Trainer: their versions decide a run as
     # torch's and transformers' do (those two are in every key)
     return {**settings.key(), "autocast": str(settings.autocast_dtype(device)),
