@@ -14,6 +14,7 @@ Every chapter that needs v_rev calls it and gets the same directions; ``reversio
 from __future__ import annotations
 
 import json
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,8 +82,9 @@ def measure(subject: Subject, n_probe: int, position: str = "last", n_boot: int 
             acts["S_harmless"] = prompt_activations(model, prompts.harmless, **kw)
         if tag == "H":  # the witness's answer openings, for the vocabulary readout
             openers = [g[0] for g in greedy_generate(model, prompts.vrev, 1, None, subject.batch_size)]
+        dropped = weakref.ref(model)
         del model
-        free_memory()
+        free_memory(dropped)
     meta = {"position": position, **(meta or {})}
     try:
         dirs = directions_from_acts(acts, meta)

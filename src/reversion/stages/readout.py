@@ -10,6 +10,8 @@ tokens those are is the subject's to say (:meth:`~reversion.subjects.base.Subjec
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 import torch
 
@@ -52,6 +54,7 @@ def readout(subject: Subject, est, top_k: int) -> dict:
                                       if vocab.harmful else None),
             **(vocab.described or {}),
         }
+    dropped = weakref.ref(model)
     del model
-    free_memory()
+    free_memory(dropped)
     return out

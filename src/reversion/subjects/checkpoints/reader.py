@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+import weakref
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -211,8 +212,9 @@ class CheckpointReader:
         try:
             return self._mean_of(name, model, layers, position)
         finally:
+            dropped = weakref.ref(model)
             del model
-            free_memory()
+            free_memory(dropped)
 
     def _adapter_means(self, name: str, path: Path, layers: Sequence[int], position: str) -> torch.Tensor:
         """The base is loaded once (the first adapter) and each adapter is loaded onto it, measured
