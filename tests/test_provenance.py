@@ -50,6 +50,22 @@ def test_a_class_outside_the_package_is_keyed_by_its_source_file(tmp_path):
     assert provenance.code_hash(names) != before
 
 
+def test_a_repeated_hash_follows_the_closure_once_until_a_file_or_folder_changes(tmp_path, monkeypatch):
+    f = tmp_path / "mine.py"
+    f.write_text("x = 1\n")
+    names = ("reversion.core.stats", f"file:{f}")
+    walks = []
+    real = provenance.closure
+    monkeypatch.setattr(provenance, "closure", lambda mods: walks.append(1) or real(mods))
+    first = provenance.code_hash(names)
+    assert provenance.code_hash(names) == first and len(walks) == 1  # the stamps alone were checked
+    (tmp_path / "new_module.py").write_text("")  # a file added beside one hashed: followed again
+    os.utime(tmp_path, ns=(0, 0))  # a folder's new stamp, however coarse the file system's clock
+    assert provenance.code_hash(names) == first and len(walks) == 2
+    f.write_text("x = 22\n")
+    assert provenance.code_hash(names) != first and len(walks) == 3
+
+
 def test_a_class_without_source_is_refused():
     Cls = type("Interactive", (), {"__module__": "no_module_with_a_file_xyz"})  # as typed at a prompt
     with pytest.raises(ValueError, match="without a source file"):
